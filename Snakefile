@@ -1,0 +1,20 @@
+# ccdflow: raw CCD frames -> calibrated images -> photometry.
+# Run the demo night:      snakemake --cores all
+# Your own night:          snakemake --cores all --config raw_dir=PATH instrument=NAME
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/inventory.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        get_final_outputs,

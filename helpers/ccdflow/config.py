@@ -1,0 +1,111 @@
+"""Configuration and instrument-profile loading, validated by JSON schemas.
+
+Errors are raised as :class:`ConfigError` with one line that names the key,
+the value and what was expected, so a mistyped option stops a run before any
+job starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import best_match
+
+__all__ = ["ConfigError", "load_profile", "load_yaml", "resolve_profile_path", "validate"]
+
+
+class ConfigError(ValueError):
+    """A configuration or profile value is wrong; the message names it."""
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultFilling = _with_defaults(Draft202012Validator)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file, naming the file in any error."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}".replace("\n", " ")) from exc
+
+
+def validate(instance: Mapping, *, schema: Mapping | str | Path, what: str = "config") -> dict:
+    """Return a validated deep copy of ``instance`` with the schema's defaults filled in.
+
+    Parameters
+    ----------
+    instance : mapping
+        The configuration; not modified.
+    schema : mapping or path
+        JSON schema (a dict, or a YAML/JSON file).
+    what : str
+        How to name the instance in error messages (``config``, ``profile nickel``).
+
+    Raises
+    ------
+    ConfigError
+        One line: ``config key 'a.b': <problem>``.
+    """
+    if not isinstance(schema, Mapping):
+        schema = load_yaml(schema)
+    if not isinstance(instance, Mapping):
+        raise ConfigError(f"{what} must be a mapping, got {type(instance).__name__}")
+    data = copy.deepcopy(dict(instance))
+    error = best_match(_DefaultFilling(schema).iter_errors(data))
+    if error is not None:
+        path = [str(p) for p in error.absolute_path]
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            known = set(error.schema.get("properties", {}))
+            extra = sorted(set(error.instance) - known)
+            where = ".".join([*path, extra[0]]) if extra else ".".join(path)
+            raise ConfigError(f"{what}: unknown key '{where}' (allowed here: "
+                              f"{', '.join(sorted(known))})")
+        key = ".".join(path) or "(top level)"
+        raise ConfigError(f"{what} key '{key}': {error.message}")
+    return data
+
+
+def resolve_profile_path(instrument: str, *, profiles_dir: str | Path) -> Path:
+    """Turn ``instrument`` (a profile name or a path to a YAML file) into a file path."""
+    profiles_dir = Path(profiles_dir)
+    if instrument.endswith((".yaml", ".yml")) or "/" in instrument:
+        path = Path(instrument)
+        if not path.is_file():
+            raise ConfigError(f"config key 'instrument': profile file {path} does not exist")
+        return path
+    path = profiles_dir / f"{instrument}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in profiles_dir.glob("*.yaml"))
+        raise ConfigError(
+            f"config key 'instrument': unknown instrument {instrument!r}; "
+            f"known profiles: {', '.join(known)} (or give a path to a .yaml profile)"
+        )
+    return path
+
+
+def load_profile(instrument: str, *, profiles_dir: str | Path, schema: str | Path) -> dict:
+    """Load and validate an instrument profile by name or path (defaults filled in)."""
+    path = resolve_profile_path(instrument, profiles_dir=profiles_dir)
+    data = load_yaml(path)
+    return validate(data or {}, schema=schema, what=f"instrument profile {path}")

@@ -1,0 +1,433 @@
+"""Inventory of a raw directory: find, read headers only, classify, group.
+
+Every file found is listed: a frame that no rule recognises is ``unknown`` and
+a file that cannot be read as FITS is ``rejected``, both with the reason.
+Raw files are opened read-only and never written.
+
+Columns of the inventory table
+------------------------------
+frame        unique product name: the file stem, disambiguated (see :func:`frame_names`)
+file         path relative to ``raw_dir``
+type         bias | dark | flat | science | unknown | rejected
+rule         what decided the type (profile rule, fallback or frames table)
+reason       why a frame is unknown/rejected, or what is missing in its header
+filter       filter name after ``filter_aliases`` ("" for bias/dark)
+exptime_s    exposure time in seconds (NaN when absent)
+object, instrument, readout
+binning      "XxY", e.g. "2x2"
+shape        "NAXIS2xNAXIS1" of the (first) image HDU
+n_ext        number of image HDUs (amplifiers) with data
+date_obs     ISO UTC start of exposure ("" when absent)
+mjd_obs      MJD (UTC) of the start of exposure
+night        YYYY-MM-DD of the evening the night began (local-noon boundary)
+night_source header | filename | frames table
+group        calibration group key: instrument, binning, shape, readout, amplifiers
+size_bytes   file size
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "COLUMNS",
+    "FRAME_TYPES",
+    "InventoryError",
+    "build_inventory",
+    "classify",
+    "find_raw_files",
+    "frame_names",
+    "observing_night",
+    "read_frame_header",
+]
+
+FRAME_TYPES = ("bias", "dark", "flat", "science", "unknown", "rejected")
+COMPRESSION = (".fz", ".gz", ".bz2")
+COLUMNS = [
+    "frame", "file", "type", "rule", "reason", "filter", "exptime_s", "object", "instrument",
+    "readout", "binning", "shape", "n_ext", "date_obs", "mjd_obs", "night", "night_source",
+    "group", "size_bytes",
+]
+_STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND", "XTENSION",
+               "PCOUNT", "GCOUNT", "BZERO", "BSCALE", "EXTNAME", "EXTVER", "CHECKSUM", "DATASUM",
+               "", "COMMENT", "HISTORY"}
+_MJD0 = datetime(1858, 11, 17, tzinfo=UTC)
+
+
+class InventoryError(ValueError):
+    """The raw directory or the frames table cannot be inventoried; the message says why."""
+
+
+def find_raw_files(*, raw_dir: str | Path, extensions: Sequence[str] = (".fits", ".fit", ".fts"),
+                   ) -> list[Path]:
+    """Paths (relative to ``raw_dir``, sorted) of the FITS files below ``raw_dir``.
+
+    A name matches when it ends with one of ``extensions`` (case-insensitive),
+    optionally followed by ``.fz``, ``.gz`` or ``.bz2``; ``name.fz`` also
+    matches.  Hidden files and directories are skipped.
+    """
+    raw_dir = Path(raw_dir)
+    if not raw_dir.exists():
+        raise InventoryError(f"raw_dir {raw_dir} does not exist")
+    if not raw_dir.is_dir():
+        raise InventoryError(f"raw_dir {raw_dir} is not a directory")
+    exts = tuple(e.lower() for e in extensions)
+    endings = exts + tuple(e + c for e in exts for c in COMPRESSION) + (".fz",)
+    found = []
+    for root, dirs, files in os.walk(raw_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if not name.startswith(".") and name.lower().endswith(endings):
+                found.append((Path(root) / name).relative_to(raw_dir))
+    return sorted(found, key=lambda p: p.as_posix())
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in COMPRESSION:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    stem, dot, ext = name.rpartition(".")
+    return stem if dot and ext.lower() in {"fits", "fit", "fts"} else name
+
+
+def frame_names(files: Iterable[str | Path]) -> list[str]:
+    """Unique, filesystem- and wildcard-safe frame names for relative raw paths.
+
+    The name is the file stem (``d1001`` for ``raw/d1001.fits.fz``) with any
+    character outside ``[A-Za-z0-9._+-]`` replaced by ``_``.  When several files
+    share a name, each of them gets ``-`` and the first 6 hex digits of the
+    SHA-1 of its relative path appended: deterministic, and independent of
+    which other files are present.
+    """
+    paths = [Path(f) for f in files]
+    base = [re.sub(r"[^A-Za-z0-9._+-]", "_", _stem(p)) or "frame" for p in paths]
+    counts = Counter(base)
+    return [
+        f"{b}-{hashlib.sha1(p.as_posix().encode()).hexdigest()[:6]}" if counts[b] > 1 else b
+        for b, p in zip(base, paths, strict=True)
+    ]
+
+
+def read_frame_header(path: str | Path) -> tuple[fits.Header, int, tuple[int, int]]:
+    """Read the headers of a raw file (no pixel data) read-only.
+
+    Returns the merged header (first image HDU's header overlaid with the
+    primary header's non-structural cards, so that keywords of a
+    multi-extension or tile-compressed file are all visible), the number of
+    image HDUs, and the ``(ny, nx)`` shape of the first one.
+
+    Raises
+    ------
+    OSError, ValueError
+        The file is not FITS or has no 2-D image; the message says which.
+    """
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with fits.open(path, mode="readonly", memmap=False, lazy_load_hdus=True) as hdul:
+            headers = []
+            for hdu in hdul:
+                hdr = hdu.header
+                naxis = int(hdr.get("NAXIS", 0))
+                if hdu.is_image and naxis >= 2 and all(
+                        int(hdr.get(f"NAXIS{i}", 0)) > 0 for i in range(1, naxis + 1)):
+                    headers.append(hdr)
+            primary = hdul[0].header
+            if not headers:
+                raise ValueError("no image HDU with two dimensions")
+            merged = headers[0].copy()
+            if headers[0] is not primary:
+                for card in primary.cards:
+                    if card.keyword not in _STRUCTURAL:
+                        merged[card.keyword] = (card.value, card.comment)
+            shape = (int(headers[0]["NAXIS2"]), int(headers[0]["NAXIS1"]))
+            return merged, len(headers), shape
+
+
+def _first(header: Mapping, keywords: Sequence[str]) -> Any:
+    for key in keywords:
+        value = header.get(key)
+        if value is not None and not (isinstance(value, str) and not value.strip()):
+            return value.strip() if isinstance(value, str) else value
+    return None
+
+
+def _as_float(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if np.isfinite(out) else None
+
+
+def _norm(value: Any) -> str:
+    return " ".join(str(value).split()).lower()
+
+
+def _value_for(name: str, header: Mapping, keywords: Mapping[str, Sequence[str]]) -> Any:
+    """Lower-case ``name`` is a canonical field (via the profile's keywords), else a keyword."""
+    if name.islower() and name in keywords:
+        return _first(header, keywords[name])
+    return _first(header, [name])
+
+
+def _test(value: Any, test: Mapping[str, Any]) -> bool:
+    if "present" in test and (value is not None) != test["present"]:
+        return False
+    if ("in" in test or "regex" in test or "min" in test or "max" in test) and value is None:
+        return False
+    if "in" in test and _norm(value) not in {_norm(v) for v in test["in"]}:
+        return False
+    if "regex" in test and not re.search(test["regex"], str(value), flags=re.IGNORECASE):
+        return False
+    if "min" in test or "max" in test:
+        number = _as_float(value)
+        if number is None:
+            return False
+        if "min" in test and number < test["min"]:
+            return False
+        if "max" in test and number > test["max"]:
+            return False
+    return True
+
+
+def classify(*, header: Mapping, profile: Mapping) -> tuple[str, str]:
+    """Frame type by the profile's ordered rules; returns ``(type, rule description)``.
+
+    ``unknown`` with an explanation when no rule matches.
+    """
+    keywords = profile.get("keywords", {})
+    for i, rule in enumerate(profile.get("classification", []), start=1):
+        values = {name: _value_for(name, header, keywords) for name in rule["when"]}
+        if all(_test(values[name], test) for name, test in rule["when"].items()):
+            shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+            return rule["type"], f"rule {i}: {shown}"
+    seen = {k: _first(header, keywords.get(k, [])) for k in ("imagetyp", "object", "exptime")}
+    shown = ", ".join(f"{k}={v!r}" for k, v in seen.items())
+    return "unknown", f"no classification rule matched ({shown})"
+
+
+def _parse_time(header: Mapping, keywords: Mapping[str, Sequence[str]]) -> datetime | None:
+    text = _first(header, keywords.get("date_obs", []))
+    if isinstance(text, str):
+        text = text.strip().rstrip("Z")
+        if "T" not in text and " " not in text:
+            clock = _first(header, keywords.get("time_obs", []))
+            if isinstance(clock, str) and re.match(r"^\d{1,2}:\d{2}(:\d{2}(\.\d*)?)?$", clock):
+                text = f"{text}T{clock.strip()}"
+        try:
+            stamp = datetime.fromisoformat(text.replace(" ", "T"))
+            return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+        except ValueError:
+            pass
+    mjd = _as_float(_first(header, keywords.get("mjd_obs", [])))
+    if mjd is None:
+        jd = _as_float(_first(header, keywords.get("jd", [])))
+        mjd = jd - 2400000.5 if jd is not None else None
+    return _MJD0 + timedelta(days=mjd) if mjd is not None else None
+
+
+def observing_night(utc: datetime, *, utc_offset_hours: float) -> str:
+    """Date (YYYY-MM-DD) of the evening on which the night of ``utc`` began.
+
+    The night runs from local noon to the next local noon, local time being
+    ``utc + utc_offset_hours``.
+    """
+    local = utc + timedelta(hours=utc_offset_hours)
+    return (local - timedelta(hours=12)).date().isoformat()
+
+
+def _utc_offset(header: Mapping, profile: Mapping) -> float:
+    night = profile.get("night", {})
+    if night.get("utc_offset_hours") is not None:
+        return float(night["utc_offset_hours"])
+    lon = _as_float(_first(header, profile.get("keywords", {}).get("longitude", [])))
+    if lon is None:
+        lon = _as_float(profile.get("site", {}).get("longitude_deg"))
+    if lon is None:
+        return 0.0
+    return ((lon + 180.0) % 360.0 - 180.0) / 15.0
+
+
+def _night_from_filename(path: Path, night_cfg: Mapping) -> str | None:
+    regex = night_cfg.get("filename_regex")
+    if not regex:
+        return None
+    match = re.search(regex, path.name)
+    if not match:
+        return None
+    try:
+        return datetime.strptime(match.group(1), night_cfg.get("filename_date_format", "%Y%m%d")
+                                 ).date().isoformat()
+    except ValueError:
+        return None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "na"
+
+
+def _binning(header: Mapping, keywords: Mapping[str, Sequence[str]]) -> str:
+    text = _first(header, keywords.get("binning", []))
+    if isinstance(text, str):
+        parts = re.findall(r"\d+", text)
+        if len(parts) == 2:
+            return f"{parts[0]}x{parts[1]}"
+    xb = _as_float(_first(header, keywords.get("xbinning", [])))
+    yb = _as_float(_first(header, keywords.get("ybinning", [])))
+    return f"{int(xb or 1)}x{int(yb or xb or 1)}"
+
+
+def _describe(path: Path, relpath: Path, profile: Mapping) -> dict[str, Any]:
+    keywords = profile.get("keywords", {})
+    row: dict[str, Any] = {"file": relpath.as_posix(), "reason": "", "size_bytes": None}
+    try:
+        row["size_bytes"] = path.stat().st_size
+        header, n_ext, shape = read_frame_header(path)
+    except Exception as exc:  # any unreadable file is listed, never dropped
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        row.update(type="rejected", rule="unreadable", reason=f"{type(exc).__name__}: {message}")
+        return row
+    ftype, rule = classify(header=header, profile=profile)
+    problems = [] if ftype != "unknown" else [rule]
+    exptime = _as_float(_first(header, keywords.get("exptime", [])))
+    if exptime is None:
+        problems.append("no exposure time keyword " + "/".join(keywords.get("exptime", [])))
+    raw_filter = _first(header, keywords.get("filter", []))
+    aliases = {_norm(k): v for k, v in profile.get("filter_aliases", {}).items()}
+    filt = "" if raw_filter is None else str(raw_filter).strip()
+    filt = aliases.get(_norm(filt), filt)
+    stamp = _parse_time(header, keywords)
+    if stamp is None:
+        problems.append("no observation time (" + "/".join(keywords.get("date_obs", [])) + ")")
+    night = _night_from_filename(relpath, profile.get("night", {}))
+    night_source = "filename" if night else "header"
+    if night is None and stamp is not None:
+        night = observing_night(stamp, utc_offset_hours=_utc_offset(header, profile))
+    instrument = str(_first(header, keywords.get("instrument", [])) or profile.get("name", ""))
+    readout = _first(header, keywords.get("readout", []))
+    readout = "" if readout is None else str(readout).strip()
+    binning = _binning(header, keywords)
+    shape_text = f"{shape[0]}x{shape[1]}"
+    group = "_".join([_slug(instrument), binning, shape_text + (f"x{n_ext}" if n_ext > 1 else ""),
+                      _slug(readout) if readout else "default"])
+    row.update(
+        type=ftype, rule=rule if ftype != "unknown" else "", reason="; ".join(problems),
+        filter=filt if ftype not in ("bias", "dark") else "", exptime_s=exptime,
+        object=str(_first(header, keywords.get("object", [])) or ""),
+        instrument=instrument, readout=readout, binning=binning, shape=shape_text,
+        n_ext=n_ext, date_obs=stamp.isoformat(timespec="milliseconds")[:23] if stamp else "",
+        mjd_obs=(stamp - _MJD0).total_seconds() / 86400.0 if stamp else None,
+        night=night or "", night_source=night_source if night else "", group=group,
+    )
+    return row
+
+
+def _read_frames_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise InventoryError(f"frames table {path} does not exist")
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
+    missing = {"file", "type"} - set(table.columns)
+    if missing:
+        raise InventoryError(f"frames table {path} lacks column(s) {sorted(missing)}")
+    unknown_cols = set(table.columns) - {"file", "type", "filter", "night"}
+    if unknown_cols:
+        raise InventoryError(f"frames table {path} has unknown column(s) {sorted(unknown_cols)}; "
+                             "allowed: file, type, filter, night")
+    bad = table.loc[~table["type"].isin(["bias", "dark", "flat", "science", "rejected"])]
+    if len(bad):
+        row = bad.iloc[0]
+        raise InventoryError(f"frames table {path}: type {row['type']!r} for {row['file']!r} is "
+                             "not one of bias, dark, flat, science, rejected")
+    bad_nights = table.loc[(table.get("night", "") != "")
+                           & ~table.get("night", pd.Series("", index=table.index))
+                           .str.match(r"^\d{4}-\d{2}-\d{2}$")] if "night" in table else []
+    if len(bad_nights):
+        raise InventoryError(f"frames table {path}: night {bad_nights.iloc[0]['night']!r} "
+                             "is not YYYY-MM-DD")
+    return table
+
+
+def build_inventory(*, raw_dir: str | Path, profile: Mapping,
+                    frames_table: str | Path | None = None,
+                    extensions: Sequence[str] = (".fits", ".fit", ".fts")) -> pd.DataFrame:
+    """Inventory every FITS file below ``raw_dir`` (see the module docstring for columns).
+
+    Parameters
+    ----------
+    raw_dir : path
+        Directory scanned recursively; opened read-only.
+    profile : mapping
+        A validated instrument profile (:func:`ccdflow.config.load_profile`).
+    frames_table : path, optional
+        TSV overriding ``type`` (and optionally ``filter``, ``night``) per file;
+        ``file`` is the path relative to ``raw_dir`` or the frame name.
+    extensions : sequence of str
+        FITS name endings (compressed variants are added).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Sorted by observation time, then file (files without a time last).
+
+    Raises
+    ------
+    InventoryError
+        ``raw_dir`` missing, not a directory, or holding no FITS file; a frames
+        table that names a file not found or has a bad value.
+    """
+    raw_dir = Path(raw_dir)
+    files = find_raw_files(raw_dir=raw_dir, extensions=extensions)
+    if not files:
+        raise InventoryError(
+            f"raw_dir {raw_dir} holds no FITS files (looked for "
+            f"{', '.join(extensions)}, optionally compressed .fz/.gz/.bz2)")
+    rows = [_describe(raw_dir / rel, rel, profile) for rel in files]
+    table = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    table["frame"] = frame_names(files)
+    for col in ("filter", "object", "instrument", "readout", "binning", "shape", "date_obs",
+                "night", "night_source", "group", "rule", "reason"):
+        table[col] = table[col].fillna("").astype(str)
+    if frames_table:
+        overrides = _read_frames_table(frames_table)
+        for _, over in overrides.iterrows():
+            hit = (table["file"] == over["file"]) | (table["frame"] == over["file"])
+            if not hit.any():
+                raise InventoryError(f"frames table {frames_table} names {over['file']!r}, "
+                                     f"which is not a FITS file below {raw_dir}")
+            table.loc[hit, "type"] = over["type"]
+            table.loc[hit, "rule"] = f"frames table {Path(frames_table).name}"
+            for col in ("filter", "night"):
+                if over.get(col, ""):
+                    table.loc[hit, col] = over[col]
+                    if col == "night":
+                        table.loc[hit, "night_source"] = "frames table"
+            if over["type"] != "rejected":
+                table.loc[hit & table["reason"].str.startswith("no classification"), "reason"] = ""
+    table = table.assign(_t=table["mjd_obs"].fillna(np.inf)).sort_values(
+        ["_t", "file"], kind="stable").drop(columns="_t").reset_index(drop=True)
+    counts = table["type"].value_counts().to_dict()
+    log.info("inventory of %s: %d files, %s", raw_dir, len(table),
+             ", ".join(f"{counts.get(t, 0)} {t}" for t in FRAME_TYPES))
+    for _, row in table[table["type"].isin(["unknown", "rejected"])].iterrows():
+        log.warning("%s: %s (%s)", row["file"], row["type"], row["reason"])
+    return table

@@ -1,0 +1,70 @@
+"""Atomic writes and job logging shared by every workflow script.
+
+A product is written to a temporary file beside its destination and renamed
+into place, so a killed job never leaves a partial file that looks complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["atomic_path", "job_logging", "write_table"]
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, suffix: str | None = None):
+    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix,
+                               dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)  # writers (astropy) refuse to overwrite; they create the file
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_table(table: pd.DataFrame, path: str | Path, **to_csv: Any) -> None:
+    """Write ``table`` as CSV atomically (no index, ``%.10g`` floats unless given)."""
+    to_csv.setdefault("index", False)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, **to_csv)
+
+
+def job_logging(log_path: str | Path | None, *, level: int = logging.INFO
+                ) -> Callable[[], None]:
+    """Send ``logging`` and warnings of a workflow job to its log file (and stderr).
+
+    Returns a function that detaches the handlers (tests use it).
+    """
+    root = logging.getLogger()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(True)
+
+    def detach() -> None:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+
+    return detach

@@ -1,0 +1,13 @@
+"""Rule inventory_scan: classify every raw file and write inventory.csv."""
+
+from ccdflow.inventory import build_inventory
+from ccdflow.io import job_logging, write_table
+
+job_logging(snakemake.log[0])
+table = build_inventory(
+    raw_dir=snakemake.input.raw_dir,
+    profile=snakemake.params.profile,
+    frames_table=snakemake.params.frames or None,
+    extensions=snakemake.params.extensions,
+)
+write_table(table, snakemake.output.table)
