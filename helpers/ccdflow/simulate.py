@@ -174,9 +174,9 @@ def render_gaussian_stars(
     ny, nx = shape
     sigma = fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
     for xc, yc, f in zip(x, y, flux, strict=True):
-        half = int(math.ceil((10.0 if f > 1e6 else 6.0) * sigma)) + 1
-        x0, x1 = max(int(round(xc)) - half, 0), min(int(round(xc)) + half + 1, nx)
-        y0, y1 = max(int(round(yc)) - half, 0), min(int(round(yc)) + half + 1, ny)
+        half = math.ceil((10.0 if f > 1e6 else 6.0) * sigma) + 1
+        x0, x1 = max(round(xc) - half, 0), min(round(xc) + half + 1, nx)
+        y0, y1 = max(round(yc) - half, 0), min(round(yc) + half + 1, ny)
         if x0 >= x1 or y0 >= y1:
             continue
         ex = ndtr((np.arange(x0, x1 + 1) - 0.5 - xc) / sigma)
@@ -197,7 +197,7 @@ def _bias_pattern(rng: np.random.Generator, ny: int, nx: int) -> np.ndarray:
 
 def _dark_rate(rng: np.random.Generator, spec: NightSpec) -> np.ndarray:
     rate = np.full((spec.ny, spec.nx), spec.dark_rate_e_per_s)
-    n_hot = int(round(spec.hot_pixel_fraction * spec.nx * spec.ny))
+    n_hot = round(spec.hot_pixel_fraction * spec.nx * spec.ny)
     idx = rng.choice(spec.nx * spec.ny, size=n_hot, replace=False)
     rate.flat[idx] = 10 ** rng.uniform(-0.5, 2.0, size=n_hot)  # 0.3 to 100 e-/s
     return rate
@@ -488,7 +488,8 @@ def _simulate_into(root: Path, spec: NightSpec) -> None:
         if kind == "dark":
             prefix = f"dark_{int(exptime)}s"
         else:
-            prefix = {"bias": "bias", "flat": f"flat_{filt}", "science": f"{FIELD['name']}_{filt}"}[kind]
+            prefix = {"bias": "bias", "flat": f"flat_{filt}",
+                      "science": f"{FIELD['name']}_{filt}"}[kind]
         stem = f"{prefix}_{counters[key]:03d}"
         level = spec.bias_level_adu + 2.0 * math.sin(i / 7.0) + rng.normal(0, 0.5)
         rows = np.arange(spec.ny)

@@ -1,0 +1,42 @@
+"""Shared fixtures: seeded generators, small simulated nights, the shared real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ccdflow.config import load_profile
+from ccdflow.simulate import NightSpec, simulate_night
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+PROFILES = ROOT / "config" / "instruments"
+SCHEMAS = ROOT / "workflow" / "schemas"
+
+# A night small enough for unit tests (< 1 s to simulate), with every frame type.
+SMALL_SPEC = NightSpec(nx=256, ny=256, n_bias=5, n_dark=3, n_flat=3,
+                       science=(("V", 4), ("R", 2)), n_stars=40, seed=7)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20261121)
+
+
+@pytest.fixture(scope="session")
+def small_night(tmp_path_factory) -> Path:
+    """Directory with raw/ and truth/ of SMALL_SPEC (shared, read-only)."""
+    return simulate_night(out_dir=tmp_path_factory.mktemp("night") / "small", spec=SMALL_SPEC)
+
+
+def profile(name: str) -> dict:
+    return load_profile(name, profiles_dir=PROFILES, schema=SCHEMAS / "instrument.schema.yaml")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real sample frames not available: {SHARED_DATA} is absent")
+    return SHARED_DATA

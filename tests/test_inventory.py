@@ -1,0 +1,232 @@
+"""Inventory: finding files, classification rules, nights, groups, overrides, bad files."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import shutil
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+
+from ccdflow.inventory import (
+    InventoryError,
+    build_inventory,
+    classify,
+    find_raw_files,
+    frame_names,
+    observing_night,
+    read_frame_header,
+)
+
+from .conftest import SMALL_SPEC, profile
+
+
+def _write(path, header=None, data=None):
+    data = np.zeros((8, 10), dtype=np.uint16) if data is None else data
+    fits.PrimaryHDU(data=data, header=fits.Header(header or {})).writeto(path)
+    return path
+
+
+def test_demo_night_inventory_matches_truth(small_night):
+    table = build_inventory(raw_dir=small_night / "raw", profile=profile("demo"))
+    truth = pd.read_csv(small_night / "truth" / "frames.csv", keep_default_na=False)
+    merged = table.merge(truth, on="frame", suffixes=("", "_truth"))
+    assert len(merged) == len(truth) == len(table)
+    assert (merged["type"] == merged["type_truth"]).all()
+    assert (merged["filter"] == merged["filter_truth"]).all()
+    assert np.allclose(merged["exptime_s"], merged["exptime_s_truth"])
+    assert table["night"].unique().tolist() == [SMALL_SPEC.night]  # darks at 12:40 UT too
+    assert table["group"].nunique() == 1
+    assert table["shape"].iloc[0] == f"{SMALL_SPEC.ny}x{SMALL_SPEC.nx + SMALL_SPEC.overscan_cols}"
+    assert (table["mjd_obs"].diff().dropna() >= 0).all(), "sorted by time"
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("Bias Frame", "bias"), ("ZERO", "bias"), ("  bias ", "bias"),
+    ("Dark Frame", "dark"), ("flat field", "flat"), ("SKYFLAT", "flat"), ("Dome Flat", "flat"),
+    ("Light Frame", "science"), ("OBJECT", "science"), ("EXPOSE", "science"),
+])
+def test_default_profile_synonyms(value, expected):
+    kind, rule = classify(header={"IMAGETYP": value, "EXPTIME": 10.0}, profile=profile("default"))
+    assert kind == expected
+    assert rule.startswith("rule ")
+
+
+def test_obstype_used_when_imagetyp_missing_and_zero_exptime_fallback():
+    p = profile("default")
+    assert classify(header={"OBSTYPE": "EXPOSE"}, profile=p)[0] == "science"
+    assert classify(header={"EXPTIME": 0.0}, profile=p)[0] == "bias"
+    kind, why = classify(header={"IMAGETYP": "focus", "EXPTIME": 5}, profile=p)
+    assert kind == "unknown"
+    assert "imagetyp='focus'" in why
+
+
+def test_nickel_types_come_from_object_not_obstype():
+    p = profile("nickel")
+    header = {"OBSTYPE": "DARK", "OBJECT": "bias", "EXPTIME": 0}
+    assert classify(header=header, profile=p)[0] == "bias"
+    assert classify(header={"OBSTYPE": "OBJECT", "OBJECT": "sky flat", "EXPTIME": 4},
+                    profile=p)[0] == "flat"
+    assert classify(header={"OBSTYPE": "OBJECT", "OBJECT": "M13", "EXPTIME": 60},
+                    profile=p)[0] == "science"
+
+
+def test_rule_conditions_combine_and_missing_keyword_fails_the_rule():
+    p = {"keywords": {"exptime": ["EXPTIME"]}, "classification": [
+        {"type": "dark", "when": {"OBJECT": {"regex": "^dark"}, "exptime": {"min": 1}}},
+        {"type": "rejected", "when": {"FOCUS": {"present": True}}},
+    ]}
+    assert classify(header={"OBJECT": "dark 30s", "EXPTIME": 30}, profile=p)[0] == "dark"
+    assert classify(header={"OBJECT": "dark 30s", "EXPTIME": 0.5}, profile=p)[0] == "unknown"
+    assert classify(header={"OBJECT": "dark"}, profile=p)[0] == "unknown"
+    assert classify(header={"FOCUS": 1}, profile=p)[0] == "rejected"
+
+
+def test_night_boundary_is_local_noon():
+    # Arizona (UTC-7.44 h from longitude): 12:40 UT is 05:13 local -> previous evening
+    t = datetime(2026, 3, 15, 12, 40, tzinfo=UTC)
+    assert observing_night(t, utc_offset_hours=-111.6 / 15) == "2026-03-14"
+    assert observing_night(datetime(2026, 3, 15, 20, 0, tzinfo=UTC),
+                           utc_offset_hours=-7.44) == "2026-03-15"
+    # Europe: 23:30 UT on the 14th and 03:00 UT on the 15th are one night
+    assert observing_night(datetime(2026, 3, 14, 23, 30, tzinfo=UTC), utc_offset_hours=1) == \
+        observing_night(datetime(2026, 3, 15, 3, 0, tzinfo=UTC), utc_offset_hours=1)
+
+
+def test_frame_names_unique_deterministic_and_safe():
+    names = frame_names(["a/d1001.fits", "b/d1001.fits.fz", "c/x y.fit", "d/ok.fts.gz"])
+    assert names[2] == "x_y" and names[3] == "ok"
+    assert names[0] != names[1] and names[0].startswith("d1001-")
+    # a duplicate's name depends only on its own path
+    assert frame_names(["a/d1001.fits", "z/d1001.fits"])[0] == names[0]
+
+
+def test_compressed_and_unusual_files(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "sub").mkdir(parents=True)
+    header = {"IMAGETYP": "Light Frame", "EXPTIME": 30.0, "FILTER": "V",
+              "DATE-OBS": "2024-01-02T03:04:05.6"}
+    plain = _write(raw / "sub" / "sci1.fits", header)
+    with open(plain, "rb") as src:
+        payload = src.read()
+    (raw / "sci2.fits.gz").write_bytes(gzip.compress(payload))
+    (raw / "sci3.fit.bz2").write_bytes(bz2.compress(payload))
+    fits.HDUList([fits.PrimaryHDU(),
+                  fits.CompImageHDU(np.ones((16, 16), np.int16), header=fits.Header(header))]
+                 ).writeto(raw / "sci4.fits.fz")
+    (raw / "broken.fits").write_bytes(b"this is not FITS at all" * 10)
+    (raw / "empty.fits").write_bytes(b"")
+    fits.PrimaryHDU().writeto(raw / "nodata.fits")
+    (raw / "notes.txt").write_text("ignored")
+    (raw / ".hidden.fits").write_bytes(b"")
+    _write(raw / "weird.fits", {"IMAGETYP": "focus", "EXPTIME": 3.0})
+    _write(raw / "notime.fits", {"IMAGETYP": "Light Frame", "EXPTIME": 3.0})
+
+    files = [p.as_posix() for p in find_raw_files(raw_dir=raw)]
+    assert "notes.txt" not in files and ".hidden.fits" not in files
+    assert len(files) == 9
+    table = build_inventory(raw_dir=raw, profile=profile("default")).set_index("frame")
+    for name in ("sci1", "sci2", "sci3", "sci4"):
+        assert table.loc[name, "type"] == "science", name
+        assert table.loc[name, "filter"] == "V"
+        assert table.loc[name, "date_obs"] == "2024-01-02T03:04:05.600"
+    assert table.loc["sci4", "shape"] == "16x16"
+    assert table.loc["broken", "type"] == "rejected" and table.loc["broken", "reason"]
+    assert table.loc["empty", "type"] == "rejected"
+    assert "no image HDU" in table.loc["nodata", "reason"]
+    assert table.loc["weird", "type"] == "unknown"
+    assert "no classification rule matched" in table.loc["weird", "reason"]
+    assert table.loc["notime", "type"] == "science"
+    assert "no observation time" in table.loc["notime", "reason"]
+    assert table.index[-1] in {"broken", "empty", "nodata", "notime", "weird"}  # no time: last
+
+
+def test_unreadable_files_are_rejected_not_fatal(tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _write(raw / "good.fits", {"IMAGETYP": "Bias Frame", "EXPTIME": 0.0,
+                               "DATE-OBS": "2024-01-02T03:04:05"})
+    _write(raw / "locked.fits", {"IMAGETYP": "Bias Frame"})
+    (raw / "dangling.fits").symlink_to(tmp_path / "gone.fits")
+    # mode-000 files are readable by root (CI), so the permission error is injected
+    real_open = fits.open
+
+    def guarded_open(name, *args, **kwargs):
+        if str(name).endswith("locked.fits"):
+            raise PermissionError(13, "Permission denied", str(name))
+        return real_open(name, *args, **kwargs)
+
+    monkeypatch.setattr(fits, "open", guarded_open)
+    table = build_inventory(raw_dir=raw, profile=profile("default")).set_index("frame")
+    assert table.loc["locked", "type"] == "rejected"
+    assert table.loc["locked", "reason"].startswith("PermissionError")
+    assert table.loc["dangling", "type"] == "rejected"
+    assert "FileNotFoundError" in table.loc["dangling", "reason"]
+    assert table.loc["good", "type"] == "bias"
+
+
+def test_date_only_header_combines_with_ut_and_mjd_fallback(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _write(raw / "a.fits", {"IMAGETYP": "object", "DATE-OBS": "2013-07-13", "UT": "00:57:33",
+                            "EXPTIME": 1.0})
+    _write(raw / "b.fits", {"IMAGETYP": "object", "MJD-OBS": 60000.5, "EXPTIME": 1.0})
+    table = build_inventory(raw_dir=raw, profile=profile("default")).set_index("frame")
+    assert table.loc["a", "date_obs"] == "2013-07-13T00:57:33.000"
+    assert table.loc["b", "date_obs"] == "2023-02-25T12:00:00.000"
+    assert table.loc["b", "mjd_obs"] == pytest.approx(60000.5)
+
+
+def test_frames_table_overrides(tmp_path, small_night):
+    tsv = tmp_path / "frames.tsv"
+    tsv.write_text("file\ttype\tfilter\tnight\n"
+                   "WASP-SIM_V_001.fits\trejected\t\t\n"
+                   "flat_R_001\tflat\tRc\t2026-03-13\n")
+    table = build_inventory(raw_dir=small_night / "raw", profile=profile("demo"),
+                            frames_table=tsv).set_index("frame")
+    assert table.loc["WASP-SIM_V_001", "type"] == "rejected"
+    assert table.loc["WASP-SIM_V_001", "rule"] == "frames table frames.tsv"
+    assert table.loc["flat_R_001", "filter"] == "Rc"
+    assert table.loc["flat_R_001", "night"] == "2026-03-13"
+    assert table.loc["flat_R_001", "night_source"] == "frames table"
+
+    tsv.write_text("file\ttype\nnot_there.fits\tbias\n")
+    with pytest.raises(InventoryError, match=r"names 'not_there\.fits', which is not a FITS file"):
+        build_inventory(raw_dir=small_night / "raw", profile=profile("demo"), frames_table=tsv)
+    tsv.write_text("file\ttype\nbias_001.fits\tbiass\n")
+    with pytest.raises(InventoryError, match=r"type 'biass' for 'bias_001\.fits' is not one of"):
+        build_inventory(raw_dir=small_night / "raw", profile=profile("demo"), frames_table=tsv)
+
+
+def test_missing_and_empty_raw_dir(tmp_path):
+    with pytest.raises(InventoryError, match=r"raw_dir .*nowhere does not exist"):
+        build_inventory(raw_dir=tmp_path / "nowhere", profile=profile("default"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InventoryError, match=r"holds no FITS files"):
+        build_inventory(raw_dir=tmp_path / "empty", profile=profile("default"))
+
+
+def test_raw_files_are_never_written(tmp_path, small_night):
+    raw = tmp_path / "raw"
+    shutil.copytree(small_night / "raw", raw)
+    before = {p.name: (p.stat().st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
+              for p in raw.iterdir()}
+    build_inventory(raw_dir=raw, profile=profile("demo"))
+    after = {p.name: (p.stat().st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
+             for p in raw.iterdir()}
+    assert before == after
+
+
+def test_multi_extension_header_merge(tmp_path):
+    primary = fits.PrimaryHDU(header=fits.Header({"OBSTYPE": "EXPOSE", "EXPTIME": 5.0,
+                                                  "DATE-OBS": "2021-10-08T01:55:17"}))
+    amps = [fits.ImageHDU(np.zeros((6, 7), np.uint16), name="SCI") for _ in range(4)]
+    fits.HDUList([primary, *amps]).writeto(tmp_path / "mef.fits")
+    header, n_ext, shape = read_frame_header(tmp_path / "mef.fits")
+    assert (n_ext, shape) == (4, (6, 7))
+    assert header["OBSTYPE"] == "EXPOSE"
