@@ -1,0 +1,388 @@
+"""Master bias, dark, flat, bad-pixel mask and calibrated science frames.
+
+Units: every master is in electrons (bias, e-), electrons per second (dark
+rate, e-/s) or dimensionless (flat, median 1 in the central region).  Each
+master carries an ``EXPTIME`` keyword: 0 for a true bias, or the exposure of
+the short darks used as bias (``bias_from_shortest_dark``), so that dark
+current is scaled by ``t_science − t_bias``.
+
+Calibrated science, per pixel::
+
+    S = (R − B − D·(t − t_B)) / F
+    Var(S) = [RN² + max(R − B, 0) + σ_B² + ((t − t_B)·σ_D)²] / F² + S²·(σ_F / F)²
+
+with ``R`` the overscan-corrected, trimmed raw frame in electrons.  The
+Poisson term uses the collected charge ``R − B`` (signal plus dark current).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.stats import sigma_clipped_stats
+from scipy.ndimage import median_filter
+
+from .ccd import CalibrationError, RawFrame, read_raw_frame
+from .combine import combine_frames
+from .masks import MaskBit
+from .products import Product, provenance_header
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "calibrate_science",
+    "central_level",
+    "make_bad_pixel_mask",
+    "make_master_bias",
+    "make_master_dark",
+    "make_master_flat",
+]
+
+COMBINE_DEFAULTS = {"method": "mean", "cenfunc": "median", "sigma_lower": 3.0,
+                    "sigma_upper": 3.0, "maxiters": 5, "nlow": 0, "nhigh": 0}
+
+
+def central_level(image: np.ndarray, *, fraction: float = 0.5,
+                  mask: np.ndarray | None = None) -> float:
+    """Sigma-clipped (3σ) median of the central ``fraction`` (per axis) of ``image``."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    ny, nx = image.shape
+    dy, dx = int(ny * (1 - fraction) / 2), int(nx * (1 - fraction) / 2)
+    region = np.asarray(image[dy: ny - dy, dx: nx - dx], dtype=np.float64)
+    bad = ~np.isfinite(region)
+    if mask is not None:
+        bad |= np.asarray(mask[dy: ny - dy, dx: nx - dx], dtype=bool)
+    if bad.all():
+        return float("nan")
+    return float(sigma_clipped_stats(region, mask=bad, sigma=3.0)[1])
+
+
+def _check_count(paths: Sequence, minimum: int, what: str) -> None:
+    if len(paths) < minimum:
+        names = ", ".join(Path(p).name for p in paths) or "none"
+        raise CalibrationError(f"master {what}: {len(paths)} frame(s) ({names}), fewer than the "
+                               f"minimum of {minimum} (calibration.min_frames.{what})")
+
+
+def _missing(frame: RawFrame) -> np.ndarray:
+    return frame.saturated | frame.nonfinite | frame.no_data
+
+
+def _master_product(result, *, fill: float, header, unit_note: str) -> Product:
+    """Turn a CombineResult into a Product: empty pixels get ``fill`` and BADCAL."""
+    data = result.data.astype(np.float32)
+    error = result.error.astype(np.float32)
+    mask = np.zeros(data.shape, np.uint16)
+    empty = result.n_used == 0
+    data[empty] = fill
+    lonely = ~np.isfinite(error)
+    if (~lonely).any():
+        error[lonely] = np.nanmedian(error[~lonely])  # fewer than 2 values: typical error
+    else:
+        error[:] = 0.0
+    error[empty] = 0.0
+    mask[lonely | empty] |= np.uint16(MaskBit.BADCAL)
+    header["NCOMBINE"] = (result.n_frames, "frames combined")
+    header["NBADCAL"] = (int((lonely | empty).sum()), "pixels with < 2 values kept")
+    header["BUNITDOC"] = unit_note
+    return Product(data=data, error=error, mask=mask, header=header)
+
+
+def _combine(paths, load, *, combine: Mapping, memory_limit_mb: float, scratch_dir):
+    params = {**COMBINE_DEFAULTS, **combine}
+    shapes: dict[tuple, str] = {}
+
+    def make_loader(path):
+        def loader():
+            frame = load(path)
+            shapes.setdefault(frame.shape, Path(path).name)
+            if len(shapes) > 1:
+                (s0, f0), (s1, f1) = list(shapes.items())[:2]
+                raise CalibrationError(f"frames of different shapes in one master: {f0} is "
+                                       f"{s0[1]}x{s0[0]}, {f1} is {s1[1]}x{s1[0]}")
+            return frame
+        return loader
+
+    return combine_frames(frames=[make_loader(p) for p in paths],
+                          memory_limit_mb=memory_limit_mb, scratch_dir=scratch_dir, **params)
+
+
+def make_master_bias(*, paths: Sequence[str | Path], detector: Mapping,
+                     combine: Mapping | None = None, memory_limit_mb: float = 2000,
+                     min_frames: int = 3, scratch_dir: str | Path | None = None) -> Product:
+    """Combine bias frames (or the shortest darks) into a master bias in electrons.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        Raw frames of one calibration group and night.
+    detector : mapping
+        The profile's ``detector`` section (see :func:`ccdflow.ccd.read_raw_frame`).
+    combine : mapping, optional
+        :func:`ccdflow.combine.clip_combine` options (default: mean, 3σ clip
+        around the median, 5 iterations).
+    memory_limit_mb : float
+        Bound of the combination's working set.
+    min_frames : int
+        Fewer frames is an error naming them.
+
+    Returns
+    -------
+    Product
+        SCI = bias structure (e-, after overscan), ERR = error of the mean,
+        MASK = BADCAL where fewer than 2 values survived; ``EXPTIME`` = the
+        frames' common exposure time (0 for true bias frames).
+
+    Notes
+    -----
+    Noise of the master: ``RN/√N`` per pixel (plus the overscan level's noise).
+    """
+    _check_count(paths, min_frames, "bias")
+    exptimes = set()
+
+    def load(path):
+        frame = read_raw_frame(path, detector=detector)
+        exptimes.add(frame.exptime_s)
+        return np.where(_missing(frame), np.nan, frame.data)
+
+    result = _combine(paths, load, combine=combine or {}, memory_limit_mb=memory_limit_mb,
+                      scratch_dir=scratch_dir)
+    if len(exptimes) > 1:
+        raise CalibrationError(f"master bias: frames have different exposure times {exptimes}")
+    header = provenance_header(step="master_bias", inputs=paths,
+                               params={"combine": {**COMBINE_DEFAULTS, **(combine or {})}})
+    header["EXPTIME"] = (exptimes.pop(), "[s] exposure of the frames used as bias")
+    header["IMAGETYP"] = "MASTER BIAS"
+    return _master_product(result, fill=0.0, header=header,
+                           unit_note="electron: bias structure after overscan subtraction")
+
+
+def make_master_dark(*, paths: Sequence[str | Path], detector: Mapping, bias: Product | None,
+                     combine: Mapping | None = None, memory_limit_mb: float = 2000,
+                     min_frames: int = 3, hot_threshold_e_per_s: float = 1.0,
+                     hot_significance: float = 5.0,
+                     scratch_dir: str | Path | None = None) -> Product:
+    """Combine darks into a dark-current rate (e-/s) with hot pixels flagged.
+
+    Each dark becomes ``(R − B) / (t − t_B)``; the rates are combined with
+    rejection (cosmic rays).  A pixel is HOT when its rate exceeds
+    ``hot_threshold_e_per_s`` *and* ``hot_significance`` times its error, so a
+    noisy master (short darks) does not flag the whole chip.
+
+    Notes
+    -----
+    Error of the rate per pixel ≈ ``√(RN² + σ_B² + D·t)/(t − t_B)/√N``.
+    """
+    _check_count(paths, min_frames, "dark")
+    t_bias = float(bias.header.get("EXPTIME", 0.0)) if bias is not None else 0.0
+    exptimes = []
+
+    def load(path):
+        frame = read_raw_frame(path, detector=detector)
+        dt = frame.exptime_s - t_bias
+        if not dt > 0:
+            raise CalibrationError(f"{path}: dark exposure {frame.exptime_s} s is not longer "
+                                   f"than the bias exposure {t_bias} s")
+        exptimes.append(frame.exptime_s)
+        data = frame.data - (bias.data if bias is not None else 0.0)
+        return np.where(_missing(frame), np.nan, data / dt)
+
+    result = _combine(paths, load, combine=combine or {}, memory_limit_mb=memory_limit_mb,
+                      scratch_dir=scratch_dir)
+    params = {"combine": {**COMBINE_DEFAULTS, **(combine or {})},
+              "hot_threshold_e_per_s": hot_threshold_e_per_s,
+              "hot_significance": hot_significance}
+    header = provenance_header(step="master_dark", inputs=paths, params=params)
+    header["IMAGETYP"] = "MASTER DARK"
+    header["EXPTIME"] = (1.0, "[s] master is a rate: electrons per second")
+    header["DARKTMIN"] = (min(exptimes), "[s] shortest dark combined")
+    header["DARKTMAX"] = (max(exptimes), "[s] longest dark combined")
+    header["BIASEXPT"] = (t_bias, "[s] exposure of the bias subtracted")
+    product = _master_product(result, fill=0.0, header=header,
+                              unit_note="electron/s: dark current rate")
+    if bias is not None:
+        product.mask |= bias.mask
+    hot = (product.data > hot_threshold_e_per_s) & (
+        product.data > hot_significance * product.error)
+    product.mask[hot] |= np.uint16(MaskBit.HOT)
+    product.header["NHOT"] = (int(hot.sum()), "hot pixels flagged")
+    log.info("master dark: median rate %.4f e-/s, %d hot pixels",
+             np.median(product.data), int(hot.sum()))
+    return product
+
+
+def _dark_term(dark: Product | None, exptime: float, t_bias: float):
+    if dark is None:
+        return 0.0, 0.0
+    dt = exptime - t_bias
+    return dark.data * dt, dark.error * dt
+
+
+def make_master_flat(*, paths: Sequence[str | Path], detector: Mapping, bias: Product | None,
+                     dark: Product | None, combine: Mapping | None = None,
+                     memory_limit_mb: float = 2000, min_frames: int = 3,
+                     norm_fraction: float = 0.5, low: float = 0.5, high: float = 1.5,
+                     outlier_fraction: float = 0.1,
+                     scratch_dir: str | Path | None = None) -> Product:
+    """Combine flats into a normalised master flat with low/outlier pixels masked.
+
+    Each flat is bias- (and dark-) corrected, divided by the sigma-clipped
+    median of its central ``norm_fraction``, and the normalised frames are
+    combined with rejection (stars in twilight flats fall out); the result is
+    renormalised the same way.  ``LOW_FLAT``: response < ``low``; ``BAD``:
+    response > ``high`` or deviating from a 5-pixel running median by more
+    than ``outlier_fraction``; ``NONFINITE``/``BADCAL`` as for every master.
+
+    Notes
+    -----
+    Relative error of the master ≈ ``1/√(N·S)`` for N flats of S electrons.
+    """
+    _check_count(paths, min_frames, "flat")
+    t_bias = float(bias.header.get("EXPTIME", 0.0)) if bias is not None else 0.0
+    scales: list[float] = []
+
+    def load(path):
+        frame = read_raw_frame(path, detector=detector)
+        dark_e, _ = _dark_term(dark, frame.exptime_s, t_bias)
+        data = frame.data - (bias.data if bias is not None else 0.0) - dark_e
+        data = np.where(_missing(frame), np.nan, data)
+        level = central_level(data, fraction=norm_fraction)
+        if not level > 0:
+            raise CalibrationError(f"{path}: flat level {level:.3g} e- in the central region is "
+                                   "not positive (empty or zero flat?)")
+        scales.append(level)
+        return data / level
+
+    result = _combine(paths, load, combine=combine or {}, memory_limit_mb=memory_limit_mb,
+                      scratch_dir=scratch_dir)
+    norm = central_level(result.data, fraction=norm_fraction)
+    result.data /= norm
+    result.error /= norm
+    params = {"combine": {**COMBINE_DEFAULTS, **(combine or {})}, "norm_fraction": norm_fraction,
+              "low": low, "high": high, "outlier_fraction": outlier_fraction}
+    header = provenance_header(step="master_flat", inputs=paths, params=params)
+    header["IMAGETYP"] = "MASTER FLAT"
+    for i, level in enumerate(scales, start=1):
+        header[f"FLATSC{i:02d}"] = (round(level, 3), "[e-] central level of input flat")
+    product = _master_product(result, fill=1.0, header=header,
+                              unit_note="dimensionless: response, median 1 in the centre")
+    flat = product.data
+    product.mask[~np.isfinite(flat)] |= np.uint16(MaskBit.NONFINITE)
+    product.mask[flat < low] |= np.uint16(MaskBit.LOW_FLAT)
+    product.mask[flat > high] |= np.uint16(MaskBit.BAD)
+    smooth = median_filter(np.where(np.isfinite(flat), flat, 1.0), size=5, mode="nearest")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        outlier = np.abs(flat / smooth - 1.0) > outlier_fraction
+    product.mask[outlier] |= np.uint16(MaskBit.BAD)
+    header["NLOWFLAT"] = (int((flat < low).sum()), "pixels below the low threshold")
+    header["NOUTFLAT"] = (int(outlier.sum()), "local outliers flagged BAD")
+    return product
+
+
+def make_bad_pixel_mask(*, shape: tuple[int, int], detector: Mapping,
+                        masters: Sequence[Product | None] = ()) -> np.ndarray:
+    """Union (OR) of the masters' masks and the profile's bad columns, pixels and regions.
+
+    ``detector`` keys: ``bad_columns`` (1-based x), ``bad_rows`` (1-based y),
+    ``bad_pixels`` (list of 1-based ``[x, y]``) and ``bad_regions`` (IRAF
+    sections) — all in trimmed-frame coordinates.
+    """
+    from .ccd import parse_section
+
+    mask = np.zeros(shape, np.uint16)
+    for master in masters:
+        if master is None:
+            continue
+        if master.mask.shape != tuple(shape):
+            raise CalibrationError(f"master {master.header.get('IMAGETYP')} has shape "
+                                   f"{master.mask.shape}, expected {shape}")
+        mask |= master.mask
+    ny, nx = shape
+    for col in detector.get("bad_columns", []):
+        if not 1 <= col <= nx:
+            raise CalibrationError(f"detector.bad_columns: column {col} outside 1..{nx}")
+        mask[:, col - 1] |= np.uint16(MaskBit.BAD)
+    for row in detector.get("bad_rows", []):
+        if not 1 <= row <= ny:
+            raise CalibrationError(f"detector.bad_rows: row {row} outside 1..{ny}")
+        mask[row - 1, :] |= np.uint16(MaskBit.BAD)
+    for x, y in detector.get("bad_pixels", []):
+        if not (1 <= x <= nx and 1 <= y <= ny):
+            raise CalibrationError(f"detector.bad_pixels: ({x}, {y}) outside the frame")
+        mask[y - 1, x - 1] |= np.uint16(MaskBit.BAD)
+    for text in detector.get("bad_regions", []):
+        rows, cols, _, _ = parse_section(text)
+        mask[rows, cols] |= np.uint16(MaskBit.BAD)
+    return mask
+
+
+def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | None,
+                      dark: Product | None, flat: Product | None,
+                      bad_pixel_mask: np.ndarray | None, params: Mapping[str, Any] | None = None,
+                      master_names: Mapping[str, str] | None = None) -> Product:
+    """Calibrate one science frame to electrons with ERR and MASK (see the module docstring).
+
+    Parameters
+    ----------
+    path : path
+        Raw science frame (read-only).
+    detector : mapping
+        The profile's ``detector`` section.
+    bias, dark, flat : Product or None
+        Masters; None skips that step (recorded in the header).
+    bad_pixel_mask : ndarray of uint16, optional
+        From :func:`make_bad_pixel_mask`; ORed into MASK.
+    params, master_names : mapping, optional
+        Recorded as provenance (``BIASFILE``/``DARKFILE``/``FLATFILE``/``BPMFILE``).
+    """
+    frame = read_raw_frame(path, detector=detector)
+    shape = frame.data.shape
+    for name, master in (("bias", bias), ("dark", dark), ("flat", flat)):
+        if master is not None and master.data.shape != shape:
+            raise CalibrationError(f"{path}: master {name} is {master.data.shape[1]}x"
+                                   f"{master.data.shape[0]}, the frame {shape[1]}x{shape[0]}")
+    raw = frame.data.astype(np.float64)
+    t_bias = float(bias.header.get("EXPTIME", 0.0)) if bias is not None else 0.0
+    b = bias.data if bias is not None else 0.0
+    sb = bias.error if bias is not None else 0.0
+    dark_e, dark_err = _dark_term(dark, frame.exptime_s, t_bias)
+    collected = raw - b
+    var = frame.read_noise_e**2 + np.clip(collected, 0, None) + np.square(sb) + np.square(dark_err)
+    signal = collected - dark_e
+    mask = np.zeros(shape, np.uint16)
+    if bad_pixel_mask is not None:
+        mask |= bad_pixel_mask
+    if flat is not None:
+        usable = np.isfinite(flat.data) & (flat.data > 0) & ~(flat.mask & MaskBit.LOW_FLAT)
+        f = np.where(usable, flat.data, 1.0)  # never divide by 0; those pixels are flagged
+        sf = np.where(usable, flat.error, 0.0)
+        sci = signal / f
+        var = var / f**2 + sci**2 * (sf / f) ** 2
+        mask[~usable] |= np.uint16(MaskBit.LOW_FLAT)
+    else:
+        sci = signal
+    mask[frame.saturated] |= np.uint16(MaskBit.SATURATED)
+    mask[frame.no_data] |= np.uint16(MaskBit.NO_DATA)
+    nonfinite = frame.nonfinite | ~np.isfinite(sci) | ~np.isfinite(var)
+    mask[nonfinite] |= np.uint16(MaskBit.NONFINITE)
+    names = master_names or {}
+    header = provenance_header(step="calibrate_science", inputs=[path], params=params or {},
+                               base=frame.header)
+    header["BIASFILE"] = (names.get("bias", "none") if bias is not None else "none", "master bias")
+    header["DARKFILE"] = (names.get("dark", "none") if dark is not None else "none", "master dark")
+    header["FLATFILE"] = (names.get("flat", "none") if flat is not None else "none", "master flat")
+    header["BPMFILE"] = (names.get("bpm", "none"), "bad-pixel mask")
+    header["GAINORIG"] = (frame.gains[0], "[e-/ADU] gain applied (first amplifier)")
+    header["GAIN"] = (1.0, "[e-/e-] data are in electrons")
+    header["RDNOISE"] = (frame.read_noise_e, "[e-] read noise")
+    header["SATURATE"] = (round(frame.saturation_e, 1), "[e-] saturation after overscan")
+    header["BUNIT"] = "electron"
+    for i, note in enumerate(frame.notes, start=1):
+        header[f"CCDFNT{i:02d}"] = note[:68]
+    return Product(data=sci.astype(np.float32), error=np.sqrt(var).astype(np.float32),
+                   mask=mask, header=header)

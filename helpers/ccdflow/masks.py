@@ -1,0 +1,41 @@
+"""Bit flags of the MASK planes (uint16).  A set bit means the pixel is bad for that reason.
+
+Masks combine with OR; no pixel value is ever used as a sentinel.
+"""
+
+from __future__ import annotations
+
+from enum import IntFlag
+
+import numpy as np
+
+__all__ = ["MaskBit", "describe_bits", "header_cards"]
+
+
+class MaskBit(IntFlag):
+    """Meaning of each bit of a MASK plane."""
+
+    BAD = 1  #: bad pixel or column (profile list, flat outlier)
+    SATURATED = 2  #: raw value at or above the saturation level
+    HOT = 4  #: dark current above the hot-pixel threshold
+    LOW_FLAT = 8  #: flat response below the low threshold (flat not applied)
+    NONFINITE = 16  #: NaN or infinite value in the raw data or a master
+    COSMIC = 32  #: cosmic ray (set by the cosmic-ray stage)
+    SOURCE = 64  #: inside a source footprint (set by the background stage)
+    NO_DATA = 128  #: no detector data (outside every amplifier section)
+    BADCAL = 256  #: too few frames survived rejection in a master at this pixel
+
+
+def describe_bits() -> dict[str, int]:
+    """``{name: value}`` for documentation and headers."""
+    return {bit.name: int(bit.value) for bit in MaskBit}
+
+
+def header_cards() -> list[tuple[str, int, str]]:
+    """FITS cards documenting the bits (``MASKBnn = value / NAME``)."""
+    return [(f"MASKB{i:02d}", int(bit.value), bit.name) for i, bit in enumerate(MaskBit)]
+
+
+def any_of(mask: np.ndarray, bits: int) -> np.ndarray:
+    """Boolean array: pixels with any of ``bits`` set."""
+    return (np.asarray(mask) & int(bits)) != 0

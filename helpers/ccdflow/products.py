@@ -1,0 +1,104 @@
+"""FITS products: SCI / ERR / MASK extensions, CCDData-compatible, with provenance.
+
+Layout: an empty primary HDU carrying the frame's header and the provenance
+keywords; ``SCI`` (float32, ``BUNIT``), ``ERR`` (float32 1-sigma, ``UTYPE =
+'StdDevUncertainty'``) and ``MASK`` (uint16 bit flags, see
+:mod:`ccdflow.masks`).  ``astropy.nddata.CCDData.read(path, hdu='SCI',
+hdu_uncertainty='ERR', hdu_mask='MASK')`` reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from . import __version__
+from .io import atomic_path
+from .masks import header_cards
+
+__all__ = ["Product", "param_hash", "provenance_header", "read_product", "write_product"]
+
+_DROP = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "BZERO", "BSCALE",
+         "XTENSION", "PCOUNT", "GCOUNT", "EXTNAME", "CHECKSUM", "DATASUM", "BUNIT", "BLANK"}
+
+
+@dataclass
+class Product:
+    """An image product in memory."""
+
+    data: np.ndarray
+    error: np.ndarray
+    mask: np.ndarray
+    header: fits.Header
+
+
+def param_hash(params: Mapping[str, Any]) -> str:
+    """First 16 hex digits of the SHA-256 of the parameters as canonical JSON."""
+    text = json.dumps(params, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def provenance_header(*, step: str, inputs: Iterable[str | Path], params: Mapping[str, Any],
+                      base: fits.Header | None = None) -> fits.Header:
+    """Copy of ``base`` (structural keywords dropped) plus provenance keywords.
+
+    Keywords: ``CCDFSTEP`` (step), ``CCDFVERS`` (software version), ``CCDFPARH``
+    (hash of ``params``), ``DATE-RED`` (UTC processing time), ``NINPUTS`` and
+    ``INPUTnnn`` (input file names), and ``HISTORY`` lines with the parameters.
+    """
+    header = fits.Header()
+    if base is not None:
+        for card in base.cards:
+            if card.keyword not in _DROP:
+                header.append(card)
+    header["CCDFSTEP"] = (step, "ccdflow processing step")
+    header["CCDFVERS"] = (__version__, "ccdflow version")
+    header["CCDFPARH"] = (param_hash(params), "SHA-256 (16 hex) of the step parameters")
+    header["DATE-RED"] = (datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"), "UTC of processing")
+    inputs = [Path(p).name for p in inputs]
+    header["NINPUTS"] = (len(inputs), "number of input files")
+    for i, name in enumerate(inputs[:999], start=1):
+        header[f"INPUT{i:03d}"] = name
+    header.add_history(f"ccdflow {step}: " + json.dumps(params, sort_keys=True, default=str))
+    return header
+
+
+def write_product(path: str | Path, product: Product, *, unit: str) -> None:
+    """Write ``product`` atomically as primary (header) + SCI + ERR + MASK."""
+    wcs_like = fits.Header([c for c in product.header.cards
+                            if c.keyword[:5] in ("CTYPE", "CRPIX", "CRVAL", "CDELT", "CUNIT")
+                            or c.keyword[:2] in ("CD", "PC") and "_" in c.keyword
+                            or c.keyword in ("RADESYS", "RADECSYS", "EQUINOX", "LONPOLE",
+                                             "LATPOLE", "WCSAXES")])
+    primary = fits.PrimaryHDU(header=product.header)
+    sci = fits.ImageHDU(np.asarray(product.data, np.float32), header=wcs_like, name="SCI")
+    sci.header["BUNIT"] = unit
+    err = fits.ImageHDU(np.asarray(product.error, np.float32), header=wcs_like, name="ERR")
+    err.header["BUNIT"] = unit
+    err.header["UTYPE"] = ("StdDevUncertainty", "1-sigma uncertainty of SCI")
+    mask = fits.ImageHDU(np.asarray(product.mask, np.uint16), name="MASK")
+    for key, value, comment in header_cards():
+        mask.header[key] = (value, comment)
+    with atomic_path(path) as tmp:
+        fits.HDUList([primary, sci, err, mask]).writeto(tmp, output_verify="silentfix")
+
+
+def read_product(path: str | Path) -> Product:
+    """Read a product written by :func:`write_product`."""
+    path = Path(path)
+    try:
+        with fits.open(path, mode="readonly", memmap=False) as hdul:
+            return Product(data=hdul["SCI"].data.astype(np.float32),
+                           error=hdul["ERR"].data.astype(np.float32),
+                           mask=hdul["MASK"].data.astype(np.uint16),
+                           header=hdul[0].header.copy())
+    except KeyError as exc:
+        raise ValueError(f"{path} is not a ccdflow product (missing extension {exc})") from None
