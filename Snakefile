@@ -12,6 +12,7 @@ configfile: workflow.source_path("config/config.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/inventory.smk"
+include: "workflow/rules/calibration.smk"
 
 
 rule all:

@@ -54,6 +54,7 @@ __all__ = [
     "frame_names",
     "observing_night",
     "read_frame_header",
+    "read_inventory",
 ]
 
 FRAME_TYPES = ("bias", "dark", "flat", "science", "unknown", "rejected")
@@ -430,4 +431,17 @@ def build_inventory(*, raw_dir: str | Path, profile: Mapping,
              ", ".join(f"{counts.get(t, 0)} {t}" for t in FRAME_TYPES))
     for _, row in table[table["type"].isin(["unknown", "rejected"])].iterrows():
         log.warning("%s: %s (%s)", row["file"], row["type"], row["reason"])
+    return table
+
+
+_NUMERIC = {"exptime_s", "mjd_obs", "n_ext", "size_bytes"}
+
+
+def read_inventory(path: str | Path) -> pd.DataFrame:
+    """Read ``inventory.csv`` back with the right types ("" stays "" in text columns)."""
+    table = pd.read_csv(path, dtype={c: str for c in COLUMNS if c not in _NUMERIC},
+                        keep_default_na=False, na_values={c: [""] for c in _NUMERIC})
+    missing = set(COLUMNS) - set(table.columns)
+    if missing:
+        raise InventoryError(f"{path} is not an inventory table (missing {sorted(missing)})")
     return table

@@ -24,7 +24,8 @@ from . import __version__
 from .io import atomic_path
 from .masks import header_cards
 
-__all__ = ["Product", "param_hash", "provenance_header", "read_product", "write_product"]
+__all__ = ["Product", "param_hash", "provenance_header", "read_mask", "read_product",
+           "write_mask", "write_product"]
 
 _DROP = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "BZERO", "BSCALE",
          "XTENSION", "PCOUNT", "GCOUNT", "EXTNAME", "CHECKSUM", "DATASUM", "BUNIT", "BLANK"}
@@ -79,7 +80,8 @@ def write_product(path: str | Path, product: Product, *, unit: str) -> None:
                             or c.keyword in ("RADESYS", "RADECSYS", "EQUINOX", "LONPOLE",
                                              "LATPOLE", "WCSAXES")])
     primary = fits.PrimaryHDU(header=product.header)
-    sci = fits.ImageHDU(np.asarray(product.data, np.float32), header=wcs_like, name="SCI")
+    # SCI repeats the full header so CCDData.read(hdu='SCI') sees WCS and provenance
+    sci = fits.ImageHDU(np.asarray(product.data, np.float32), header=product.header, name="SCI")
     sci.header["BUNIT"] = unit
     err = fits.ImageHDU(np.asarray(product.error, np.float32), header=wcs_like, name="ERR")
     err.header["BUNIT"] = unit
@@ -102,3 +104,20 @@ def read_product(path: str | Path) -> Product:
                            header=hdul[0].header.copy())
     except KeyError as exc:
         raise ValueError(f"{path} is not a ccdflow product (missing extension {exc})") from None
+
+
+def write_mask(path: str | Path, mask: np.ndarray, *, inputs: Iterable[str | Path], step: str,
+               params: Mapping[str, Any] | None = None) -> None:
+    """Write a bit mask (uint16) as primary (provenance) + MASK, atomically."""
+    header = provenance_header(step=step, inputs=inputs, params=params or {})
+    hdu = fits.ImageHDU(np.asarray(mask, np.uint16), name="MASK")
+    for key, value, comment in header_cards():
+        hdu.header[key] = (value, comment)
+    with atomic_path(path) as tmp:
+        fits.HDUList([fits.PrimaryHDU(header=header), hdu]).writeto(tmp)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read the MASK extension of a mask or product file."""
+    with fits.open(path, mode="readonly", memmap=False) as hdul:
+        return hdul["MASK"].data.astype(np.uint16)

@@ -1,12 +1,14 @@
 # Shared set-up: validate the config and the instrument profile, locate the raw
 # frames, and give the input functions every stage uses.
+import functools
+import os
 from pathlib import Path
 
-import pandas as pd
-
 import ccdflow
+from ccdflow.ccd import CalibrationError
 from ccdflow.config import ConfigError, load_profile, validate
-from ccdflow.inventory import InventoryError, find_raw_files
+from ccdflow.inventory import InventoryError, find_raw_files, read_inventory
+from ccdflow.plan import calibration_sets, plan_calibrations, safe_name
 
 ROOT = Path(workflow.basedir)
 SCHEMAS = ROOT / "workflow" / "schemas"
@@ -35,6 +37,15 @@ RAW_DIR = Path(config["raw_dir"])
 DEMO_DIR = Path(config["demo"]["dir"])
 IS_DEMO = RAW_DIR.resolve() == (DEMO_DIR / "raw").resolve()
 LOGS = RESULTS / "logs"
+MASTERS = RESULTS / "masters"
+CAL = config["calibration"]
+STEPS = [
+    k
+    for k in ("bias", "dark", "flat")
+    if k not in set(CAL["skip"]) | set(PROFILE["calibration"]["skip"])
+]
+SUBTRACT_DARK = PROFILE["calibration"]["subtract_dark"]
+ILLUM = PROFILE["calibration"]["illumination"]
 
 if config["frames"] and not Path(config["frames"]).is_file():
     _fail(f"config key 'frames': frames table {config['frames']} does not exist")
@@ -59,13 +70,179 @@ else:
 wildcard_constraints:
     frame=r"[A-Za-z0-9._+-]+",
     night=r"\d{4}-\d{2}-\d{2}",
+    group=r"[A-Za-z0-9._-]+",
+    filt=r"[A-Za-z0-9._+-]+",
 
 
-def get_inventory(wildcards=None):
-    """The inventory table (after the checkpoint has run)."""
+@functools.lru_cache(maxsize=4)
+def _state(path, mtime_ns):
+    inventory = read_inventory(path)
+    sets = calibration_sets(
+        inventory,
+        min_frames=CAL["min_frames"],
+        bias_from_shortest_dark=PROFILE["calibration"]["bias_from_shortest_dark"],
+    )
+    plan = plan_calibrations(
+        inventory,
+        sets=sets,
+        max_age_days=CAL["max_calibration_age_days"],
+        steps=STEPS,
+    )
+    return inventory, sets, plan.set_index("frame", drop=False)
+
+
+def state():
+    """(inventory, calibration sets, plan) once the inventory checkpoint has run."""
     path = checkpoints.inventory_scan.get().output.table
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    return _state(str(path), os.stat(path).st_mtime_ns)
+
+
+def master_path(kind, night, group, filt=""):
+    name = f"flat_{safe_name(filt)}.fits" if kind == "flat" else f"{kind}.fits"
+    return MASTERS / night / group / name
+
+
+def _nearest_master(kind, wildcards, of_kind, filt=""):
+    """Master of `kind` for the calibration set (`of_kind`, night, group) of a master rule."""
+    _, sets, _ = state()
+    row = sets._select(kind=of_kind, night=wildcards.night, group=wildcards.group, filter=filt)
+    if row.empty:
+        raise CalibrationError(
+            f"no {of_kind} set for night {wildcards.night}, group {wildcards.group}"
+        )
+    best = sets.nearest(
+        kind=kind,
+        group=wildcards.group,
+        mjd=float(row.iloc[0]["mjd"]),
+        night=wildcards.night,
+        max_age_days=CAL["max_calibration_age_days"],
+    )
+    if best is None:
+        raise CalibrationError(
+            f"master {of_kind} {wildcards.night} {wildcards.group}: no {kind} frames within "
+            f"{CAL['max_calibration_age_days']} d (or add '{kind}' to calibration.skip)"
+        )
+    return str(master_path(kind, best["night"], wildcards.group))
+
+
+def get_master_raw(kind):
+    def inner(wildcards):
+        _, sets, _ = state()
+        filt = getattr(wildcards, "filt", "")
+        files = sets.files(kind=kind, night=wildcards.night, group=wildcards.group, filter=filt)
+        return [str(RAW_DIR / f) for f in files]
+
+    return inner
+
+
+def get_dark_inputs(wildcards):
+    return {"bias": _nearest_master("bias", wildcards, "dark")} if "bias" in STEPS else {}
+
+
+def get_flat_inputs(wildcards):
+    out = {}
+    if "bias" in STEPS:
+        out["bias"] = _nearest_master("bias", wildcards, "flat", wildcards.filt)
+    if "dark" in STEPS and SUBTRACT_DARK:
+        _, sets, _ = state()
+        row = sets._select(kind="flat", night=wildcards.night, group=wildcards.group,
+                           filter=wildcards.filt)
+        best = sets.nearest(kind="dark", group=wildcards.group, mjd=float(row.iloc[0]["mjd"]),
+                            night=wildcards.night, max_age_days=CAL["max_calibration_age_days"])
+        if best is not None:  # flats are short: a missing dark is not fatal
+            out["dark"] = str(master_path("dark", best["night"], wildcards.group))
+    return out
+
+
+def _plan_masters(row):
+    out = {}
+    for kind in ("bias", "dark", "flat"):
+        if row[f"{kind}_night"]:
+            out[kind] = str(master_path(kind, row[f"{kind}_night"], row["group"], row["filter"]))
+    return out
+
+
+def get_bpm_inputs(wildcards):
+    _, _, plan = state()
+    rows = plan[
+        (plan["night"] == wildcards.night)
+        & (plan["group"] == wildcards.group)
+        & (plan["filter"].map(safe_name) == wildcards.filt)
+    ]
+    return _plan_masters(rows.iloc[0])
+
+
+def get_science_inputs(wildcards):
+    inventory, _, plan = state()
+    row = plan.loc[wildcards.frame]
+    masters = _plan_masters(row)
+    if not SUBTRACT_DARK:
+        masters.pop("dark", None)
+    where = MASTERS / row["night"] / row["group"]
+    bpm = where / f"bpm_{safe_name(row['filter'])}.fits"
+    out = {"raw": str(RAW_DIR / row["file"]), "bpm": str(bpm), **masters}
+    if illumination_frames(row["night"], row["group"], row["filter"]):
+        out["illumination"] = str(where / f"illum_{safe_name(row['filter'])}.fits")
+    return out
+
+
+def illumination_frames(night, group, filt):
+    """Science frames for the illumination model (none when disabled or too few)."""
+    if not ILLUM["enabled"]:
+        return []
+    _, _, plan = state()
+    rows = plan[(plan["night"] == night) & (plan["group"] == group)
+                & (plan["filter"].map(safe_name) == safe_name(filt))]
+    return list(rows["file"]) if len(rows) >= ILLUM["min_frames"] else []
+
+
+def get_illumination_inputs(wildcards):
+    _, _, plan = state()
+    files = illumination_frames(wildcards.night, wildcards.group, wildcards.filt)
+    row = plan[plan["file"] == files[0]].iloc[0]
+    masters = _plan_masters(row)
+    if not SUBTRACT_DARK:
+        masters.pop("dark", None)
+    return {"raw": [str(RAW_DIR / f) for f in files], **masters}
+
+
+def calibrated_path(row):
+    return RESULTS / "calibrated" / row["night"] / f"{row['frame']}.fits"
+
+
+def get_detector_reports():
+    _, sets, _ = state()
+    t = sets.table
+    out = []
+    for (night, group), grp in t.groupby(["night", "group"]):
+        biases = grp[grp["kind"] == "bias"]
+        flats = grp[(grp["kind"] == "flat") & (grp["n_frames"] >= 2)]
+        if not biases.empty and int(biases.iloc[0]["n_frames"]) >= 2 and not flats.empty:
+            out.append(RESULTS / "reports" / night / group / "detector.csv")
+    return out
+
+
+def get_detector_inputs(wildcards):
+    inventory, sets, _ = state()
+    bias = sets.files(kind="bias", night=wildcards.night, group=wildcards.group)[:2]
+    t = sets.table
+    flats = t[(t["kind"] == "flat") & (t["night"] == wildcards.night)
+              & (t["group"] == wildcards.group)]
+    files = [f for fl in flats["files"] for f in fl]
+    return {"bias": [str(RAW_DIR / f) for f in bias], "flats": [str(RAW_DIR / f) for f in files]}
 
 
 def get_final_outputs(wildcards):
-    return [RESULTS / "inventory.csv"]
+    _, _, plan = state()
+    return [
+        RESULTS / "inventory.csv",
+        RESULTS / "calibration_plan.csv",
+        *[calibrated_path(row) for _, row in plan.iterrows()],
+        *get_detector_reports(),
+    ]
+
+
+def get_detector_flat_filters(wildcards):
+    inventory = state()[0].set_index("file")
+    return {f: inventory.loc[Path(f).relative_to(RAW_DIR).as_posix(), "filter"]
+            for f in get_detector_inputs(wildcards)["flats"]}

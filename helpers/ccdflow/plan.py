@@ -1,0 +1,167 @@
+"""Which raw frames make which master, and which masters calibrate which science frame.
+
+A *calibration set* is the frames of one type (and filter, for flats) in one
+calibration group and night.  A science frame uses the set of its own group
+and night; when that night has none, the set of the nearest night (by mean
+observation time) within ``max_age_days``; when there is none, planning fails
+with a message naming the frames and the missing type, unless that step is
+skipped.  With ``bias_from_shortest_dark`` (cameras without bias frames) the
+shortest darks of a night are its bias set and the longer ones its dark set.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from .ccd import CalibrationError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CalibrationSets", "calibration_sets", "plan_calibrations", "safe_name"]
+
+KINDS = ("bias", "dark", "flat")
+
+
+def safe_name(text: str) -> str:
+    """Name usable in paths and wildcards (``[A-Za-z0-9._+-]``); '' becomes 'none'."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", str(text).strip()) or "none"
+
+
+@dataclass
+class CalibrationSets:
+    """Usable calibration sets and the ones dropped for having too few frames."""
+
+    table: pd.DataFrame  #: kind, night, group, filter, n_frames, mjd, exptime_s, files
+    dropped: list[str] = field(default_factory=list)
+
+    def files(self, *, kind: str, night: str, group: str, filter: str = "") -> list[str]:
+        rows = self._select(kind=kind, night=night, group=group, filter=filter)
+        if rows.empty:
+            raise CalibrationError(f"no {kind} set for night {night}, group {group}"
+                                   + (f", filter {filter}" if filter else ""))
+        return list(rows.iloc[0]["files"])
+
+    def _select(self, *, kind, night, group, filter=""):
+        t = self.table
+        sel = (t["kind"] == kind) & (t["night"] == night) & (t["group"] == group)
+        if kind == "flat":
+            sel &= t["filter_slug"] == safe_name(filter)
+        return t[sel]
+
+    def nearest(self, *, kind: str, group: str, mjd: float, night: str, filter: str = "",
+                max_age_days: float) -> pd.Series | None:
+        """Set of the same night, else the nearest in time within ``max_age_days``."""
+        t = self.table
+        sel = (t["kind"] == kind) & (t["group"] == group)
+        if kind == "flat":
+            sel &= t["filter_slug"] == safe_name(filter)
+        cands = t[sel]
+        if cands.empty:
+            return None
+        same = cands[cands["night"] == night]
+        if not same.empty:
+            return same.iloc[0]
+        age = (cands["mjd"] - mjd).abs()
+        best = age.idxmin()
+        return cands.loc[best] if age[best] <= max_age_days else None
+
+
+def calibration_sets(inventory: pd.DataFrame, *, min_frames: Mapping[str, int],
+                     bias_from_shortest_dark: bool = False) -> CalibrationSets:
+    """Group the inventory's bias, dark and flat frames into calibration sets.
+
+    Sets with fewer than ``min_frames[kind]`` frames are dropped (logged, and
+    listed in ``dropped``): a science frame then falls back to another night.
+    """
+    frames = inventory[inventory["type"].isin(KINDS)].copy()
+    if bias_from_shortest_dark:
+        darks = frames["type"] == "dark"
+        shortest = frames[darks].groupby(["night", "group"])["exptime_s"].transform("min")
+        is_bias = darks & (frames["exptime_s"] == shortest.reindex(frames.index))
+        frames.loc[is_bias.fillna(False), "type"] = "bias"
+    frames["filter"] = frames["filter"].where(frames["type"] == "flat", "")
+    rows, dropped = [], []
+    for (kind, night, group, filt), grp in frames.groupby(["type", "night", "group", "filter"],
+                                                          sort=True):
+        grp = grp.sort_values("file")
+        label = f"{kind} {night} {group}" + (f" {filt}" if filt else "")
+        if len(grp) < min_frames.get(kind, 1):
+            dropped.append(f"{label}: {len(grp)} frame(s) ({', '.join(grp['file'])}), "
+                           f"minimum {min_frames.get(kind, 1)}")
+            log.warning("calibration set %s dropped: %d frame(s), minimum %d", label, len(grp),
+                        min_frames.get(kind, 1))
+            continue
+        rows.append({"kind": kind, "night": night, "group": group, "filter": filt,
+                     "filter_slug": safe_name(filt), "n_frames": len(grp),
+                     "mjd": float(grp["mjd_obs"].mean()),
+                     "exptime_s": float(grp["exptime_s"].min()), "files": list(grp["file"])})
+    table = pd.DataFrame(rows, columns=["kind", "night", "group", "filter", "filter_slug",
+                                        "n_frames", "mjd", "exptime_s", "files"])
+    return CalibrationSets(table=table, dropped=dropped)
+
+
+def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age_days: float,
+                      steps: Iterable[str] = KINDS) -> pd.DataFrame:
+    """Masters for every science frame (one row each), or a CalibrationError.
+
+    Parameters
+    ----------
+    inventory : DataFrame
+        From :func:`ccdflow.inventory.build_inventory`.
+    sets : CalibrationSets
+    max_age_days : float
+        Largest time between a science frame and the mean time of a set taken
+        from another night.
+    steps : iterable of str
+        The calibration types to apply (the others are skipped by config).
+
+    Returns
+    -------
+    DataFrame
+        frame, file, night, group, filter, mjd_obs, and per type ``<type>_night``
+        (empty when skipped), ``<type>_age_d`` (days; 0 for the same night),
+        plus ``note`` naming masters taken from another night.
+    """
+    steps = set(steps)
+    science = inventory[inventory["type"] == "science"].sort_values(["mjd_obs", "file"])
+    rows, missing = [], {}
+    for _, sci in science.iterrows():
+        row = {"frame": sci["frame"], "file": sci["file"], "night": sci["night"],
+               "group": sci["group"], "filter": sci["filter"], "mjd_obs": sci["mjd_obs"]}
+        notes = []
+        for kind in KINDS:
+            row[f"{kind}_night"], row[f"{kind}_age_d"] = "", float("nan")
+            if kind not in steps:
+                continue
+            if pd.isna(sci["mjd_obs"]) or not sci["night"]:
+                missing.setdefault(f"{kind} (frame has no observation time)", []).append(
+                    sci["file"])
+                continue
+            best = sets.nearest(kind=kind, group=sci["group"], mjd=sci["mjd_obs"],
+                                night=sci["night"], filter=sci["filter"],
+                                max_age_days=max_age_days)
+            if best is None:
+                what = kind + (f" in filter {sci['filter'] or 'none'}" if kind == "flat" else "")
+                missing.setdefault(what, []).append(sci["file"])
+                continue
+            row[f"{kind}_night"] = best["night"]
+            row[f"{kind}_age_d"] = round(abs(float(best["mjd"]) - float(sci["mjd_obs"])), 4)
+            if best["night"] != sci["night"]:
+                notes.append(f"{kind} from night {best['night']}")
+        row["note"] = "; ".join(notes)
+        rows.append(row)
+    if missing:
+        parts = [f"no {what} within {max_age_days} d for {len(files)} frame(s): "
+                 f"{', '.join(files[:5])}{' …' if len(files) > 5 else ''}"
+                 for what, files in missing.items()]
+        raise CalibrationError("calibration plan: " + "; ".join(parts) +
+                               " (add calibrations, raise calibration.max_calibration_age_days,"
+                               " or list the type in calibration.skip)")
+    columns = ["frame", "file", "night", "group", "filter", "mjd_obs"] + [
+        f"{k}_{c}" for k in KINDS for c in ("night", "age_d")] + ["note"]
+    return pd.DataFrame(rows, columns=columns)

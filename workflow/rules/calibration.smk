@@ -1,0 +1,183 @@
+# Masters (bias, dark, flat), bad-pixel masks, calibrated science frames, and
+# the per-night plan and detector report.
+
+
+rule calibration_plan:
+    input:
+        inventory=RESULTS / "inventory.csv",
+    output:
+        plan=RESULTS / "calibration_plan.csv",
+    params:
+        min_frames=CAL["min_frames"],
+        max_age_days=CAL["max_calibration_age_days"],
+        steps=STEPS,
+        bias_from_shortest_dark=PROFILE["calibration"]["bias_from_shortest_dark"],
+        software=SOFTWARE,
+    log:
+        LOGS / "calibration_plan.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/calibration_plan.py"
+
+
+rule master_bias:
+    input:
+        raw=get_master_raw("bias"),
+    output:
+        master=MASTERS / "{night}" / "{group}" / "bias.fits",
+    params:
+        detector=PROFILE["detector"],
+        combine=CAL["combine"].get("bias", {}),
+        memory_limit_mb=CAL["memory_limit_mb"],
+        min_frames=CAL["min_frames"]["bias"],
+        software=SOFTWARE,
+    log:
+        LOGS / "masters" / "{night}" / "{group}" / "bias.log",
+    threads: 1
+    resources:
+        mem_mb=CAL["memory_limit_mb"] + 1500,
+        runtime=60,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/master_bias.py"
+
+
+rule master_dark:
+    input:
+        unpack(get_dark_inputs),
+        raw=get_master_raw("dark"),
+    output:
+        master=MASTERS / "{night}" / "{group}" / "dark.fits",
+    params:
+        detector=PROFILE["detector"],
+        combine=CAL["combine"].get("dark", {}),
+        memory_limit_mb=CAL["memory_limit_mb"],
+        min_frames=CAL["min_frames"]["dark"],
+        hot_pixel=CAL["hot_pixel"],
+        software=SOFTWARE,
+    log:
+        LOGS / "masters" / "{night}" / "{group}" / "dark.log",
+    threads: 1
+    resources:
+        mem_mb=CAL["memory_limit_mb"] + 1500,
+        runtime=60,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/master_dark.py"
+
+
+rule master_flat:
+    input:
+        unpack(get_flat_inputs),
+        raw=get_master_raw("flat"),
+    output:
+        master=MASTERS / "{night}" / "{group}" / "flat_{filt}.fits",
+    params:
+        detector=PROFILE["detector"],
+        combine=CAL["combine"].get("flat", {}),
+        memory_limit_mb=CAL["memory_limit_mb"],
+        min_frames=CAL["min_frames"]["flat"],
+        flat=CAL["flat"],
+        software=SOFTWARE,
+    log:
+        LOGS / "masters" / "{night}" / "{group}" / "flat_{filt}.log",
+    threads: 1
+    resources:
+        mem_mb=CAL["memory_limit_mb"] + 1500,
+        runtime=60,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/master_flat.py"
+
+
+rule bad_pixel_mask:
+    input:
+        unpack(get_bpm_inputs),
+    output:
+        bpm=MASTERS / "{night}" / "{group}" / "bpm_{filt}.fits",
+    params:
+        detector=PROFILE["detector"],
+        software=SOFTWARE,
+    log:
+        LOGS / "masters" / "{night}" / "{group}" / "bpm_{filt}.log",
+    threads: 1
+    resources:
+        mem_mb=1500,
+        runtime=10,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/bad_pixel_mask.py"
+
+
+rule calibrate_science:
+    input:
+        unpack(get_science_inputs),
+    output:
+        calibrated=RESULTS / "calibrated" / "{night}" / "{frame}.fits",
+    params:
+        detector=PROFILE["detector"],
+        steps=STEPS,
+        subtract_dark=SUBTRACT_DARK,
+        software=SOFTWARE,
+    log:
+        LOGS / "calibrated" / "{night}" / "{frame}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/calibrate_science.py"
+
+
+rule detector_report:
+    input:
+        unpack(get_detector_inputs),
+    output:
+        report=RESULTS / "reports" / "{night}" / "{group}" / "detector.csv",
+    params:
+        detector=PROFILE["detector"],
+        flat_filters=get_detector_flat_filters,
+        warn_fraction=CAL["gain_check_fraction"],
+        software=SOFTWARE,
+    log:
+        LOGS / "reports" / "{night}" / "{group}" / "detector.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/detector_report.py"
+
+
+rule illumination_model:
+    input:
+        unpack(get_illumination_inputs),
+    output:
+        illumination=MASTERS / "{night}" / "{group}" / "illum_{filt}.fits",
+    params:
+        detector=PROFILE["detector"],
+        illumination=ILLUM,
+        software=SOFTWARE,
+    log:
+        LOGS / "masters" / "{night}" / "{group}" / "illum_{filt}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/illumination_model.py"
