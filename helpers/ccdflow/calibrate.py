@@ -38,6 +38,7 @@ __all__ = [
     "central_level",
     "make_bad_pixel_mask",
     "make_illumination_model",
+    "trimmed_shape",
     "make_master_bias",
     "make_master_dark",
     "make_master_flat",
@@ -469,3 +470,8 @@ def make_illumination_model(*, paths: Sequence[str | Path], detector: Mapping,
              len(paths), model.max() - model.min(), rms)
     return Product(data=model.astype(np.float32), error=np.zeros_like(model, np.float32),
                    mask=np.zeros(model.shape, np.uint16), header=header)
+
+
+def trimmed_shape(path: str | Path, *, detector: Mapping) -> tuple[int, int]:
+    """Shape ``(ny, nx)`` of a raw frame after overscan removal, trimming and mosaicking."""
+    return read_raw_frame(path, detector=detector).data.shape

@@ -61,8 +61,18 @@ def job_logging(log_path: str | Path | None, *, level: int = logging.INFO
         root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)
+    previous_hook = sys.excepthook
+
+    def log_uncaught(exc_type, exc, tb):  # the job's log must say why it failed
+        logging.getLogger("ccdflow").critical("job failed: %s: %s", exc_type.__name__, exc,
+                                              exc_info=(exc_type, exc, tb))
+        for handler in handlers:
+            handler.flush()
+
+    sys.excepthook = log_uncaught
 
     def detach() -> None:
+        sys.excepthook = previous_hook
         for handler in handlers:
             root.removeHandler(handler)
             handler.close()

@@ -169,7 +169,7 @@ def get_bpm_inputs(wildcards):
         & (plan["group"] == wildcards.group)
         & (plan["filter"].map(safe_name) == wildcards.filt)
     ]
-    return _plan_masters(rows.iloc[0])
+    return {"reference": str(RAW_DIR / rows.iloc[0]["file"]), **_plan_masters(rows.iloc[0])}
 
 
 def get_science_inputs(wildcards):

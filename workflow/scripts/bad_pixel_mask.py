@@ -1,13 +1,12 @@
 """Rule bad_pixel_mask: OR of the masters' masks and the profile's bad pixels."""
 
-from ccdflow.calibrate import make_bad_pixel_mask
+from ccdflow.calibrate import make_bad_pixel_mask, trimmed_shape
 from ccdflow.io import job_logging
 from ccdflow.products import read_product, write_mask
 
 job_logging(snakemake.log[0])
-masters = {kind: read_product(path) for kind, path in snakemake.input.items()}
-shape = next(iter(masters.values())).data.shape
-mask = make_bad_pixel_mask(
-    shape=shape, detector=snakemake.params.detector, masters=list(masters.values())
-)
-write_mask(snakemake.output.bpm, mask, inputs=list(snakemake.input), step="bad_pixel_mask")
+inputs = snakemake.input
+masters = [read_product(inputs[k]) for k in ("bias", "dark", "flat") if k in inputs.keys()]
+shape = trimmed_shape(inputs.reference, detector=snakemake.params.detector)
+mask = make_bad_pixel_mask(shape=shape, detector=snakemake.params.detector, masters=masters)
+write_mask(snakemake.output.bpm, mask, inputs=list(inputs), step="bad_pixel_mask")
