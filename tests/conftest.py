@@ -40,3 +40,40 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real sample frames not available: {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+# A night for calibration tests: enough frames per master for per-pixel statistics.
+CAL_SPEC = NightSpec(nx=320, ny=300, n_bias=8, n_dark=5, n_flat=6,
+                     science=(("V", 2), ("R", 1)), n_stars=50, seed=11)
+
+
+@pytest.fixture(scope="session")
+def cal_night(tmp_path_factory) -> Path:
+    return simulate_night(out_dir=tmp_path_factory.mktemp("night") / "cal", spec=CAL_SPEC)
+
+
+@pytest.fixture(scope="session")
+def cal_masters(cal_night):
+    """Master bias, dark, flat V and BPM of CAL_SPEC, made once."""
+    from ccdflow.calibrate import (
+        make_bad_pixel_mask,
+        make_master_bias,
+        make_master_dark,
+        make_master_flat,
+    )
+    from ccdflow.simulate import load_truth
+
+    truth = load_truth(cal_night)
+    det = profile("demo")["detector"]
+    frames = truth.frames
+
+    def files(kind, filt=""):
+        sel = (frames["type"] == kind) & ((frames["filter"] == filt) if filt else True)
+        return [truth.raw_dir / f for f in frames.loc[sel, "file"]]
+
+    bias = make_master_bias(paths=files("bias"), detector=det)
+    dark = make_master_dark(paths=files("dark"), detector=det, bias=bias)
+    flat = make_master_flat(paths=files("flat", "V"), detector=det, bias=bias, dark=dark)
+    bpm = make_bad_pixel_mask(shape=bias.data.shape, detector=det, masters=[bias, dark, flat])
+    return {"truth": truth, "detector": det, "bias": bias, "dark": dark, "flat": flat,
+            "bpm": bpm, "files": files}

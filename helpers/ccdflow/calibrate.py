@@ -38,13 +38,14 @@ __all__ = [
     "central_level",
     "make_bad_pixel_mask",
     "make_illumination_model",
-    "trimmed_shape",
     "make_master_bias",
     "make_master_dark",
     "make_master_flat",
+    "trimmed_shape",
 ]
 
-COMBINE_DEFAULTS = {"method": "mean", "cenfunc": "median", "sigma_lower": 3.0,
+COMBINE_DEFAULTS = {"method": "mean", "cenfunc": "median", "stdfunc": "model",
+                    "sigma_lower": 3.0,
                     "sigma_upper": 3.0, "maxiters": 5, "nlow": 0, "nhigh": 0}
 
 
@@ -95,7 +96,8 @@ def _master_product(result, *, fill: float, header, unit_note: str) -> Product:
     return Product(data=data, error=error, mask=mask, header=header)
 
 
-def _combine(paths, load, *, combine: Mapping, memory_limit_mb: float, scratch_dir):
+def _combine(paths, load, *, combine: Mapping, memory_limit_mb: float, scratch_dir,
+             noise_model=None):
     params = {**COMBINE_DEFAULTS, **combine}
     shapes: dict[tuple, str] = {}
 
@@ -111,7 +113,8 @@ def _combine(paths, load, *, combine: Mapping, memory_limit_mb: float, scratch_d
         return loader
 
     return combine_frames(frames=[make_loader(p) for p in paths],
-                          memory_limit_mb=memory_limit_mb, scratch_dir=scratch_dir, **params)
+                          memory_limit_mb=memory_limit_mb, scratch_dir=scratch_dir,
+                          noise_model=noise_model, **params)
 
 
 def make_master_bias(*, paths: Sequence[str | Path], detector: Mapping,
@@ -146,14 +149,18 @@ def make_master_bias(*, paths: Sequence[str | Path], detector: Mapping,
     """
     _check_count(paths, min_frames, "bias")
     exptimes = set()
+    read_noise = []
 
     def load(path):
         frame = read_raw_frame(path, detector=detector)
         exptimes.add(frame.exptime_s)
+        read_noise.append(frame.read_noise_e)
         return np.where(_missing(frame), np.nan, frame.data)
 
+    # clipping noise model: read noise only (a short dark used as bias adds Poisson)
     result = _combine(paths, load, combine=combine or {}, memory_limit_mb=memory_limit_mb,
-                      scratch_dir=scratch_dir)
+                      scratch_dir=scratch_dir,
+                      noise_model=lambda: (max(read_noise) ** 2, 1.0 if max(exptimes) else 0.0))
     if len(exptimes) > 1:
         raise CalibrationError(f"master bias: frames have different exposure times {exptimes}")
     header = provenance_header(step="master_bias", inputs=paths,
@@ -191,11 +198,18 @@ def make_master_dark(*, paths: Sequence[str | Path], detector: Mapping, bias: Pr
             raise CalibrationError(f"{path}: dark exposure {frame.exptime_s} s is not longer "
                                    f"than the bias exposure {t_bias} s")
         exptimes.append(frame.exptime_s)
+        read_noise.append(frame.read_noise_e)
         data = frame.data - (bias.data if bias is not None else 0.0)
         return np.where(_missing(frame), np.nan, data / dt)
 
+    read_noise: list[float] = []
+
+    def model():  # rate r from electrons r·dt: σ_r² = (RN² + r·dt)/dt² for the shortest dt
+        dt = min(exptimes) - t_bias
+        return max(read_noise) ** 2 / dt**2, 1.0 / dt
+
     result = _combine(paths, load, combine=combine or {}, memory_limit_mb=memory_limit_mb,
-                      scratch_dir=scratch_dir)
+                      scratch_dir=scratch_dir, noise_model=model)
     params = {"combine": {**COMBINE_DEFAULTS, **(combine or {})},
               "hot_threshold_e_per_s": hot_threshold_e_per_s,
               "hot_significance": hot_significance}
@@ -258,10 +272,17 @@ def make_master_flat(*, paths: Sequence[str | Path], detector: Mapping, bias: Pr
             raise CalibrationError(f"{path}: flat level {level:.3g} e- in the central region is "
                                    "not positive (empty or zero flat?)")
         scales.append(level)
+        read_noise.append(frame.read_noise_e)
         return data / level
 
+    read_noise: list[float] = []
+
+    def model():  # response f from electrons f·S: σ_f² = (RN² + f·S)/S², faintest flat
+        level = min(scales)
+        return max(read_noise) ** 2 / level**2, 1.0 / level
+
     result = _combine(paths, load, combine=combine or {}, memory_limit_mb=memory_limit_mb,
-                      scratch_dir=scratch_dir)
+                      scratch_dir=scratch_dir, noise_model=model)
     norm = central_level(result.data, fraction=norm_fraction)
     result.data /= norm
     result.error /= norm

@@ -76,7 +76,7 @@ def write_product(path: str | Path, product: Product, *, unit: str) -> None:
     """Write ``product`` atomically as primary (header) + SCI + ERR + MASK."""
     wcs_like = fits.Header([c for c in product.header.cards
                             if c.keyword[:5] in ("CTYPE", "CRPIX", "CRVAL", "CDELT", "CUNIT")
-                            or c.keyword[:2] in ("CD", "PC") and "_" in c.keyword
+                            or (c.keyword[:2] in ("CD", "PC") and "_" in c.keyword)
                             or c.keyword in ("RADESYS", "RADECSYS", "EQUINOX", "LONPOLE",
                                              "LATPOLE", "WCSAXES")])
     primary = fits.PrimaryHDU(header=product.header)
