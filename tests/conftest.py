@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +79,19 @@ def cal_masters(cal_night):
     bpm = make_bad_pixel_mask(shape=bias.data.shape, detector=det, masters=[bias, dark, flat])
     return {"truth": truth, "detector": det, "bias": bias, "dark": dark, "flat": flat,
             "bpm": bpm, "files": files}
+
+
+def run_snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool = True):
+    """Run the workflow's CLI in ``workdir``; ``config`` goes through --configfile."""
+    import yaml
+
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+           "--directory", str(workdir), *args]
+    if config is not None:
+        path = workdir / "test-config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        cmd += ["--configfile", str(path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if check and out.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
+    return out

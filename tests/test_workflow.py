@@ -5,30 +5,19 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from astropy.io import fits
 
 from ccdflow.simulate import load_truth, simulate_night
 
 from .conftest import ROOT, SMALL_SPEC
+from .conftest import run_snakemake as snakemake
 
 pytestmark = pytest.mark.workflow
 
 TINY_DEMO = {"dir": "demo", "seed": 5, "size": 128, "n_science": 3}
-
-
-def snakemake(workdir, *args, config=None, check=True):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-           "--directory", str(workdir), *args]
-    if config is not None:
-        path = workdir / "test-config.yaml"
-        path.write_text(yaml.safe_dump(config))
-        cmd += ["--configfile", str(path)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if check and out.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
-    return out
 
 
 def test_lint_is_clean(tmp_path):
@@ -44,15 +33,70 @@ def test_dry_run_lists_demo_jobs(tmp_path):
 
 def test_demo_night_end_to_end_then_up_to_date(tmp_path):
     snakemake(tmp_path, "--cores", "2", config={"demo": TINY_DEMO})
-    inventory = pd.read_csv(tmp_path / "results" / "inventory.csv", keep_default_na=False)
+    results = tmp_path / "results"
+    inventory = pd.read_csv(results / "inventory.csv", keep_default_na=False)
     truth = load_truth(tmp_path / "demo")
     assert sorted(inventory["frame"]) == sorted(truth.frames["frame"])
     merged = inventory.merge(truth.frames, on="frame", suffixes=("", "_truth"))
     assert (merged["type"] == merged["type_truth"]).all()
     assert (merged["night"] == "2026-03-14").all()
-    assert (tmp_path / "results" / "logs" / "inventory.log").stat().st_size > 0
+    assert (results / "logs" / "inventory.log").stat().st_size > 0
+    # calibration: every science frame, masters, plan, detector report
+    plan = pd.read_csv(results / "calibration_plan.csv", keep_default_na=False)
+    science = truth.frames[truth.frames["type"] == "science"]
+    assert sorted(plan["frame"]) == sorted(science["frame"])
+    for frame in science["frame"]:
+        path = results / "calibrated" / "2026-03-14" / f"{frame}.fits"
+        with fits.open(path) as hdul:
+            assert [h.name for h in hdul] == ["PRIMARY", "SCI", "ERR", "MASK"]
+            assert hdul["SCI"].header["BUNIT"] == "electron"
+            assert hdul[0].header["FLATFILE"].endswith(f"flat_{frame.split('_')[1]}.fits")
+    report = pd.read_csv(next((results / "reports").rglob("detector.csv")))
+    # the gain rests on a MAD variance of the central 80 % (N ≈ 10 500 px): relative
+    # error √(2/(0.37·N)) ≈ 2.3 %, so 3σ is 7 %
+    n_pix = (0.8 * TINY_DEMO["size"]) ** 2
+    assert report["gain_measured"].iloc[0] == pytest.approx(
+        truth.meta["gain_e_per_adu"], rel=3 * np.sqrt(2 / (0.37 * n_pix)))
     out = snakemake(tmp_path, "-n", config={"demo": TINY_DEMO})
     assert "Nothing to be done" in out.stdout + out.stderr
+    assert not list(results.rglob(".*.fits*")), "no temporary files left behind"
+
+
+def test_missing_calibration_type_names_frames_and_type(tmp_path):
+    simulate_night(out_dir=tmp_path / "night", spec=SMALL_SPEC)
+    raw = tmp_path / "night" / "raw"
+    tsv = tmp_path / "frames.tsv"  # declare every flat rejected: science has no flat
+    flats = sorted(p.name for p in raw.glob("flat_*"))
+    tsv.write_text("file\ttype\n" + "".join(f"{f}\trejected\n" for f in flats))
+    out = snakemake(tmp_path, "--cores", "1", "--config", f"raw_dir={raw}",
+                    f"frames={tsv}", "instrument=demo", check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "no flat in filter V within 30" in text and "WASP-SIM_V_001.fits" in text
+    assert not (tmp_path / "results" / "calibrated").exists()
+
+
+def test_failed_job_leaves_no_partial_output(tmp_path):
+    """A flat of zeros fails master_flat with a clear message and no file survives."""
+    simulate_night(out_dir=tmp_path / "night", spec=SMALL_SPEC)
+    raw = tmp_path / "night" / "raw"
+    for path in raw.glob("flat_R_*"):
+        with fits.open(path) as hdul:
+            header = hdul[0].header
+            data = np.zeros_like(hdul[0].data)
+        path.chmod(0o644)
+        path.unlink()
+        fits.PrimaryHDU(data, header=header).writeto(path)
+    out = snakemake(tmp_path, "--cores", "1", "--keep-going", "--config", f"raw_dir={raw}",
+                    "instrument=demo", check=False)
+    assert out.returncode != 0
+    log = next((tmp_path / "results" / "logs").rglob("flat_R.log")).read_text()
+    assert "flat level" in log and "not positive" in log
+    masters = tmp_path / "results" / "masters"
+    assert not list(masters.rglob("flat_R.fits"))
+    assert not list(masters.rglob(".*")), "no temporary files"
+    # --keep-going: the V frames still calibrate
+    assert list((tmp_path / "results" / "calibrated").rglob("WASP-SIM_V_*.fits"))
 
 
 def test_own_raw_dir_and_instrument_from_command_line(tmp_path):

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from astropy.stats import sigma_clipped_stats
+from astropy.stats import mad_std, sigma_clipped_stats
 
 from .calibrate import central_level
 from .ccd import CalibrationError, detector_constant, read_raw_frame
@@ -58,7 +58,7 @@ def choose_flat_pair(levels: Mapping[str, tuple[str, float]]) -> tuple[str, str]
 
 def measure_gain_read_noise(*, bias_paths: Sequence[str | Path],
                             flat_paths: Sequence[str | Path], detector: Mapping,
-                            fraction: float = 0.5, sigma: float = 5.0) -> dict:
+                            fraction: float = 0.8, sigma: float = 5.0) -> dict:
     """Measure gain (e-/ADU) and read noise (e-) from two biases and two flats.
 
     Parameters
@@ -70,7 +70,8 @@ def measure_gain_read_noise(*, bias_paths: Sequence[str | Path],
     fraction : float
         Central fraction (per axis) of the frame used.
     sigma : float
-        Clipping threshold for the variances (cosmic rays, stars in flats).
+        Clipping threshold for the mean levels; the variances are MAD-based
+        (1.4826 × median absolute deviation)², robust to stars and cosmic rays.
 
     Returns
     -------
@@ -89,8 +90,9 @@ def measure_gain_read_noise(*, bias_paths: Sequence[str | Path],
     if not (m1 > 0 and m2 > 0):
         raise CalibrationError(f"flat levels {m1:.1f}, {m2:.1f} ADU are not above the bias")
     r = m1 / m2
-    var_b = sigma_clipped_stats(b1 - b2, sigma=sigma)[2] ** 2
-    var_f = sigma_clipped_stats((f1 - bias_mean) - r * (f2 - bias_mean), sigma=sigma)[2] ** 2
+    # MAD-based variances: stars in twilight flats and cosmic rays do not inflate them
+    var_b = mad_std(b1 - b2, ignore_nan=True) ** 2
+    var_f = mad_std((f1 - bias_mean) - r * (f2 - bias_mean), ignore_nan=True) ** 2
     denom = var_f - (1 + r**2) * var_b / 2
     if not denom > 0:
         raise CalibrationError("flat-pair variance does not exceed the read noise: cannot "

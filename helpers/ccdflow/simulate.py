@@ -505,7 +505,7 @@ def _simulate_into(root: Path, spec: NightSpec) -> None:
             target_adu = spec.flat_level_adu * (1.0 - 0.06 * (counters[key] - 1))
             exptime = float(round(1.0 + 1.2 * (counters[key] - 1), 2))
             rate = target_adu * spec.gain_e_per_adu / exptime
-            n_fs = 20
+            n_fs = max(1, round(20 * spec.nx * spec.ny / 2**20))  # 20 per megapixel
             fstars = render_gaussian_stars(
                 shape=electrons.shape, x=rng.uniform(0, spec.nx, n_fs),
                 y=rng.uniform(0, spec.ny, n_fs), flux=10 ** rng.uniform(3.5, 4.7, n_fs),
