@@ -43,6 +43,7 @@ def test_master_bias_noise_is_read_noise_over_root_n(cal_masters):
     # the ERR plane says the same, per pixel
     assert np.sqrt(np.mean((bias.error / g) ** 2)) == pytest.approx(resid.std(), rel=0.10)
     assert bias.header["NCOMBINE"] == n and bias.header["EXPTIME"] == 0.0
+    assert bias.extras["NUSED"].max() == n and bias.extras["NUSED"].mean() > 0.99 * n
 
 
 def test_master_dark_rate_and_hot_pixels(cal_masters):

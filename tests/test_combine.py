@@ -131,3 +131,22 @@ def test_same_master_bias_as_ccdproc(rng):
                              sigma_clip_high_thresh=3, sigma_clip_func=np.ma.mean,
                              sigma_clip_dev_func=np.ma.std, mem_limit=1e9)
     np.testing.assert_allclose(ours, theirs.data, rtol=1e-5)
+
+
+def test_combine_files_threads_equal_in_memory(stack, tmp_path):
+    from astropy.io import fits
+
+    from ccdflow.combine import combine_files
+
+    paths = []
+    for i, frame in enumerate(stack.astype(np.float32)):
+        paths.append(tmp_path / f"f{i}.fits")
+        fits.PrimaryHDU(frame).writeto(paths[-1])
+    direct = clip_combine(stack.astype(np.float32), stdfunc="model", noise_model=(25.0, 0.0))
+    result = combine_files(paths=paths, memory_limit_mb=0.05, threads=2, stdfunc="model",
+                           noise_model=(25.0, 0.0))
+    np.testing.assert_allclose(result.data, direct[0], rtol=1e-6)
+    np.testing.assert_array_equal(result.n_used, direct[2])
+    fits.PrimaryHDU(np.zeros((3, 3), np.float32)).writeto(tmp_path / "odd.fits")
+    with pytest.raises(ValueError, match=r"odd\.fits has shape \(3, 3\)"):
+        combine_files(paths=[*paths[:2], tmp_path / "odd.fits"])

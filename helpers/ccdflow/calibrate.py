@@ -93,11 +93,12 @@ def _master_product(result, *, fill: float, header, unit_note: str) -> Product:
     header["NCOMBINE"] = (result.n_frames, "frames combined")
     header["NBADCAL"] = (int((lonely | empty).sum()), "pixels with < 2 values kept")
     header["BUNITDOC"] = unit_note
-    return Product(data=data, error=error, mask=mask, header=header)
+    return Product(data=data, error=error, mask=mask, header=header,
+                   extras={"NUSED": result.n_used.astype(np.uint16)})
 
 
 def _combine(paths, load, *, combine: Mapping, memory_limit_mb: float, scratch_dir,
-             noise_model=None):
+             noise_model=None, threads: int = 1):
     params = {**COMBINE_DEFAULTS, **combine}
     shapes: dict[tuple, str] = {}
 
@@ -114,12 +115,13 @@ def _combine(paths, load, *, combine: Mapping, memory_limit_mb: float, scratch_d
 
     return combine_frames(frames=[make_loader(p) for p in paths],
                           memory_limit_mb=memory_limit_mb, scratch_dir=scratch_dir,
-                          noise_model=noise_model, **params)
+                          noise_model=noise_model, threads=threads, **params)
 
 
 def make_master_bias(*, paths: Sequence[str | Path], detector: Mapping,
                      combine: Mapping | None = None, memory_limit_mb: float = 2000,
-                     min_frames: int = 3, scratch_dir: str | Path | None = None) -> Product:
+                     min_frames: int = 3, scratch_dir: str | Path | None = None,
+                     threads: int = 1) -> Product:
     """Combine bias frames (or the shortest darks) into a master bias in electrons.
 
     Parameters
@@ -135,6 +137,10 @@ def make_master_bias(*, paths: Sequence[str | Path], detector: Mapping,
         Bound of the combination's working set.
     min_frames : int
         Fewer frames is an error naming them.
+    scratch_dir : path, optional
+        Where the processed frames are spilled while combining.
+    threads : int
+        Row blocks combined in parallel.
 
     Returns
     -------
@@ -159,7 +165,7 @@ def make_master_bias(*, paths: Sequence[str | Path], detector: Mapping,
 
     # clipping noise model: read noise only (a short dark used as bias adds Poisson)
     result = _combine(paths, load, combine=combine or {}, memory_limit_mb=memory_limit_mb,
-                      scratch_dir=scratch_dir,
+                      scratch_dir=scratch_dir, threads=threads,
                       noise_model=lambda: (max(read_noise) ** 2, 1.0 if max(exptimes) else 0.0))
     if len(exptimes) > 1:
         raise CalibrationError(f"master bias: frames have different exposure times {exptimes}")
@@ -175,7 +181,7 @@ def make_master_dark(*, paths: Sequence[str | Path], detector: Mapping, bias: Pr
                      combine: Mapping | None = None, memory_limit_mb: float = 2000,
                      min_frames: int = 3, hot_threshold_e_per_s: float = 1.0,
                      hot_significance: float = 5.0,
-                     scratch_dir: str | Path | None = None) -> Product:
+                     scratch_dir: str | Path | None = None, threads: int = 1) -> Product:
     """Combine darks into a dark-current rate (e-/s) with hot pixels flagged.
 
     Each dark becomes ``(R − B) / (t − t_B)``; the rates are combined with
@@ -209,7 +215,7 @@ def make_master_dark(*, paths: Sequence[str | Path], detector: Mapping, bias: Pr
         return max(read_noise) ** 2 / dt**2, 1.0 / dt
 
     result = _combine(paths, load, combine=combine or {}, memory_limit_mb=memory_limit_mb,
-                      scratch_dir=scratch_dir, noise_model=model)
+                      scratch_dir=scratch_dir, noise_model=model, threads=threads)
     params = {"combine": {**COMBINE_DEFAULTS, **(combine or {})},
               "hot_threshold_e_per_s": hot_threshold_e_per_s,
               "hot_significance": hot_significance}
@@ -244,7 +250,7 @@ def make_master_flat(*, paths: Sequence[str | Path], detector: Mapping, bias: Pr
                      memory_limit_mb: float = 2000, min_frames: int = 3,
                      norm_fraction: float = 0.5, low: float = 0.5, high: float = 1.5,
                      outlier_fraction: float = 0.1,
-                     scratch_dir: str | Path | None = None) -> Product:
+                     scratch_dir: str | Path | None = None, threads: int = 1) -> Product:
     """Combine flats into a normalised master flat with low/outlier pixels masked.
 
     Each flat is bias- (and dark-) corrected, divided by the sigma-clipped
@@ -282,7 +288,7 @@ def make_master_flat(*, paths: Sequence[str | Path], detector: Mapping, bias: Pr
         return max(read_noise) ** 2 / level**2, 1.0 / level
 
     result = _combine(paths, load, combine=combine or {}, memory_limit_mb=memory_limit_mb,
-                      scratch_dir=scratch_dir, noise_model=model)
+                      scratch_dir=scratch_dir, noise_model=model, threads=threads)
     norm = central_level(result.data, fraction=norm_fraction)
     result.data /= norm
     result.error /= norm

@@ -18,17 +18,20 @@ import logging
 import math
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CombineResult", "clip_combine", "combine_frames", "rows_per_block"]
+__all__ = ["CombineResult", "clip_combine", "combine_files", "combine_frames", "rows_per_block"]
 
-_BYTES_PER_VALUE = 28  # stack float32 + sorted float32 + keep mask + float64 temporaries
+_BYTES_PER_VALUE = 24  # stack float32 (sorted in place) + two float64 prefix sums + slack
 
 
 @dataclass
@@ -67,6 +70,7 @@ def clip_combine(stack: np.ndarray, *, method: str = "mean", cenfunc: str = "med
                  stdfunc: str = "mad_std", sigma_lower: float | None = 3.0,
                  sigma_upper: float | None = 3.0, maxiters: int = 5, nlow: int = 0,
                  nhigh: int = 0, noise_model: tuple[float, float] | None = None,
+                 overwrite_input: bool = False, workspace: dict | None = None,
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Combine ``stack`` along axis 0 after min/max and sigma-clipping rejection.
 
@@ -98,6 +102,10 @@ def clip_combine(stack: np.ndarray, *, method: str = "mean", cenfunc: str = "med
         Clipping iterations (stops earlier when nothing changes).
     nlow, nhigh : int
         Lowest/highest values dropped per pixel before clipping.
+    overwrite_input : bool
+        Sort ``stack`` in place (the driver's own buffers) instead of a copy.
+    workspace : dict, optional
+        Reused buffers between calls (avoids page-faulting fresh arrays).
 
     Returns
     -------
@@ -117,51 +125,66 @@ def clip_combine(stack: np.ndarray, *, method: str = "mean", cenfunc: str = "med
     stack = np.asarray(stack)
     if stack.ndim < 2:
         raise ValueError(f"stack must have a frame axis and pixels, got shape {stack.shape}")
-    s = np.sort(stack, axis=0)  # NaN sorts last
+    if overwrite_input:
+        stack.sort(axis=0)  # NaN sorts last
+        s = stack
+    else:
+        s = np.sort(stack, axis=0)
     n_frames = s.shape[0]
-    idx = np.arange(n_frames).reshape((n_frames,) + (1,) * (s.ndim - 1))
-    n_valid = np.isfinite(s).sum(axis=0)
-    lo = np.full(n_valid.shape, nlow, dtype=np.int64)
-    hi = n_valid.astype(np.int64) - nhigh
+    pix = s.shape[1:]
+    # NaN sorts last: the number of values <= +inf, walking down from n_frames
+    n_valid = _count_below(s, np.full(pix, n_frames, np.intp), np.inf, strict=False,
+                           start=np.full(pix, n_frames, np.intp))
+    lo = np.full(pix, nlow, dtype=np.intp)
+    hi = n_valid.astype(np.intp) - nhigh
     empty = hi <= lo  # min/max would drop everything: keep all valid values
     lo[empty], hi[empty] = 0, n_valid[empty]
-    s0 = np.where(np.isfinite(s), s, 0.0)
+    # prefix sums of values shifted by each pixel's middle value (precision), float64
+    ref = np.where(n_valid > 0, _take(s, np.maximum((n_valid - 1) // 2, 0)), 0.0)
+    ws = workspace if workspace is not None else {}
+    shape = (n_frames + 1, *pix)
+    if ws.get("c1") is None or ws["c1"].shape != shape:
+        ws["c1"], ws["c2"] = np.empty(shape), np.empty(shape)
+        ws["d"], ws["d2"] = np.empty(pix), np.empty(pix)
+    c1, c2, d, d2 = ws["c1"], ws["c2"], ws["d"], ws["d2"]
+    c1[0], c2[0] = 0.0, 0.0
+    any_missing = bool((n_valid < n_frames).any())
+    for i in range(n_frames):
+        np.subtract(s[i], ref, out=d)
+        if any_missing:
+            d[i >= n_valid] = 0.0  # NaN slots at the end
+        np.add(c1[i], d, out=c1[i + 1])
+        np.multiply(d, d, out=d2)
+        np.add(c2[i], d2, out=c2[i + 1])
 
     def stats(lo, hi):
-        keep = (idx >= lo) & (idx < hi)
         n = np.maximum(hi - lo, 1)
-        mean = np.sum(s0 * keep, axis=0, dtype=np.float64) / n
-        dev = np.where(keep, s0 - mean, 0.0)
-        var0 = np.sum(dev * dev, axis=0, dtype=np.float64) / n
-        return mean, var0
+        m = (_take(c1, hi) - _take(c1, lo)) / n
+        var0 = np.maximum((_take(c2, hi) - _take(c2, lo)) / n - m * m, 0.0)
+        return m + ref, var0
 
     def median(lo, hi):
         # for an odd count both indices are the middle one
-        a = np.take_along_axis(s0, np.maximum((lo + hi - 1) // 2, 0)[np.newaxis], axis=0)[0]
-        b = np.take_along_axis(s0, np.maximum((lo + hi) // 2, 0)[np.newaxis], axis=0)[0]
-        return 0.5 * (a + b)
+        a = _take(s, np.maximum((lo + hi - 1) // 2, 0))
+        b = _take(s, np.maximum((lo + hi) // 2, 0))
+        return 0.5 * (a.astype(np.float64) + b)
 
     if (sigma_lower is not None or sigma_upper is not None) and maxiters > 0:
         lo0, hi0 = lo, hi
         for _ in range(maxiters):
-            mean, var0 = stats(lo, hi)
+            if cenfunc == "mean" or stdfunc == "std":
+                mean, var0 = stats(lo, hi)
             center = median(lo, hi) if cenfunc == "median" else mean
             if stdfunc == "std":
                 std = np.sqrt(var0)
             elif stdfunc == "model":
                 std = np.sqrt(noise_model[0] + noise_model[1] * np.maximum(center, 0.0))
-            else:  # 1.4826 × median |x − median| of the kept values (inf sorts last)
-                keep = (idx >= lo) & (idx < hi)
-                mid = center if cenfunc == "median" else median(lo, hi)
-                dev = np.sort(np.where(keep, np.abs(s0 - mid), np.inf), axis=0)
-                n_keep = np.maximum(hi - lo, 1)
-                a = np.take_along_axis(dev, ((n_keep - 1) // 2)[np.newaxis], axis=0)[0]
-                b = np.take_along_axis(dev, (n_keep // 2)[np.newaxis], axis=0)[0]
-                std = 1.482602218505602 * 0.5 * (a + b)
+            else:
+                std = _mad_std(s, lo, hi, median(lo, hi))
             lower = center - sigma_lower * std if sigma_lower is not None else -np.inf
             upper = center + sigma_upper * std if sigma_upper is not None else np.inf
-            below = np.sum(s < lower, axis=0)
-            upto = np.sum(s <= upper, axis=0)
+            below = _count_below(s, n_valid, lower, strict=True, start=lo)
+            upto = _count_below(s, n_valid, upper, strict=False, start=hi)
             # a pixel whose kept set emptied stays empty (its bounds are undefined)
             below = np.where(hi > lo, below, lo)
             upto = np.where(hi > lo, upto, lo)
@@ -191,12 +214,61 @@ def clip_combine(stack: np.ndarray, *, method: str = "mean", cenfunc: str = "med
     return value, error, n_used
 
 
+def _take(a: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``a[index[p], p]`` for every pixel p (gather along axis 0)."""
+    return np.take_along_axis(a, index[np.newaxis], axis=0)[0]
+
+
+def _count_below(s: np.ndarray, n_valid: np.ndarray, bound: np.ndarray, *, strict: bool,
+                 start: np.ndarray) -> np.ndarray:
+    """Per pixel, how many sorted finite values are < bound (<= if not strict).
+
+    Walks from ``start`` (the previous end of the kept range), which is a few
+    values from the answer: each step is one gather over the pixels.
+    """
+    n = s.shape[0]
+    pos = np.minimum(start, n_valid).astype(np.intp)
+    bound = np.broadcast_to(bound, n_valid.shape)
+    while True:  # up while the value at pos is inside
+        v = _take(s, np.minimum(pos, n - 1))
+        up = (pos < n_valid) & ((v < bound) if strict else (v <= bound))
+        if not up.any():
+            break
+        pos += up
+    while True:  # down while the value below pos is outside
+        v = _take(s, np.maximum(pos - 1, 0))
+        down = (pos > 0) & ~((v < bound) if strict else (v <= bound))
+        if not down.any():
+            return pos
+        pos -= down
+
+
+def _mad_std(s: np.ndarray, lo: np.ndarray, hi: np.ndarray, mid: np.ndarray) -> np.ndarray:
+    """1.4826 × median |x − mid| over each pixel's kept range [lo, hi) of sorted values."""
+    idx = np.arange(s.shape[0]).reshape((-1,) + (1,) * (s.ndim - 1))
+    keep = (idx >= lo) & (idx < hi)
+    dev = np.sort(np.where(keep, np.abs(s - mid), np.inf), axis=0)
+    n_keep = np.maximum(hi - lo, 1)
+    a = _take(dev, (n_keep - 1) // 2)
+    b = _take(dev, n_keep // 2)
+    return 1.482602218505602 * 0.5 * (a + b)
+
+
+_BLOCK_PIXELS = 131072  # kernel speed is flat in block size; small blocks stay in cache
+
+
 def rows_per_block(*, n_frames: int, ncols: int, memory_limit_mb: float) -> int:
-    """Rows combined at once so that the working set stays under ``memory_limit_mb``."""
+    """Rows combined at once: about 128 k pixels, fewer if ``memory_limit_mb`` demands.
+
+    The kernel's cost per value does not depend on the block size (measured
+    14–16 ns from 16 to 512 rows of 2048), while big blocks cost memory and
+    page faults, so blocks are small unless the frames are very wide.
+    """
     if memory_limit_mb <= 0:
         raise ValueError(f"memory_limit_mb must be > 0, got {memory_limit_mb}")
     per_row = n_frames * ncols * _BYTES_PER_VALUE
-    return max(1, int(memory_limit_mb * 2**20 // per_row))
+    by_memory = int(memory_limit_mb * 2**20 // per_row)
+    return max(1, min(by_memory, max(1, _BLOCK_PIXELS // ncols)))
 
 
 def combine_frames(*, frames: Sequence[Callable[[], np.ndarray]], memory_limit_mb: float = 2000,
@@ -206,7 +278,7 @@ def combine_frames(*, frames: Sequence[Callable[[], np.ndarray]], memory_limit_m
                    sigma_upper: float | None = 3.0, maxiters: int = 5, nlow: int = 0,
                    nhigh: int = 0,
                    noise_model: Callable[[], tuple[float, float]] | None = None,
-                   ) -> CombineResult:
+                   threads: int = 1) -> CombineResult:
     """Combine frames produced one at a time by ``frames`` in bounded memory.
 
     Parameters
@@ -224,6 +296,9 @@ def combine_frames(*, frames: Sequence[Callable[[], np.ndarray]], memory_limit_m
     noise_model : callable, optional
         Returns ``(a, b)`` for ``stdfunc='model'``; called after all frames
         are loaded, so the loaders can measure what it needs.
+    threads : int
+        Row blocks combined in parallel (numpy releases the GIL); the memory
+        bound is shared between them.
 
     Returns
     -------
@@ -250,26 +325,127 @@ def combine_frames(*, frames: Sequence[Callable[[], np.ndarray]], memory_limit_m
         ny, nx = shape
         n = len(frames)
         model = noise_model() if stdfunc == "model" else None
-        block = rows_per_block(n_frames=n, ncols=nx, memory_limit_mb=memory_limit_mb)
+        block = rows_per_block(n_frames=n, ncols=nx, memory_limit_mb=memory_limit_mb / threads)
         value = np.empty(shape, np.float32)
         error = np.empty(shape, np.float32)
         n_used = np.empty(shape, np.uint16)
         frame_bytes = ny * nx * 4
-        with open(scratch, "rb") as src:
-            for y0 in range(0, ny, block):
-                y1 = min(ny, y0 + block)
-                stack = np.empty((n, y1 - y0, nx), np.float32)
+        starts = list(range(0, ny, block))
+        local = threading.local()
+
+        def work(y0):
+            y1 = min(ny, y0 + block)
+            if getattr(local, "stack", None) is None:
+                local.stack, local.ws = np.empty((n, block, nx), np.float32), {}
+            stack = local.stack[:, : y1 - y0]
+            with open(scratch, "rb") as src:
                 for i in range(n):
                     src.seek(i * frame_bytes + y0 * nx * 4)
-                    src.readinto(memoryview(stack[i]).cast("B"))
-                v, e, k = clip_combine(stack, method=method, cenfunc=cenfunc, stdfunc=stdfunc,
-                                       sigma_lower=sigma_lower, sigma_upper=sigma_upper,
-                                       maxiters=maxiters, nlow=nlow, nhigh=nhigh,
-                                       noise_model=model)
-                value[y0:y1], error[y0:y1], n_used[y0:y1] = v, e, k
-                del stack
+                    src.readinto(memoryview(stack[i]).cast("B"))  # rows of one frame: contiguous
+            v, e, k = clip_combine(stack, method=method, cenfunc=cenfunc, stdfunc=stdfunc,
+                                   sigma_lower=sigma_lower, sigma_upper=sigma_upper,
+                                   maxiters=maxiters, nlow=nlow, nhigh=nhigh,
+                                   noise_model=model, overwrite_input=True, workspace=local.ws)
+            value[y0:y1], error[y0:y1], n_used[y0:y1] = v, e, k
+
+        if threads == 1:
+            for y0 in starts:
+                work(y0)
+        else:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                list(pool.map(work, starts))
         log.info("combined %d frames of %dx%d in blocks of %d rows (bound %.0f MB)",
                  n, ny, nx, block, memory_limit_mb)
         return CombineResult(data=value, error=error, n_used=n_used, n_frames=n)
     finally:
         os.unlink(scratch)
+
+
+class _RowReader:
+    """Reads rows of one uncompressed FITS image with ``os.pread`` (no memory map).
+
+    Memory-mapped pages count toward a process's resident memory; explicit
+    reads of each block keep the working set at the block.
+    """
+
+    _DTYPES: ClassVar[dict[int, str]] = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8",
+                                         -32: ">f4", -64: ">f8"}
+
+    def __init__(self, path: str | Path, hdu: int | str):
+        from astropy.io import fits
+
+        with fits.open(path, mode="readonly", memmap=False, lazy_load_hdus=True) as hdul:
+            target = hdul[hdu]
+            header = target.header
+            if header.get("NAXIS") != 2 or isinstance(target, fits.CompImageHDU):
+                raise ValueError(f"{path}[{hdu}] is not an uncompressed 2-D image")
+            self.offset = target._data_offset
+        self.path = str(path)
+        self.shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+        self.dtype = np.dtype(self._DTYPES[int(header["BITPIX"])])
+        self.bscale = float(header.get("BSCALE", 1.0))
+        self.bzero = float(header.get("BZERO", 0.0))
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def read(self, y0: int, y1: int, out: np.ndarray) -> None:
+        row = self.shape[1] * self.dtype.itemsize
+        buf = os.pread(self.fd, (y1 - y0) * row, self.offset + y0 * row)
+        out[...] = np.frombuffer(buf, dtype=self.dtype).reshape(y1 - y0, self.shape[1])
+        if self.bscale != 1.0 or self.bzero != 0.0:
+            out *= self.bscale
+            out += self.bzero
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def combine_files(*, paths: Sequence[str | Path], hdu: int | str = 0,
+                  memory_limit_mb: float = 2000, threads: int = 1, **clip) -> CombineResult:
+    """Combine 2-D images already on disk (uncompressed FITS), reading row blocks directly.
+
+    No scratch copy and no memory map: each block's rows are read from every
+    file, so the working set is the block.  ``clip`` takes the options of
+    :func:`clip_combine` (``noise_model`` as a tuple here).
+    """
+    if len(paths) < 1:
+        raise ValueError("paths is empty: nothing to combine")
+    _validate(clip.get("method", "mean"), clip.get("cenfunc", "median"),
+              clip.get("sigma_lower", 3.0), clip.get("sigma_upper", 3.0),
+              clip.get("maxiters", 5), clip.get("nlow", 0), clip.get("nhigh", 0),
+              clip.get("stdfunc", "mad_std"), clip.get("noise_model"))
+    readers: list[_RowReader] = []
+    try:
+        for p in paths:
+            readers.append(_RowReader(p, hdu))
+            if readers[-1].shape != readers[0].shape:
+                raise ValueError(f"{p} has shape {readers[-1].shape}, {paths[0]} "
+                                 f"{readers[0].shape}")
+        ny, nx = readers[0].shape
+        n = len(readers)
+        block = rows_per_block(n_frames=n, ncols=nx, memory_limit_mb=memory_limit_mb / threads)
+        value = np.empty((ny, nx), np.float32)
+        error = np.empty((ny, nx), np.float32)
+        n_used = np.empty((ny, nx), np.uint16)
+        local = threading.local()
+
+        def work(y0):
+            y1 = min(ny, y0 + block)
+            if getattr(local, "stack", None) is None:
+                local.stack, local.ws = np.empty((n, block, nx), np.float32), {}
+            stack = local.stack[:, : y1 - y0]
+            for i, reader in enumerate(readers):
+                reader.read(y0, y1, stack[i])
+            v, e, k = clip_combine(stack, overwrite_input=True, workspace=local.ws, **clip)
+            value[y0:y1], error[y0:y1], n_used[y0:y1] = v, e, k
+
+        starts = range(0, ny, block)
+        if threads == 1:
+            for y0 in starts:
+                work(y0)
+        else:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                list(pool.map(work, starts))
+        return CombineResult(data=value, error=error, n_used=n_used, n_frames=n)
+    finally:
+        for reader in readers:
+            reader.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ class Product:
     error: np.ndarray
     mask: np.ndarray
     header: fits.Header
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  #: more image extensions
 
 
 def param_hash(params: Mapping[str, Any]) -> str:
@@ -73,7 +74,7 @@ def provenance_header(*, step: str, inputs: Iterable[str | Path], params: Mappin
 
 
 def write_product(path: str | Path, product: Product, *, unit: str) -> None:
-    """Write ``product`` atomically as primary (header) + SCI + ERR + MASK."""
+    """Write ``product`` atomically as primary (header) + SCI + ERR + MASK (+ extras)."""
     wcs_like = fits.Header([c for c in product.header.cards
                             if c.keyword[:5] in ("CTYPE", "CRPIX", "CRVAL", "CDELT", "CUNIT")
                             or (c.keyword[:2] in ("CD", "PC") and "_" in c.keyword)
@@ -89,8 +90,9 @@ def write_product(path: str | Path, product: Product, *, unit: str) -> None:
     mask = fits.ImageHDU(np.asarray(product.mask, np.uint16), name="MASK")
     for key, value, comment in header_cards():
         mask.header[key] = (value, comment)
+    extras = [fits.ImageHDU(np.asarray(v), name=k) for k, v in product.extras.items()]
     with atomic_path(path) as tmp:
-        fits.HDUList([primary, sci, err, mask]).writeto(tmp, output_verify="silentfix")
+        fits.HDUList([primary, sci, err, mask, *extras]).writeto(tmp, output_verify="silentfix")
 
 
 def read_product(path: str | Path) -> Product:

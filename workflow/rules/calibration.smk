@@ -38,7 +38,7 @@ rule master_bias:
         software=SOFTWARE,
     log:
         LOGS / "masters" / "{night}" / "{group}" / "bias.log",
-    threads: 1
+    threads: 2
     resources:
         mem_mb=CAL["memory_limit_mb"] + 1500,
         runtime=60,
@@ -63,7 +63,7 @@ rule master_dark:
         software=SOFTWARE,
     log:
         LOGS / "masters" / "{night}" / "{group}" / "dark.log",
-    threads: 1
+    threads: 2
     resources:
         mem_mb=CAL["memory_limit_mb"] + 1500,
         runtime=60,
@@ -88,7 +88,7 @@ rule master_flat:
         software=SOFTWARE,
     log:
         LOGS / "masters" / "{night}" / "{group}" / "flat_{filt}.log",
-    threads: 1
+    threads: 2
     resources:
         mem_mb=CAL["memory_limit_mb"] + 1500,
         runtime=60,

@@ -14,5 +14,6 @@ master = make_master_bias(
     memory_limit_mb=snakemake.params.memory_limit_mb,
     min_frames=snakemake.params.min_frames,
     scratch_dir=Path(snakemake.output.master).parent,
+    threads=snakemake.threads,
 )
 write_product(snakemake.output.master, master, unit="electron")

@@ -18,5 +18,6 @@ master = make_master_dark(
     hot_threshold_e_per_s=hot["threshold_e_per_s"],
     hot_significance=hot["significance"],
     scratch_dir=Path(snakemake.output.master).parent,
+    threads=snakemake.threads,
 )
 write_product(snakemake.output.master, master, unit="electron/s")

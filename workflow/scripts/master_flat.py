@@ -17,6 +17,7 @@ master = make_master_flat(
     memory_limit_mb=snakemake.params.memory_limit_mb,
     min_frames=snakemake.params.min_frames,
     scratch_dir=Path(snakemake.output.master).parent,
+    threads=snakemake.threads,
     **snakemake.params.flat,
 )
 write_product(snakemake.output.master, master, unit="")
