@@ -325,40 +325,57 @@ def combine_frames(*, frames: Sequence[Callable[[], np.ndarray]], memory_limit_m
         ny, nx = shape
         n = len(frames)
         model = noise_model() if stdfunc == "model" else None
-        block = rows_per_block(n_frames=n, ncols=nx, memory_limit_mb=memory_limit_mb / threads)
-        value = np.empty(shape, np.float32)
-        error = np.empty(shape, np.float32)
-        n_used = np.empty(shape, np.uint16)
         frame_bytes = ny * nx * 4
-        starts = list(range(0, ny, block))
-        local = threading.local()
 
-        def work(y0):
-            y1 = min(ny, y0 + block)
-            if getattr(local, "stack", None) is None:
-                local.stack, local.ws = np.empty((n, block, nx), np.float32), {}
-            stack = local.stack[:, : y1 - y0]
+        def read_rows(y0, y1, stack):
             with open(scratch, "rb") as src:
                 for i in range(n):
                     src.seek(i * frame_bytes + y0 * nx * 4)
-                    src.readinto(memoryview(stack[i]).cast("B"))  # rows of one frame: contiguous
-            v, e, k = clip_combine(stack, method=method, cenfunc=cenfunc, stdfunc=stdfunc,
-                                   sigma_lower=sigma_lower, sigma_upper=sigma_upper,
-                                   maxiters=maxiters, nlow=nlow, nhigh=nhigh,
-                                   noise_model=model, overwrite_input=True, workspace=local.ws)
-            value[y0:y1], error[y0:y1], n_used[y0:y1] = v, e, k
+                    src.readinto(memoryview(stack[i]).cast("B"))  # one frame's rows: contiguous
 
-        if threads == 1:
-            for y0 in starts:
-                work(y0)
-        else:
-            with ThreadPoolExecutor(max_workers=threads) as pool:
-                list(pool.map(work, starts))
+        value, error, n_used, block = _combine_blocks(
+            read_rows=read_rows, n=n, shape=shape, memory_limit_mb=memory_limit_mb,
+            threads=threads, clip=dict(method=method, cenfunc=cenfunc, stdfunc=stdfunc,
+                                       sigma_lower=sigma_lower, sigma_upper=sigma_upper,
+                                       maxiters=maxiters, nlow=nlow, nhigh=nhigh,
+                                       noise_model=model))
         log.info("combined %d frames of %dx%d in blocks of %d rows (bound %.0f MB)",
                  n, ny, nx, block, memory_limit_mb)
         return CombineResult(data=value, error=error, n_used=n_used, n_frames=n)
     finally:
         os.unlink(scratch)
+
+
+def _combine_blocks(*, read_rows: Callable, n: int, shape: tuple[int, int],
+                    memory_limit_mb: float, threads: int, clip: dict):
+    """Combine row blocks filled by ``read_rows(y0, y1, stack)``, ``threads`` at a time.
+
+    Each thread keeps its block buffer and workspace between blocks.
+    """
+    ny, nx = shape
+    block = rows_per_block(n_frames=n, ncols=nx, memory_limit_mb=memory_limit_mb / threads)
+    value = np.empty(shape, np.float32)
+    error = np.empty(shape, np.float32)
+    n_used = np.empty(shape, np.uint16)
+    local = threading.local()
+
+    def work(y0):
+        y1 = min(ny, y0 + block)
+        if getattr(local, "stack", None) is None:
+            local.stack, local.ws = np.empty((n, block, nx), np.float32), {}
+        stack = local.stack[:, : y1 - y0]
+        read_rows(y0, y1, stack)
+        v, e, k = clip_combine(stack, overwrite_input=True, workspace=local.ws, **clip)
+        value[y0:y1], error[y0:y1], n_used[y0:y1] = v, e, k
+
+    starts = range(0, ny, block)
+    if threads == 1:
+        for y0 in starts:
+            work(y0)
+    else:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(work, starts))
+    return value, error, n_used, block
 
 
 class _RowReader:
@@ -420,31 +437,15 @@ def combine_files(*, paths: Sequence[str | Path], hdu: int | str = 0,
             if readers[-1].shape != readers[0].shape:
                 raise ValueError(f"{p} has shape {readers[-1].shape}, {paths[0]} "
                                  f"{readers[0].shape}")
-        ny, nx = readers[0].shape
         n = len(readers)
-        block = rows_per_block(n_frames=n, ncols=nx, memory_limit_mb=memory_limit_mb / threads)
-        value = np.empty((ny, nx), np.float32)
-        error = np.empty((ny, nx), np.float32)
-        n_used = np.empty((ny, nx), np.uint16)
-        local = threading.local()
 
-        def work(y0):
-            y1 = min(ny, y0 + block)
-            if getattr(local, "stack", None) is None:
-                local.stack, local.ws = np.empty((n, block, nx), np.float32), {}
-            stack = local.stack[:, : y1 - y0]
+        def read_rows(y0, y1, stack):
             for i, reader in enumerate(readers):
                 reader.read(y0, y1, stack[i])
-            v, e, k = clip_combine(stack, overwrite_input=True, workspace=local.ws, **clip)
-            value[y0:y1], error[y0:y1], n_used[y0:y1] = v, e, k
 
-        starts = range(0, ny, block)
-        if threads == 1:
-            for y0 in starts:
-                work(y0)
-        else:
-            with ThreadPoolExecutor(max_workers=threads) as pool:
-                list(pool.map(work, starts))
+        value, error, n_used, _ = _combine_blocks(
+            read_rows=read_rows, n=n, shape=readers[0].shape, memory_limit_mb=memory_limit_mb,
+            threads=threads, clip=clip)
         return CombineResult(data=value, error=error, n_used=n_used, n_frames=n)
     finally:
         for reader in readers:

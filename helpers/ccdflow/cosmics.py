@@ -1,0 +1,78 @@
+"""Cosmic-ray masks with astroscrappy (L.A.Cosmic) on calibrated frames in electrons.
+
+Settings measured by the team (NOTES.md): passing the real read noise, the
+saturation level, the background map (``inbkg``) and the variance (``invar``)
+matters, and ``sepmed=False`` cut false flags on star cores from ~200 to ~30
+per 2k² frame at a cost of ~1.6× the time.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CosmicsError", "detect_cosmic_rays"]
+
+
+class CosmicsError(ValueError):
+    """Cosmic-ray detection cannot run; the message says why."""
+
+
+def detect_cosmic_rays(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray | None,
+                       background: np.ndarray | None, read_noise_e: float,
+                       saturation_e: float, sigclip: float = 4.5, sigfrac: float = 0.3,
+                       objlim: float = 5.0, niter: int = 4, sepmed: bool = False,
+                       psffwhm: float = 2.5) -> np.ndarray:
+    """Boolean cosmic-ray mask of a calibrated frame.
+
+    Parameters
+    ----------
+    data, error : ndarray
+        SCI and ERR planes in electrons (gain 1); not modified.
+    mask : ndarray of bool, optional
+        Pixels not to examine (bad, saturated, no data).
+    background : ndarray, optional
+        Sky map in electrons, passed as ``inbkg``.
+    read_noise_e, saturation_e : float
+        Detector read noise and saturation level, both in electrons.
+    sigclip, sigfrac, objlim, niter, sepmed, psffwhm
+        astroscrappy ``detect_cosmics`` options.
+
+    Returns
+    -------
+    ndarray of bool
+        True where a cosmic ray was found (never where ``mask`` is True).
+
+    Notes
+    -----
+    ``invar`` is ERR², the full per-pixel variance (read noise, Poisson of sky
+    and sources, calibration terms), so the Laplacian significance uses the
+    same noise model as the rest of the pipeline.
+    """
+    import astroscrappy
+
+    data = np.asarray(data, np.float32)
+    error = np.asarray(error, np.float32)
+    if data.shape != error.shape:
+        raise CosmicsError(f"data {data.shape} and error {error.shape} differ in shape")
+    if not read_noise_e > 0:
+        raise CosmicsError(f"read_noise_e must be > 0, got {read_noise_e}")
+    bad = ~np.isfinite(data) | ~np.isfinite(error) | (error <= 0)
+    if mask is not None:
+        bad |= np.asarray(mask, bool)
+    if bad.all():
+        raise CosmicsError("every pixel is masked: nothing to search")
+    clean = np.where(bad, 0.0, data).astype(np.float32)
+    var = np.where(bad, np.nanmedian(error[~bad]) ** 2, error.astype(np.float64) ** 2)
+    bkg = None if background is None else np.where(bad, 0.0, background).astype(np.float32)
+    crmask, _ = astroscrappy.detect_cosmics(
+        clean, inmask=bad, inbkg=bkg, invar=var.astype(np.float32), sigclip=sigclip,
+        sigfrac=sigfrac, objlim=objlim, gain=1.0, readnoise=float(read_noise_e),
+        satlevel=float(saturation_e), niter=niter, sepmed=sepmed, cleantype="meanmask",
+        psffwhm=psffwhm, verbose=False)
+    crmask = np.asarray(crmask, bool) & ~bad
+    log.info("cosmic rays: %d pixels flagged (%.4f%%)", crmask.sum(), 100 * crmask.mean())
+    return crmask
