@@ -13,6 +13,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/inventory.smk"
 include: "workflow/rules/calibration.smk"
+include: "workflow/rules/images.smk"
 
 
 rule all:

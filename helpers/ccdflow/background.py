@@ -23,7 +23,8 @@ from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BackgroundError", "BackgroundResult", "estimate_background", "manual_mask"]
+__all__ = ["BackgroundError", "BackgroundResult", "background_for_product", "estimate_background",
+           "manual_mask", "write_background"]
 
 ESTIMATORS = ("median", "mean", "sextractor", "mmm")
 
@@ -237,3 +238,50 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
             notes.append(f"source mask still changing after {max_iterations} iterations")
     return BackgroundResult(background=background, rms=rms, source_mask=source_mask,
                             iterations=iterations, mask_fractions=fractions, notes=notes)
+
+
+def background_for_product(*, product, manual_circles: Sequence[Mapping] = (),
+                           **options) -> BackgroundResult:
+    """:func:`estimate_background` on a calibrated product: its MASK plane excludes bad
+    pixels, saturated pixels widen their sources' masks, and ``manual_circles`` use
+    the product's WCS for RA/Dec circles.  ``options`` are those of
+    :func:`estimate_background`."""
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    from .masks import MaskBit
+
+    mask = product.mask != 0
+    saturated = (product.mask & MaskBit.SATURATED) != 0
+    extra = None
+    if manual_circles:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(product.header) if "CTYPE1" in product.header else None
+        extra = manual_mask(shape=product.data.shape, circles=manual_circles, wcs=wcs)
+    return estimate_background(data=product.data, mask=mask, saturated=saturated,
+                               extra_mask=extra, **options)
+
+
+def write_background(path, result: BackgroundResult, *, inputs, params: Mapping) -> None:
+    """Write BKG, BKG_RMS (float32) and SRCMASK (uint8) with provenance, atomically."""
+    from astropy.io import fits
+
+    from .io import atomic_path
+    from .products import provenance_header
+
+    header = provenance_header(step="estimate_background", inputs=inputs, params=params)
+    header["SKYMED"] = (round(result.sky_median, 3), "median of the background map")
+    header["SKYRMS"] = (round(result.sky_rms, 3), "median per-pixel sky noise")
+    header["MASKFRAC"] = (round(result.mask_fractions[-1], 5), "fraction masked as sources")
+    header["BKGITER"] = (result.iterations, "source-masking iterations")
+    for i, note in enumerate(result.notes, start=1):
+        header[f"BKGNOTE{i}"] = note[:68]
+    hdus = [fits.PrimaryHDU(header=header),
+            fits.ImageHDU(result.background, name="BKG"),
+            fits.ImageHDU(result.rms, name="BKG_RMS"),
+            fits.ImageHDU(result.source_mask.astype(np.uint8), name="SRCMASK")]
+    hdus[1].header["BUNIT"] = hdus[2].header["BUNIT"] = "electron"
+    with atomic_path(path) as tmp:
+        fits.HDUList(hdus).writeto(tmp)

@@ -14,7 +14,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CosmicsError", "detect_cosmic_rays"]
+__all__ = ["CosmicsError", "detect_cosmic_rays", "write_cosmics"]
 
 
 class CosmicsError(ValueError):
@@ -76,3 +76,17 @@ def detect_cosmic_rays(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray 
     crmask = np.asarray(crmask, bool) & ~bad
     log.info("cosmic rays: %d pixels flagged (%.4f%%)", crmask.sum(), 100 * crmask.mean())
     return crmask
+
+
+def write_cosmics(path, crmask: np.ndarray, *, inputs, params) -> None:
+    """Write the cosmic-ray mask (uint8 CRMASK, count NCOSMIC) with provenance, atomically."""
+    from astropy.io import fits
+
+    from .io import atomic_path
+    from .products import provenance_header
+
+    header = provenance_header(step="detect_cosmics", inputs=inputs, params=params)
+    header["NCOSMIC"] = (int(crmask.sum()), "pixels flagged as cosmic rays")
+    with atomic_path(path) as tmp:
+        fits.HDUList([fits.PrimaryHDU(header=header),
+                      fits.ImageHDU(crmask.astype(np.uint8), name="CRMASK")]).writeto(tmp)

@@ -206,10 +206,6 @@ def get_illumination_inputs(wildcards):
     return {"raw": [str(RAW_DIR / f) for f in files], **masters}
 
 
-def calibrated_path(row):
-    return RESULTS / "calibrated" / row["night"] / f"{row['frame']}.fits"
-
-
 def get_detector_reports():
     _, sets, _ = state()
     t = sets.table
@@ -232,12 +228,18 @@ def get_detector_inputs(wildcards):
     return {"bias": [str(RAW_DIR / f) for f in bias], "flats": [str(RAW_DIR / f) for f in files]}
 
 
+COSMICS_ON = config["cosmics"]["enabled"] and PROFILE["cosmics"]["enabled"]
+
+
 def get_final_outputs(wildcards):
     _, _, plan = state()
+    frames = [(row["night"], row["frame"]) for _, row in plan.iterrows()]
     return [
         RESULTS / "inventory.csv",
         RESULTS / "calibration_plan.csv",
-        *[calibrated_path(row) for _, row in plan.iterrows()],
+        *[RESULTS / "calibrated" / n / f"{f}.fits" for n, f in frames],
+        *[RESULTS / "background" / n / f"{f}.fits" for n, f in frames],
+        *[RESULTS / "cosmics" / n / f"{f}.fits" for n, f in frames if COSMICS_ON],
         *get_detector_reports(),
     ]
 
