@@ -143,3 +143,47 @@ def test_singles_calibrate_with_every_step_skipped(tmp_path_factory, shared_data
     assert products["lco_"].data.shape == (1024, 1024)  # 4 amplifiers by DETSEC
     assert products["lco_"].header["BIASFILE"] == "none"
     assert not (products["lco_"].mask & 128).any(), "amplifiers tile the mosaic"
+
+
+def test_maps_and_masks_for_every_real_science_frame(nickel, bsu):
+    from astropy.io import fits
+
+    for results, n in ((nickel, 6), (bsu, 18)):
+        maps = sorted(results.glob("background/*/*.fits"))
+        masks = sorted(results.glob("cosmics/*/*.fits"))
+        assert len(maps) == len(masks) == n
+        for path in maps:
+            with fits.open(path) as hdul:
+                assert [h.name for h in hdul] == ["PRIMARY", "BKG", "BKG_RMS", "SRCMASK"]
+                assert hdul[0].header["SKYRMS"] > 0 and hdul[0].header["MASKFRAC"] < 0.8
+        assert all(fits.getheader(m)["NCOSMIC"] >= 0 for m in masks)
+
+
+def test_m13_map_at_the_cluster_centre(nickel):
+    """M13 (d1059): how far the map at the cluster core (r < 50 px) sits above the
+    far field (r > 400 px), in units of the sky noise. Measured: single pass 37σ,
+    iterative masking 19.9σ (the mask stops at 46 % when the next round would
+    grow it by 21 %), a manual 250-px circle on the core 2.5σ. Documented bounds:
+    iterative ≤ 25σ and ≤ 0.6 × single pass; with the manual circle ≤ 4σ."""
+    import numpy as np
+    from scipy.ndimage import uniform_filter
+
+    from ccdflow.background import background_for_product
+    from ccdflow.products import read_product
+
+    p = read_product(nickel / "calibrated" / "2024-05-12" / "d1059.fits")
+    smooth = uniform_filter(np.where(p.mask == 0, p.data, 0.0), 101)
+    cy, cx = np.unravel_index(np.argmax(smooth), smooth.shape)
+    yy, xx = np.indices(p.data.shape)
+    r = np.hypot(xx - cx, yy - cy)
+
+    def excess(result):
+        far = np.median(result.background[r > 400])
+        return (np.mean(result.background[r < 50]) - far) / np.median(result.rms[r > 400])
+
+    single = excess(background_for_product(product=p, iterate=False))
+    iterative = excess(background_for_product(product=p))
+    manual = excess(background_for_product(
+        product=p, manual_circles=[{"x": float(cx), "y": float(cy), "radius_px": 250.0}]))
+    assert iterative <= 25 and iterative <= 0.6 * single
+    assert manual <= 4

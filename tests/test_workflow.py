@@ -51,6 +51,10 @@ def test_demo_night_end_to_end_then_up_to_date(tmp_path):
             assert [h.name for h in hdul] == ["PRIMARY", "SCI", "ERR", "MASK"]
             assert hdul["SCI"].header["BUNIT"] == "electron"
             assert hdul[0].header["FLATFILE"].endswith(f"flat_{frame.split('_')[1]}.fits")
+    for frame in science["frame"]:
+        with fits.open(results / "background" / "2026-03-14" / f"{frame}.fits") as hdul:
+            assert hdul["BKG"].data.shape == (128, 128) and hdul[0].header["BKGITER"] >= 0
+        assert fits.getheader(results / "cosmics" / "2026-03-14" / f"{frame}.fits")["NCOSMIC"] >= 0
     report = pd.read_csv(next((results / "reports").rglob("detector.csv")))
     # the gain rests on a MAD variance of the central 80 % (N ≈ 10 500 px): relative
     # error √(2/(0.37·N)) ≈ 2.3 %, so 3σ is 7 %

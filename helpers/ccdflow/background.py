@@ -127,10 +127,11 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
                         saturated: np.ndarray | None = None, mode: str = "map",
                         box_size: int = 64, filter_size: int = 3, estimator: str = "median",
                         sigma: float = 3.0, maxiters: int = 10, exclude_percentile: float = 50.0,
-                        iterate: bool = True, nsigma: float = 2.0, npixels: int = 5,
+                        iterate: bool = True, nsigma: float = 3.0, npixels: int = 5,
                         max_iterations: int = 5, tolerance: float = 0.001,
-                        dilate_factor: float = 2.0, min_radius_px: float = 2.0,
+                        dilate_factor: float = 1.0, min_radius_px: float = 2.0,
                         max_radius_px: float = 40.0, saturated_factor: float = 2.0,
+                        max_mask_fraction: float = 0.8, max_growth: float = 0.1,
                         extra_mask: np.ndarray | None = None) -> BackgroundResult:
     """Sky background and RMS of one frame, masking sources iteratively.
 
@@ -155,6 +156,12 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
     dilate_factor, min_radius_px, max_radius_px, saturated_factor : float
         Growth radius of each source: ``dilate_factor`` × its equivalent radius
         √(area/π), clipped, × ``saturated_factor`` if it holds saturated pixels.
+    max_mask_fraction, max_growth : float
+        A round is not taken when its source mask would cover more than
+        ``max_mask_fraction`` of the frame, or (after the first round) grow by
+        more than ``max_growth`` of it: in crowded fields the mask otherwise
+        runs away (measured 46 % → 67 % → 82 % → 90 % on M13, the "sky" left
+        drifting low), while a converging crowded field grows by < 5 %.
     extra_mask : ndarray of bool, optional
         Manual masks (:func:`manual_mask`), always masked.
 
@@ -164,6 +171,10 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
 
     Notes
     -----
+    Fallback: when a grown source mask leaves no box with enough pixels
+    (crowded fields), the iteration stops with the previous mask and says so
+    in ``notes`` (and the log).
+
     ``rms`` estimates the per-pixel noise of the sky (photutils
     ``StdBackgroundRMS`` of the clipped box values), i.e. √(sky + RN²) in
     electrons for a calibrated frame, not the error of the map.
@@ -227,8 +238,22 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
                                     min_radius=min_radius_px, max_radius=max_radius_px,
                                     saturated_factor=saturated_factor) | extra
             changed = float(np.mean(new != source_mask))
+            growth = new.mean() - source_mask.mean()
+            if new.mean() > max_mask_fraction or (iterations > 1 and growth > max_growth):
+                notes.append(f"iteration {iterations}: sources would cover {100 * new.mean():.0f}%"
+                             f" (+{100 * growth:.0f}%); kept iteration {iterations - 1}")
+                log.warning(notes[-1])
+                iterations -= 1
+                break
+            try:
+                background, rms = fit(new)
+            except BackgroundError as exc:  # crowded: the grown mask left no usable box
+                notes.append(f"iteration {iterations}: {100 * new.mean():.0f}% masked left no "
+                             f"usable box; kept iteration {iterations - 1}")
+                log.warning("%s (%s)", notes[-1], exc)
+                iterations -= 1
+                break
             source_mask = new
-            background, rms = fit(source_mask)
             fractions.append(float(source_mask.mean()))
             log.info("background iteration %d: %.2f%% of pixels masked as sources, "
                      "%.3f%% changed", iterations, 100 * fractions[-1], 100 * changed)

@@ -1,0 +1,66 @@
+"""Cosmic-ray masks against the injected cosmic rays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ccdflow.background import estimate_background
+from ccdflow.calibrate import calibrate_science, central_level
+from ccdflow.cosmics import CosmicsError, detect_cosmic_rays
+from ccdflow.masks import MaskBit
+
+
+def test_cosmic_rays_found_and_stars_spared(cal_masters):
+    m = cal_masters
+    truth = m["truth"]
+    found, total, star_flags, star_pixels = 0, 0, 0, 0
+    for _, row in truth.frames[truth.frames["type"] == "science"].iterrows():
+        flat = m["flat"] if row["filter"] == "V" else None
+        if flat is None:
+            continue
+        p = calibrate_science(path=truth.raw_dir / row["file"], detector=m["detector"],
+                              bias=m["bias"], dark=m["dark"], flat=flat,
+                              bad_pixel_mask=m["bpm"])
+        bkg = estimate_background(data=p.data, mask=p.mask != 0).background
+        cr = detect_cosmic_rays(data=p.data, error=p.error, mask=p.mask != 0, background=bkg,
+                                read_noise_e=p.header["RDNOISE"],
+                                saturation_e=p.header["SATURATE"])
+        hits = truth.cosmics[truth.cosmics["frame"] == row["frame"]]
+        y, x = hits["y"].to_numpy(), hits["x"].to_numpy()
+        # a CR pixel is "peak > 5σ" when its charge (after the flat) exceeds 5 × ERR there
+        k = central_level(truth.flats["V"])
+        strong = (hits["electrons"].to_numpy() * k / truth.flats["V"][y, x] > 5 * p.error[y, x])
+        strong &= p.mask[y, x] == 0
+        found += cr[y[strong], x[strong]].sum()
+        total += strong.sum()
+        # pixels within 2 FWHM of unsaturated star centres, cosmic-ray pixels excluded
+        stars = truth.star_frames[truth.star_frames["frame"] == row["frame"]]
+        yy, xx = np.indices(p.data.shape)
+        near = np.zeros(p.data.shape, bool)
+        for _, s in stars.iterrows():
+            r = 2 * row["fwhm_px"]
+            y0, x0 = int(s["y"]), int(s["x"])
+            box = (slice(max(y0 - 8, 0), y0 + 9), slice(max(x0 - 8, 0), x0 + 9))
+            if ((p.mask[box] & MaskBit.SATURATED) != 0).any():
+                continue
+            near[box] |= (xx[box] - s["x"]) ** 2 + (yy[box] - s["y"]) ** 2 <= r * r
+        near &= ~truth.cosmic_mask(row["frame"])
+        star_flags += (cr & near).sum()
+        star_pixels += near.sum()
+    assert total > 20
+    assert found / total >= 0.95
+    assert star_flags / star_pixels <= 0.001
+
+
+def test_bad_inputs():
+    data = np.ones((20, 20), np.float32)
+    with pytest.raises(CosmicsError, match="differ in shape"):
+        detect_cosmic_rays(data=data, error=np.ones((20, 21)), mask=None, background=None,
+                           read_noise_e=5, saturation_e=1e5)
+    with pytest.raises(CosmicsError, match="every pixel is masked"):
+        detect_cosmic_rays(data=data, error=data, mask=np.ones((20, 20), bool),
+                           background=None, read_noise_e=5, saturation_e=1e5)
+    with pytest.raises(CosmicsError, match="read_noise_e must be > 0"):
+        detect_cosmic_rays(data=data, error=data, mask=None, background=None, read_noise_e=0,
+                           saturation_e=1e5)
