@@ -97,9 +97,8 @@ def _grow_sources(segm, *, saturated: np.ndarray, factor: float, min_radius: flo
                   max_radius: float, saturated_factor: float) -> np.ndarray:
     """Dilate each source by ``factor`` × its equivalent radius (clipped), more if saturated.
 
-    Sources are binned by dilation radius (powers of √2) and each bin is grown
-    with one distance transform, so the cost does not scale with the number of
-    sources.
+    Each source is grown inside its own bounding box padded by its radius
+    (``find_objects``), so the cost follows the sources' size, not the frame's.
     """
     labels = segm.data
     areas = np.bincount(labels.ravel())
@@ -107,19 +106,17 @@ def _grow_sources(segm, *, saturated: np.ndarray, factor: float, min_radius: flo
     sat_labels = np.unique(labels[saturated & (labels > 0)])
     radius[sat_labels] *= saturated_factor
     radius = np.clip(radius, min_radius, max_radius)
-    radius[0] = 0.0
-    bins = np.round(np.log(radius[1:]) / np.log(np.sqrt(2))).astype(int)
     grown = labels > 0
-    for b in np.unique(bins):
-        members = np.flatnonzero(bins == b) + 1
-        r = float(np.sqrt(2) ** b)
-        seed = np.isin(labels, members)
-        pad = int(np.ceil(r)) + 1
-        ys, xs = np.nonzero(seed)
-        y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, labels.shape[0])
-        x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad + 1, labels.shape[1])
-        dist = ndimage.distance_transform_edt(~seed[y0:y1, x0:x1])
-        grown[y0:y1, x0:x1] |= dist <= r
+    ny, nx = labels.shape
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        r = float(radius[label])
+        pad = int(np.ceil(r))
+        ys = slice(max(box[0].start - pad, 0), min(box[0].stop + pad, ny))
+        xs = slice(max(box[1].start - pad, 0), min(box[1].stop + pad, nx))
+        seed = labels[ys, xs] == label
+        grown[ys, xs] |= ndimage.distance_transform_edt(~seed) <= r
     return grown
 
 
@@ -213,7 +210,7 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
         try:
             bkg = Background2D(clean, box_size, mask=used, filter_size=filter_size,
                                sigma_clip=clip, bkg_estimator=_estimator(estimator),
-                               bkg_rms_estimator=StdBackgroundRMS(clip),
+                               bkg_rms_estimator=StdBackgroundRMS(sigma_clip=clip),
                                exclude_percentile=exclude_percentile)
         except ValueError as exc:
             raise BackgroundError(f"Background2D failed: {exc}") from None
