@@ -81,6 +81,21 @@ def cal_masters(cal_night):
             "bpm": bpm, "files": files}
 
 
+@pytest.fixture(scope="session")
+def cal_science_v(cal_masters):
+    """(truth row, calibrated product) of the first V science frame of CAL_SPEC."""
+    from ccdflow.calibrate import calibrate_science
+
+    m = cal_masters
+    truth = m["truth"]
+    row = truth.frames[(truth.frames["type"] == "science") & (truth.frames["filter"] == "V")
+                       ].iloc[0]
+    product = calibrate_science(path=truth.raw_dir / row["file"], detector=m["detector"],
+                                bias=m["bias"], dark=m["dark"], flat=m["flat"],
+                                bad_pixel_mask=m["bpm"])
+    return row, product
+
+
 def run_snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool = True):
     """Run the workflow's CLI in ``workdir``; ``config`` goes through --configfile."""
     import yaml

@@ -7,20 +7,15 @@ import pytest
 from astropy.wcs import WCS
 
 from ccdflow.background import BackgroundError, estimate_background, manual_mask
-from ccdflow.calibrate import calibrate_science, central_level
+from ccdflow.calibrate import central_level
 from ccdflow.masks import MaskBit
 from ccdflow.simulate import render_gaussian_stars
 
 
 @pytest.fixture(scope="module")
-def calibrated(cal_masters):
-    m = cal_masters
-    truth = m["truth"]
-    row = truth.frames[(truth.frames["type"] == "science") & (truth.frames["filter"] == "V")
-                       ].iloc[0]
-    product = calibrate_science(path=truth.raw_dir / row["file"], detector=m["detector"],
-                                bias=m["bias"], dark=m["dark"], flat=m["flat"],
-                                bad_pixel_mask=m["bpm"])
+def calibrated(cal_masters, cal_science_v):
+    truth = cal_masters["truth"]
+    row, product = cal_science_v
     k = central_level(truth.flats["V"])  # flux scale set by the flat normalisation
     true_flat = truth.flats["V"] / k
     sky = k * truth.sky(row["frame"])

@@ -90,19 +90,14 @@ def test_master_flat_matches_truth_donuts_kept_stars_gone(cal_masters):
     assert np.median(ratio[dip] - 1) == pytest.approx(0.0, abs=3 * expected)
 
 
-def test_calibrated_science_errors_are_honest(cal_masters):
+def test_calibrated_science_errors_are_honest(cal_masters, cal_science_v):
     """(SCI − k·truth)/ERR over unmasked sky pixels has std 0.95–1.05 and mean ≈ 0.
 
     k is the flat normalisation (master flat = 1 in the centre, truth = 1 at
     the median). Cosmic rays are not masked yet, so their pixels are left out.
     """
-    m = cal_masters
-    truth = m["truth"]
-    row = truth.frames[(truth.frames["type"] == "science") & (truth.frames["filter"] == "V")
-                       ].iloc[0]
-    product = calibrate_science(path=truth.raw_dir / row["file"], detector=m["detector"],
-                                bias=m["bias"], dark=m["dark"], flat=m["flat"],
-                                bad_pixel_mask=m["bpm"])
+    truth = cal_masters["truth"]
+    row, product = cal_science_v
     stars = truth.star_frames[truth.star_frames["frame"] == row["frame"]]
     star_img = render_gaussian_stars(shape=product.data.shape, x=stars["x"].to_numpy(),
                                      y=stars["y"].to_numpy(), flux=stars["flux_e"].to_numpy(),
