@@ -1,0 +1,67 @@
+"""Mid-exposure times in UTC and barycentric dynamical time, and airmass.
+
+``bjd_tdb = JD_TDB(mid) + light travel time to the solar-system barycentre``
+toward the target (astropy ``Time.light_travel_time``, the method of Eastman
+et al. 2010), for the observatory's location; ``bmjd_tdb = bjd_tdb − 2400000.5``.
+IERS tables come from the installed astropy-iers-data package (no download).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["TimeError", "barycentric_times", "mid_exposure"]
+
+
+class TimeError(ValueError):
+    """A time cannot be computed; the message names the frame and the keyword."""
+
+
+def mid_exposure(*, header: Mapping, date_keywords: Sequence[str] = ("DATE-OBS", "DATE-BEG"),
+                 exptime_keywords: Sequence[str] = ("EXPTIME", "EXPOSURE"),
+                 where: str = "frame"):
+    """Mid-exposure time (astropy Time, UTC): start + exposure / 2."""
+    from astropy import units as u
+    from astropy.time import Time
+
+    start = next((header[k] for k in date_keywords if k in header), None)
+    if start is None:
+        raise TimeError(f"{where}: no start time ({'/'.join(date_keywords)})")
+    exptime = next((header[k] for k in exptime_keywords if k in header), None)
+    if exptime is None:
+        raise TimeError(f"{where}: no exposure time ({'/'.join(exptime_keywords)})")
+    try:
+        t0 = Time(str(start).strip(), scale="utc")
+    except ValueError as exc:
+        raise TimeError(f"{where}: start time {start!r} is not ISO ({exc})") from None
+    return t0 + float(exptime) / 2 * u.s
+
+
+def barycentric_times(*, times, ra_deg: float, dec_deg: float, site: Mapping) -> pd.DataFrame:
+    """``mjd_utc``, ``bjd_tdb``, ``bmjd_tdb`` and ``airmass`` for ``times`` toward a target.
+
+    ``site``: ``latitude_deg``, ``longitude_deg`` (east positive), ``height_m``.
+    """
+    from astropy import units as u
+    from astropy.coordinates import AltAz, EarthLocation, SkyCoord
+    from astropy.utils import iers
+
+    iers.conf.auto_download = False
+    for key in ("latitude_deg", "longitude_deg", "height_m"):
+        if site.get(key) is None:
+            raise TimeError(f"site lacks {key}: give it in the instrument profile's site")
+    location = EarthLocation(lat=site["latitude_deg"] * u.deg, lon=site["longitude_deg"] * u.deg,
+                             height=site["height_m"] * u.m)
+    target = SkyCoord(ra_deg * u.deg, dec_deg * u.deg, frame="icrs")
+    t = times.copy()
+    t.location = location
+    ltt = t.light_travel_time(target, kind="barycentric")
+    bjd = (t.tdb + ltt).jd
+    alt = target.transform_to(AltAz(obstime=t, location=location)).alt.to_value(u.rad)
+    airmass = np.where(alt > 0, 1.0 / np.sin(np.clip(alt, 1e-3, None)), np.nan)
+    return pd.DataFrame({"mjd_utc": np.atleast_1d(t.utc.mjd), "bjd_tdb": np.atleast_1d(bjd),
+                         "bmjd_tdb": np.atleast_1d(bjd) - 2400000.5,
+                         "airmass": np.atleast_1d(airmass)})
