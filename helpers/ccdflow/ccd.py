@@ -19,6 +19,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
 
+from .inventory import image_hdus, merged_header
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -152,16 +154,6 @@ class RawFrame:
     notes: list[str] = field(default_factory=list)  #: what was done, for logs and headers
 
 
-def _image_hdus(hdul: fits.HDUList) -> list:
-    out = []
-    for hdu in hdul:
-        naxis = int(hdu.header.get("NAXIS", 0))
-        if hdu.is_image and naxis == 2 and hdu.header.get("NAXIS1", 0) > 0 \
-                and hdu.header.get("NAXIS2", 0) > 0:
-            out.append(hdu)
-    return out
-
-
 def _section_from(kind: str, cfg: Mapping, header: Mapping, shape: tuple[int, int], *,
                   where: str, what: str) -> tuple[slice, slice] | None:
     """Resolve the overscan or trim region of one amplifier (None: not applicable)."""
@@ -233,17 +225,11 @@ def read_raw_frame(path: str | Path, *, detector: Mapping, exptime_keywords: Seq
         except Exception as exc:
             raise CalibrationError(f"{path}: cannot be read as FITS ({exc})") from exc
         with hdul:
-            amps = _image_hdus(hdul)
+            amps = [hdu for hdu in image_hdus(hdul) if hdu.header["NAXIS"] == 2]
             if not amps:
                 raise CalibrationError(f"{path}: no 2-D image HDU")
             primary = hdul[0].header
-            merged = amps[0].header.copy() if amps[0] is not hdul[0] else primary.copy()
-            if amps[0] is not hdul[0]:
-                for card in primary.cards:
-                    if card.keyword not in ("SIMPLE", "BITPIX", "NAXIS", "EXTEND", "NAXIS1",
-                                            "NAXIS2", "BZERO", "BSCALE", "COMMENT", "HISTORY",
-                                            ""):
-                        merged[card.keyword] = (card.value, card.comment)
+            merged = merged_header(primary, amps[0].header)
             pieces = [_amplifier(path, hdu, primary, detector, len(amps) > 1) for hdu in amps]
     exptime = None
     for key in exptime_keywords:

@@ -52,6 +52,8 @@ __all__ = [
     "classify",
     "find_raw_files",
     "frame_names",
+    "image_hdus",
+    "merged_header",
     "observing_night",
     "read_frame_header",
     "read_inventory",
@@ -125,6 +127,31 @@ def frame_names(files: Iterable[str | Path]) -> list[str]:
     ]
 
 
+def image_hdus(hdul: fits.HDUList) -> list:
+    """HDUs holding an image of two or more non-empty axes (the amplifiers)."""
+    out = []
+    for hdu in hdul:
+        naxis = int(hdu.header.get("NAXIS", 0))
+        if hdu.is_image and naxis >= 2 and all(
+                int(hdu.header.get(f"NAXIS{i}", 0)) > 0 for i in range(1, naxis + 1)):
+            out.append(hdu)
+    return out
+
+
+def merged_header(primary: fits.Header, first: fits.Header) -> fits.Header:
+    """Copy of the first image header overlaid with the primary's non-structural cards.
+
+    Keywords of a multi-extension or tile-compressed file then all show in one
+    header (the primary's global values win).
+    """
+    merged = first.copy()
+    if first is not primary:
+        for card in primary.cards:
+            if card.keyword not in _STRUCTURAL:
+                merged[card.keyword] = (card.value, card.comment)
+    return merged
+
+
 def read_frame_header(path: str | Path) -> tuple[fits.Header, int, tuple[int, int]]:
     """Read the headers of a raw file (no pixel data) read-only.
 
@@ -142,21 +169,10 @@ def read_frame_header(path: str | Path) -> tuple[fits.Header, int, tuple[int, in
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with fits.open(path, mode="readonly", memmap=False, lazy_load_hdus=True) as hdul:
-            headers = []
-            for hdu in hdul:
-                hdr = hdu.header
-                naxis = int(hdr.get("NAXIS", 0))
-                if hdu.is_image and naxis >= 2 and all(
-                        int(hdr.get(f"NAXIS{i}", 0)) > 0 for i in range(1, naxis + 1)):
-                    headers.append(hdr)
-            primary = hdul[0].header
+            headers = [hdu.header for hdu in image_hdus(hdul)]
             if not headers:
                 raise ValueError("no image HDU with two dimensions")
-            merged = headers[0].copy()
-            if headers[0] is not primary:
-                for card in primary.cards:
-                    if card.keyword not in _STRUCTURAL:
-                        merged[card.keyword] = (card.value, card.comment)
+            merged = merged_header(hdul[0].header, headers[0])
             shape = (int(headers[0]["NAXIS2"]), int(headers[0]["NAXIS1"]))
             return merged, len(headers), shape
 
