@@ -198,6 +198,9 @@ def test_frames_table_overrides(tmp_path, small_night):
     tsv.write_text("file\ttype\nnot_there.fits\tbias\n")
     with pytest.raises(InventoryError, match=r"names 'not_there\.fits', which is not a FITS file"):
         build_inventory(raw_dir=small_night / "raw", profile=profile("demo"), frames_table=tsv)
+    tsv.write_text("file\ttype\tnight\nbias_001.fits\tbias\t14/03/2026\n")
+    with pytest.raises(InventoryError, match=r"night '14/03/2026' is not YYYY-MM-DD"):
+        build_inventory(raw_dir=small_night / "raw", profile=profile("demo"), frames_table=tsv)
     tsv.write_text("file\ttype\nbias_001.fits\tbiass\n")
     with pytest.raises(InventoryError, match=r"type 'biass' for 'bias_001\.fits' is not one of"):
         build_inventory(raw_dir=small_night / "raw", profile=profile("demo"), frames_table=tsv)

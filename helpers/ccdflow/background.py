@@ -226,7 +226,7 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
 
         for iterations in range(1, max_iterations + 1):
             threshold = background + nsigma * rms
-            segm = detect_sources(clean - 0.0, threshold, n_pixels=npixels,
+            segm = detect_sources(clean, threshold, n_pixels=npixels,
                                   mask=bad | extra)
             if segm is None:
                 new = extra.copy()

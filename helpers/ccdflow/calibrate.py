@@ -26,7 +26,7 @@ import numpy as np
 from astropy.stats import sigma_clipped_stats
 from scipy.ndimage import median_filter
 
-from .ccd import CalibrationError, RawFrame, read_raw_frame
+from .ccd import CalibrationError, RawFrame, parse_section, read_raw_frame
 from .combine import combine_frames
 from .masks import MaskBit
 from .products import Product, provenance_header
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "calibrate_science",
     "central_level",
+    "central_region",
     "make_bad_pixel_mask",
     "make_illumination_model",
     "make_master_bias",
@@ -49,17 +50,23 @@ COMBINE_DEFAULTS = {"method": "mean", "cenfunc": "median", "stdfunc": "model",
                     "sigma_upper": 3.0, "maxiters": 5, "nlow": 0, "nhigh": 0}
 
 
+def central_region(shape: tuple[int, int], *, fraction: float) -> tuple[slice, slice]:
+    """Slices of the central ``fraction`` (per axis) of an image of ``shape``."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    ny, nx = shape
+    dy, dx = int(ny * (1 - fraction) / 2), int(nx * (1 - fraction) / 2)
+    return slice(dy, ny - dy), slice(dx, nx - dx)
+
+
 def central_level(image: np.ndarray, *, fraction: float = 0.5,
                   mask: np.ndarray | None = None) -> float:
     """Sigma-clipped (3σ) median of the central ``fraction`` (per axis) of ``image``."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    ny, nx = image.shape
-    dy, dx = int(ny * (1 - fraction) / 2), int(nx * (1 - fraction) / 2)
-    region = np.asarray(image[dy: ny - dy, dx: nx - dx], dtype=np.float64)
+    centre = central_region(image.shape, fraction=fraction)
+    region = np.asarray(image[centre], dtype=np.float64)
     bad = ~np.isfinite(region)
     if mask is not None:
-        bad |= np.asarray(mask[dy: ny - dy, dx: nx - dx], dtype=bool)
+        bad |= np.asarray(mask[centre], dtype=bool)
     if bad.all():
         return float("nan")
     return float(sigma_clipped_stats(region, mask=bad, sigma=3.0)[1])
@@ -321,8 +328,6 @@ def make_bad_pixel_mask(*, shape: tuple[int, int], detector: Mapping,
     ``bad_pixels`` (list of 1-based ``[x, y]``) and ``bad_regions`` (IRAF
     sections) — all in trimmed-frame coordinates.
     """
-    from .ccd import parse_section
-
     mask = np.zeros(shape, np.uint16)
     for master in masters:
         if master is None:

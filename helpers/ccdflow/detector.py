@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from astropy.stats import mad_std, sigma_clipped_stats
 
-from .calibrate import central_level
+from .calibrate import central_level, central_region
 from .ccd import CalibrationError, detector_constant, read_raw_frame
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,7 @@ __all__ = ["check_gain_report", "choose_flat_pair", "flat_levels", "measure_gain
 
 
 def _central(image: np.ndarray, fraction: float) -> np.ndarray:
-    ny, nx = image.shape
-    dy, dx = int(ny * (1 - fraction) / 2), int(nx * (1 - fraction) / 2)
-    return np.asarray(image[dy: ny - dy, dx: nx - dx], dtype=np.float64)
+    return np.asarray(image[central_region(image.shape, fraction=fraction)], dtype=np.float64)
 
 
 def _adu(path: str | Path, detector: Mapping):

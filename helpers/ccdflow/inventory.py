@@ -375,12 +375,12 @@ def _read_frames_table(path: str | Path) -> pd.DataFrame:
         row = bad.iloc[0]
         raise InventoryError(f"frames table {path}: type {row['type']!r} for {row['file']!r} is "
                              "not one of bias, dark, flat, science, rejected")
-    bad_nights = table.loc[(table.get("night", "") != "")
-                           & ~table.get("night", pd.Series("", index=table.index))
-                           .str.match(r"^\d{4}-\d{2}-\d{2}$")] if "night" in table else []
-    if len(bad_nights):
-        raise InventoryError(f"frames table {path}: night {bad_nights.iloc[0]['night']!r} "
-                             "is not YYYY-MM-DD")
+    if "night" in table:
+        nights = table["night"]
+        bad_nights = nights[(nights != "") & ~nights.str.match(r"^\d{4}-\d{2}-\d{2}$")]
+        if len(bad_nights):
+            raise InventoryError(f"frames table {path}: night {bad_nights.iloc[0]!r} "
+                                 "is not YYYY-MM-DD")
     return table
 
 

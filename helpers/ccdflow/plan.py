@@ -40,13 +40,14 @@ class CalibrationSets:
     dropped: list[str] = field(default_factory=list)
 
     def files(self, *, kind: str, night: str, group: str, filter: str = "") -> list[str]:
-        rows = self._select(kind=kind, night=night, group=group, filter=filter)
+        rows = self.select(kind=kind, night=night, group=group, filter=filter)
         if rows.empty:
             raise CalibrationError(f"no {kind} set for night {night}, group {group}"
                                    + (f", filter {filter}" if filter else ""))
         return list(rows.iloc[0]["files"])
 
-    def _select(self, *, kind, night, group, filter=""):
+    def select(self, *, kind: str, night: str, group: str, filter: str = "") -> pd.DataFrame:
+        """Rows of the set of one type, night, group (and filter, for flats)."""
         t = self.table
         sel = (t["kind"] == kind) & (t["night"] == night) & (t["group"] == group)
         if kind == "flat":

@@ -102,10 +102,13 @@ def master_path(kind, night, group, filt=""):
     return MASTERS / night / group / name
 
 
-def _nearest_master(kind, wildcards, of_kind, filt=""):
-    """Master of `kind` for the calibration set (`of_kind`, night, group) of a master rule."""
+def _nearest_master(kind, wildcards, of_kind, filt="", required=True):
+    """Master of `kind` for the calibration set (`of_kind`, night, group) of a master rule.
+
+    None when there is none within the age limit and it is not `required`.
+    """
     _, sets, _ = state()
-    row = sets._select(kind=of_kind, night=wildcards.night, group=wildcards.group, filter=filt)
+    row = sets.select(kind=of_kind, night=wildcards.night, group=wildcards.group, filter=filt)
     if row.empty:
         raise CalibrationError(
             f"no {of_kind} set for night {wildcards.night}, group {wildcards.group}"
@@ -118,6 +121,8 @@ def _nearest_master(kind, wildcards, of_kind, filt=""):
         max_age_days=CAL["max_calibration_age_days"],
     )
     if best is None:
+        if not required:
+            return None
         raise CalibrationError(
             f"master {of_kind} {wildcards.night} {wildcards.group}: no {kind} frames within "
             f"{CAL['max_calibration_age_days']} d (or add '{kind}' to calibration.skip)"
@@ -144,17 +149,15 @@ def get_flat_inputs(wildcards):
     if "bias" in STEPS:
         out["bias"] = _nearest_master("bias", wildcards, "flat", wildcards.filt)
     if "dark" in STEPS and SUBTRACT_DARK:
-        _, sets, _ = state()
-        row = sets._select(kind="flat", night=wildcards.night, group=wildcards.group,
-                           filter=wildcards.filt)
-        best = sets.nearest(kind="dark", group=wildcards.group, mjd=float(row.iloc[0]["mjd"]),
-                            night=wildcards.night, max_age_days=CAL["max_calibration_age_days"])
-        if best is not None:  # flats are short: a missing dark is not fatal
-            out["dark"] = str(master_path("dark", best["night"], wildcards.group))
+        # flats are short: a missing dark is not fatal
+        dark = _nearest_master("dark", wildcards, "flat", wildcards.filt, required=False)
+        if dark is not None:
+            out["dark"] = dark
     return out
 
 
 def _plan_masters(row):
+    """All masters the plan names for a science frame (the dark also for hot pixels)."""
     out = {}
     for kind in ("bias", "dark", "flat"):
         if row[f"{kind}_night"]:
@@ -162,22 +165,33 @@ def _plan_masters(row):
     return out
 
 
-def get_bpm_inputs(wildcards):
-    _, _, plan = state()
-    rows = plan[
-        (plan["night"] == wildcards.night)
-        & (plan["group"] == wildcards.group)
-        & (plan["filter"].map(safe_name) == wildcards.filt)
-    ]
-    return {"reference": str(RAW_DIR / rows.iloc[0]["file"]), **_plan_masters(rows.iloc[0])}
-
-
-def get_science_inputs(wildcards):
-    inventory, _, plan = state()
-    row = plan.loc[wildcards.frame]
+def _applied_masters(row):
+    """The masters applied to the pixels: the dark only when the profile subtracts it."""
     masters = _plan_masters(row)
     if not SUBTRACT_DARK:
         masters.pop("dark", None)
+    return masters
+
+
+def _plan_rows(night, group, filt):
+    """Plan rows of one night, calibration group and filter (any spelling of the filter)."""
+    _, _, plan = state()
+    return plan[
+        (plan["night"] == night)
+        & (plan["group"] == group)
+        & (plan["filter"].map(safe_name) == safe_name(filt))
+    ]
+
+
+def get_bpm_inputs(wildcards):
+    row = _plan_rows(wildcards.night, wildcards.group, wildcards.filt).iloc[0]
+    return {"reference": str(RAW_DIR / row["file"]), **_plan_masters(row)}
+
+
+def get_science_inputs(wildcards):
+    _, _, plan = state()
+    row = plan.loc[wildcards.frame]
+    masters = _applied_masters(row)
     where = MASTERS / row["night"] / row["group"]
     bpm = where / f"bpm_{safe_name(row['filter'])}.fits"
     out = {"raw": str(RAW_DIR / row["file"]), "bpm": str(bpm), **masters}
@@ -190,20 +204,14 @@ def illumination_frames(night, group, filt):
     """Science frames for the illumination model (none when disabled or too few)."""
     if not ILLUM["enabled"]:
         return []
-    _, _, plan = state()
-    rows = plan[(plan["night"] == night) & (plan["group"] == group)
-                & (plan["filter"].map(safe_name) == safe_name(filt))]
+    rows = _plan_rows(night, group, filt)
     return list(rows["file"]) if len(rows) >= ILLUM["min_frames"] else []
 
 
 def get_illumination_inputs(wildcards):
-    _, _, plan = state()
+    rows = _plan_rows(wildcards.night, wildcards.group, wildcards.filt)
     files = illumination_frames(wildcards.night, wildcards.group, wildcards.filt)
-    row = plan[plan["file"] == files[0]].iloc[0]
-    masters = _plan_masters(row)
-    if not SUBTRACT_DARK:
-        masters.pop("dark", None)
-    return {"raw": [str(RAW_DIR / f) for f in files], **masters}
+    return {"raw": [str(RAW_DIR / f) for f in files], **_applied_masters(rows.iloc[0])}
 
 
 def get_detector_reports():
