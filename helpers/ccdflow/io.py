@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,11 +37,19 @@ def atomic_path(path: str | Path, *, suffix: str | None = None):
             os.unlink(tmp)
 
 
-def write_table(table: pd.DataFrame, path: str | Path, **to_csv: Any) -> None:
-    """Write ``table`` as CSV atomically (no index, ``%.10g`` floats unless given)."""
+def write_table(table: pd.DataFrame, path: str | Path, *, comments: Sequence[str] = (),
+                **to_csv: Any) -> None:
+    """Write ``table`` as CSV atomically (no index), after ``# `` comment lines.
+
+    Read back with ``pandas.read_csv(path, comment="#")``.
+    """
     to_csv.setdefault("index", False)
     with atomic_path(path) as tmp:
-        table.to_csv(tmp, **to_csv)
+        with open(tmp, "w", newline="") as handle:
+            for line in comments:
+                for part in str(line).splitlines() or [""]:
+                    handle.write(f"# {part}\n")
+            table.to_csv(handle, **to_csv)
 
 
 def job_logging(log_path: str | Path | None, *, level: int = logging.INFO

@@ -9,7 +9,9 @@ Per source and aperture radius::
 source and the read noise of every aperture pixel; what photutils leaves out
 is the error of the background *estimate* b̂ subtracted from all N_ap pixels:
 ``Var(b̂) = σ_bkg² / N_ann`` for a clipped-mean annulus (× π/2 for the
-median), or the map's own error in map mode.  This is the CCD equation's
+median, × 4.57 for the mode 2.5·median − 1.5·mean, whose variance for
+Gaussian sky is σ²/N·(6.25·π/2 + 2.25 − 7.5) since Cov(median, mean) =
+σ²/N), or the map's own error in map mode.  This is the CCD equation's
 ``N_ap·σ²·(1 + N_ap/N_ann)`` with its first term already inside ERR.
 
 Flags (bit field, column ``flags``):
@@ -21,6 +23,8 @@ Flags (bit field, column ``flags``):
 8     BLENDED             another source's centre within the aperture
 16    OFF_FRAME           centre outside the frame (row kept, flux NaN)
 32    FEW_SKY_PIXELS      fewer than ``min_sky_pixels`` usable annulus pixels
+64    NOT_ALIGNED         frame could not be matched to the reference (no or
+                          too few stars): positions from the WCS or unshifted
 ====  ==================  ==============================================
 """
 
@@ -36,7 +40,7 @@ from astropy.stats import SigmaClip
 
 from .masks import MaskBit
 
-__all__ = ["PhotFlag", "PhotometryError", "measure_apertures"]
+__all__ = ["BAD_FLAGS", "SKY_VARIANCE_FACTOR", "PhotFlag", "PhotometryError", "measure_apertures"]
 
 
 class PhotometryError(ValueError):
@@ -52,6 +56,16 @@ class PhotFlag(IntFlag):
     BLENDED = 8
     OFF_FRAME = 16
     FEW_SKY_PIXELS = 32
+    NOT_ALIGNED = 64
+
+
+#: usable-row test: any of these flags makes a measurement unfit for light curves
+BAD_FLAGS = (PhotFlag.MASKED | PhotFlag.SATURATED | PhotFlag.OFF_FRAME | PhotFlag.NOT_ALIGNED
+             | PhotFlag.FEW_SKY_PIXELS)
+
+#: variance of the annulus level over σ²/N for each estimator (Gaussian sky)
+SKY_VARIANCE_FACTOR = {"annulus-mean": 1.0, "annulus-median": math.pi / 2,
+                       "annulus-mode": 6.25 * math.pi / 2 + 2.25 - 7.5}
 
 
 def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
@@ -76,9 +90,10 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
         Aperture radii in pixels.
     annulus : (float, float)
         Inner and outer radius of the local-background annulus.
-    background : {'annulus-median', 'annulus-mean', 'map'}
-        Local background per pixel: sigma-clipped median or mean of the
-        annulus, or the mean of ``background_map`` inside the aperture.
+    background : {'annulus-median', 'annulus-mean', 'annulus-mode', 'map'}
+        Local background per pixel: sigma-clipped median, mean or mode
+        (2.5 median − 1.5 mean) of the annulus, or the mean of
+        ``background_map`` inside the aperture.
     background_map_error : ndarray, optional
         Per-pixel error of the map (map mode); default: BKG_RMS-free, 0.
     sigma : float
@@ -101,8 +116,8 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
     if data.shape != error.shape or data.shape != bad.shape:
         raise PhotometryError(f"data {data.shape}, error {error.shape} and mask "
                               f"{bad.shape} must have one shape")
-    if background not in ("annulus-median", "annulus-mean", "map"):
-        raise PhotometryError(f"background must be 'annulus-median', 'annulus-mean' or 'map', "
+    if background not in (*SKY_VARIANCE_FACTOR, "map"):
+        raise PhotometryError(f"background must be one of {[*SKY_VARIANCE_FACTOR, 'map']}, "
                               f"got {background!r}")
     if background == "map" and background_map is None:
         raise PhotometryError("background='map' needs background_map")
@@ -132,11 +147,12 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
         ann = CircularAnnulus(pos, r_in, r_out)
         stats = ApertureStats(clean, ann, mask=bad, sigma_clip=SigmaClip(sigma=sigma,
                                                                            maxiters=10))
-        level = np.atleast_1d(stats.median if background == "annulus-median" else stats.mean)
+        median, mean = np.atleast_1d(stats.median), np.atleast_1d(stats.mean)
+        level = {"annulus-median": median, "annulus-mean": mean,
+                 "annulus-mode": 2.5 * median - 1.5 * mean}[background]
         spread = np.atleast_1d(stats.std)
         n_sky = np.atleast_1d(stats.center_aper_area.value)  # unmasked annulus pixels
-        factor = math.pi / 2 if background == "annulus-median" else 1.0
-        sky_var = factor * spread**2 / np.maximum(n_sky, 1)
+        sky_var = SKY_VARIANCE_FACTOR[background] * spread**2 / np.maximum(n_sky, 1)
 
     rows = []
     for radius in radii:

@@ -272,7 +272,7 @@ def _star_list(rng: np.random.Generator, spec: NightSpec) -> pd.DataFrame:
     margin = 24
     x = rng.uniform(margin, spec.nx - margin, size=n)
     y = rng.uniform(margin, spec.ny - margin, size=n)
-    target_xy = (0.5 * spec.nx + 13.3, 0.5 * spec.ny - 7.6)
+    target_xy = _target_xy(spec)
     keep = np.hypot(x - target_xy[0], y - target_xy[1]) > 15  # isolated target
     x, y, mag = x[keep], y[keep], mag[keep]
     x = np.concatenate([[target_xy[0]], x])
@@ -289,13 +289,19 @@ def _star_list(rng: np.random.Generator, spec: NightSpec) -> pd.DataFrame:
     return stars
 
 
+def _target_xy(spec: NightSpec) -> tuple[float, float]:
+    """Pixel (0-based) of the transit target, which sits at the field's RA/Dec."""
+    return 0.5 * spec.nx + 13.3, 0.5 * spec.ny - 7.6
+
+
 def _wcs(spec: NightSpec, dx: float, dy: float):
     from astropy.wcs import WCS
 
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     w.wcs.crval = [FIELD["ra_deg"], FIELD["dec_deg"]]
-    w.wcs.crpix = [spec.nx / 2 + 1 + dx, spec.ny / 2 + 1 + dy]
+    tx, ty = _target_xy(spec)  # the target is at FIELD's RA/Dec whatever the frame size
+    w.wcs.crpix = [tx + 1 + dx, ty + 1 + dy]
     scale = PIXEL_SCALE_ARCSEC / 3600.0
     w.wcs.cd = [[-scale, 0.0], [0.0, scale]]
     w.wcs.radesys = "ICRS"
