@@ -14,6 +14,7 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/inventory.smk"
 include: "workflow/rules/calibration.smk"
 include: "workflow/rules/images.smk"
+include: "workflow/rules/photometry.smk"
 
 
 rule all:

@@ -17,7 +17,7 @@ from .conftest import run_snakemake as snakemake
 
 pytestmark = pytest.mark.workflow
 
-TINY_DEMO = {"dir": "demo", "seed": 5, "size": 128, "n_science": 3}
+TINY_DEMO = {"dir": "demo", "seed": 5, "size": 128, "n_science": 3, "n_stars": 40}
 
 
 def test_lint_is_clean(tmp_path):
@@ -55,6 +55,14 @@ def test_demo_night_end_to_end_then_up_to_date(tmp_path):
         with fits.open(results / "background" / "2026-03-14" / f"{frame}.fits") as hdul:
             assert hdul["BKG"].data.shape == (128, 128) and hdul[0].header["BKGITER"] >= 0
         assert fits.getheader(results / "cosmics" / "2026-03-14" / f"{frame}.fits")["NCOSMIC"] >= 0
+    # photometry: one CSV per frame, a light curve per series, the target's differential
+    for frame in science["frame"]:
+        table = pd.read_csv(results / "photometry" / "2026-03-14" / f"{frame}.csv", comment="#")
+        assert {"flux", "flux_err", "bkg", "bkg_err", "bjd_tdb", "flags"} <= set(table.columns)
+        assert table["flux"].notna().any()
+    for series in ("WASP-SIM_V", "WASP-SIM_R"):
+        assert (results / "lightcurves" / f"{series}.csv").stat().st_size > 0
+        assert (results / "lightcurves" / series / "differential_WASP-SIM.csv").exists()
     report = pd.read_csv(next((results / "reports").rglob("detector.csv")))
     # the gain rests on a MAD variance of the central 80 % (N ≈ 10 500 px): relative
     # error √(2/(0.37·N)) ≈ 2.3 %, so 3σ is 7 %

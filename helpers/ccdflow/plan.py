@@ -110,6 +110,10 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
                       steps: Iterable[str] = KINDS) -> pd.DataFrame:
     """Masters for every science frame (one row each), or a CalibrationError.
 
+    Science frames without an observation time or exposure time (see the
+    inventory's ``reason``) cannot be calibrated or timed: they are left out
+    with a warning naming the file, and the rest of the night is planned.
+
     Parameters
     ----------
     inventory : DataFrame
@@ -130,6 +134,11 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
     """
     steps = set(steps)
     science = inventory[inventory["type"] == "science"].sort_values(["mjd_obs", "file"])
+    unusable = science["mjd_obs"].isna() | (science["night"] == "") | science["exptime_s"].isna()
+    for _, sci in science[unusable].iterrows():
+        log.warning("%s: science frame left out of the reduction (%s)", sci["file"],
+                    sci["reason"] or "no observation time or exposure time")
+    science = science[~unusable]
     rows, missing = [], {}
     for _, sci in science.iterrows():
         row = {"frame": sci["frame"], "file": sci["file"], "night": sci["night"],
@@ -138,10 +147,6 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
         for kind in KINDS:
             row[f"{kind}_night"], row[f"{kind}_age_d"] = "", float("nan")
             if kind not in steps:
-                continue
-            if pd.isna(sci["mjd_obs"]) or not sci["night"]:
-                missing.setdefault(f"{kind} (frame has no observation time)", []).append(
-                    sci["file"])
                 continue
             best = sets.nearest(kind=kind, group=sci["group"], mjd=sci["mjd_obs"],
                                 night=sci["night"], filter=sci["filter"],

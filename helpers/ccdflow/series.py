@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["FrameData", "aperture_labels", "build_lightcurves", "build_reference",
            "choose_reference", "differential_photometry", "frame_photometry", "frame_sources",
-           "good_mask", "load_frame", "read_reference", "read_sources", "reference_catalog",
+           "good_mask", "load_frame", "read_photometry", "read_reference", "read_sources",
+           "reference_catalog",
            "write_lightcurves", "write_reference", "write_sources"]
 
 SOURCE_COLUMNS = ["source_id", "x", "y", "flux", "peak", "fwhm", "area", "snr",
@@ -761,8 +762,10 @@ def read_reference(path: str | Path) -> tuple[pd.DataFrame, dict]:
     from astropy.table import Table
 
     table = Table.read(path, format="ascii.ecsv")
-    catalog = pd.DataFrame({c: np.asarray(table[c]) for c in table.colnames})
-    catalog["name"] = catalog["name"].fillna("").astype(str)
+    columns = {c: np.asarray(table[c].filled("") if c == "name" and hasattr(table[c], "filled")
+                             else table[c]) for c in table.colnames}
+    catalog = pd.DataFrame(columns)
+    catalog["name"] = catalog["name"].astype(str)
     return catalog, dict(table.meta)
 
 
@@ -819,3 +822,10 @@ def write_lightcurves(result: Mapping, *, table: str | Path, directory: str | Pa
     long = result["long"]
     write_table(long, table, float_format="%.10g",
                 comments=[*header, *unit_comments(list(long.columns))])
+
+
+def read_photometry(path: str | Path) -> pd.DataFrame:
+    """Read a per-frame photometry CSV (comment lines skipped, empty names kept as '')."""
+    table = pd.read_csv(path, comment="#")
+    table["name"] = table["name"].fillna("").astype(str)
+    return table

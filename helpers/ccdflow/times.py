@@ -56,8 +56,9 @@ def barycentric_times(*, times, ra_deg: float, dec_deg: float, site: Mapping) ->
     location = EarthLocation(lat=site["latitude_deg"] * u.deg, lon=site["longitude_deg"] * u.deg,
                              height=site["height_m"] * u.m)
     target = SkyCoord(ra_deg * u.deg, dec_deg * u.deg, frame="icrs")
-    t = times.copy()
-    t.location = location
+    from astropy.time import Time
+
+    t = Time(times, location=location)
     ltt = t.light_travel_time(target, kind="barycentric")
     bjd = (t.tdb + ltt).jd
     alt = target.transform_to(AltAz(obstime=t, location=location)).alt.to_value(u.rad)

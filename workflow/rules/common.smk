@@ -72,6 +72,7 @@ wildcard_constraints:
     night=r"\d{4}-\d{2}-\d{2}",
     group=r"[A-Za-z0-9._-]+",
     filt=r"[A-Za-z0-9._+-]+",
+    series=r"[A-Za-z0-9._+-]+",
 
 
 @functools.lru_cache(maxsize=4)
@@ -239,9 +240,82 @@ def get_detector_inputs(wildcards):
 COSMICS_ON = config["cosmics"]["enabled"] and PROFILE["cosmics"]["enabled"]
 
 
+PHOT = config["photometry"]
+
+
+@functools.lru_cache(maxsize=4)
+def _series(path, mtime_ns):
+    inventory, _, plan = _state(path, mtime_ns)
+    objects = inventory.set_index("frame")["object"]
+    table = plan[["frame", "night", "filter"]].copy()
+    table["field"] = [str(objects.get(f, "") or "") for f in table["frame"]]
+    table["series"] = [
+        f"{safe_name(o or 'field')}_{safe_name(fl)}"
+        for o, fl in zip(table["field"], table["filter"])
+    ]
+    return table.set_index("frame", drop=False)
+
+
+def series_table():
+    """Per science frame: night, filter, field (OBJECT) and series '{field}_{filter}'."""
+    path = checkpoints.inventory_scan.get().output.table
+    return _series(str(path), os.stat(path).st_mtime_ns)
+
+
+def series_frames(series):
+    return series_table().query("series == @series")
+
+
+def series_targets(wildcards):
+    fields = set(series_frames(wildcards.series)["field"])
+    fields |= {safe_name(f) for f in fields}
+    return [t for t in PHOT["targets"] if t.get("field") in (None, *fields)]
+
+
+def get_frame_products(wildcards):
+    """Calibrated frame, its background and (when enabled) its cosmic-ray mask."""
+    out = {
+        "calibrated": RESULTS / "calibrated" / wildcards.night / f"{wildcards.frame}.fits",
+        "background": RESULTS / "background" / wildcards.night / f"{wildcards.frame}.fits",
+    }
+    if COSMICS_ON:
+        out["cosmics"] = RESULTS / "cosmics" / wildcards.night / f"{wildcards.frame}.fits"
+    return out
+
+
+def get_reference_inputs(wildcards):
+    rows = series_frames(wildcards.series)
+    return {
+        "sources": [RESULTS / "sources" / n / f"{f}.ecsv" for n, f in zip(rows.night, rows.frame)],
+        "calibrated": [
+            RESULTS / "calibrated" / n / f"{f}.fits" for n, f in zip(rows.night, rows.frame)
+        ],
+    }
+
+
+def get_photometry_inputs(wildcards):
+    row = series_table().loc[wildcards.frame]
+    return {
+        **get_frame_products(wildcards),
+        "sources": RESULTS / "sources" / wildcards.night / f"{wildcards.frame}.ecsv",
+        "reference": RESULTS / "photometry" / "reference" / f"{row['series']}.ecsv",
+    }
+
+
+def get_lightcurve_inputs(wildcards):
+    rows = series_frames(wildcards.series)
+    return {
+        "photometry": [
+            RESULTS / "photometry" / n / f"{f}.csv" for n, f in zip(rows.night, rows.frame)
+        ],
+        "reference": RESULTS / "photometry" / "reference" / f"{wildcards.series}.ecsv",
+    }
+
+
 def get_final_outputs(wildcards):
     _, _, plan = state()
     frames = [(row["night"], row["frame"]) for _, row in plan.iterrows()]
+    series = sorted(set(series_table()["series"])) if PHOT["enabled"] else []
     return [
         RESULTS / "inventory.csv",
         RESULTS / "calibration_plan.csv",
@@ -249,6 +323,8 @@ def get_final_outputs(wildcards):
         *[RESULTS / "background" / n / f"{f}.fits" for n, f in frames],
         *[RESULTS / "cosmics" / n / f"{f}.fits" for n, f in frames if COSMICS_ON],
         *get_detector_reports(),
+        *[RESULTS / "photometry" / n / f"{f}.csv" for n, f in frames if PHOT["enabled"]],
+        *[RESULTS / "lightcurves" / f"{s}.csv" for s in series],
     ]
 
 

@@ -12,5 +12,6 @@ spec = NightSpec(
     ny=demo["size"],
     science=(("V", demo["n_science"]), ("R", 4)),
     seed=demo["seed"],
+    n_stars=demo["n_stars"],
 )
 simulate_night(out_dir=Path(snakemake.output.raw).parent, spec=spec)

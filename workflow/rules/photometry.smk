@@ -1,0 +1,102 @@
+# Photometry: per-frame sources, a source list per series (field x filter),
+# per-frame photometry CSVs, light curves and differential photometry.
+
+
+rule detect_sources:
+    input:
+        unpack(get_frame_products),
+    output:
+        sources=RESULTS / "sources" / "{night}" / "{frame}.ecsv",
+    params:
+        detect={"nsigma": PHOT["detect_nsigma"], "npixels": PHOT["detect_npixels"]},
+        software=SOFTWARE,
+    log:
+        LOGS / "sources" / "{night}" / "{frame}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/detect_sources.py"
+
+
+rule photometry_reference:
+    input:
+        unpack(get_reference_inputs),
+    output:
+        reference=RESULTS / "photometry" / "reference" / "{series}.ecsv",
+    params:
+        frames=lambda wildcards: list(series_frames(wildcards.series)["frame"]),
+        targets=series_targets,
+        reference_frame=lambda wildcards: PHOT["reference_frame"].get(wildcards.series),
+        options={
+            "min_sources": PHOT["min_reference_sources"],
+            "max_sources": PHOT["max_sources"],
+            "match_radius_px": PHOT["match_radius_px"],
+        },
+        software=SOFTWARE,
+    log:
+        LOGS / "photometry" / "reference" / "{series}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/photometry_reference.py"
+
+
+rule measure_photometry:
+    input:
+        unpack(get_photometry_inputs),
+    output:
+        photometry=RESULTS / "photometry" / "{night}" / "{frame}.csv",
+    params:
+        options={
+            "radii_px": PHOT["radii_px"],
+            "radii_fwhm": PHOT["radii_fwhm"],
+            "annulus": PHOT["annulus"],
+            "sky": PHOT["background"],
+            "sky_sigma": PHOT["sky_sigma"],
+            "min_sky_pixels": PHOT["min_sky_pixels"],
+            "map_box_px": config["background"]["box_size"],
+            "max_shift_px": PHOT["max_shift_px"],
+            "recentroid_min_snr": PHOT["recentroid_min_snr"],
+        },
+        site=PROFILE.get("site"),
+        software=SOFTWARE,
+    log:
+        LOGS / "photometry" / "{night}" / "{frame}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/measure_photometry.py"
+
+
+rule lightcurve_build:
+    input:
+        unpack(get_lightcurve_inputs),
+    output:
+        table=RESULTS / "lightcurves" / "{series}.csv",
+        directory=directory(RESULTS / "lightcurves" / "{series}"),
+    params:
+        aperture=PHOT["lightcurve_aperture"],
+        comparisons=PHOT["comparisons"],
+        software=SOFTWARE,
+    log:
+        LOGS / "lightcurves" / "{series}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/lightcurve_build.py"

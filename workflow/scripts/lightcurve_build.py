@@ -1,0 +1,20 @@
+"""Rule lightcurve_build: long table, per-source and differential light curves of a series."""
+
+from ccdflow.io import job_logging
+from ccdflow.series import build_lightcurves, read_photometry, read_reference, write_lightcurves
+
+job_logging(snakemake.log[0])
+catalog, reference = read_reference(snakemake.input.reference)
+result = build_lightcurves(
+    tables=[read_photometry(path) for path in snakemake.input.photometry],
+    catalog=catalog,
+    aperture=snakemake.params.aperture,
+    comparisons=snakemake.params.comparisons,
+)
+header = [
+    f"ccdflow light curves of series {snakemake.wildcards.series} ({snakemake.params.software})",
+    f"reference frame {reference['reference_frame']}; {len(snakemake.input.photometry)} frames",
+]
+write_lightcurves(
+    result, table=snakemake.output.table, directory=snakemake.output.directory, header=header
+)

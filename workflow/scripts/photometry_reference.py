@@ -1,0 +1,17 @@
+"""Rule photometry_reference: reference frame and source list of one series."""
+
+from ccdflow.io import job_logging
+from ccdflow.series import build_reference, write_reference
+
+job_logging(snakemake.log[0])
+frames = snakemake.params.frames
+catalog, meta = build_reference(
+    sources=dict(zip(frames, snakemake.input.sources, strict=True)),
+    calibrated=dict(zip(frames, snakemake.input.calibrated, strict=True)),
+    targets=snakemake.params.targets,
+    reference_frame=snakemake.params.reference_frame,
+    **snakemake.params.options,
+)
+provenance = {"series": snakemake.wildcards.series, "software": snakemake.params.software,
+              "targets": list(snakemake.params.targets), **snakemake.params.options}
+write_reference(snakemake.output.reference, catalog, {**meta, **provenance})
