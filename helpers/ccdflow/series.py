@@ -115,38 +115,45 @@ def read_sources(path: str | Path) -> tuple[pd.DataFrame, dict]:
 # ---------------------------------------------------------------- reference and source list
 
 def choose_reference(*, metas: Mapping[str, Mapping], min_sources: int = 5,
-                     has_wcs: Mapping[str, bool] | None = None, need_wcs: bool = False) -> str:
+                     has_wcs: Mapping[str, bool] | None = None, prefer_wcs: bool = False) -> str:
     """Frame with the smallest FWHM among frames with ``min_sources`` detections.
 
     Parameters
     ----------
     metas : mapping
         Per frame name, the meta of :func:`frame_sources`.
-    has_wcs, need_wcs
-        When ``need_wcs`` (targets given in RA/Dec), only frames with a WCS qualify.
+    has_wcs, prefer_wcs
+        When ``prefer_wcs`` (targets given in RA/Dec), frames with a WCS come
+        first; without any, the choice is made among all frames and logged
+        (the RA/Dec targets then cannot be placed: see :func:`reference_catalog`).
     """
     ok = {f: m for f, m in metas.items()
           if int(m["n_sources"]) >= min_sources and np.isfinite(float(m["fwhm_px"]))}
-    if need_wcs:
-        ok = {f: m for f, m in ok.items() if (has_wcs or {}).get(f)}
-        if not ok:
-            raise PhotometryError(
-                "targets are given in RA/Dec but no frame of the series with at least "
-                f"{min_sources} sources has a WCS: plate-solve the frames or give the "
-                "targets as x/y")
     if not ok:
         raise PhotometryError(f"no frame of the series has {min_sources} or more detected "
                               f"sources with a measured FWHM (clouds?); frames: "
                               f"{', '.join(sorted(metas)[:5])}")
+    if prefer_wcs:
+        with_wcs = {f: m for f, m in ok.items() if (has_wcs or {}).get(f)}
+        if with_wcs:
+            ok = with_wcs
+        else:
+            log.warning("targets are given in RA/Dec but no frame of the series with at least "
+                        "%d sources has a WCS: they cannot be placed (plate-solve the frames "
+                        "or give the targets as x/y)", min_sources)
     return min(ok, key=lambda f: (float(ok[f]["fwhm_px"]), f))
 
 
 def _target_pixels(target: Mapping, wcs, where: str) -> tuple[float, float]:
+    """Pixel position of a target on the reference frame; NaN when it is given in
+    RA/Dec and the frame has no WCS (logged; its rows are flagged NO_POSITION)."""
     if "x" in target:
         return float(target["x"]), float(target["y"])
     if wcs is None:
-        raise PhotometryError(f"target {target['name']!r} is given in RA/Dec but the reference "
-                              f"frame {where} has no WCS")
+        log.warning("target %r is given in RA/Dec but the reference frame %s has no WCS: "
+                    "its rows are flagged NO_POSITION (plate-solve the frames or give x/y)",
+                    target["name"], where)
+        return float("nan"), float("nan")
     coord = sky_coord(target["ra"], target["dec"])
     x, y = wcs.world_to_pixel(coord)
     return float(x), float(y)
@@ -169,7 +176,8 @@ def reference_catalog(*, sources: pd.DataFrame, header, shape: tuple[int, int],
 
     A target within ``match_radius_px`` of a detection replaces it (the
     detection's flux and S/N are kept); a target outside the frame is kept
-    and logged (its rows will be flagged OFF_FRAME).
+    and logged (its rows will be flagged OFF_FRAME), and so is a target in
+    RA/Dec on a frame without a WCS (position NaN, rows flagged NO_POSITION).
 
     Returns
     -------
@@ -189,13 +197,14 @@ def reference_catalog(*, sources: pd.DataFrame, header, shape: tuple[int, int],
     for target in targets:
         x, y = _target_pixels(target, wcs, frame)
         flux, snr = float("nan"), float("nan")
-        if tree is not None:
+        placed = math.isfinite(x) and math.isfinite(y)
+        if tree is not None and placed:
             dist, k = tree.query([x, y])
             if dist <= match_radius_px and not used[k]:
                 used[k] = True
                 flux, snr = float(det["flux"].iloc[k]), float(det["snr"].iloc[k])
                 x, y = float(det["x"].iloc[k]), float(det["y"].iloc[k])
-        if not (-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5):
+        if placed and not (-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5):
             log.warning("target %s falls outside the reference frame %s at x=%.1f y=%.1f: "
                         "its rows are flagged OFF_FRAME", target["name"], frame, x, y)
         rows.append({"name": target["name"], "x_ref": x, "y_ref": y, "flux_ref": flux,
@@ -230,7 +239,12 @@ def _affine_positions(ref_xy: np.ndarray, det_xy: np.ndarray, shift: tuple[float
     from scipy.spatial import cKDTree
 
     moved = ref_xy + np.asarray(shift)
-    dist, k = cKDTree(det_xy).query(moved, distance_upper_bound=tolerance)
+    finite = np.isfinite(moved).all(axis=1)  # targets without a position stay NaN
+    dist = np.full(len(moved), np.inf)
+    k = np.zeros(len(moved), int)
+    if finite.any() and len(det_xy):
+        dist[finite], k[finite] = cKDTree(det_xy).query(moved[finite],
+                                                        distance_upper_bound=tolerance)
     hit = np.isfinite(dist)
     if hit.sum() < 6:
         return moved, int(hit.sum())
@@ -290,6 +304,7 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
                      sky: str = "annulus-median", sky_sigma: float = 3.0,
                      min_sky_pixels: int = 20, map_box_px: int = 64, max_shift_px: float = 50.0,
                      recentroid_min_snr: float = 20.0, site: Mapping | None = None,
+                     source_mask: np.ndarray | None = None, sky_exclude_sources: bool = True,
                      frame: str = "frame") -> tuple[pd.DataFrame, list[str]]:
     """Every source of the series' list measured in one frame, with times.
 
@@ -315,6 +330,12 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         ``BKG_RMS·√(π/2)/box`` (the median of box² pixels).
     site
         Observatory (profile); else the header's SITELAT/SITELONG.
+    source_mask : ndarray of bool, optional
+        The background stage's SRCMASK (detected sources, grown).
+    sky_exclude_sources : bool
+        Leave ``source_mask`` pixels out of the sky annuli, so that neighbours
+        do not raise the local sky (see
+        :func:`ccdflow.photometry.measure_apertures`, ``sky_mask``).
 
     Returns
     -------
@@ -347,6 +368,7 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
     # alignment: translation vote on the brightest detections, then affine
     ref_xy = catalog[["x_ref", "y_ref"]].to_numpy(float)
     flags = np.zeros(len(catalog), np.int64)
+    flags[~np.isfinite(ref_xy).all(axis=1)] |= PhotFlag.NO_POSITION
     wcs = _wcs(header)
     detected = catalog[np.isfinite(catalog["flux_ref"])]
     ref_det = pd.DataFrame({"x": detected["x_ref"], "y": detected["y_ref"],
@@ -369,7 +391,7 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         log.warning("%s: %s", frame, notes[-1])
         dx = dy = float("nan")
     x, y = xy[:, 0], xy[:, 1]
-    if not flags.any():
+    if not (flags & PhotFlag.NOT_ALIGNED).any():
         bright = np.asarray(catalog["snr_ref"].fillna(0) >= recentroid_min_snr)
         if bright.any():
             box = int(max(5, math.ceil(2.5 * fwhm))) | 1
@@ -383,6 +405,7 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
                               annulus=(r_in, r_out), background=sky, background_map=background,
                               background_map_error=map_err, sigma=sky_sigma,
                               min_sky_pixels=min_sky_pixels,
+                              sky_mask=source_mask if sky_exclude_sources else None,
                               source_ids=catalog["source_id"].to_numpy())
     n = len(catalog)
     table.insert(0, "frame", frame)
@@ -624,7 +647,8 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
     dict
         ``long`` (all rows, time-ordered), ``aperture``, ``per_source``
         ({source_id: DataFrame with BMJD, flux, flux_err, bkg, bkg_err,
-        flags, …}) and ``differential`` ({target name: (light curve, choice)}).
+        flags, …}), ``differential`` ({target name: (light curve, choice)}) and
+        ``notes`` ({target name: why its differential light curve is empty}).
     """
     if not tables:
         raise PhotometryError("no photometry tables for the light curves")
@@ -654,16 +678,30 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
     good = pd.DataFrame(good_mask(pivot["flags"].fillna(int(PhotFlag.OFF_FRAME)).to_numpy()
                                   .ravel()).reshape(pivot["flags"].shape),
                         index=pivot["flags"].index, columns=pivot["flags"].columns)
+    notes = {}
     for _, target in catalog[catalog["name"] != ""].iterrows():
-        light, choice = differential_photometry(
-            flux=pivot["flux"], flux_err=pivot["flux_err"], good=good,
-            target=int(target["source_id"]), comparisons=listed.get(target["name"]), **options)
+        sid = int(target["source_id"])
+        try:
+            light, choice = differential_photometry(
+                flux=pivot["flux"], flux_err=pivot["flux_err"], good=good, target=sid,
+                comparisons=listed.get(target["name"]), **options)
+        except PhotometryError as exc:  # e.g. a target off every frame: rows kept, no ratio
+            log.warning("differential light curve of %s not computed: %s", target["name"], exc)
+            notes[target["name"]] = f"differential photometry not computed: {exc}"
+            nan = np.full(len(frames), np.nan)
+            light = pd.DataFrame({
+                "flux": pivot["flux"][sid].to_numpy(),
+                "flux_err": pivot["flux_err"][sid].to_numpy(),
+                "ensemble": nan, "ensemble_err": nan, "rel_flux": nan, "rel_flux_err": nan,
+                "n_comparisons": 0, "usable": False}, index=frames.index)
+            choice = pd.DataFrame(columns=["source_id", "median_flux", "scatter", "expected",
+                                           "weight", "status"])
         light = frames.join(light)
         light.insert(0, "source_id", int(target["source_id"]))
         light["flags"] = pivot["flags"][int(target["source_id"])].to_numpy()
         differential[target["name"]] = (light.reset_index(), choice)
     return {"long": long, "aperture": aperture, "per_source": per_source,
-            "differential": differential}
+            "differential": differential, "notes": notes}
 
 
 # ---------------------------------------------------------------- file level (workflow)
@@ -678,6 +716,7 @@ class FrameData:
     header: object
     background: np.ndarray
     rms: np.ndarray
+    source_mask: np.ndarray  #: bool, SRCMASK of the background stage
 
 
 def load_frame(*, calibrated: str | Path, background: str | Path,
@@ -692,12 +731,14 @@ def load_frame(*, calibrated: str | Path, background: str | Path,
     with fits.open(background, memmap=False) as hdul:
         bkg = hdul["BKG"].data.astype(np.float64)
         rms = hdul["BKG_RMS"].data.astype(np.float64)
+        sources = hdul["SRCMASK"].data != 0
     mask = product.mask.copy()
     if cosmics is not None:
         cr = fits.getdata(cosmics, "CRMASK").astype(bool)
         mask[cr] |= np.uint16(MaskBit.COSMIC)
     return FrameData(data=product.data.astype(np.float64), error=product.error.astype(np.float64),
-                     mask=mask, header=product.header, background=bkg, rms=rms)
+                     mask=mask, header=product.header, background=bkg, rms=rms,
+                     source_mask=sources)
 
 
 def build_reference(*, sources: Mapping[str, str | Path], calibrated: Mapping[str, str | Path],
@@ -725,10 +766,10 @@ def build_reference(*, sources: Mapping[str, str | Path], calibrated: Mapping[st
     tables = {f: read_sources(p) for f, p in sources.items()}
     headers = {f: fits.getheader(p, 0) for f, p in calibrated.items()}
     if reference_frame is None:
-        need_wcs = any("x" not in t for t in targets)
         reference_frame = choose_reference(
             metas={f: m for f, (_, m) in tables.items()}, min_sources=min_sources,
-            has_wcs={f: _wcs(h) is not None for f, h in headers.items()}, need_wcs=need_wcs)
+            has_wcs={f: _wcs(h) is not None for f, h in headers.items()},
+            prefer_wcs=any("x" not in t for t in targets))
     elif reference_frame not in tables:
         raise PhotometryError(f"photometry.reference_frame {reference_frame!r} is not a frame "
                               f"of this series ({', '.join(sorted(tables)[:5])} …)")
@@ -796,21 +837,22 @@ def write_lightcurves(result: Mapping, *, table: str | Path, directory: str | Pa
     try:
         aperture = result["aperture"]
         for sid, rows in result["per_source"].items():
-            write_table(rows, tmp / f"source_{sid}.csv", float_format="%.10g", comments=[
+            write_table(rows, tmp / f"source_{sid}.csv", comments=[
                 *header, f"source {sid}, aperture {aperture}",
                 "BMJD = BJD_TDB - 2400000.5 at mid-exposure [d]; flux, flux_err [electron]; "
                 "bkg, bkg_err [electron / pix]", *unit_comments([])[1:]])
         for name, (light, choice) in result["differential"].items():
             used = choice[choice["weight"] > 0]
-            write_table(light, tmp / f"differential_{name}.csv", float_format="%.10g", comments=[
+            write_table(light, tmp / f"differential_{name}.csv", comments=[
                 *header, f"target {name} (source {int(light['source_id'].iloc[0])}), "
-                f"aperture {aperture}",
+                f"aperture {aperture}", *([result["notes"][name]] if name in result.get(
+                    "notes", {}) else []),
                 "comparisons (source_id:weight): " + " ".join(
                     f"{int(r.source_id)}:{r.weight:.4f}" for r in used.itertuples()),
                 "ensemble = sum w_i f_i/median(f_i) / sum w_i over usable comparisons; "
                 "rel_flux = flux / ensemble, normalised to median 1 over usable frames",
                 "flux, flux_err [electron]; ensemble dimensionless; times [d]"])
-            write_table(choice, tmp / f"comparisons_{name}.csv", float_format="%.10g",
+            write_table(choice, tmp / f"comparisons_{name}.csv",
                         comments=[*header, f"comparison choice for target {name}, aperture "
                                   f"{aperture}; scatter and expected are relative (robust std)"])
         if directory.exists():
@@ -820,7 +862,7 @@ def write_lightcurves(result: Mapping, *, table: str | Path, directory: str | Pa
         if tmp.exists():
             shutil.rmtree(tmp)
     long = result["long"]
-    write_table(long, table, float_format="%.10g",
+    write_table(long, table,
                 comments=[*header, *unit_comments(list(long.columns))])
 
 

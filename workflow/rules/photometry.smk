@@ -61,6 +61,7 @@ rule measure_photometry:
             "annulus": PHOT["annulus"],
             "sky": PHOT["background"],
             "sky_sigma": PHOT["sky_sigma"],
+            "sky_exclude_sources": PHOT["sky_exclude_sources"],
             "min_sky_pixels": PHOT["min_sky_pixels"],
             "map_box_px": config["background"]["box_size"],
             "max_shift_px": PHOT["max_shift_px"],

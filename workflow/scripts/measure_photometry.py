@@ -2,7 +2,11 @@
 
 from ccdflow.io import job_logging, write_table
 from ccdflow.series import (
-    frame_photometry, load_frame, read_reference, read_sources, unit_comments,
+    frame_photometry,
+    load_frame,
+    read_reference,
+    read_sources,
+    unit_comments,
 )
 
 job_logging(snakemake.log[0])
@@ -15,7 +19,8 @@ sources, meta = read_sources(snakemake.input.sources)
 catalog, reference = read_reference(snakemake.input.reference)
 table, notes = frame_photometry(
     data=frame.data, error=frame.error, mask=frame.mask, header=frame.header,
-    background=frame.background, background_rms=frame.rms, sources=sources, meta=meta,
+    background=frame.background, background_rms=frame.rms, source_mask=frame.source_mask,
+    sources=sources, meta=meta,
     catalog=catalog, reference_meta=reference, site=snakemake.params.site,
     frame=snakemake.wildcards.frame, **snakemake.params.options,
 )
@@ -26,4 +31,4 @@ comments = [
     *notes,
     *unit_comments(list(table.columns)),
 ]
-write_table(table, snakemake.output.photometry, float_format="%.10g", comments=comments)
+write_table(table, snakemake.output.photometry, comments=comments)

@@ -1,0 +1,297 @@
+"""Photometry stage end to end on a simulated time series, against the truth.
+
+One 512² night (30 V frames, 400 stars, a 1 % transit on the target) goes
+through the whole workflow once; the tests read its per-frame photometry,
+light curves and differential photometry and compare them with the truth.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+from photutils.aperture import CircularAperture, aperture_photometry
+from scipy.spatial import cKDTree
+
+from ccdflow.photometry import PhotFlag, PhotometryError
+from ccdflow.series import (
+    choose_reference,
+    differential_photometry,
+    good_mask,
+    read_photometry,
+    read_reference,
+    reference_catalog,
+)
+from ccdflow.simulate import NightSpec, load_truth, simulate_night
+
+from .conftest import run_snakemake
+
+pytestmark = pytest.mark.workflow
+
+SPEC = NightSpec(nx=512, ny=512, n_bias=5, n_dark=3, n_flat=5, filters=("V",),
+                 science=(("V", 30),), n_stars=400, seed=11)
+TARGET = {"name": "WASP-SIM", "ra": 157.5, "dec": 20.1}
+NIGHT = "2026-03-14"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The night reduced by the workflow; (root, truth, reference catalog, rows, meta)."""
+    root = tmp_path_factory.mktemp("series")
+    simulate_night(out_dir=root / "night", spec=SPEC)
+    run_snakemake(root, "--cores", "2", config={
+        "raw_dir": str(root / "night" / "raw"), "results_dir": str(root / "results"),
+        "instrument": "demo", "photometry": {"targets": [TARGET]}})
+    truth = load_truth(root / "night")
+    catalog, meta = read_reference(root / "results" / "photometry" / "reference" /
+                                   "WASP-SIM_V.ecsv")
+    # match the source list to the truth at the reference frame's positions
+    at_ref = truth.star_frames[truth.star_frames["frame"] == meta["reference_frame"]]
+    dist, k = cKDTree(at_ref[["x", "y"]].to_numpy()).query(catalog[["x_ref", "y_ref"]])
+    catalog["star_id"] = np.where(dist < 1.0, at_ref["star_id"].to_numpy()[k], -1)
+    rows = pd.concat([read_photometry(p) for p in
+                      sorted((root / "results" / "photometry" / NIGHT).glob("*.csv"))])
+    rows = rows.merge(catalog[["source_id", "star_id"]], on="source_id")
+    rows = rows.merge(truth.star_frames.rename(columns={"x": "x_true", "y": "y_true"}),
+                      on=["frame", "star_id"], how="left")
+    return root, truth, catalog, rows, meta
+
+
+def _isolated(truth, frame, *, radius, ratio):
+    """Star ids with no other star brighter than ``ratio`` × their flux within ``radius``."""
+    at = truth.star_frames[truth.star_frames["frame"] == frame]
+    xy, flux = at[["x", "y"]].to_numpy(), at["flux_e"].to_numpy()
+    tree = cKDTree(xy)
+    keep = [not any(flux[j] > ratio * flux[i] for j in tree.query_ball_point(xy[i], radius)
+                    if j != i) for i in range(len(xy))]
+    return set(at["star_id"].to_numpy()[keep])
+
+
+def _constant_stars(rows, truth, *, aperture):
+    """Usable rows of one aperture for isolated matched stars other than the target,
+    with the frame's flux scale k (flat normalisation × aperture loss) fitted on all
+    of them.
+
+    Isolated: no neighbour above 1 % of the star's flux within the aperture radius
+    + 2 FWHM in the frame of widest seeing (beyond 2 FWHM = 4.7σ a Gaussian's wing
+    holds < 1e-4 of its light).  Closer neighbours put light in the aperture that
+    varies with the seeing: a real error the photometry cannot know about
+    (BLENDED only flags centres inside the aperture)."""
+    t = rows[rows["aperture"] == aperture]
+    fwhm_max = float(t["fwhm"].max())
+    radius = (float(aperture.removesuffix("fwhm")) + 2) * fwhm_max
+    isolated = _isolated(truth, t["frame"].iloc[0], radius=radius, ratio=0.01)
+    ok = (t["star_id"] > 0) & good_mask(t["flags"]) & t["star_id"].isin(isolated)
+    t = t[ok].copy()
+    # k per frame by weighted least squares over ≳100 stars: its own error
+    # (≲0.05 %) is far below any single star's
+    w = t["flux_e"] ** 2 / t["flux_err"] ** 2
+    t["_num"], t["_den"] = w * t["flux"] / t["flux_e"], w
+    k = t.groupby("frame")[["_num", "_den"]].transform("sum")
+    t["k"] = k["_num"] / k["_den"]
+    return t
+
+
+def test_source_list_complete_and_positions_within_a_tenth_of_a_pixel(run):
+    _, truth, catalog, rows, meta = run
+    # completeness: every unsaturated star with expected S/N > 20 on the reference
+    # (S/N from the CCD equation in a 1.5-FWHM aperture) is in the list
+    at_ref = truth.star_frames[truth.star_frames["frame"] == meta["reference_frame"]]
+    sky = truth.frames.set_index("frame").loc[meta["reference_frame"], "sky_level_e"]
+    n_ap = np.pi * (1.5 * meta["fwhm_px"]) ** 2
+    snr = at_ref["flux_e"] / np.sqrt(at_ref["flux_e"] + n_ap * (sky + SPEC.read_noise_e ** 2))
+    peak = at_ref["flux_e"] / (2 * np.pi * (meta["fwhm_px"] / 2.3548) ** 2)
+    inside = at_ref["x"].between(3, SPEC.nx - 4) & at_ref["y"].between(3, SPEC.ny - 4)
+    # resolvable: no other star above a tenth of its flux within 2 FWHM (closer pairs
+    # are one blob at any threshold; 8 of the 400 stars here)
+    xy = at_ref[["x", "y"]].to_numpy()
+    flux = at_ref["flux_e"].to_numpy()
+    resolvable = np.array([
+        not any(flux[j] > 0.1 * flux[i] for j in cKDTree(xy).query_ball_point(xy[i],
+                                                                            2 * meta["fwhm_px"])
+                if j != i) for i in range(len(xy))])
+    expected = at_ref[(snr > 20) & (peak + sky < 0.8 * 65535 * SPEC.gain_e_per_adu) & inside
+                      & resolvable]
+    found = expected["star_id"].isin(catalog["star_id"])
+    assert found.mean() >= 0.99, expected[~found]
+    # positions in every frame (re-centroided above S/N 20) of isolated stars: a
+    # centroid's error is ~FWHM/(2.35·S/N) per axis (0.05 px at S/N 20, FWHM 2.3 px),
+    # so the median must be < 0.1 px from S/N 20 and 99 % of them from S/N 100
+    isolated = _isolated(truth, meta["reference_frame"], radius=12.0, ratio=0.01)
+    t = rows[good_mask(rows["flags"]) & rows["star_id"].isin(isolated)
+             & (rows["aperture"] == "1.5fwhm")].merge(catalog[["source_id", "snr_ref"]])
+    offset = np.hypot(t["x"] - t["x_true"], t["y"] - t["y_true"])
+    assert (t["snr_ref"] >= 20).sum() > 30 * 50
+    assert np.median(offset[t["snr_ref"] >= 20]) < 0.1
+    assert np.quantile(offset[t["snr_ref"] >= 100], 0.99) < 0.1
+
+
+def test_constant_star_errors_are_honest(run):
+    """std((flux − k·truth)/flux_err) within 0.9–1.1 in every aperture.
+
+    Only the per-frame scale k is fitted (one number per frame from ≳100
+    stars); the pulls test flux_err, background term included.
+    """
+    for aperture in ("1.5fwhm", "2fwhm", "3fwhm"):
+        g = _constant_stars(run[3], run[1], aperture=aperture)
+        pulls = (g["flux"] - g["k"] * g["flux_e"]) / g["flux_err"]
+        assert len(pulls) > 1000  # the std of a std from 1 000 pulls is 2.2 %
+        assert 0.9 <= pulls.std() <= 1.1, (aperture, pulls.std())
+
+
+def test_relative_scatter_at_the_ccd_equation_limit(run):
+    """Each constant star's scatter over 30 frames vs photon + sky + dark + read noise.
+
+    Predicted variance per frame (raw electrons; the flat divides signal and
+    noise alike): F + N_ap·(sky + dark·t + RN²)·(1 + π/2·N_ap/N_sky).  One
+    star's std from ~28 frames is uncertain by ~13 %; the median of the ratio
+    over ≳80 stars by ~1.5 %, so 10 % is a real test.
+    """
+    _, truth, _, rows, _ = run
+    t = _constant_stars(rows, truth, aperture="1.5fwhm")
+    sky = np.array([truth.sky(f)[round(y), round(x)]
+                    for f, x, y in zip(t["frame"], t["x_true"], t["y_true"], strict=True)])
+    dark = SPEC.dark_rate_e_per_s * SPEC.science_exptime_s
+    t["pred_var"] = t["flux_e"] + t["n_ap"] * (sky + dark + SPEC.read_noise_e ** 2) * (
+        1 + np.pi / 2 * t["n_ap"] / t["n_sky"])
+    ratios = []
+    for _, g in t.groupby("star_id"):
+        if len(g) >= 25:
+            measured = (g["flux"] / g["k"] / g["flux_e"]).std(ddof=1)
+            ratios.append(measured / (np.sqrt(g["pred_var"].mean()) / g["flux_e"].mean()))
+    assert len(ratios) > 80
+    assert 0.9 <= np.median(ratios) <= 1.1, np.median(ratios)
+
+
+def test_transit_depth_recovered_within_one_sigma(run):
+    root, truth, catalog, _, _ = run
+    directory = root / "results" / "lightcurves" / "WASP-SIM_V"
+    light = pd.read_csv(directory / "differential_WASP-SIM.csv", comment="#")
+    assert catalog.loc[catalog["name"] == "WASP-SIM", "star_id"].item() == 0
+    tr = truth.meta["transit"]
+    dt = np.abs(light["mjd_utc"] - tr["t0_mjd"])
+    half = tr["duration_d"] / 2
+    full = light[light["usable"] & (dt < half - tr["ingress_d"])]
+    out = light[light["usable"] & (dt > half)]
+    assert len(full) >= 3 and len(out) >= 5
+
+    def wmean(g):
+        w = 1 / g["rel_flux_err"] ** 2
+        return (w * g["rel_flux"]).sum() / w.sum(), 1 / np.sqrt(w.sum())
+
+    (f_in, e_in), (f_out, e_out) = wmean(full), wmean(out)
+    depth = 1 - f_in / f_out
+    sigma = np.hypot(e_in / f_out, f_in * e_out / f_out ** 2)
+    assert abs(depth - tr["depth"]) < sigma, (depth, sigma)
+    # the errors are honest: out-of-transit points scatter as their error bars say
+    pulls = (out["rel_flux"] - f_out) / out["rel_flux_err"]
+    assert 0.6 < pulls.std(ddof=1) < 1.5  # 1σ band of a std from ~15 points: ±19 %
+    choice = pd.read_csv(directory / "comparisons_WASP-SIM.csv", comment="#")
+    used = choice[choice["weight"] > 0]
+    assert len(used) >= 3 and used["weight"].sum() == pytest.approx(1.0)
+    assert (catalog.set_index("source_id").loc[used["source_id"], "star_id"] > 0).all()
+
+
+def test_one_frame_equals_a_direct_photutils_call(run):
+    """The pipeline adds no hidden maths: flux = Σ_ap(SCI) − bkg·area, masked pixels out."""
+    root, _, _, rows, _ = run
+    frame = sorted(rows["frame"].unique())[7]
+    t = rows[(rows["frame"] == frame) & ((rows["flags"] & int(PhotFlag.OFF_FRAME)) == 0)]
+    with fits.open(root / "results" / "calibrated" / NIGHT / f"{frame}.fits") as hdul:
+        data, error = hdul["SCI"].data.astype(float), hdul["ERR"].data.astype(float)
+        mask = hdul["MASK"].data != 0
+    mask |= fits.getdata(root / "results" / "cosmics" / NIGHT / f"{frame}.fits", "CRMASK") != 0
+    for radius, g in t.groupby("radius"):
+        ap = CircularAperture(g[["x", "y"]].to_numpy(), radius)
+        direct = aperture_photometry(data, ap, error=error, mask=mask)
+        area = ap.area_overlap(data, mask=mask)
+        np.testing.assert_allclose(g["flux"], direct["aperture_sum"] - g["bkg"] * area,
+                                   rtol=1e-8, atol=1e-6)
+        np.testing.assert_allclose(
+            g["flux_err"] ** 2, direct["aperture_sum_err"] ** 2 + (area * g["bkg_err"]) ** 2,
+            rtol=1e-7)
+
+
+def test_light_curve_files_and_times(run):
+    root, truth, catalog, rows, _ = run
+    lc = root / "results" / "lightcurves"
+    long = pd.read_csv(lc / "WASP-SIM_V.csv", comment="#")
+    assert len(long) == 30 * len(catalog) * 3  # frames × sources × apertures
+    text = (lc / "WASP-SIM_V.csv").read_text()
+    assert "flux [electron]" in text and "bjd_tdb [d (BJD_TDB, mid-exposure)]" in text
+    one = pd.read_csv(lc / "WASP-SIM_V" / "source_5.csv", comment="#")
+    assert list(one.columns[:6]) == ["BMJD", "flux", "flux_err", "bkg", "bkg_err", "flags"]
+    assert len(one) == 30 and one["BMJD"].is_monotonic_increasing
+    # times: mid-exposure UTC from the truth; BJD − JD(UTC) within the ±8.4 min light
+    # travel time plus TT−UTC (69.2 s)
+    science = truth.frames.set_index("frame")
+    first = rows.drop_duplicates("frame").set_index("frame")
+    mid = science.loc[first.index, "mjd_mid"]
+    np.testing.assert_allclose(first["mjd_utc"], mid, atol=1e-6)
+    delta = (first["bmjd_tdb"] - first["mjd_utc"]) * 86400
+    assert (np.abs(delta - 69.184) < 8.4 * 60).all()
+    assert (first["airmass"] >= 1).all()
+
+
+def test_reference_choice_and_targets_without_a_wcs(caplog):
+    metas = {"a": {"n_sources": 40, "fwhm_px": 3.1}, "b": {"n_sources": 35, "fwhm_px": 2.7},
+             "cloudy": {"n_sources": 1, "fwhm_px": float("nan")}}
+    assert choose_reference(metas=metas) == "b"
+    assert choose_reference(metas=metas, has_wcs={"a": True}, prefer_wcs=True) == "a"
+    # no WCS anywhere: the best frame all the same (the RA/Dec targets get NO_POSITION)
+    assert choose_reference(metas=metas, has_wcs={}, prefer_wcs=True) == "b"
+    with pytest.raises(PhotometryError, match="clouds"):
+        choose_reference(metas={"cloudy": metas["cloudy"]})
+    sources = pd.DataFrame({"source_id": [1, 2], "x": [10.0, 40.0], "y": [12.0, 30.0],
+                            "flux": [5e4, 2e4], "snr": [200.0, 90.0]})
+    with caplog.at_level("WARNING"):
+        cat = reference_catalog(sources=sources, header=fits.Header(), shape=(64, 64),
+                                targets=[{"name": "T", "ra": 10.0, "dec": 5.0}], frame="f1")
+    assert "target 'T' is given in RA/Dec but the reference frame f1 has no WCS" in caplog.text
+    assert cat.loc[0, "name"] == "T" and np.isnan(cat.loc[0, ["x_ref", "y_ref"]]).all()
+    assert list(cat["source_id"]) == [1, 2, 3]  # the detections follow
+    cat = reference_catalog(sources=sources, header=fits.Header(), shape=(64, 64),
+                            targets=[{"name": "T", "x": 40.5, "y": 30.2},
+                                     {"name": "Far", "x": 300.0, "y": 30.0}])
+    assert list(cat["name"]) == ["T", "Far", ""]
+    assert cat.loc[0, "x_ref"] == 40.0 and cat.loc[0, "flux_ref"] == 2e4  # took the detection
+    assert list(cat["source_id"]) == [1, 2, 3] and np.isnan(cat.loc[1, "flux_ref"])
+
+
+def test_differential_rejects_a_variable_and_propagates_errors(rng):
+    """Target + 8 constant comparisons + 1 variable (5 % sinusoid); 2 % transparency
+    changes common to all.  The variable is rejected, the weights sum to one, and
+    rel_flux scatters as rel_flux_err says."""
+    n_frames, ids = 200, list(range(1, 11))
+    level = dict(zip(ids, [1e5, 8e4, 1.2e5, 6e4, 1.5e5, 9e4, 7e4, 1.1e5, 5e4, 1e5],
+                     strict=True))
+    transparency = 1 + 0.02 * rng.standard_normal(n_frames)
+    flux, err = {}, {}
+    for sid in ids:
+        true = level[sid] * transparency
+        if sid == 10:
+            true = true * (1 + 0.05 * np.sin(np.arange(n_frames) / 7))
+        err[sid] = np.sqrt(true + 2000)
+        flux[sid] = true + err[sid] * rng.standard_normal(n_frames)
+    flux, err = pd.DataFrame(flux), pd.DataFrame(err)
+    good = pd.DataFrame(True, index=flux.index, columns=flux.columns)
+    good.iloc[3, 2] = False  # one flagged comparison measurement
+    inputs = (flux.copy(), err.copy(), good.copy())
+    light, choice = differential_photometry(flux=flux, flux_err=err, good=good, target=1,
+                                            max_count=10, min_count=2)
+    status = choice.set_index("source_id")["status"]
+    assert status[10].startswith("variable")
+    assert choice["weight"].sum() == pytest.approx(1.0) and choice.loc[
+        choice["source_id"] == 10, "weight"].item() == 0
+    assert light.loc[3, "n_comparisons"] == 7 and (light["n_comparisons"] <= 8).all()
+    pulls = (light["rel_flux"] - 1) / light["rel_flux_err"]
+    assert 0.85 < pulls.std() < 1.15  # 200 points: the std of the std is 5 %
+    for before, after in zip(inputs, (flux, err, good), strict=True):
+        pd.testing.assert_frame_equal(before, after)
+    _, choice = differential_photometry(flux=flux, flux_err=err, good=good, target=1,
+                                        comparisons=[2, 3])
+    assert set(choice.loc[choice["weight"] > 0, "source_id"]) == {2, 3}
+    with pytest.raises(PhotometryError, match=r"comparison source\(s\) \[99\]"):
+        differential_photometry(flux=flux, flux_err=err, good=good, target=1,
+                                comparisons=[99])
