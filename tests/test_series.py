@@ -241,8 +241,13 @@ def test_reference_choice_and_targets_without_a_wcs(caplog):
     assert choose_reference(metas=metas, has_wcs={"a": True}, prefer_wcs=True) == "a"
     # no WCS anywhere: the best frame all the same (the RA/Dec targets get NO_POSITION)
     assert choose_reference(metas=metas, has_wcs={}, prefer_wcs=True) == "b"
-    with pytest.raises(PhotometryError, match="clouds"):
-        choose_reference(metas={"cloudy": metas["cloudy"]})
+    # a sparse field: the frame with the most detections, said in the log
+    sparse = {"s1": {"n_sources": 3, "fwhm_px": 4.0}, "s2": {"n_sources": 2, "fwhm_px": 3.0}}
+    with caplog.at_level("WARNING"):
+        assert choose_reference(metas={**sparse, "cloudy": metas["cloudy"]}) == "s1"
+        assert choose_reference(metas={"cloudy": metas["cloudy"]}) is None
+    assert "reference s1 has 3" in caplog.text and "clouds?" in caplog.text
+    caplog.clear()
     sources = pd.DataFrame({"source_id": [1, 2], "x": [10.0, 40.0], "y": [12.0, 30.0],
                             "flux": [5e4, 2e4], "snr": [200.0, 90.0]})
     with caplog.at_level("WARNING"):

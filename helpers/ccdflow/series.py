@@ -115,33 +115,50 @@ def read_sources(path: str | Path) -> tuple[pd.DataFrame, dict]:
 # ---------------------------------------------------------------- reference and source list
 
 def choose_reference(*, metas: Mapping[str, Mapping], min_sources: int = 5,
-                     has_wcs: Mapping[str, bool] | None = None, prefer_wcs: bool = False) -> str:
+                     has_wcs: Mapping[str, bool] | None = None,
+                     prefer_wcs: bool = False) -> str | None:
     """Frame with the smallest FWHM among frames with ``min_sources`` detections.
 
     Parameters
     ----------
     metas : mapping
         Per frame name, the meta of :func:`frame_sources`.
+    min_sources : int
+        Detections a frame needs to qualify.  When no frame has that many
+        (a sparse field), the frame with the most detections is taken and
+        the choice logged.
     has_wcs, prefer_wcs
         When ``prefer_wcs`` (targets given in RA/Dec), frames with a WCS come
         first; without any, the choice is made among all frames and logged
         (the RA/Dec targets then cannot be placed: see :func:`reference_catalog`).
+
+    Returns
+    -------
+    str or None
+        The frame; None when no frame has a single star with a measured FWHM
+        (clouds), logged.
     """
     ok = {f: m for f, m in metas.items()
-          if int(m["n_sources"]) >= min_sources and np.isfinite(float(m["fwhm_px"]))}
+          if int(m["n_sources"]) >= 1 and np.isfinite(float(m["fwhm_px"]))}
     if not ok:
-        raise PhotometryError(f"no frame of the series has {min_sources} or more detected "
-                              f"sources with a measured FWHM (clouds?); frames: "
-                              f"{', '.join(sorted(metas)[:5])}")
+        log.warning("no frame of the series has a detected star with a measured FWHM "
+                    "(clouds?); frames: %s", ", ".join(sorted(metas)[:5]))
+        return None
     if prefer_wcs:
         with_wcs = {f: m for f, m in ok.items() if (has_wcs or {}).get(f)}
         if with_wcs:
             ok = with_wcs
         else:
-            log.warning("targets are given in RA/Dec but no frame of the series with at least "
-                        "%d sources has a WCS: they cannot be placed (plate-solve the frames "
-                        "or give the targets as x/y)", min_sources)
-    return min(ok, key=lambda f: (float(ok[f]["fwhm_px"]), f))
+            log.warning("targets are given in RA/Dec but no frame of the series with a "
+                        "measured FWHM has a WCS: they cannot be placed (plate-solve the "
+                        "frames or give the targets as x/y)")
+    rich = {f: m for f, m in ok.items() if int(m["n_sources"]) >= min_sources}
+    if rich:
+        return min(rich, key=lambda f: (float(rich[f]["fwhm_px"]), f))
+    best = max(ok, key=lambda f: (int(ok[f]["n_sources"]), -float(ok[f]["fwhm_px"]), f))
+    log.warning("no frame of the series has %d or more detections: reference %s has %d",
+                min_sources, best, int(ok[best]["n_sources"]))
+    return best
 
 
 def _target_pixels(target: Mapping, wcs, where: str) -> tuple[float, float]:
@@ -210,13 +227,12 @@ def reference_catalog(*, sources: pd.DataFrame, header, shape: tuple[int, int],
         rows.append({"name": target["name"], "x_ref": x, "y_ref": y, "flux_ref": flux,
                      "snr_ref": snr})
     rest = det[~used]
-    table = pd.concat([pd.DataFrame(rows, columns=["name", "x_ref", "y_ref", "flux_ref",
-                                                   "snr_ref"]),
-                       pd.DataFrame({"name": "", "x_ref": rest["x"].to_numpy(float),
-                                     "y_ref": rest["y"].to_numpy(float),
-                                     "flux_ref": rest["flux"].to_numpy(float),
-                                     "snr_ref": rest["snr"].to_numpy(float)})],
-                      ignore_index=True)
+    table = pd.DataFrame({
+        "name": [r["name"] for r in rows] + [""] * len(rest),
+        **{col: np.concatenate([np.array([r[col] for r in rows], float),
+                                rest[src].to_numpy(float)])
+           for col, src in (("x_ref", "x"), ("y_ref", "y"), ("flux_ref", "flux"),
+                            ("snr_ref", "snr"))}})
     table.insert(0, "source_id", np.arange(1, len(table) + 1))
     table["ra_deg"] = table["dec_deg"] = np.nan
     if wcs is not None and len(table):
@@ -226,6 +242,12 @@ def reference_catalog(*, sources: pd.DataFrame, header, shape: tuple[int, int],
 
 
 # ---------------------------------------------------------------- per-frame photometry
+
+#: columns of a per-frame photometry table, in order
+PHOTOMETRY_COLUMNS = ["frame", "source_id", "name", "aperture", "radius", "x", "y", "ra_deg",
+                      "dec_deg", "flux", "flux_err", "bkg", "bkg_err", "n_ap", "n_sky",
+                      "masked_fraction", "flags", "fwhm", "mjd_utc", "bjd_tdb", "bmjd_tdb",
+                      "airmass", "exptime_s", "dx", "dy"]
 
 def aperture_labels(*, radii_px: Sequence[float], radii_fwhm: Sequence[float]) -> list[str]:
     """Labels of the apertures, in order: ``'8px'``, ``'1.5fwhm'``."""
@@ -352,12 +374,21 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
     if not radii_px and not radii_fwhm:
         raise PhotometryError("no aperture: give photometry.radii_px and/or radii_fwhm")
     notes = []
+    labels = aperture_labels(radii_px=radii_px, radii_fwhm=radii_fwhm)
+    if catalog.empty:
+        notes.append(f"empty source list: {reference_meta.get('note') or 'no sources'}")
+        return pd.DataFrame(columns=PHOTOMETRY_COLUMNS), notes
     fwhm = float(meta.get("fwhm_px", float("nan")))
     if not np.isfinite(fwhm):
         fwhm = float(reference_meta["fwhm_px"])
         notes.append(f"FWHM not measured here; apertures sized with the reference FWHM {fwhm:.2f}")
+    if not np.isfinite(fwhm) and (radii_fwhm or annulus is None or annulus["unit"] == "fwhm"):
+        notes.append("no FWHM measured on this frame or the reference: apertures in units of "
+                     "the FWHM cannot be sized, no photometry (radii_px with an annulus in px "
+                     "would measure the targets)")
+        log.warning("%s: %s", frame, notes[-1])
+        return pd.DataFrame(columns=PHOTOMETRY_COLUMNS), notes
     radii = [float(r) for r in radii_px] + [k * fwhm for k in radii_fwhm]
-    labels = aperture_labels(radii_px=radii_px, radii_fwhm=radii_fwhm)
     annulus = annulus or {"inner": 4.0, "outer": 7.0, "unit": "fwhm"}
     scale = fwhm if annulus["unit"] == "fwhm" else 1.0
     r_in, r_out = annulus["inner"] * scale, annulus["outer"] * scale
@@ -431,9 +462,11 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
                                            site=where).iloc[0].to_dict())
         else:
             from astropy import units as u
-            from astropy.coordinates import SkyCoord
+            from astropy.coordinates import EarthLocation, SkyCoord
 
-            bjd = (mid.tdb + mid.light_travel_time(SkyCoord(ra * u.deg, dec * u.deg))).jd
+            geocentre = EarthLocation.from_geocentric(0, 0, 0, unit=u.m)  # error ≤ 21 ms
+            bjd = (mid.tdb + mid.light_travel_time(SkyCoord(ra * u.deg, dec * u.deg),
+                                                   location=geocentre)).jd
             times.update(bjd_tdb=float(bjd), bmjd_tdb=float(bjd) - 2400000.5)
         notes.append(f"times: mid-exposure; BJD toward {what} (RA {ra:.5f}, Dec {dec:.5f}); "
                      f"{site_note}")
@@ -441,11 +474,7 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         table[key] = value
     table["exptime_s"] = float(header.get("EXPTIME", header.get("EXPOSURE", float("nan"))))
     table["dx"], table["dy"] = dx, dy
-    columns = ["frame", "source_id", "name", "aperture", "radius", "x", "y", "ra_deg", "dec_deg",
-               "flux", "flux_err", "bkg", "bkg_err", "n_ap", "n_sky", "masked_fraction",
-               "flags", "fwhm", "mjd_utc", "bjd_tdb", "bmjd_tdb", "airmass", "exptime_s",
-               "dx", "dy"]
-    return table[columns], notes
+    return table[PHOTOMETRY_COLUMNS], notes
 
 
 # ---------------------------------------------------------------- differential photometry
@@ -652,9 +681,13 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
     """
     if not tables:
         raise PhotometryError("no photometry tables for the light curves")
-    long = pd.concat(tables, ignore_index=True)
+    long = pd.concat([t for t in tables if len(t)] or [tables[0]], ignore_index=True)
     long = long.sort_values(["mjd_utc", "frame", "aperture", "source_id"], kind="stable")
-    labels = list(dict.fromkeys(tables[0]["aperture"]))
+    if long.empty:
+        log.warning("no photometry rows in any frame of the series: empty light curves")
+        return {"long": long, "aperture": aperture or "", "per_source": {}, "differential": {},
+                "notes": {}}
+    labels = list(dict.fromkeys(next(t for t in tables if len(t))["aperture"]))
     aperture = aperture or labels[0]
     if aperture not in labels:
         raise PhotometryError(f"lightcurve_aperture {aperture!r} is not one of {labels}")
@@ -773,14 +806,22 @@ def build_reference(*, sources: Mapping[str, str | Path], calibrated: Mapping[st
     elif reference_frame not in tables:
         raise PhotometryError(f"photometry.reference_frame {reference_frame!r} is not a frame "
                               f"of this series ({', '.join(sorted(tables)[:5])} …)")
+    note = ""
+    if reference_frame is None:  # no star anywhere: the targets alone, on the first frame
+        reference_frame = sorted(tables)[0]
+        note = ("no frame of the series has a detected star with a measured FWHM (clouds?): "
+                "no source list, no photometry")
     det, meta = tables[reference_frame]
+    if note:
+        det = det.iloc[0:0]
     with fits.open(calibrated[reference_frame], memmap=False) as hdul:
         shape = hdul["SCI"].data.shape
     catalog = reference_catalog(sources=det, header=headers[reference_frame], shape=shape,
                                 targets=targets, max_sources=max_sources,
                                 match_radius_px=match_radius_px, frame=reference_frame)
-    return catalog, {"reference_frame": reference_frame, "fwhm_px": float(meta["fwhm_px"]),
-                     "n_sources": len(catalog), "shape": list(shape)}
+    return catalog, {"reference_frame": reference_frame,
+                     "fwhm_px": float("nan") if note else float(meta["fwhm_px"]),
+                     "n_sources": len(catalog), "shape": list(shape), "note": note}
 
 
 def write_reference(path: str | Path, catalog: pd.DataFrame, meta: Mapping) -> None:

@@ -14,6 +14,7 @@ result = build_lightcurves(
 header = [
     f"ccdflow light curves of series {snakemake.wildcards.series} ({snakemake.params.software})",
     f"reference frame {reference['reference_frame']}; {len(snakemake.input.photometry)} frames",
+    reference.get("note", ""),
 ]
 write_lightcurves(
     result, table=snakemake.output.table, directory=snakemake.output.directory, header=header
