@@ -96,6 +96,13 @@ def cal_science_v(cal_masters):
     return row, product
 
 
+def product(results: Path, stage: str, frame: str, suffix: str = ".fits") -> Path:
+    """Product of one frame from a per-frame stage: ``<stage>/<night>/<batch>/<frame><suffix>``."""
+    found = list(Path(results).glob(f"{stage}/*/*/{frame}{suffix}"))
+    assert len(found) == 1, f"{stage} product of {frame}: {found}"
+    return found[0]
+
+
 def run_snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool = True):
     """Run the workflow's CLI in ``workdir``; ``config`` goes through --configfile."""
     import yaml

@@ -25,7 +25,7 @@ from ccdflow.series import (
 )
 from ccdflow.simulate import NightSpec, load_truth, simulate_night
 
-from .conftest import run_snakemake
+from .conftest import product, run_snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -51,7 +51,7 @@ def run(tmp_path_factory):
     dist, k = cKDTree(at_ref[["x", "y"]].to_numpy()).query(catalog[["x_ref", "y_ref"]])
     catalog["star_id"] = np.where(dist < 1.0, at_ref["star_id"].to_numpy()[k], -1)
     rows = pd.concat([read_photometry(p) for p in
-                      sorted((root / "results" / "photometry" / NIGHT).glob("*.csv"))])
+                      sorted((root / "results" / "photometry" / NIGHT).glob("*/*.csv"))])
     rows = rows.merge(catalog[["source_id", "star_id"]], on="source_id")
     rows = rows.merge(truth.star_frames.rename(columns={"x": "x_true", "y": "y_true"}),
                       on=["frame", "star_id"], how="left")
@@ -198,10 +198,10 @@ def test_one_frame_equals_a_direct_photutils_call(run):
     root, _, _, rows, _ = run
     frame = sorted(rows["frame"].unique())[7]
     t = rows[(rows["frame"] == frame) & ((rows["flags"] & int(PhotFlag.OFF_FRAME)) == 0)]
-    with fits.open(root / "results" / "calibrated" / NIGHT / f"{frame}.fits") as hdul:
+    with fits.open(product(root / "results", "calibrated", frame)) as hdul:
         data, error = hdul["SCI"].data.astype(float), hdul["ERR"].data.astype(float)
         mask = hdul["MASK"].data != 0
-    mask |= fits.getdata(root / "results" / "cosmics" / NIGHT / f"{frame}.fits", "CRMASK") != 0
+    mask |= fits.getdata(product(root / "results", "cosmics", frame), "CRMASK") != 0
     for radius, g in t.groupby("radius"):
         ap = CircularAperture(g[["x", "y"]].to_numpy(), radius)
         direct = aperture_photometry(data, ap, error=error, mask=mask)

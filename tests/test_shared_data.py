@@ -6,7 +6,7 @@ import pytest
 
 from ccdflow.inventory import build_inventory, read_frame_header
 
-from .conftest import profile
+from .conftest import product, profile
 
 pytestmark = pytest.mark.shared_data
 
@@ -87,19 +87,19 @@ def test_nickel_calibrates_and_sky_is_flat(nickel, shared_data):
     from ccdflow.products import read_mask, read_product
 
     night = nickel / "calibrated" / "2024-05-12"
-    assert sorted(p.stem for p in night.glob("*.fits")) == [
+    assert sorted(p.stem for p in night.glob("*/*.fits")) == [
         "d1047", "d1048", "d1052", "d1059", "d1074", "d1083"]
     plan = pd.read_csv(nickel / "calibration_plan.csv", keep_default_na=False)
     assert (plan["dark_night"] == "").all() and (plan["flat_night"] == "2024-05-12").all()
     report = pd.read_csv(next((nickel / "reports").rglob("detector.csv")))
     # measured vs the observatory's 1.8 e-/ADU and 10.7 e-, within gain_check_fraction
     assert report["gain_agrees"].all() and report["read_noise_agrees"].all()
-    mask = read_product(night / "d1047.fits").mask
+    mask = read_product(product(nickel, "calibrated", "d1047")).mask
     assert (mask[:, [254, 255, 782, 783, 1001]] & 1).all(), "profile bad columns flagged"
     # Sparse fields (standard PG1323-085, galaxy UGC 9837): sky flat to < 1 % RMS over
     # 128-px cells after flat field + illumination correction
     for frame in ("d1047", "d1074"):
-        assert _sky_flatness(read_product(night / f"{frame}.fits")) < 0.01, frame
+        assert _sky_flatness(read_product(product(nickel, "calibrated", frame))) < 0.01, frame
     # the twilight flats alone leave a gradient; the illumination model at least halves it
     group = next((nickel / "masters" / "2024-05-12").iterdir())
     without = calibrate_science(
@@ -107,7 +107,8 @@ def test_nickel_calibrates_and_sky_is_flat(nickel, shared_data):
         detector=profile("nickel")["detector"], bias=read_product(group / "bias.fits"),
         dark=None, flat=read_product(group / "flat_V.fits"),
         bad_pixel_mask=read_mask(group / "bpm_V.fits"))
-    assert _sky_flatness(without) > 2 * _sky_flatness(read_product(night / "d1047.fits"))
+    assert _sky_flatness(without) > 2 * _sky_flatness(
+        read_product(product(nickel, "calibrated", "d1047")))
 
 
 def test_bsu_calibrates_across_nights_and_says_so(bsu):
@@ -117,7 +118,7 @@ def test_bsu_calibrates_across_nights_and_says_so(bsu):
     from ccdflow.masks import MaskBit
     from ccdflow.products import read_mask
 
-    calibrated = sorted(bsu.glob("calibrated/*/*.fits"))
+    calibrated = sorted(bsu.glob("calibrated/*/*/*.fits"))
     assert len(calibrated) == 18
     plan = pd.read_csv(bsu / "calibration_plan.csv", keep_default_na=False).set_index("frame")
     ngc = plan[plan.index.str.startswith("NGC6760")]
@@ -126,8 +127,7 @@ def test_bsu_calibrates_across_nights_and_says_so(bsu):
         assert (ngc[f"{kind}_night"] == "2022-10-29").all()
         assert (ngc[f"{kind}_age_d"] > 0).all()
     assert ngc["note"].str.contains("bias from night 2022-10-29").all()
-    header = fits.getheader(bsu / "calibrated" / "2022-10-27" /
-                            "NGC6760_10272022-0001_V_60s.fits")
+    header = fits.getheader(product(bsu, "calibrated", "NGC6760_10272022-0001_V_60s"))
     assert "2022-10-29" in header["BIASFILE"] and header["DARKFILE"] == "none"
     bpm = read_mask(next(bsu.glob("masters/2022-10-27/*/bpm_V.fits")))
     assert ((bpm & MaskBit.HOT) != 0).sum() > 0, "short darks still flag hot pixels"
@@ -138,7 +138,7 @@ def test_singles_calibrate_with_every_step_skipped(tmp_path_factory, shared_data
 
     results = _reduce(tmp_path_factory, shared_data, "singles", "singles", "default",
                       config={"calibration": {"skip": ["bias", "dark", "flat"]}})
-    products = {p.stem[:4]: read_product(p) for p in results.glob("calibrated/*/*.fits")}
+    products = {p.stem[:4]: read_product(p) for p in results.glob("calibrated/*/*/*.fits")}
     assert products["saao"].data.shape == (520, 512)  # TRIMSEC [17:528,1:520]
     assert products["lco_"].data.shape == (1024, 1024)  # 4 amplifiers by DETSEC
     assert products["lco_"].header["BIASFILE"] == "none"
@@ -149,8 +149,8 @@ def test_maps_and_masks_for_every_real_science_frame(nickel, bsu):
     from astropy.io import fits
 
     for results, n in ((nickel, 6), (bsu, 18)):
-        maps = sorted(results.glob("background/*/*.fits"))
-        masks = sorted(results.glob("cosmics/*/*.fits"))
+        maps = sorted(results.glob("background/*/*/*.fits"))
+        masks = sorted(results.glob("cosmics/*/*/*.fits"))
         assert len(maps) == len(masks) == n
         for path in maps:
             with fits.open(path) as hdul:
@@ -171,7 +171,7 @@ def test_m13_map_at_the_cluster_centre(nickel):
     from ccdflow.background import background_for_product
     from ccdflow.products import read_product
 
-    p = read_product(nickel / "calibrated" / "2024-05-12" / "d1059.fits")
+    p = read_product(product(nickel, "calibrated", "d1059"))
     smooth = uniform_filter(np.where(p.mask == 0, p.data, 0.0), 101)
     cy, cx = np.unravel_index(np.argmax(smooth), smooth.shape)
     yy, xx = np.indices(p.data.shape)

@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 
+from ccdflow.photometry import PhotFlag
+from ccdflow.series import read_photometry
 from ccdflow.simulate import load_truth, simulate_night
 
-from .conftest import ROOT, SMALL_SPEC
+from .conftest import ROOT, SMALL_SPEC, product
 from .conftest import run_snakemake as snakemake
 
 pytestmark = pytest.mark.workflow
@@ -46,18 +48,18 @@ def test_demo_night_end_to_end_then_up_to_date(tmp_path):
     science = truth.frames[truth.frames["type"] == "science"]
     assert sorted(plan["frame"]) == sorted(science["frame"])
     for frame in science["frame"]:
-        path = results / "calibrated" / "2026-03-14" / f"{frame}.fits"
+        path = product(results, "calibrated", frame)
         with fits.open(path) as hdul:
             assert [h.name for h in hdul] == ["PRIMARY", "SCI", "ERR", "MASK"]
             assert hdul["SCI"].header["BUNIT"] == "electron"
             assert hdul[0].header["FLATFILE"].endswith(f"flat_{frame.split('_')[1]}.fits")
     for frame in science["frame"]:
-        with fits.open(results / "background" / "2026-03-14" / f"{frame}.fits") as hdul:
+        with fits.open(product(results, "background", frame)) as hdul:
             assert hdul["BKG"].data.shape == (128, 128) and hdul[0].header["BKGITER"] >= 0
-        assert fits.getheader(results / "cosmics" / "2026-03-14" / f"{frame}.fits")["NCOSMIC"] >= 0
+        assert fits.getheader(product(results, "cosmics", frame))["NCOSMIC"] >= 0
     # photometry: one CSV per frame, a light curve per series, the target's differential
     for frame in science["frame"]:
-        table = pd.read_csv(results / "photometry" / "2026-03-14" / f"{frame}.csv", comment="#")
+        table = pd.read_csv(product(results, "photometry", frame, ".csv"), comment="#")
         assert {"flux", "flux_err", "bkg", "bkg_err", "bjd_tdb", "flags"} <= set(table.columns)
         assert table["flux"].notna().any()
     for series in ("WASP-SIM_V", "WASP-SIM_R"):
@@ -143,3 +145,79 @@ def test_python_sources_are_ruff_clean():
     out = subprocess.run([sys.executable, "-m", "ruff", "check", str(ROOT)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_photometry_bad_input_is_flagged_and_the_night_still_reduces(tmp_path):
+    """Issue 5's bad input, all in one night, and the run still finishes:
+
+    * a target outside the frame (x/y) -> its rows flagged OFF_FRAME, flux empty;
+    * a cloudy frame (sky only, no stars) -> its rows flagged NOT_ALIGNED;
+    * a target in RA/Dec on a series without a WCS (R frames stripped of
+      theirs) -> its rows flagged NO_POSITION;
+    * a science frame without DATE-OBS/MJD-OBS -> left out, with the reason
+      in the inventory and a warning naming the file.
+    """
+    simulate_night(out_dir=tmp_path / "night", spec=SMALL_SPEC)
+    raw = tmp_path / "night" / "raw"
+
+    def rewrite(src, dst, edit):
+        with fits.open(src) as hdul:
+            header, data = hdul[0].header.copy(), hdul[0].data.copy()
+        header, data = edit(header, data)
+        fits.PrimaryHDU(data, header=header).writeto(dst)
+
+    science_v = sorted(raw.glob("WASP-SIM_V_*.fits"))
+    bias = sorted(raw.glob("bias_*.fits"))[0]
+    with fits.open(bias) as hdul:
+        bias_adu = hdul[0].data.astype(float)
+    rng = np.random.default_rng(1)
+
+    def cloudy(header, data):  # bias level + 200 ADU of flat sky with its noise, no stars
+        header["DATE-OBS"] = header["DATE-OBS"][:-3] + "999"
+        header["MJD-OBS"] = header["MJD-OBS"] + 1e-5
+        sky = bias_adu + 200 + rng.normal(0, 9.0, bias_adu.shape)
+        return header, np.clip(sky, 0, 65535).astype(np.uint16)
+
+    def no_time(header, data):
+        for key in ("DATE-OBS", "MJD-OBS"):
+            del header[key]
+        return header, data
+
+    rewrite(science_v[1], raw / "WASP-SIM_V_cloudy.fits", cloudy)
+    rewrite(science_v[2], raw / "WASP-SIM_V_notime.fits", no_time)
+    for path in raw.glob("WASP-SIM_R_*.fits"):
+        with fits.open(path) as hdul:
+            header, data = hdul[0].header.copy(), hdul[0].data.copy()
+        for key in [k for k in header if k[:5] in ("CTYPE", "CRVAL", "CRPIX", "CDELT")
+                    or k[:2] in ("CD", "PC")]:
+            del header[key]
+        path.chmod(0o644)
+        path.unlink()
+        fits.PrimaryHDU(data, header=header).writeto(path)
+    targets = [{"name": "OUTSIDE", "x": 5000.0, "y": 10.0, "field": "WASP-SIM"},
+               {"name": "SKYPOS", "ra": 157.5, "dec": 20.1}]
+    out = snakemake(tmp_path, "--cores", "2", config={
+        "raw_dir": str(raw), "instrument": "demo", "photometry": {"targets": targets}})
+    results = tmp_path / "results"
+    text = out.stdout + out.stderr
+    inventory = pd.read_csv(results / "inventory.csv", keep_default_na=False).set_index("frame")
+    assert "WASP-SIM_V_notime" in inventory.index and inventory.loc["WASP-SIM_V_notime", "reason"]
+    plan = pd.read_csv(results / "calibration_plan.csv")
+    assert "WASP-SIM_V_notime" not in set(plan["frame"]) and len(plan) == 7
+    assert "WASP-SIM_V_notime.fits: science frame left out" in text
+
+    def rows(frame):
+        return read_photometry(product(results, "photometry", frame, ".csv"))
+
+    v = rows("WASP-SIM_V_001")
+    outside = v[v["name"] == "OUTSIDE"]
+    assert (outside["flags"] & int(PhotFlag.OFF_FRAME)).all() and outside["flux"].isna().all()
+    assert ((v.loc[v["name"] == "", "flags"] & int(PhotFlag.NOT_ALIGNED)) == 0).all()
+    cloud = rows("WASP-SIM_V_cloudy")
+    assert len(cloud) == len(v) and (cloud["flags"] & int(PhotFlag.NOT_ALIGNED)).all()
+    r = rows("WASP-SIM_R_001")
+    skypos = r[r["name"] == "SKYPOS"]
+    assert len(skypos) and (skypos["flags"] & int(PhotFlag.NO_POSITION)).all()
+    assert skypos["flux"].isna().all() and r.loc[r["name"] == "", "flux"].notna().any()
+    for series in ("WASP-SIM_V", "WASP-SIM_R"):
+        assert (results / "lightcurves" / f"{series}.csv").stat().st_size > 0

@@ -100,13 +100,24 @@ def write_sources(path: str | Path, sources: pd.DataFrame, meta: Mapping, *,
         table.write(tmp, format="ascii.ecsv")
 
 
+def _column(column) -> np.ndarray:
+    """A table column as an array: masked (missing) floats as NaN, strings as ''."""
+    if not hasattr(column, "filled"):
+        return np.asarray(column)
+    if column.dtype.kind in "fc":
+        return np.asarray(column.filled(np.nan))
+    if column.dtype.kind in "US":
+        return np.asarray(column.filled(""))
+    return np.asarray(column.filled())
+
+
 def read_sources(path: str | Path) -> tuple[pd.DataFrame, dict]:
     """Read a table written by :func:`write_sources`: (sources, meta)."""
     from astropy.table import Table
 
     table = Table.read(path, format="ascii.ecsv")
     meta = dict(table.meta)
-    frame = pd.DataFrame({c: np.asarray(table[c]) for c in table.colnames})
+    frame = pd.DataFrame({c: _column(table[c]) for c in table.colnames})
     if frame.empty:
         frame = pd.DataFrame(columns=SOURCE_COLUMNS)
     return frame, meta
@@ -183,7 +194,7 @@ def sky_coord(ra, dec):
 
     if isinstance(ra, str) or isinstance(dec, str):
         return SkyCoord(str(ra), str(dec), unit=(u.hourangle, u.deg), frame="icrs")
-    return SkyCoord(float(ra) * u.deg, float(dec) * u.deg, frame="icrs")
+    return SkyCoord(np.asarray(ra, float) * u.deg, np.asarray(dec, float) * u.deg, frame="icrs")
 
 
 def reference_catalog(*, sources: pd.DataFrame, header, shape: tuple[int, int],
@@ -844,9 +855,7 @@ def read_reference(path: str | Path) -> tuple[pd.DataFrame, dict]:
     from astropy.table import Table
 
     table = Table.read(path, format="ascii.ecsv")
-    columns = {c: np.asarray(table[c].filled("") if c == "name" and hasattr(table[c], "filled")
-                             else table[c]) for c in table.colnames}
-    catalog = pd.DataFrame(columns)
+    catalog = pd.DataFrame({c: _column(table[c]) for c in table.colnames})
     catalog["name"] = catalog["name"].astype(str)
     return catalog, dict(table.meta)
 

@@ -120,20 +120,23 @@ rule bad_pixel_mask:
 
 rule calibrate_science:
     input:
-        unpack(get_science_inputs),
+        unpack(get_calibrate_inputs),
     output:
-        calibrated=RESULTS / "calibrated" / "{night}" / "{frame}.fits",
+        calibrated=directory(batch_dir("calibrated")),
     params:
+        frames=get_calibrate_frames,
         detector=PROFILE["detector"],
         steps=STEPS,
         subtract_dark=SUBTRACT_DARK,
         software=SOFTWARE,
     log:
-        LOGS / "calibrated" / "{night}" / "{frame}.log",
+        LOGS / "calibrated" / "{night}" / "{batch}.log",
+    group:
+        "frames"
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=get_batch_runtime(minutes_per_frame=0.2),
     conda:
         "../../environment.yml"
     script:

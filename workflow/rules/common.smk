@@ -8,6 +8,7 @@ import ccdflow
 from ccdflow.ccd import CalibrationError
 from ccdflow.config import ConfigError, load_profile, validate
 from ccdflow.inventory import InventoryError, find_raw_files, read_inventory
+from ccdflow.batch import assign_batches
 from ccdflow.plan import calibration_sets, plan_calibrations, safe_name
 
 ROOT = Path(workflow.basedir)
@@ -68,11 +69,11 @@ else:
 
 
 wildcard_constraints:
-    frame=r"[A-Za-z0-9._+-]+",
     night=r"\d{4}-\d{2}-\d{2}",
     group=r"[A-Za-z0-9._-]+",
     filt=r"[A-Za-z0-9._+-]+",
     series=r"[A-Za-z0-9._+-]+",
+    batch=r"[A-Za-z0-9._+-]+-\d{3}",
 
 
 @functools.lru_cache(maxsize=4)
@@ -189,18 +190,6 @@ def get_bpm_inputs(wildcards):
     return {"reference": str(RAW_DIR / row["file"]), **_plan_masters(row)}
 
 
-def get_science_inputs(wildcards):
-    _, _, plan = state()
-    row = plan.loc[wildcards.frame]
-    masters = _applied_masters(row)
-    where = MASTERS / row["night"] / row["group"]
-    bpm = where / f"bpm_{safe_name(row['filter'])}.fits"
-    out = {"raw": str(RAW_DIR / row["file"]), "bpm": str(bpm), **masters}
-    if illumination_frames(row["night"], row["group"], row["filter"]):
-        out["illumination"] = str(where / f"illum_{safe_name(row['filter'])}.fits")
-    return out
-
-
 def illumination_frames(night, group, filt):
     """Science frames for the illumination model (none when disabled or too few)."""
     if not ILLUM["enabled"]:
@@ -244,26 +233,103 @@ PHOT = config["photometry"]
 
 
 @functools.lru_cache(maxsize=4)
-def _series(path, mtime_ns):
+def _frames(path, mtime_ns):
+    """Per science frame: plan row, field (OBJECT), series and batch."""
     inventory, _, plan = _state(path, mtime_ns)
     objects = inventory.set_index("frame")["object"]
-    table = plan[["frame", "night", "filter"]].copy()
+    table = plan.reset_index(drop=True)
     table["field"] = [str(objects.get(f, "") or "") for f in table["frame"]]
     table["series"] = [
         f"{safe_name(o or 'field')}_{safe_name(fl)}"
         for o, fl in zip(table["field"], table["filter"])
     ]
+    table = assign_batches(table, setting=config["frames_per_job"])
     return table.set_index("frame", drop=False)
 
 
-def series_table():
-    """Per science frame: night, filter, field (OBJECT) and series '{field}_{filter}'."""
+def frame_table():
+    """Per science frame: plan columns, field, series '{field}_{filter}' and batch."""
     path = checkpoints.inventory_scan.get().output.table
-    return _series(str(path), os.stat(path).st_mtime_ns)
+    return _frames(str(path), os.stat(path).st_mtime_ns)
+
+
+def batch_dir(stage, night=None, batch=None):
+    """Directory of one batch's products of a per-frame stage (wildcards by default)."""
+    return RESULTS / stage / (night or "{night}") / (batch or "{batch}")
+
+
+def _batch_rows(wildcards):
+    frames = frame_table()
+    rows = frames[(frames["night"] == wildcards.night) & (frames["batch"] == wildcards.batch)]
+    if rows.empty:
+        raise WorkflowError(f"no frames in batch {wildcards.night}/{wildcards.batch}")
+    return rows
+
+
+def get_batch_frame_names(wildcards):
+    return list(_batch_rows(wildcards)["frame"])
+
+
+def get_batch_runtime(minutes_per_frame):
+    """Runtime (min) of a batch job: 5 min + minutes_per_frame per frame."""
+
+    def runtime(wildcards):
+        return int(5 + minutes_per_frame * len(_batch_rows(wildcards)))
+
+    return runtime
+
+
+def _frame_masters(row):
+    """Masters applied to one frame (bias, dark, flat, illumination, bpm)."""
+    masters = _applied_masters(row)
+    where = MASTERS / row["night"] / row["group"]
+    masters["bpm"] = str(where / f"bpm_{safe_name(row['filter'])}.fits")
+    if illumination_frames(row["night"], row["group"], row["filter"]):
+        masters["illumination"] = str(where / f"illum_{safe_name(row['filter'])}.fits")
+    return masters
+
+
+def get_calibrate_frames(wildcards):
+    """Per frame of the batch: name, raw path and the masters that apply."""
+    return [
+        {"frame": row["frame"], "raw": str(RAW_DIR / row["file"]), **_frame_masters(row)}
+        for _, row in _batch_rows(wildcards).iterrows()
+    ]
+
+
+def get_calibrate_inputs(wildcards):
+    frames = get_calibrate_frames(wildcards)
+    masters = sorted({v for f in frames for k, v in f.items() if k not in ("frame", "raw")})
+    return {"raw": [f["raw"] for f in frames], "masters": masters}
+
+
+def get_image_products(wildcards):
+    """Calibrated, background and (when enabled) cosmic-ray directories of the batch."""
+    out = {
+        "calibrated": batch_dir("calibrated", wildcards.night, wildcards.batch),
+        "background": batch_dir("background", wildcards.night, wildcards.batch),
+    }
+    if COSMICS_ON:
+        out["cosmics"] = batch_dir("cosmics", wildcards.night, wildcards.batch)
+    return out
 
 
 def series_frames(series):
-    return series_table().query("series == @series")
+    return frame_table().query("series == @series")
+
+
+def series_batches(series, stage):
+    rows = series_frames(series).drop_duplicates(["night", "batch"])
+    return [batch_dir(stage, n, b) for n, b in zip(rows["night"], rows["batch"])]
+
+
+def series_frame_paths(series, stage, suffix):
+    """{frame: product path} of every frame of a series."""
+    rows = series_frames(series)
+    return {
+        f: str(batch_dir(stage, n, b) / f"{f}{suffix}")
+        for f, n, b in zip(rows["frame"], rows["night"], rows["batch"])
+    }
 
 
 def series_targets(wildcards):
@@ -272,58 +338,38 @@ def series_targets(wildcards):
     return [t for t in PHOT["targets"] if t.get("field") in (None, *fields)]
 
 
-def get_frame_products(wildcards):
-    """Calibrated frame, its background and (when enabled) its cosmic-ray mask."""
-    out = {
-        "calibrated": RESULTS / "calibrated" / wildcards.night / f"{wildcards.frame}.fits",
-        "background": RESULTS / "background" / wildcards.night / f"{wildcards.frame}.fits",
-    }
-    if COSMICS_ON:
-        out["cosmics"] = RESULTS / "cosmics" / wildcards.night / f"{wildcards.frame}.fits"
-    return out
-
-
 def get_reference_inputs(wildcards):
-    rows = series_frames(wildcards.series)
     return {
-        "sources": [RESULTS / "sources" / n / f"{f}.ecsv" for n, f in zip(rows.night, rows.frame)],
-        "calibrated": [
-            RESULTS / "calibrated" / n / f"{f}.fits" for n, f in zip(rows.night, rows.frame)
-        ],
+        "sources": series_batches(wildcards.series, "sources"),
+        "calibrated": series_batches(wildcards.series, "calibrated"),
     }
 
 
 def get_photometry_inputs(wildcards):
-    row = series_table().loc[wildcards.frame]
+    series = _batch_rows(wildcards)["series"].iloc[0]
     return {
-        **get_frame_products(wildcards),
-        "sources": RESULTS / "sources" / wildcards.night / f"{wildcards.frame}.ecsv",
-        "reference": RESULTS / "photometry" / "reference" / f"{row['series']}.ecsv",
+        **get_image_products(wildcards),
+        "sources": batch_dir("sources", wildcards.night, wildcards.batch),
+        "reference": RESULTS / "photometry" / "reference" / f"{series}.ecsv",
     }
 
 
 def get_lightcurve_inputs(wildcards):
-    rows = series_frames(wildcards.series)
-    return {
-        "photometry": [
-            RESULTS / "photometry" / n / f"{f}.csv" for n, f in zip(rows.night, rows.frame)
-        ],
-        "reference": RESULTS / "photometry" / "reference" / f"{wildcards.series}.ecsv",
-    }
+    return series_batches(wildcards.series, "photometry")
 
 
 def get_final_outputs(wildcards):
-    _, _, plan = state()
-    frames = [(row["night"], row["frame"]) for _, row in plan.iterrows()]
-    series = sorted(set(series_table()["series"])) if PHOT["enabled"] else []
+    frames = frame_table()
+    batches = frames.drop_duplicates(["night", "batch"])
+    stages = ["calibrated", "background"]
+    stages += ["cosmics"] if COSMICS_ON else []
+    stages += ["sources", "photometry"] if PHOT["enabled"] else []
+    series = sorted(set(frames["series"])) if PHOT["enabled"] else []
     return [
         RESULTS / "inventory.csv",
         RESULTS / "calibration_plan.csv",
-        *[RESULTS / "calibrated" / n / f"{f}.fits" for n, f in frames],
-        *[RESULTS / "background" / n / f"{f}.fits" for n, f in frames],
-        *[RESULTS / "cosmics" / n / f"{f}.fits" for n, f in frames if COSMICS_ON],
+        *[batch_dir(s, n, b) for s in stages for n, b in zip(batches.night, batches.batch)],
         *get_detector_reports(),
-        *[RESULTS / "photometry" / n / f"{f}.csv" for n, f in frames if PHOT["enabled"]],
         *[RESULTS / "lightcurves" / f"{s}.csv" for s in series],
     ]
 

@@ -1,20 +1,24 @@
-# Per-frame image products: background maps and cosmic-ray masks.
+# Per-frame image products, one job per batch of frames (see ccdflow.batch):
+# background maps, cosmic-ray masks and source lists.
 
 
 rule estimate_background:
     input:
-        calibrated=RESULTS / "calibrated" / "{night}" / "{frame}.fits",
+        calibrated=batch_dir("calibrated"),
     output:
-        background=RESULTS / "background" / "{night}" / "{frame}.fits",
+        background=directory(batch_dir("background")),
     params:
+        frames=get_batch_frame_names,
         background=config["background"],
         software=SOFTWARE,
     log:
-        LOGS / "background" / "{night}" / "{frame}.log",
+        LOGS / "background" / "{night}" / "{batch}.log",
+    group:
+        "frames"
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=get_batch_runtime(minutes_per_frame=0.5),
     conda:
         "../../environment.yml"
     script:
@@ -23,20 +27,46 @@ rule estimate_background:
 
 rule detect_cosmics:
     input:
-        calibrated=RESULTS / "calibrated" / "{night}" / "{frame}.fits",
-        background=RESULTS / "background" / "{night}" / "{frame}.fits",
+        calibrated=batch_dir("calibrated"),
+        background=batch_dir("background"),
     output:
-        cosmics=RESULTS / "cosmics" / "{night}" / "{frame}.fits",
+        cosmics=directory(batch_dir("cosmics")),
     params:
+        frames=get_batch_frame_names,
         cosmics={k: v for k, v in config["cosmics"].items() if k != "enabled"},
         software=SOFTWARE,
     log:
-        LOGS / "cosmics" / "{night}" / "{frame}.log",
+        LOGS / "cosmics" / "{night}" / "{batch}.log",
+    group:
+        "frames"
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=20,
+        runtime=get_batch_runtime(minutes_per_frame=1.0),
     conda:
         "../../environment.yml"
     script:
         "../scripts/detect_cosmics.py"
+
+
+rule detect_sources:
+    input:
+        unpack(get_image_products),
+    output:
+        sources=directory(batch_dir("sources")),
+    params:
+        frames=get_batch_frame_names,
+        detect={"nsigma": PHOT["detect_nsigma"], "npixels": PHOT["detect_npixels"]},
+        software=SOFTWARE,
+    log:
+        LOGS / "sources" / "{night}" / "{batch}.log",
+    group:
+        "frames"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=get_batch_runtime(minutes_per_frame=0.2),
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/detect_sources.py"

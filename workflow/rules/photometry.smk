@@ -1,25 +1,5 @@
-# Photometry: per-frame sources, a source list per series (field x filter),
-# per-frame photometry CSVs, light curves and differential photometry.
-
-
-rule detect_sources:
-    input:
-        unpack(get_frame_products),
-    output:
-        sources=RESULTS / "sources" / "{night}" / "{frame}.ecsv",
-    params:
-        detect={"nsigma": PHOT["detect_nsigma"], "npixels": PHOT["detect_npixels"]},
-        software=SOFTWARE,
-    log:
-        LOGS / "sources" / "{night}" / "{frame}.log",
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../../environment.yml"
-    script:
-        "../scripts/detect_sources.py"
+# Photometry: a source list per series (field x filter), per-frame photometry
+# CSVs (one job per batch of frames), light curves and differential photometry.
 
 
 rule photometry_reference:
@@ -28,7 +8,8 @@ rule photometry_reference:
     output:
         reference=RESULTS / "photometry" / "reference" / "{series}.ecsv",
     params:
-        frames=lambda wildcards: list(series_frames(wildcards.series)["frame"]),
+        sources=lambda wildcards: series_frame_paths(wildcards.series, "sources", ".ecsv"),
+        calibrated=lambda wildcards: series_frame_paths(wildcards.series, "calibrated", ".fits"),
         targets=series_targets,
         reference_frame=lambda wildcards: PHOT["reference_frame"].get(wildcards.series),
         options={
@@ -53,8 +34,9 @@ rule measure_photometry:
     input:
         unpack(get_photometry_inputs),
     output:
-        photometry=RESULTS / "photometry" / "{night}" / "{frame}.csv",
+        photometry=directory(batch_dir("photometry")),
     params:
+        frames=get_batch_frame_names,
         options={
             "radii_px": PHOT["radii_px"],
             "radii_fwhm": PHOT["radii_fwhm"],
@@ -70,11 +52,13 @@ rule measure_photometry:
         site=PROFILE.get("site"),
         software=SOFTWARE,
     log:
-        LOGS / "photometry" / "{night}" / "{frame}.log",
+        LOGS / "photometry" / "{night}" / "{batch}.log",
+    group:
+        "photometry"
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=get_batch_runtime(minutes_per_frame=0.2),
     conda:
         "../../environment.yml"
     script:
@@ -83,11 +67,13 @@ rule measure_photometry:
 
 rule lightcurve_build:
     input:
-        unpack(get_lightcurve_inputs),
+        photometry=get_lightcurve_inputs,
+        reference=RESULTS / "photometry" / "reference" / "{series}.ecsv",
     output:
         table=RESULTS / "lightcurves" / "{series}.csv",
         directory=directory(RESULTS / "lightcurves" / "{series}"),
     params:
+        tables=lambda wildcards: series_frame_paths(wildcards.series, "photometry", ".csv"),
         aperture=PHOT["lightcurve_aperture"],
         comparisons=PHOT["comparisons"],
         software=SOFTWARE,

@@ -1,21 +1,13 @@
-"""Rule detect_cosmics: astroscrappy cosmic-ray mask of one calibrated frame."""
+"""Rule detect_cosmics: astroscrappy cosmic-ray mask of each frame of a batch."""
 
-from astropy.io import fits
-
-from ccdflow.cosmics import detect_cosmic_rays, write_cosmics
+from ccdflow.batch import cosmics_batch
 from ccdflow.io import job_logging
-from ccdflow.products import read_product
 
 job_logging(snakemake.log[0])
-product = read_product(snakemake.input.calibrated)
-crmask = detect_cosmic_rays(
-    data=product.data,
-    error=product.error,
-    mask=product.mask != 0,
-    background=fits.getdata(snakemake.input.background, "BKG"),
-    read_noise_e=product.header["RDNOISE"],
-    saturation_e=product.header["SATURATE"],
-    **snakemake.params.cosmics,
+cosmics_batch(
+    frames=snakemake.params.frames,
+    calibrated_dir=snakemake.input.calibrated,
+    background_dir=snakemake.input.background,
+    out_dir=snakemake.output.cosmics,
+    options=snakemake.params.cosmics,
 )
-inputs = [snakemake.input.calibrated, snakemake.input.background]
-write_cosmics(snakemake.output.cosmics, crmask, inputs=inputs, params=snakemake.params.cosmics)

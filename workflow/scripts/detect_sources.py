@@ -1,22 +1,15 @@
-"""Rule detect_sources: detections and FWHM of one calibrated frame."""
+"""Rule detect_sources: detections and FWHM of each frame of a batch."""
 
+from ccdflow.batch import sources_batch
 from ccdflow.io import job_logging
-from ccdflow.series import frame_sources, load_frame, write_sources
 
 job_logging(snakemake.log[0])
-frame = load_frame(
-    calibrated=snakemake.input.calibrated,
-    background=snakemake.input.background,
-    cosmics=snakemake.input.get("cosmics"),
-)
-sources, meta = frame_sources(
-    data=frame.data,
-    mask=frame.mask,
-    background=frame.background,
-    rms=frame.rms,
+sources_batch(
+    frames=snakemake.params.frames,
+    calibrated_dir=snakemake.input.calibrated,
+    background_dir=snakemake.input.background,
+    cosmics_dir=snakemake.input.get("cosmics"),
+    out_dir=snakemake.output.sources,
+    provenance={"software": snakemake.params.software},
     **snakemake.params.detect,
-)
-provenance = {"software": snakemake.params.software, "inputs": list(map(str, snakemake.input))}
-write_sources(
-    snakemake.output.sources, sources, {**meta, **provenance}, frame=snakemake.wildcards.frame
 )

@@ -5,15 +5,16 @@ from ccdflow.series import build_lightcurves, read_photometry, read_reference, w
 
 job_logging(snakemake.log[0])
 catalog, reference = read_reference(snakemake.input.reference)
+tables = snakemake.params.tables
 result = build_lightcurves(
-    tables=[read_photometry(path) for path in snakemake.input.photometry],
+    tables=[read_photometry(path) for path in tables.values()],
     catalog=catalog,
     aperture=snakemake.params.aperture,
     comparisons=snakemake.params.comparisons,
 )
 header = [
     f"ccdflow light curves of series {snakemake.wildcards.series} ({snakemake.params.software})",
-    f"reference frame {reference['reference_frame']}; {len(snakemake.input.photometry)} frames",
+    f"reference frame {reference['reference_frame']}; {len(tables)} frames",
     reference.get("note", ""),
 ]
 write_lightcurves(

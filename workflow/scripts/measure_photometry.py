@@ -1,34 +1,18 @@
-"""Rule measure_photometry: every source of the series' list measured in one frame."""
+"""Rule measure_photometry: every source of the series' list measured in each frame of a batch."""
 
-from ccdflow.io import job_logging, write_table
-from ccdflow.series import (
-    frame_photometry,
-    load_frame,
-    read_reference,
-    read_sources,
-    unit_comments,
-)
+from ccdflow.batch import photometry_batch
+from ccdflow.io import job_logging
 
 job_logging(snakemake.log[0])
-frame = load_frame(
-    calibrated=snakemake.input.calibrated,
-    background=snakemake.input.background,
-    cosmics=snakemake.input.get("cosmics"),
+photometry_batch(
+    frames=snakemake.params.frames,
+    calibrated_dir=snakemake.input.calibrated,
+    background_dir=snakemake.input.background,
+    cosmics_dir=snakemake.input.get("cosmics"),
+    sources_dir=snakemake.input.sources,
+    reference=snakemake.input.reference,
+    out_dir=snakemake.output.photometry,
+    options=snakemake.params.options,
+    site=snakemake.params.site,
+    header=[f"software: {snakemake.params.software}"],
 )
-sources, meta = read_sources(snakemake.input.sources)
-catalog, reference = read_reference(snakemake.input.reference)
-table, notes = frame_photometry(
-    data=frame.data, error=frame.error, mask=frame.mask, header=frame.header,
-    background=frame.background, background_rms=frame.rms, source_mask=frame.source_mask,
-    sources=sources, meta=meta,
-    catalog=catalog, reference_meta=reference, site=snakemake.params.site,
-    frame=snakemake.wildcards.frame, **snakemake.params.options,
-)
-comments = [
-    f"ccdflow photometry of {snakemake.wildcards.frame} ({snakemake.params.software})",
-    f"source list: {snakemake.input.reference} (reference frame {reference['reference_frame']})",
-    f"parameters: {snakemake.params.options}",
-    *notes,
-    *unit_comments(list(table.columns)),
-]
-write_table(table, snakemake.output.photometry, comments=comments)

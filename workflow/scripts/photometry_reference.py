@@ -4,10 +4,9 @@ from ccdflow.io import job_logging
 from ccdflow.series import build_reference, write_reference
 
 job_logging(snakemake.log[0])
-frames = snakemake.params.frames
 catalog, meta = build_reference(
-    sources=dict(zip(frames, snakemake.input.sources, strict=True)),
-    calibrated=dict(zip(frames, snakemake.input.calibrated, strict=True)),
+    sources=snakemake.params.sources,
+    calibrated=snakemake.params.calibrated,
     targets=snakemake.params.targets,
     reference_frame=snakemake.params.reference_frame,
     **snakemake.params.options,

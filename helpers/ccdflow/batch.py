@@ -1,0 +1,318 @@
+"""Per-frame stages run on a batch of frames per workflow job.
+
+Starting a workflow job costs ~0.3 s of wall time on two cores (a fresh Python
+importing numpy, astropy and photutils, plus Snakemake's own bookkeeping), and
+Snakemake's scheduler slows to 1–2 jobs/s with thousands of ready jobs
+(``../shared/NOTES.md``).  On a 2,000-frame night five per-frame jobs per frame
+would cost more than the science.  So each per-frame stage runs as one job per
+*batch*: up to ``frames_per_job`` frames of one night and series (field ×
+filter), consecutive in time.  Every frame still gets its own product file,
+inside the batch's directory (``<stage>/<night>/<batch>/<frame>.<ext>``), and a
+batch's job writes ``batch-summary.tsv`` beside them: one row per frame with
+the stage's figures and the seconds its science took.
+
+A frame that changes reruns its batch (and with ``frames_per_job: 1``, only
+itself).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SUMMARY", "assign_batches", "background_batch", "calibrate_batch", "cosmics_batch",
+           "frames_per_job", "photometry_batch", "read_summary", "sources_batch"]
+
+#: name of the per-batch summary table inside each batch directory
+SUMMARY = "batch-summary.tsv"
+
+
+class BatchError(ValueError):
+    """A batch cannot be formed or run; the message says why."""
+
+
+def frames_per_job(*, n_frames: int, setting: int | str = "auto", target_jobs: int = 16,
+                   max_frames: int = 50) -> int:
+    """Frames per job for a night and series of ``n_frames`` frames.
+
+    ``setting`` is a positive integer, or ``'auto'``: ``ceil(n_frames /
+    target_jobs)`` clipped to 4…``max_frames``, so a short night still spreads
+    over ``target_jobs`` cores while a long one pays the job start once per
+    up to ``max_frames`` frames.  The result depends on the data only (never on
+    ``--cores``), so reruns on another machine find the same jobs.
+    """
+    if n_frames < 0:
+        raise BatchError(f"n_frames must be >= 0, got {n_frames}")
+    if setting == "auto":
+        return int(min(max_frames, max(4, math.ceil(n_frames / target_jobs))))
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise BatchError(f"frames_per_job must be a positive integer or 'auto', got {setting!r}")
+    return setting
+
+
+def assign_batches(frames: pd.DataFrame, *, setting: int | str = "auto",
+                   target_jobs: int = 16, max_frames: int = 50) -> pd.DataFrame:
+    """Batch name of every frame.
+
+    Parameters
+    ----------
+    frames : DataFrame
+        Columns ``frame``, ``night``, ``series`` and ``mjd_obs``.
+    setting, target_jobs, max_frames
+        See :func:`frames_per_job`.
+
+    Returns
+    -------
+    DataFrame
+        A copy with ``batch`` (``{series}-{k:03d}``, k counting from 0 in time
+        order within the night and series) and ``frames_per_job``.
+    """
+    missing = {"frame", "night", "series", "mjd_obs"} - set(frames.columns)
+    if missing:
+        raise BatchError(f"frames table lacks column(s) {sorted(missing)}")
+    out = frames.sort_values(["night", "series", "mjd_obs", "frame"], kind="stable").copy()
+    out["batch"] = ""
+    out["frames_per_job"] = 0
+    for (_, series), rows in out.groupby(["night", "series"], sort=False):
+        size = frames_per_job(n_frames=len(rows), setting=setting, target_jobs=target_jobs,
+                              max_frames=max_frames)
+        k = np.arange(len(rows)) // size
+        out.loc[rows.index, "batch"] = [f"{series}-{i:03d}" for i in k]
+        out.loc[rows.index, "frames_per_job"] = size
+    return out.loc[frames.index]
+
+
+def _run(frames: Sequence[Any], out_dir: str | Path, step: Callable[[Any, Path], dict],
+         name: Callable[[Any], str]) -> pd.DataFrame:
+    """Run ``step(item, out_dir)`` for every frame, time it, write the summary."""
+    from .io import write_table
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for item in frames:
+        start = time.perf_counter()
+        figures = step(item, out_dir)
+        seconds = time.perf_counter() - start
+        rows.append({"frame": name(item), **figures, "seconds": round(seconds, 4)})
+        log.info("%s: %s (%.2f s)", name(item), ", ".join(f"{k}={v}" for k, v in figures.items()),
+                 seconds)
+    summary = pd.DataFrame(rows)
+    write_table(summary, out_dir / SUMMARY, sep="\t")
+    return summary
+
+
+def read_summary(directory: str | Path) -> pd.DataFrame:
+    """The ``batch-summary.tsv`` of one batch directory."""
+    return pd.read_csv(Path(directory) / SUMMARY, sep="\t", comment="#",
+                       keep_default_na=True)
+
+
+# ---------------------------------------------------------------- stages
+
+def calibrate_batch(*, frames: Sequence[Mapping[str, str]], detector: Mapping,
+                    steps: Sequence[str], subtract_dark: bool,
+                    out_dir: str | Path) -> pd.DataFrame:
+    """Calibrate frames to electrons with ERR and MASK, one product each.
+
+    Parameters
+    ----------
+    frames : sequence of mapping
+        Per frame: ``frame`` (product name), ``raw`` (path) and the masters
+        that apply: ``bias``, ``dark``, ``flat``, ``illumination`` (optional)
+        and ``bpm``.  Each master is read once per batch.
+    detector, steps, subtract_dark
+        As for :func:`ccdflow.calibrate.calibrate_science`.
+    out_dir : path
+        Batch directory; ``<frame>.fits`` per frame.
+
+    Returns
+    -------
+    DataFrame
+        ``frame, sci_median_e, masked_fraction, seconds``.
+    """
+    from .calibrate import calibrate_science
+    from .products import read_mask, read_product, write_product
+
+    cache: dict[str, Any] = {}
+
+    def master(path, reader):
+        if path not in cache:
+            cache[path] = reader(path)
+        return cache[path]
+
+    kinds = ("bias", "dark", "flat", "illumination")
+
+    def step(item, out):
+        masters = {k: master(item[k], read_product) for k in kinds if item.get(k)}
+        product = calibrate_science(
+            path=item["raw"], detector=detector, bias=masters.get("bias"),
+            dark=masters.get("dark"), flat=masters.get("flat"),
+            bad_pixel_mask=master(item["bpm"], read_mask),
+            illumination=masters.get("illumination"),
+            params={"steps": list(steps), "subtract_dark": subtract_dark},
+            master_names={k: str(item[k]) for k in (*kinds, "bpm") if item.get(k)})
+        write_product(out / f"{item['frame']}.fits", product, unit="electron")
+        good = product.mask == 0
+        return {"sci_median_e": round(float(np.median(product.data[good])), 3)
+                if good.any() else float("nan"),
+                "masked_fraction": round(float(1 - good.mean()), 6)}
+
+    return _run(frames, out_dir, step, lambda item: item["frame"])
+
+
+def background_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
+                     out_dir: str | Path, options: Mapping) -> pd.DataFrame:
+    """Background map, RMS and source mask of each calibrated frame of a batch.
+
+    ``options`` are the config's ``background`` section (``manual_masks``
+    included); see :func:`ccdflow.background.estimate_background`.
+
+    Returns
+    -------
+    DataFrame
+        ``frame, sky_median_e, sky_rms_e, mask_fraction, iterations, seconds``.
+    """
+    from .background import background_for_product, write_background
+    from .products import read_product
+
+    opts = dict(options)
+    circles = opts.pop("manual_masks", [])
+
+    def step(frame, out):
+        source = Path(calibrated_dir) / f"{frame}.fits"
+        result = background_for_product(product=read_product(source),
+                                        manual_circles=circles, **opts)
+        write_background(out / f"{frame}.fits", result, inputs=[source], params=options)
+        return {"sky_median_e": round(result.sky_median, 3),
+                "sky_rms_e": round(result.sky_rms, 3),
+                "mask_fraction": round(result.mask_fractions[-1], 5),
+                "iterations": result.iterations}
+
+    return _run(frames, out_dir, step, str)
+
+
+def cosmics_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
+                  background_dir: str | Path, out_dir: str | Path,
+                  options: Mapping) -> pd.DataFrame:
+    """Cosmic-ray mask of each calibrated frame of a batch (astroscrappy with the
+    frame's RDNOISE and SATURATE, its background map and ERR²).
+
+    Returns
+    -------
+    DataFrame
+        ``frame, n_cosmic_px, seconds``.
+    """
+    from astropy.io import fits
+
+    from .cosmics import detect_cosmic_rays, write_cosmics
+    from .products import read_product
+
+    def step(frame, out):
+        calibrated = Path(calibrated_dir) / f"{frame}.fits"
+        background = Path(background_dir) / f"{frame}.fits"
+        product = read_product(calibrated)
+        crmask = detect_cosmic_rays(
+            data=product.data, error=product.error, mask=product.mask != 0,
+            background=fits.getdata(background, "BKG"),
+            read_noise_e=product.header["RDNOISE"], saturation_e=product.header["SATURATE"],
+            **options)
+        write_cosmics(out / f"{frame}.fits", crmask, inputs=[calibrated, background],
+                      params=options)
+        return {"n_cosmic_px": int(crmask.sum())}
+
+    return _run(frames, out_dir, step, str)
+
+
+def _frame(frame: str, *, calibrated_dir, background_dir, cosmics_dir):
+    from .series import load_frame
+
+    return load_frame(
+        calibrated=Path(calibrated_dir) / f"{frame}.fits",
+        background=Path(background_dir) / f"{frame}.fits",
+        cosmics=Path(cosmics_dir) / f"{frame}.fits" if cosmics_dir else None)
+
+
+def sources_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
+                  background_dir: str | Path, cosmics_dir: str | Path | None,
+                  out_dir: str | Path, nsigma: float = 5.0, npixels: int = 5,
+                  provenance: Mapping | None = None) -> pd.DataFrame:
+    """Detections and seeing of each frame of a batch (``<frame>.ecsv``).
+
+    Returns
+    -------
+    DataFrame
+        ``frame, n_sources, fwhm_px, seconds``.
+    """
+    from .series import frame_sources, write_sources
+
+    def step(frame, out):
+        data = _frame(frame, calibrated_dir=calibrated_dir, background_dir=background_dir,
+                      cosmics_dir=cosmics_dir)
+        sources, meta = frame_sources(data=data.data, mask=data.mask,
+                                      background=data.background, rms=data.rms,
+                                      nsigma=nsigma, npixels=npixels)
+        write_sources(out / f"{frame}.ecsv", sources, {**meta, **(provenance or {})},
+                      frame=frame)
+        return {"n_sources": int(meta["n_sources"]), "fwhm_px": round(meta["fwhm_px"], 4)}
+
+    return _run(frames, out_dir, step, str)
+
+
+def photometry_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
+                     background_dir: str | Path, cosmics_dir: str | Path | None,
+                     sources_dir: str | Path, reference: str | Path, out_dir: str | Path,
+                     options: Mapping, site: Mapping | None = None,
+                     header: Sequence[str] = ()) -> pd.DataFrame:
+    """Every source of the series' list measured in each frame of a batch
+    (``<frame>.csv``, units and flags in its comment lines).
+
+    ``options`` are the keyword arguments of
+    :func:`ccdflow.series.frame_photometry`.
+
+    Returns
+    -------
+    DataFrame
+        ``frame, n_rows, n_usable, dx_px, dy_px, seconds``.
+    """
+    from .io import write_table
+    from .series import (
+        frame_photometry,
+        good_mask,
+        read_reference,
+        read_sources,
+        unit_comments,
+    )
+
+    catalog, ref_meta = read_reference(reference)
+
+    def step(frame, out):
+        data = _frame(frame, calibrated_dir=calibrated_dir, background_dir=background_dir,
+                      cosmics_dir=cosmics_dir)
+        sources, meta = read_sources(Path(sources_dir) / f"{frame}.ecsv")
+        table, notes = frame_photometry(
+            data=data.data, error=data.error, mask=data.mask, header=data.header,
+            background=data.background, background_rms=data.rms,
+            source_mask=data.source_mask, sources=sources, meta=meta, catalog=catalog,
+            reference_meta=ref_meta, site=site, frame=frame, **options)
+        write_table(table, out / f"{frame}.csv", comments=[
+            f"ccdflow photometry of {frame}", *header,
+            f"source list: {Path(reference).name} (reference frame "
+            f"{ref_meta['reference_frame']})", f"parameters: {dict(options)}", *notes,
+            *unit_comments(list(table.columns))])
+        usable = good_mask(table["flags"]) if len(table) else np.zeros(0, bool)
+        shift = table[["dx", "dy"]].iloc[0] if len(table) else pd.Series({"dx": np.nan,
+                                                                          "dy": np.nan})
+        return {"n_rows": len(table), "n_usable": int(usable.sum()),
+                "dx_px": round(float(shift["dx"]), 3), "dy_px": round(float(shift["dy"]), 3)}
+
+    return _run(frames, out_dir, step, str)
