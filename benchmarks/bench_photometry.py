@@ -85,6 +85,8 @@ def run_one(n, size, rng, radii, annulus):
     d, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([x, y]), k=2)
     alone = (d[:, 1] > 2 * annulus[1]) & (flux > 1e5)
     diff = np.abs(mine["flux"].to_numpy() - theirs[1][0]) / mine["flux_err"].to_numpy()
+    if not alone.any():
+        return
     print(f"{n:>8} median |ccdflow - sep| / flux_err, {alone.sum()} isolated bright stars: "
           f"{np.median(diff[alone]):.3f}")
 

