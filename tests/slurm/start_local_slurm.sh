@@ -45,7 +45,17 @@ munged --force --key-file="$STATE/munge/munge.key" --socket="$MUNGE_SOCKET" \
 for _ in $(seq 50); do [ -s "$STATE/munge/munged.pid" ] && break; sleep 0.1; done
 cat "$STATE/munge/munged.pid" > "$STATE/pids"
 
-cat > "$STATE/slurm.conf" <<CONF
+# The config goes to SLURM's default path: snakemake-executor-plugin-slurm's job
+# step drops SLURM_* variables (SLURM_CONF with them) before its inner srun.
+CONF_PATH=/etc/slurm/slurm.conf
+MARK="# written by ccdflow tests/slurm/start_local_slurm.sh"
+if [ -e "$CONF_PATH" ] && ! grep -qF "$MARK" "$CONF_PATH"; then
+    echo "$CONF_PATH exists and is not ours: refusing to replace a real SLURM setup" >&2
+    exit 3
+fi
+mkdir -p "$(dirname "$CONF_PATH")"
+cat > "$CONF_PATH" <<CONF
+$MARK ($STATE)
 ClusterName=ccdflow-test
 SlurmctldHost=$HOST
 SlurmUser=$USER_NAME
@@ -75,11 +85,11 @@ MpiDefault=none
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 CONF
-export SLURM_CONF="$STATE/slurm.conf"
-slurmctld -f "$SLURM_CONF" -i
+cp "$CONF_PATH" "$STATE/slurm.conf"
+slurmctld -i
 for _ in $(seq 50); do [ -s "$STATE/run/slurmctld.pid" ] && break; sleep 0.1; done
 cat "$STATE/run/slurmctld.pid" >> "$STATE/pids"
-slurmd -f "$SLURM_CONF"
+slurmd
 for _ in $(seq 50); do [ -s "$STATE/run/slurmd.pid" ] && break; sleep 0.1; done
 cat "$STATE/run/slurmd.pid" >> "$STATE/pids"
 
@@ -94,4 +104,4 @@ fi
 if ! timeout 60 srun -N1 -n1 true 2>"$STATE/log/srun.err"; then
     echo "srun true failed: $(cat "$STATE/log/srun.err")" >&2; exit 4
 fi
-echo "SLURM_CONF=$SLURM_CONF"
+echo "SLURM up: $CONF_PATH"

@@ -14,3 +14,6 @@ for _ in $(seq 50); do
 done
 while read -r pid; do kill -9 "$pid" 2>/dev/null || true; done < "$STATE/pids"
 rm -f "$STATE/pids"
+if grep -qF "# written by ccdflow tests/slurm/start_local_slurm.sh" /etc/slurm/slurm.conf 2>/dev/null; then
+    rm -f /etc/slurm/slurm.conf
+fi

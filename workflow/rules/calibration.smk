@@ -121,6 +121,7 @@ rule bad_pixel_mask:
 rule calibrate_science:
     input:
         unpack(get_calibrate_inputs),
+        inventory=ancient(RESULTS / "inventory.csv"),
     output:
         calibrated=directory(batch_dir("calibrated")),
     params:
@@ -146,6 +147,7 @@ rule calibrate_science:
 rule detector_report:
     input:
         unpack(get_detector_inputs),
+        inventory=ancient(RESULTS / "inventory.csv"),
     output:
         report=RESULTS / "reports" / "{night}" / "{group}" / "detector.csv",
     params:

@@ -4,6 +4,7 @@
 
 rule estimate_background:
     input:
+        inventory=ancient(RESULTS / "inventory.csv"),
         calibrated=batch_dir("calibrated"),
     output:
         background=directory(batch_dir("background")),
@@ -27,6 +28,7 @@ rule estimate_background:
 
 rule detect_cosmics:
     input:
+        inventory=ancient(RESULTS / "inventory.csv"),
         calibrated=batch_dir("calibrated"),
         background=batch_dir("background"),
     output:
@@ -52,6 +54,7 @@ rule detect_cosmics:
 rule detect_sources:
     input:
         unpack(get_image_products),
+        inventory=ancient(RESULTS / "inventory.csv"),
     output:
         sources=directory(batch_dir("sources")),
     params:

@@ -5,6 +5,7 @@
 rule photometry_reference:
     input:
         unpack(get_reference_inputs),
+        inventory=ancient(RESULTS / "inventory.csv"),
     output:
         reference=RESULTS / "photometry" / "reference" / "{series}.ecsv",
     params:
@@ -33,6 +34,7 @@ rule photometry_reference:
 rule measure_photometry:
     input:
         unpack(get_photometry_inputs),
+        inventory=ancient(RESULTS / "inventory.csv"),
     output:
         photometry=directory(batch_dir("photometry")),
     params:
@@ -67,6 +69,7 @@ rule measure_photometry:
 
 rule lightcurve_build:
     input:
+        inventory=ancient(RESULTS / "inventory.csv"),
         photometry=get_lightcurve_inputs,
         reference=RESULTS / "photometry" / "reference" / "{series}.ecsv",
     output:
