@@ -9,12 +9,16 @@ min_version("9.0")
 configfile: workflow.source_path("config/config.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/inventory.smk"
 include: "workflow/rules/calibration.smk"
 include: "workflow/rules/images.smk"
 include: "workflow/rules/photometry.smk"
+include: "workflow/rules/qc.smk"
 
 
 rule all:

@@ -117,3 +117,69 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None, check: 
     if check and out.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
     return out
+
+
+# The demo night at its smallest: 128² frames, 3 per filter, 40 stars.
+TINY_DEMO = {"dir": "demo", "seed": 5, "size": 128, "n_science": 3, "n_stars": 40}
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """Working directory of one complete local run of the tiny demo night (read-only:
+    tests that change it work on a copy, see :func:`copy_run`)."""
+    work = tmp_path_factory.mktemp("tiny_demo")
+    run_snakemake(work, "--cores", "2", config={"demo": TINY_DEMO})
+    return work
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """Copy a run's directory with its Snakemake metadata and file times."""
+    import shutil
+
+    shutil.copytree(src, dst, symlinks=True, copy_function=shutil.copy2)
+    return dst
+
+
+#: header keywords that may differ between two reductions of the same data
+VOLATILE_KEYWORDS = {"DATE-RED", "CHECKSUM", "DATASUM"}
+
+
+def assert_same_results(a: Path, b: Path) -> int:
+    """Every product of run ``a`` exists in run ``b`` with identical pixel data and tables.
+
+    FITS: every HDU's data equal (NaN = NaN) and headers equal but for the
+    processing date; ``batch-summary.tsv``: equal but for the ``seconds`` column;
+    every other table and ECSV: identical text.  Logs and Snakemake's markers are
+    not compared.  Returns the number of files compared.
+    """
+    import pandas as pd
+    from astropy.io import fits
+
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file()
+                   and "logs" not in p.relative_to(a).parts
+                   and p.name != ".snakemake_timestamp")
+    assert files, f"no products under {a}"
+    other = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()
+                   and "logs" not in p.relative_to(b).parts
+                   and p.name != ".snakemake_timestamp")
+    assert files == other, set(files) ^ set(other)
+    for rel in files:
+        pa, pb = a / rel, b / rel
+        if rel.suffix == ".fits":
+            with fits.open(pa) as ha, fits.open(pb) as hb:
+                assert len(ha) == len(hb), rel
+                for x, y in zip(ha, hb, strict=True):
+                    if x.data is not None or y.data is not None:
+                        assert np.array_equal(x.data, y.data, equal_nan=True), (rel, x.name)
+                    kx = {k: v for k, v in x.header.items() if k not in VOLATILE_KEYWORDS}
+                    ky = {k: v for k, v in y.header.items() if k not in VOLATILE_KEYWORDS}
+                    assert kx == ky, (rel, x.name, set(kx.items()) ^ set(ky.items()))
+        elif rel.name == "batch-summary.tsv":
+            ta = pd.read_csv(pa, sep="\t", comment="#").drop(columns="seconds")
+            tb = pd.read_csv(pb, sep="\t", comment="#").drop(columns="seconds")
+            pd.testing.assert_frame_equal(ta, tb, obj=str(rel))
+        elif rel.suffix == ".png":
+            assert pb.stat().st_size > 0, rel  # figures: made, not compared pixel by pixel
+        else:
+            assert pa.read_bytes() == pb.read_bytes(), rel
+    return len(files)

@@ -14,13 +14,10 @@ from ccdflow.photometry import PhotFlag
 from ccdflow.series import read_photometry
 from ccdflow.simulate import load_truth, simulate_night
 
-from .conftest import ROOT, SMALL_SPEC, product
+from .conftest import ROOT, SMALL_SPEC, TINY_DEMO, copy_run, product
 from .conftest import run_snakemake as snakemake
 
 pytestmark = pytest.mark.workflow
-
-TINY_DEMO = {"dir": "demo", "seed": 5, "size": 128, "n_science": 3, "n_stars": 40}
-
 
 def test_lint_is_clean(tmp_path):
     out = snakemake(tmp_path, "--lint")
@@ -33,8 +30,8 @@ def test_dry_run_lists_demo_jobs(tmp_path):
     assert "demo_simulate" in text and "inventory_scan" in text
 
 
-def test_demo_night_end_to_end_then_up_to_date(tmp_path):
-    snakemake(tmp_path, "--cores", "2", config={"demo": TINY_DEMO})
+def test_demo_night_end_to_end_then_up_to_date(tiny_demo):
+    tmp_path = tiny_demo
     results = tmp_path / "results"
     inventory = pd.read_csv(results / "inventory.csv", keep_default_na=False)
     truth = load_truth(tmp_path / "demo")
@@ -221,3 +218,73 @@ def test_photometry_bad_input_is_flagged_and_the_night_still_reduces(tmp_path):
     assert skypos["flux"].isna().all() and r.loc[r["name"] == "", "flux"].notna().any()
     for series in ("WASP-SIM_V", "WASP-SIM_R"):
         assert (results / "lightcurves" / f"{series}.csv").stat().st_size > 0
+
+
+def test_report_holds_every_qc_figure(tiny_demo, tmp_path):
+    """`snakemake --report` gives one HTML with the night's and the series' figures."""
+    results = tiny_demo / "results"
+    figures = sorted(p.relative_to(results).as_posix() for p in results.glob("qc/**/*.png"))
+    assert figures == ["qc/2026-03-14/background.png", "qc/2026-03-14/conditions.png",
+                       "qc/2026-03-14/masters.png", "qc/lightcurves/WASP-SIM_R.png",
+                       "qc/lightcurves/WASP-SIM_V.png"]
+    for path in results.glob("qc/**/*.png"):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    html = tmp_path / "report.html"
+    snakemake(tiny_demo, "--report", str(html), config={"demo": TINY_DEMO})
+    text = html.read_text()
+    for name in ("masters.png", "background.png", "conditions.png", "WASP-SIM_V.png",
+                 "WASP-SIM_R.png"):
+        assert name in text, name
+    for caption in ("dust donuts", "should be flat noise", "Clouds show as a drop",
+                    "differential light curve"):
+        assert caption in text, caption
+
+
+def _rerun_jobs(workdir, *args, config=None):
+    """{rule: number of jobs} that `snakemake -n` would run."""
+    out = snakemake(workdir, "-n", "--quiet", "rules", *args, config=config)
+    jobs = {}
+    for line in (out.stdout + out.stderr).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("job", "total"):
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def test_background_parameter_reruns_only_its_stage_and_after(tiny_demo, tmp_path):
+    work = copy_run(tiny_demo, tmp_path / "work")
+    assert _rerun_jobs(work, config={"demo": TINY_DEMO}) == {}
+    jobs = _rerun_jobs(work, config={"demo": TINY_DEMO, "background": {"box_size": 32}})
+    # 2 batches (V, R); the cosmic-ray step uses the map; the reference and light
+    # curves follow the sources; calibration and masters are untouched
+    assert jobs == {"estimate_background": 2, "detect_cosmics": 2, "detect_sources": 2,
+                    "photometry_reference": 2, "measure_photometry": 2,
+                    "lightcurve_build": 2, "qc_night": 1, "qc_lightcurves": 2, "all": 1}
+
+
+def test_touching_one_raw_frame_reruns_only_its_chain(tmp_path):
+    """One job per frame here (frames_per_job 1): the touched V frame's calibration,
+    background, cosmic rays and sources; its series' reference, photometry and light
+    curve; not the masters, not the other frames' image stages, not the R series.
+    (The inventory reads the headers again: its input is every raw file.)"""
+    simulate_night(out_dir=tmp_path / "night", spec=SMALL_SPEC)
+    config = {"raw_dir": str(tmp_path / "night" / "raw"), "instrument": "demo",
+              "frames_per_job": 1}
+    snakemake(tmp_path, "--cores", "2", config=config)
+    assert _rerun_jobs(tmp_path, config=config) == {}  # up to date
+    path = tmp_path / "night" / "raw" / "WASP-SIM_V_002.fits"
+    path.chmod(0o644)  # re-written by the observer (Snakemake checksums inputs < 1 MB,
+    with fits.open(path, mode="update") as hdul:  # so a bare touch would not count)
+        hdul[0].header["OBSERVER"] = "re-written"
+    out = snakemake(tmp_path, "--cores", "2", config=config)
+    jobs = {}
+    for line in (out.stdout + out.stderr).splitlines():
+        if line.startswith(("rule ", "localrule ", "checkpoint ", "localcheckpoint ")):
+            rule = line.split()[1].rstrip(":")
+            jobs[rule] = jobs.get(rule, 0) + 1
+    # the inventory table comes out identical, so the plan is not redone (Snakemake
+    # compares checksums of small inputs); 4 V frames measured against the new reference
+    assert jobs == {"inventory_scan": 1, "calibrate_science": 1,
+                    "estimate_background": 1, "detect_cosmics": 1, "detect_sources": 1,
+                    "photometry_reference": 1, "measure_photometry": 4, "lightcurve_build": 1,
+                    "qc_night": 1, "qc_lightcurves": 1, "all": 1}

@@ -282,7 +282,7 @@ def photometry_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
     Returns
     -------
     DataFrame
-        ``frame, n_rows, n_usable, dx_px, dy_px, seconds``.
+        ``frame, n_rows, n_usable, dx_px, dy_px, mjd_utc, airmass, seconds``.
     """
     from .io import write_table
     from .series import (
@@ -310,9 +310,10 @@ def photometry_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
             f"{ref_meta['reference_frame']})", f"parameters: {dict(options)}", *notes,
             *unit_comments(list(table.columns))])
         usable = good_mask(table["flags"]) if len(table) else np.zeros(0, bool)
-        shift = table[["dx", "dy"]].iloc[0] if len(table) else pd.Series({"dx": np.nan,
-                                                                          "dy": np.nan})
+        first = (table.iloc[0] if len(table) else
+                 pd.Series(np.nan, index=["dx", "dy", "mjd_utc", "airmass"]))
         return {"n_rows": len(table), "n_usable": int(usable.sum()),
-                "dx_px": round(float(shift["dx"]), 3), "dy_px": round(float(shift["dy"]), 3)}
+                "dx_px": round(float(first["dx"]), 3), "dy_px": round(float(first["dy"]), 3),
+                "mjd_utc": float(first["mjd_utc"]), "airmass": round(float(first["airmass"]), 4)}
 
     return _run(frames, out_dir, step, str)

@@ -358,6 +358,50 @@ def get_lightcurve_inputs(wildcards):
     return series_batches(wildcards.series, "photometry")
 
 
+def night_frames(night):
+    rows = frame_table().query("night == @night").reset_index(drop=True)
+    return rows.sort_values(["mjd_obs", "frame"], kind="stable")
+
+
+def get_qc_masters(wildcards):
+    """Label -> master of every master that calibrated a frame of the night."""
+    out = {}
+    for _, row in night_frames(wildcards.night).iterrows():
+        for kind, path in _plan_masters(row).items():
+            label = kind if kind != "flat" else f"flat {row['filter']}"
+            made = row[f"{kind}_night"]
+            label += f" (night {made})" if made != wildcards.night else ""
+            out.setdefault(label, path)
+    return dict(sorted(out.items()))
+
+
+def get_qc_sample(wildcards):
+    """The night's first frame: its calibrated product and background map."""
+    row = night_frames(wildcards.night).iloc[0]
+    return {
+        "frame": row["frame"],
+        "calibrated": str(batch_dir("calibrated", row["night"], row["batch"]) / f"{row['frame']}.fits"),
+        "background": str(batch_dir("background", row["night"], row["batch"]) / f"{row['frame']}.fits"),
+    }
+
+
+def get_qc_summaries(wildcards):
+    """Stage -> batch directories of the night whose summaries the figures read."""
+    batches = night_frames(wildcards.night).drop_duplicates("batch")["batch"]
+    stages = ["background"] + (["cosmics"] if COSMICS_ON else [])
+    stages += ["sources", "photometry"] if PHOT["enabled"] else []
+    return {s: [str(batch_dir(s, wildcards.night, b)) for b in batches] for s in stages}
+
+
+def get_qc_night_inputs(wildcards):
+    sample = get_qc_sample(wildcards)
+    return {
+        "masters": list(get_qc_masters(wildcards).values()),
+        "batches": [d for dirs in get_qc_summaries(wildcards).values() for d in dirs],
+        "sample": [str(Path(sample["calibrated"]).parent)],
+    }
+
+
 def get_final_outputs(wildcards):
     frames = frame_table()
     batches = frames.drop_duplicates(["night", "batch"])
@@ -371,6 +415,9 @@ def get_final_outputs(wildcards):
         *[batch_dir(s, n, b) for s in stages for n, b in zip(batches.night, batches.batch)],
         *get_detector_reports(),
         *[RESULTS / "lightcurves" / f"{s}.csv" for s in series],
+        *[RESULTS / "qc" / n / f"{fig}.png" for n in sorted(set(frames["night"]))
+          for fig in ("masters", "background", "conditions")],
+        *[RESULTS / "qc" / "lightcurves" / f"{s}.png" for s in series],
     ]
 
 

@@ -1,0 +1,291 @@
+"""Quality-control figures of a night and of a series' light curves (matplotlib, Agg).
+
+Per night:
+
+* ``masters.png``: every master of the night (bias, dark rate, flats) on a
+  zscale stretch, with its median and robust spread;
+* ``background.png``: one calibrated frame, its background map and the
+  residual (frame − map) on a common zscale of the residual;
+* ``conditions.png``: sky level, FWHM, airmass, number of detected sources
+  and cosmic-ray pixels of every frame against time, coloured by filter.
+
+Per series: ``<series>.png``, the targets' raw (normalised) flux beside their
+comparison stars, and the differential light curves with their error bars.
+
+The per-frame figures come from the ``batch-summary.tsv`` of the batch
+directories (:mod:`ccdflow.batch`), so a night of thousands of frames is
+plotted without opening them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+__all__ = ["night_conditions", "night_figures", "plot_background_sample", "plot_conditions",
+           "plot_lightcurves", "plot_masters"]
+
+_DPI = 90
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> None:
+    from .io import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=_DPI, format="png")
+    _pyplot().close(fig)
+
+
+def _gray():
+    """Grey scale with masked (NaN) pixels in blue, so they are not read as stars."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["gray"].copy()
+    cmap.set_bad("tab:blue")
+    return cmap
+
+
+def _zscale(image: np.ndarray) -> tuple[float, float]:
+    from astropy.visualization import ZScaleInterval
+
+    finite = image[np.isfinite(image)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    return tuple(float(v) for v in ZScaleInterval().get_limits(finite))
+
+
+def _robust(image: np.ndarray) -> tuple[float, float]:
+    finite = image[np.isfinite(image)]
+    if finite.size == 0:
+        return float("nan"), float("nan")
+    med = float(np.median(finite))
+    return med, float(1.4826 * np.median(np.abs(finite - med)))
+
+
+def plot_masters(*, masters: Mapping[str, str | Path], out: str | Path, title: str = "") -> None:
+    """One panel per master (label → product path): SCI on zscale with median and MAD-σ."""
+    from .products import read_product
+
+    plt = _pyplot()
+    n = max(1, len(masters))
+    cols = min(n, 3)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    if not masters:
+        axes[0, 0].text(0.5, 0.5, "no masters made this night\n(its frames use another "
+                        "night's: see calibration_plan.csv)", ha="center", va="center")
+    for ax, (label, path) in zip(axes.ravel(), masters.items(), strict=False):
+        product = read_product(path)
+        data = np.where(product.mask == 0, product.data, np.nan)
+        lo, hi = _zscale(data)
+        im = ax.imshow(data, origin="lower", cmap=_gray(), vmin=lo, vmax=hi,
+                       interpolation="nearest")
+        med, sig = _robust(data)
+        unit = product.header.get("BUNIT", "")
+        ax.set_title(f"{label}: median {med:.4g}, σ {sig:.3g} {unit}".strip(), fontsize=9)
+        ax.set_axis_on()
+        ax.tick_params(labelsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    fig.suptitle(title or "masters", fontsize=11)
+    fig.text(0.5, 0.005, "zscale; masked pixels in blue", ha="center", fontsize=8)
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def plot_background_sample(*, calibrated: str | Path, background: str | Path, out: str | Path,
+                           frame: str = "") -> None:
+    """A calibrated frame, its background map and the residual frame − map."""
+    from astropy.io import fits
+
+    from .products import read_product
+
+    plt = _pyplot()
+    product = read_product(calibrated)
+    with fits.open(background) as hdul:
+        bkg = hdul["BKG"].data.astype(np.float64)
+        srcmask = hdul["SRCMASK"].data != 0
+        header = hdul[0].header
+    data = np.where(product.mask == 0, product.data, np.nan)
+    residual = data - bkg
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
+    lo, hi = _zscale(data)
+    panels = [(data, "calibrated SCI [e-]", (lo, hi)),
+              (bkg, f"background map [e-] (SKYMED {header.get('SKYMED', np.nan):.1f})",
+               (float(np.nanmin(bkg)), float(np.nanmax(bkg)))),
+              (np.where(srcmask, np.nan, residual),
+               f"SCI − map [e-], source mask in blue ({100 * srcmask.mean():.1f} %)",
+               _zscale(np.where(srcmask, np.nan, residual)))]
+    for ax, (image, label, (vmin, vmax)) in zip(axes, panels, strict=True):
+        im = ax.imshow(image, origin="lower", cmap=_gray(), vmin=vmin, vmax=vmax,
+                       interpolation="nearest")
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(labelsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    fig.suptitle(f"background of {frame or Path(calibrated).stem}", fontsize=11)
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def night_conditions(*, frames: pd.DataFrame, summaries: Mapping[str, Sequence[str | Path]]
+                     ) -> pd.DataFrame:
+    """Per-frame conditions of a night from the batch summaries.
+
+    Parameters
+    ----------
+    frames : DataFrame
+        ``frame, filter, mjd_obs`` of the night's science frames.
+    summaries : mapping
+        Per stage (``background``, ``cosmics``, ``sources``, ``photometry``),
+        the batch directories whose ``batch-summary.tsv`` to read; stages may
+        be missing.
+
+    Returns
+    -------
+    DataFrame
+        ``frame, filter, mjd`` (mid-exposure UTC from the photometry when
+        present, else the start) and whichever of ``sky_median_e, sky_rms_e,
+        n_cosmic_px, n_sources, fwhm_px, airmass`` the stages give.
+    """
+    from .batch import read_summary
+
+    table = frames[["frame", "filter", "mjd_obs"]].copy()
+    for directories in summaries.values():
+        parts = [read_summary(d) for d in directories]
+        if not parts:
+            continue
+        summary = pd.concat(parts, ignore_index=True).drop(columns=["seconds"], errors="ignore")
+        keep = [c for c in summary.columns if c == "frame" or c not in table.columns]
+        table = table.merge(summary[keep], on="frame", how="left")
+    table["mjd"] = table["mjd_utc"] if "mjd_utc" in table else table["mjd_obs"]
+    table["mjd"] = table["mjd"].fillna(table["mjd_obs"])
+    return table.sort_values("mjd", kind="stable").reset_index(drop=True)
+
+
+def plot_conditions(*, table: pd.DataFrame, out: str | Path, title: str = "") -> None:
+    """Sky, FWHM, airmass, sources and cosmic-ray pixels against UTC hours, by filter."""
+    plt = _pyplot()
+    quantities = [("sky_median_e", "sky [e-/pix]"), ("fwhm_px", "FWHM [px]"),
+                  ("airmass", "airmass"), ("n_sources", "sources detected"),
+                  ("n_cosmic_px", "cosmic-ray pixels")]
+    quantities = [(c, label) for c, label in quantities if c in table and table[c].notna().any()]
+    fig, axes = plt.subplots(max(1, len(quantities)), 1, figsize=(8, 1.9 * max(1, len(quantities))
+                                                                  + 0.8), sharex=True,
+                             squeeze=False)
+    day0 = np.floor(table["mjd"].min()) if len(table) else 0.0
+    hours = (table["mjd"] - day0) * 24.0
+    for ax, (column, label) in zip(axes[:, 0], quantities, strict=False):
+        for filt, rows in table.groupby(table["filter"].fillna("")):
+            ax.plot(hours[rows.index], rows[column], "o", ms=3, label=filt or "none")
+        ax.set_ylabel(label, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    if quantities:
+        axes[0, 0].legend(fontsize=7, title="filter", title_fontsize=7, loc="best")
+    else:
+        axes[0, 0].text(0.5, 0.5, "no per-frame figures", ha="center", va="center")
+    axes[-1, 0].set_xlabel(f"UTC hours since MJD {day0:.0f}", fontsize=8)
+    fig.suptitle(title or "observing conditions", fontsize=11)
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def plot_lightcurves(*, table: str | Path, directory: str | Path, out: str | Path,
+                     title: str = "", max_stars: int = 8) -> None:
+    """Raw and differential light curves of a series.
+
+    Per target (``differential_<name>.csv``): top, the target's flux and its
+    comparison stars' fluxes, each divided by its median; bottom, ``rel_flux``
+    with ``rel_flux_err``.  A series without targets shows the ``max_stars``
+    brightest sources' normalised fluxes.
+    """
+    from .series import good_mask
+
+    plt = _pyplot()
+    directory = Path(directory)
+    targets = sorted(directory.glob("differential_*.csv"))
+    long = pd.read_csv(table, comment="#")
+    rows = max(1, len(targets))
+    fig, axes = plt.subplots(2 * rows, 1, figsize=(8, 4.6 * rows), squeeze=False)
+    axes = axes[:, 0]
+    if long.empty:
+        axes[0].text(0.5, 0.5, "no photometry in this series", ha="center", va="center")
+    day0 = np.floor(long["mjd_utc"].min()) if len(long) else 0.0
+
+    def hours(values):
+        return (np.asarray(values, float) - day0) * 24.0
+
+    def normalised(sid):
+        one = pd.read_csv(directory / f"source_{sid}.csv", comment="#")
+        ok = good_mask(one["flags"]) & np.isfinite(one["flux"])
+        med = np.median(one.loc[ok, "flux"]) if ok.any() else np.nan
+        return one["mjd_utc"], np.where(ok, one["flux"] / med, np.nan)
+
+    if not targets and len(long):
+        first = long[long["aperture"] == long["aperture"].iloc[0]]
+        bright = first.groupby("source_id")["flux"].median().nlargest(max_stars).index
+        for sid in bright:
+            t, f = normalised(sid)
+            axes[0].plot(hours(t), f, ".-", lw=0.6, ms=3, label=f"source {sid}")
+        axes[0].set_ylabel("flux / median", fontsize=8)
+        axes[0].legend(fontsize=6, ncol=2)
+        axes[1].set_axis_off()
+    for k, path in enumerate(targets):
+        name = path.stem.removeprefix("differential_")
+        light = pd.read_csv(path, comment="#")
+        choice = pd.read_csv(directory / f"comparisons_{name}.csv", comment="#")
+        top, bottom = axes[2 * k], axes[2 * k + 1]
+        for sid in choice.loc[choice["weight"] > 0, "source_id"].head(max_stars):
+            t, f = normalised(int(sid))
+            top.plot(hours(t), f, "-", lw=0.6, color="0.6")
+        target_sid = int(light["source_id"].iloc[0])
+        t, f = normalised(target_sid)
+        top.plot(hours(t), f, "o-", ms=3, lw=0.8, color="C0", label=f"{name} (raw)")
+        top.plot([], [], "-", color="0.6", label="comparisons")
+        top.set_ylabel("flux / median", fontsize=8)
+        top.legend(fontsize=7)
+        ok = light["usable"].astype(bool)
+        bottom.errorbar(hours(light.loc[ok, "mjd_utc"]), light.loc[ok, "rel_flux"],
+                        yerr=light.loc[ok, "rel_flux_err"], fmt="o", ms=3, color="C1",
+                        label=f"{name} / ensemble of {int((choice['weight'] > 0).sum())}")
+        bottom.set_ylabel("relative flux", fontsize=8)
+        bottom.legend(fontsize=7)
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+        bottom.set_xlabel(f"UTC hours since MJD {day0:.0f}", fontsize=8)
+    fig.suptitle(title or "light curves", fontsize=11)
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def night_figures(*, night: str, masters: Mapping[str, str | Path], sample: Mapping[str, str],
+                  frames: pd.DataFrame | Sequence[Mapping],
+                  summaries: Mapping[str, Sequence[str | Path]],
+                  out_masters: str | Path, out_background: str | Path,
+                  out_conditions: str | Path) -> pd.DataFrame:
+    """The three figures of a night (:func:`plot_masters`, :func:`plot_background_sample`
+    on ``sample`` = {calibrated, background, frame}, :func:`plot_conditions`); returns
+    the conditions table."""
+    plot_masters(masters=masters, out=out_masters, title=f"masters of night {night}")
+    plot_background_sample(calibrated=sample["calibrated"], background=sample["background"],
+                           out=out_background, frame=sample["frame"])
+    table = night_conditions(frames=pd.DataFrame(frames), summaries=summaries)
+    plot_conditions(table=table, out=out_conditions, title=f"conditions, night {night}")
+    return table

@@ -1,0 +1,16 @@
+"""Rule qc_night: masters, background sample and conditions figures of one night."""
+
+from ccdflow.io import job_logging
+from ccdflow.qc import night_figures
+
+job_logging(snakemake.log[0])
+night_figures(
+    night=snakemake.wildcards.night,
+    masters=snakemake.params.masters,
+    sample=snakemake.params.sample,
+    frames=snakemake.params.frames,
+    summaries=snakemake.params.summaries,
+    out_masters=snakemake.output.masters,
+    out_background=snakemake.output.background,
+    out_conditions=snakemake.output.conditions,
+)
