@@ -150,18 +150,18 @@ def assert_same_results(a: Path, b: Path) -> int:
     FITS: every HDU's data equal (NaN = NaN) and headers equal but for the
     processing date; ``batch-summary.tsv``: equal but for the ``seconds`` column;
     every other table and ECSV: identical text.  Logs and Snakemake's markers are
-    not compared.  Returns the number of files compared.
+    not compared, nor the inventory's header cache.  Returns the number of files compared.
     """
     import pandas as pd
     from astropy.io import fits
 
-    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file()
-                   and "logs" not in p.relative_to(a).parts
-                   and p.name != ".snakemake_timestamp")
+    def products(root):
+        return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file()
+                      and not {"logs", "cache"} & set(p.relative_to(root).parts)
+                      and p.name != ".snakemake_timestamp")
+
+    files, other = products(a), products(b)
     assert files, f"no products under {a}"
-    other = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()
-                   and "logs" not in p.relative_to(b).parts
-                   and p.name != ".snakemake_timestamp")
     assert files == other, set(files) ^ set(other)
     for rel in files:
         pa, pb = a / rel, b / rel

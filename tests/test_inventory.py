@@ -233,3 +233,31 @@ def test_multi_extension_header_merge(tmp_path):
     header, n_ext, shape = read_frame_header(tmp_path / "mef.fits")
     assert (n_ext, shape) == (4, (6, 7))
     assert header["OBSTYPE"] == "EXPOSE"
+
+
+def test_header_cache_reads_only_new_or_changed_files(small_night, tmp_path, monkeypatch):
+    """Keyed on path, size and mtime (and the profile): a rerun reads no header; a
+    touched file is read again; the table is the same either way."""
+    import os
+
+    import ccdflow.inventory as inventory
+
+    raw = tmp_path / "raw"
+    shutil.copytree(small_night / "raw", raw)
+    cache = tmp_path / "cache" / "headers.json"
+    first = build_inventory(raw_dir=raw, profile=profile("demo"), cache=cache)
+    assert cache.is_file()
+    read = []
+    real = inventory._describe
+    monkeypatch.setattr(inventory, "_describe",
+                        lambda path, rel, prof: read.append(rel.as_posix()) or real(path, rel,
+                                                                                    prof))
+    again = build_inventory(raw_dir=raw, profile=profile("demo"), cache=cache)
+    assert read == []
+    pd.testing.assert_frame_equal(first, again)
+    os.utime(raw / "bias_001.fits", ns=(1, 1))
+    build_inventory(raw_dir=raw, profile=profile("demo"), cache=cache)
+    assert read == ["bias_001.fits"]
+    read.clear()  # another profile: every header again
+    build_inventory(raw_dir=raw, profile=profile("default"), cache=cache)
+    assert len(read) == len(first)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from ccdflow.photometry import PhotFlag
 from ccdflow.series import read_photometry
 from ccdflow.simulate import load_truth, simulate_night
 
-from .conftest import ROOT, SMALL_SPEC, TINY_DEMO, copy_run, product
+from .conftest import ROOT, SMALL_SPEC, TINY_DEMO, assert_same_results, copy_run, product
 from .conftest import run_snakemake as snakemake
 
 pytestmark = pytest.mark.workflow
@@ -288,3 +289,71 @@ def test_touching_one_raw_frame_reruns_only_its_chain(tmp_path):
                     "estimate_background": 1, "detect_cosmics": 1, "detect_sources": 1,
                     "photometry_reference": 1, "measure_photometry": 4, "lightcurve_build": 1,
                     "qc_night": 1, "qc_lightcurves": 1, "all": 1}
+
+
+def _snakemake_popen(workdir, config):
+    import yaml
+
+    (workdir / "test-config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+           "--directory", str(workdir), "--cores", "2", "--configfile",
+           str(workdir / "test-config.yaml")]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _wait_for_job(proc, script, *, ready=lambda: True, timeout=300):
+    """The process of the running job whose script is ``script`` (once ``ready()``)."""
+    import time
+
+    import psutil
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        assert proc.poll() is None, "the run ended before the job could be killed"
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if any(script in part for part in child.cmdline()) and ready():
+                    return child
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.005)
+    raise AssertionError(f"no {script} job within {timeout} s")
+
+
+def _no_partial_files(results):
+    """No temporary file left, and every FITS product opens and verifies."""
+    assert not [p for p in results.rglob(".*") if p.name != ".snakemake_timestamp"]
+    for path in results.rglob("*.fits"):
+        with fits.open(path) as hdul:
+            hdul.verify("exception")
+            for hdu in hdul:
+                _ = hdu.data
+
+
+def test_killed_run_resumes_with_identical_results(tiny_demo, tmp_path):
+    """kill -9 of one job mid-way, then of the whole run mid-way: no partial file
+    survives either, and a plain rerun ends with the uninterrupted run's pixels and
+    tables (headers differ at most in DATE-RED)."""
+    import signal
+
+    config = {"demo": TINY_DEMO}
+    cosmics = tmp_path / "results" / "cosmics" / "2026-03-14"
+    # 1) one job killed while it writes its batch: Snakemake removes the batch, stops
+    proc = _snakemake_popen(tmp_path, config)
+    victim = _wait_for_job(proc, "detect_cosmics.py",
+                           ready=lambda: cosmics.is_dir() and any(cosmics.iterdir()))
+    victim.kill()
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0, output
+    assert "Removing output files of failed job detect_cosmics" in output
+    _no_partial_files(tmp_path / "results")
+    # 2) the whole run (Snakemake and its jobs) killed while photometry runs
+    proc = _snakemake_popen(tmp_path, config)
+    _wait_for_job(proc, "measure_photometry.py")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    _no_partial_files(tmp_path / "results")
+    # 3) plain `snakemake` (the default profile reruns incomplete jobs) finishes
+    snakemake(tmp_path, "--cores", "2", config=config)
+    assert assert_same_results(tiny_demo / "results", tmp_path / "results") > 100

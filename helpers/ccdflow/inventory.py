@@ -384,9 +384,34 @@ def _read_frames_table(path: str | Path) -> pd.DataFrame:
     return table
 
 
+def _load_cache(path: Path | None, key: str) -> dict[str, dict]:
+    import json
+
+    if path is None or not path.is_file():
+        return {}
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # a damaged cache is only a slower run
+        log.warning("header cache %s unreadable (%s): reading every header", path, exc)
+        return {}
+    return cached.get("rows", {}) if cached.get("key") == key else {}
+
+
+def _save_cache(path: Path | None, key: str, rows: Mapping[str, dict]) -> None:
+    import json
+
+    from .io import atomic_path
+
+    if path is None:
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"key": key, "rows": rows}, default=str))
+
+
 def build_inventory(*, raw_dir: str | Path, profile: Mapping,
                     frames_table: str | Path | None = None,
-                    extensions: Sequence[str] = (".fits", ".fit", ".fts")) -> pd.DataFrame:
+                    extensions: Sequence[str] = (".fits", ".fit", ".fts"),
+                    cache: str | Path | None = None) -> pd.DataFrame:
     """Inventory every FITS file below ``raw_dir`` (see the module docstring for columns).
 
     Parameters
@@ -400,6 +425,11 @@ def build_inventory(*, raw_dir: str | Path, profile: Mapping,
         ``file`` is the path relative to ``raw_dir`` or the frame name.
     extensions : sequence of str
         FITS name endings (compressed variants are added).
+    cache : path, optional
+        JSON file of what each file's header gave, keyed on its relative path,
+        size and modification time (and on the profile and software version):
+        a rerun reads only the headers of new or changed files.  Rewritten
+        after every inventory.
 
     Returns
     -------
@@ -418,7 +448,33 @@ def build_inventory(*, raw_dir: str | Path, profile: Mapping,
         raise InventoryError(
             f"raw_dir {raw_dir} holds no FITS files (looked for "
             f"{', '.join(extensions)}, optionally compressed .fz/.gz/.bz2)")
-    rows = [_describe(raw_dir / rel, rel, profile) for rel in files]
+    from . import __version__
+    from .products import param_hash
+
+    key = f"{__version__}:{param_hash(dict(profile))}"
+    cache = Path(cache) if cache else None
+    cached = _load_cache(cache, key)
+    rows, fresh, n_read = [], {}, 0
+    for rel in files:
+        path = raw_dir / rel
+        try:
+            stat = path.stat()
+            stamp = [stat.st_size, stat.st_mtime_ns]
+        except OSError:
+            stamp = None
+        hit = cached.get(rel.as_posix())
+        if stamp is not None and hit is not None and hit["stamp"] == stamp:
+            row = hit["row"]
+        else:
+            row = _describe(path, rel, profile)
+            n_read += 1
+        rows.append(row)
+        if stamp is not None:
+            fresh[rel.as_posix()] = {"stamp": stamp, "row": row}
+    _save_cache(cache, key, fresh)
+    if cache is not None:
+        log.info("headers read: %d of %d files (the rest unchanged, from %s)", n_read,
+                 len(files), cache)
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
     table["frame"] = frame_names(files)
     for col in ("filter", "object", "instrument", "readout", "binning", "shape", "date_obs",

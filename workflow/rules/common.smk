@@ -10,6 +10,8 @@ from ccdflow.config import ConfigError, load_profile, validate
 from ccdflow.inventory import InventoryError, find_raw_files, read_inventory
 from ccdflow.batch import assign_batches
 from ccdflow.plan import calibration_sets, plan_calibrations, safe_name
+from ccdflow.runlock import claim_run
+from snakemake.logging import logger
 
 ROOT = Path(workflow.basedir)
 SCHEMAS = ROOT / "workflow" / "schemas"
@@ -32,6 +34,12 @@ try:
     )
 except ConfigError as exc:
     _fail(str(exc))
+
+if workflow.is_main_process and not workflow.dryrun:
+    # a run killed with SIGKILL leaves Snakemake's lock: clear it when its process is gone
+    _lock_note = claim_run(workdir=".")
+    if _lock_note:
+        logger.warning(f"ccdflow: {_lock_note}")
 
 RESULTS = Path(config["results_dir"])
 RAW_DIR = Path(config["raw_dir"])

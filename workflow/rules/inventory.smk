@@ -12,6 +12,8 @@ checkpoint inventory_scan:
         profile=PROFILE,
         frames=config["frames"],
         extensions=config["inventory"]["extensions"],
+        # header cache keyed on path, size and mtime: reruns read changed files only
+        cache=str(RESULTS / "cache" / "inventory-headers.json"),
         software=SOFTWARE,
     log:
         LOGS / "inventory.log",

@@ -9,5 +9,6 @@ table = build_inventory(
     profile=snakemake.params.profile,
     frames_table=snakemake.params.frames or None,
     extensions=snakemake.params.extensions,
+    cache=snakemake.params.cache,
 )
 write_table(table, snakemake.output.table)

@@ -1,0 +1,75 @@
+"""Resume after a killed run: clear Snakemake's lock when its owner is provably dead.
+
+Snakemake locks a working directory while it runs and removes the lock when it
+ends; a run killed with SIGKILL (or a crashed node) leaves the lock behind and
+the next ``snakemake`` stops with ``LockException`` until ``--unlock``.  The
+workflow records which process holds the lock (host and PID, in
+``.snakemake/ccdflow-run.json``); the next run on the *same host* removes the
+lock only when that process no longer exists.  A lock held by a live process,
+or by a run on another host (shared file systems), is left alone, and
+Snakemake's own error explains it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+__all__ = ["claim_run"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def claim_run(*, workdir: str | Path = ".", pid: int | None = None) -> str | None:
+    """Record this run as the lock holder of ``workdir``, clearing a dead run's lock.
+
+    Parameters
+    ----------
+    workdir : path
+        Snakemake's working directory (``.snakemake`` lives there).
+    pid : int, optional
+        This run's process id (default: the current process).
+
+    Returns
+    -------
+    str or None
+        What was done about an existing lock (for the log), or None.
+    """
+    state = Path(workdir) / ".snakemake"
+    locks = sorted((state / "locks").glob("*.lock")) if (state / "locks").is_dir() else []
+    record = state / "ccdflow-run.json"
+    owner = None
+    if record.is_file():
+        try:
+            owner = json.loads(record.read_text())
+        except ValueError:
+            owner = None
+    message = None
+    if locks:
+        host = socket.gethostname()
+        if not owner or owner.get("host") != host:
+            where = f"host {owner['host']}" if owner else "an unknown process"
+            return f"the directory is locked by a run on {where}: left to Snakemake"
+        if _alive(int(owner["pid"])):
+            return f"the directory is locked by the running process {owner['pid']}"
+        for lock in locks:
+            lock.unlink(missing_ok=True)
+        message = (f"removed the lock left by run {owner['pid']} on {host} (started "
+                   f"{owner.get('started', '?')}), which no longer runs: resuming")
+    state.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"host": socket.gethostname(), "pid": pid or os.getpid(),
+                               "started": datetime.now(UTC).isoformat(timespec="seconds")}))
+    os.replace(tmp, record)
+    return message
