@@ -44,7 +44,7 @@ def detect_stars(*, data: np.ndarray, background: np.ndarray, rms: np.ndarray,
     if segm is None:
         return pd.DataFrame(columns=["source_id", "x", "y", "flux", "peak", "fwhm", "area",
                                      "snr", "saturated_or_masked"])
-    if deblend and segm.nlabels > 1:
+    if deblend and segm.n_labels > 1:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             segm = deblend_sources(sub, segm, n_pixels=npixels, progress_bar=False)

@@ -1,0 +1,198 @@
+"""Benchmark: a whole night, ccdflow against a tutorial-style reference script.
+
+    python benchmarks/bench_night.py [--size 1024] [--science 24] [--cores 2]
+
+One simulated night (the demo camera: overscan strip, V and R flats, darks,
+bias) is reduced twice on the same raw files with the same cores:
+
+* **ccdflow**: ``snakemake --cores N`` (masters, calibration with ERR/MASK,
+  iterative background, astroscrappy with the frame's noise model and
+  ``sepmed: false``, sources, alignment, photometry with honest errors, light
+  curves, QC figures);
+* **reference**, written the way the seed tutorials do it (the CCD Data
+  Reduction Guide, photutils' and astroscrappy's docs): ``ccdproc`` overscan +
+  trim + ``combine`` (average, 5σ MAD clip) for bias, dark and flats,
+  ``ccd_process`` per science frame, photutils ``Background2D`` with a source
+  mask (``detect_threshold`` + ``detect_sources`` + dilated
+  ``make_source_mask``), ``astroscrappy.detect_cosmics`` with its defaults,
+  ``DAOStarFinder`` on the first frame and photutils aperture photometry with
+  an annulus median in every frame, a ``multiprocessing.Pool`` over frames.
+
+Printed: wall seconds of each, their ratio, and the peak RSS of any one
+process of each tree (``getrusage(RUSAGE_CHILDREN)`` of a wrapper).
+``--configfile`` passes a YAML of ccdflow settings (e.g. ``cosmics: {sepmed:
+true}`` to compare like for like with astroscrappy's defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- reference script
+
+def _process(path, *, bias=None, dark=None, flat=None):
+    """One raw frame the tutorial way: overscan, trim, gain, masters (ccdproc)."""
+    import astropy.units as u
+    import ccdproc
+    from astropy.nddata import CCDData
+
+    ccd = CCDData.read(path, unit="adu")
+    gain = ccd.header["GAIN"] * u.electron / u.adu
+    return ccdproc.ccd_process(
+        ccd, oscan=ccd.header["BIASSEC"], oscan_median=True, trim=ccd.header["TRIMSEC"],
+        gain=gain, readnoise=ccd.header["RDNOISE"] * u.electron, error=True,
+        master_bias=bias, dark_frame=dark, master_flat=flat,
+        exposure_key="EXPTIME", exposure_unit=u.s, dark_scale=dark is not None,
+        gain_corrected=True)
+
+
+def _combine(ccds, scale=None):
+    import ccdproc
+    from astropy.stats import mad_std
+
+    return ccdproc.combine(ccds, method="average", sigma_clip=True,
+                           sigma_clip_low_thresh=5, sigma_clip_high_thresh=5,
+                           sigma_clip_func=np.ma.median, sigma_clip_dev_func=mad_std,
+                           scale=scale, mem_limit=2e9)
+
+
+def _science(job):
+    """Calibrate, background, cosmic rays and photometry of one science frame."""
+    import astroscrappy
+    from astropy.stats import SigmaClip
+    from photutils.aperture import (
+        ApertureStats,
+        CircularAnnulus,
+        CircularAperture,
+        aperture_photometry,
+    )
+    from photutils.background import Background2D, MedianBackground
+    from photutils.segmentation import detect_sources, detect_threshold
+
+    path, masters, positions, out = job
+    ccd = _process(path, **masters)
+    ccd.write(out / f"{Path(path).stem}_cal.fits", overwrite=True)
+    data = ccd.data
+    threshold = detect_threshold(data, nsigma=2.0, sigma_clip=SigmaClip(3.0))
+    segm = detect_sources(data, threshold, n_pixels=10)
+    mask = segm.make_source_mask(size=11) if segm is not None else None
+    bkg = Background2D(data, (64, 64), filter_size=(3, 3), sigma_clip=SigmaClip(3.0),
+                       bkg_estimator=MedianBackground(), mask=mask)
+    crmask, _ = astroscrappy.detect_cosmics(data, gain=1.0, readnoise=ccd.header["RDNOISE"],
+                                            satlevel=65535 * ccd.header["GAIN"])
+    from astropy.io import fits
+
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(bkg.background.astype(np.float32)),
+                  fits.ImageHDU(crmask.astype(np.uint8))]).writeto(
+        out / f"{Path(path).stem}_bkg_cr.fits", overwrite=True)
+    apertures = CircularAperture(positions, r=5.0)
+    annulus = CircularAnnulus(positions, r_in=12.0, r_out=20.0)
+    sky = ApertureStats(data, annulus, sigma_clip=SigmaClip(3.0)).median
+    table = aperture_photometry(data, apertures, error=ccd.uncertainty.array,
+                                mask=crmask)
+    table["sky"] = sky
+    table["flux"] = table["aperture_sum"] - sky * apertures.area
+    table.write(out / f"{Path(path).stem}_phot.csv", overwrite=True)
+    return len(table)
+
+
+def reference(raw: Path, out: Path, cores: int) -> None:
+    """The tutorial-style reduction of every frame in ``raw`` into ``out``."""
+    from multiprocessing import get_context
+
+    from astropy.io import fits
+    from photutils.detection import DAOStarFinder
+
+    out.mkdir(parents=True, exist_ok=True)
+    by_type: dict[tuple[str, str], list[Path]] = {}
+    for path in sorted(raw.glob("*.fits")):
+        h = fits.getheader(path)
+        by_type.setdefault((h["IMAGETYP"], h.get("FILTER", "")), []).append(path)
+    bias = _combine([_process(p) for p in by_type[("Bias Frame", "")]])
+    dark = _combine([_process(p, bias=bias) for p in by_type[("Dark Frame", "")]])
+    flats = {}
+    for (kind, filt), paths in by_type.items():
+        if kind == "Flat Field":
+            flats[filt] = _combine([_process(p, bias=bias, dark=dark) for p in paths],
+                                   scale=lambda a: 1.0 / np.ma.median(a))
+    science = [(p, f) for (kind, f), ps in by_type.items() if kind == "Light Frame" for p in ps]
+    first = _process(science[0][0], bias=bias, dark=dark, flat=flats[science[0][1]])
+    stars = DAOStarFinder(fwhm=3.0, threshold=10 * np.std(first.data))(
+        first.data - np.median(first.data))
+    positions = np.column_stack([stars["x_centroid"], stars["y_centroid"]])
+    jobs = [(p, {"bias": bias, "dark": dark, "flat": flats[f]}, positions, out)
+            for p, f in science]
+    with get_context("fork").Pool(cores) as pool:
+        pool.map(_science, jobs)
+
+
+# ---------------------------------------------------------------- driver
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--science", type=int, default=24, help="V frames (plus 4 R)")
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/ccdflow-night"))
+    parser.add_argument("--configfile", type=Path, help="extra ccdflow config (YAML)")
+    parser.add_argument("--child", choices=["reference"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "reference":
+        reference(args.work / "night" / "raw", args.work / "reference", args.cores)
+        return 0
+    from ccdflow.simulate import NightSpec, simulate_night
+
+    night = args.work / "night"
+    if not (night / "raw").is_dir():
+        simulate_night(out_dir=night, spec=NightSpec(nx=args.size, ny=args.size,
+                                                     science=(("V", args.science), ("R", 4))))
+    shutil.rmtree(args.work / "reference", ignore_errors=True)
+    shutil.rmtree(args.work / "ccdflow", ignore_errors=True)
+    (args.work / "ccdflow").mkdir()
+
+    def run(cmd):
+        """Wall seconds and the peak RSS (MB) of any one process of ``cmd``'s tree."""
+        probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+                 "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
+                 "file=sys.stderr); sys.exit(r.returncode)")
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True,
+                             text=True)
+        wall = time.perf_counter() - start
+        if out.returncode != 0:
+            raise SystemExit(f"{cmd[:4]} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+        return wall, int(out.stderr.strip().splitlines()[-1]) / 1024
+
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+           "--directory", str(args.work / "ccdflow"), "--cores", str(args.cores),
+           "--config", f"raw_dir={night / 'raw'}", "instrument=demo"]
+    if args.configfile:
+        cmd += ["--configfile", str(args.configfile)]
+    ours, rss_ours = run(cmd)
+    theirs, rss_theirs = run([sys.executable, __file__, "--child", "reference", "--work",
+                              str(args.work), "--cores", str(args.cores)])
+    n = args.science + 4
+    print(f"# {os.cpu_count()} cores, --cores {args.cores}; {n} science frames of "
+          f"{args.size}² + calibrations")
+    print(f"{'method':<52} {'wall s':>8} {'s/frame':>8} {'peak RSS MB':>12}")
+    print(f"{'ccdflow (snakemake, everything incl. QC)':<52} {ours:>8.1f} {ours / n:>8.2f} "
+          f"{rss_ours:>12.0f}")
+    print(f"{'reference (ccdproc + photutils + astroscrappy, Pool)':<52} {theirs:>8.1f} "
+          f"{theirs / n:>8.2f} {rss_theirs:>12.0f}")
+    print(f"ratio ccdflow / reference: {ours / theirs:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
