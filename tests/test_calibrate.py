@@ -266,3 +266,31 @@ def test_masters_do_not_mutate_inputs(cal_masters):
     make_master_dark(paths=m["files"]("dark"), detector=m["detector"], bias=m["bias"])
     np.testing.assert_array_equal(m["bias"].data, before[0])
     np.testing.assert_array_equal(m["bias"].mask, before[1])
+
+
+def test_low_flat_pixels_flagged_where_they_are_and_not_divided(cal_masters):
+    """LOW_FLAT pixels of the master flat (and only those) get LOW_FLAT in the calibrated
+    frame, and the flat is not divided there.  (A bitwise-not of the int mask once made
+    every pixel 'usable' and OR-ed LOW_FLAT into whole rows by fancy indexing.)"""
+    import copy
+
+    from ccdflow.calibrate import calibrate_science
+    from ccdflow.masks import MaskBit
+
+    m = cal_masters
+    truth = m["truth"]
+    row = truth.frames[(truth.frames["type"] == "science") & (truth.frames["filter"] == "V")
+                       ].iloc[0]
+    flat = copy.deepcopy(m["flat"])
+    low = np.zeros(flat.data.shape, bool)
+    low[10:14, 20:30] = True
+    flat.mask[low] |= np.uint16(MaskBit.LOW_FLAT)
+    flat.data[low] = 0.3  # positive but below flat.low: must not be divided by
+    with_flat = calibrate_science(path=truth.raw_dir / row["file"], detector=m["detector"],
+                                  bias=m["bias"], dark=m["dark"], flat=flat, bad_pixel_mask=None)
+    without = calibrate_science(path=truth.raw_dir / row["file"], detector=m["detector"],
+                                bias=m["bias"], dark=m["dark"], flat=None, bad_pixel_mask=None)
+    flagged = (with_flat.mask & MaskBit.LOW_FLAT) != 0
+    expected = low | ((m["flat"].mask & MaskBit.LOW_FLAT) != 0)
+    np.testing.assert_array_equal(flagged, expected)
+    np.testing.assert_array_equal(with_flat.data[low], without.data[low])

@@ -395,7 +395,8 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
     if bad_pixel_mask is not None:
         mask |= bad_pixel_mask
     if flat is not None:
-        usable = np.isfinite(flat.data) & (flat.data > 0) & ~(flat.mask & MaskBit.LOW_FLAT)
+        usable = (np.isfinite(flat.data) & (flat.data > 0)
+                  & ((flat.mask & np.uint16(MaskBit.LOW_FLAT)) == 0))  # bool, not int
         f = np.where(usable, flat.data, 1.0)  # never divide by 0; those pixels are flagged
         sf = np.where(usable, flat.error, 0.0)
         sci = signal / f
