@@ -436,9 +436,8 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
     if not (flags & PhotFlag.NOT_ALIGNED).any():
         bright = np.asarray(catalog["snr_ref"].fillna(0) >= recentroid_min_snr)
         if bright.any():
-            box = int(max(5, math.ceil(2.5 * fwhm))) | 1
             cx, cy = recentroid(data=data, background=background, x=x[bright], y=y[bright],
-                                box_size=box, mask=mask)
+                                fwhm=fwhm, mask=mask)
             x, y = x.copy(), y.copy()
             x[bright], y[bright] = cx, cy
 

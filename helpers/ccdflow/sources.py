@@ -9,6 +9,7 @@ so the numbering is deterministic.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -105,30 +106,65 @@ def estimate_fwhm(*, data: np.ndarray, background: np.ndarray, sources: pd.DataF
 
 
 def recentroid(*, data: np.ndarray, background: np.ndarray, x: Sequence[float],
-               y: Sequence[float], box_size: int, mask: np.ndarray | None = None,
+               y: Sequence[float], fwhm: float, mask: np.ndarray | None = None,
+               max_iterations: int = 16, tolerance: float = 2e-4,
                ) -> tuple[np.ndarray, np.ndarray]:
-    """Centroid each source within a ``box_size`` box (2-D Gaussian fit, photutils).
+    """Gaussian-windowed centroids (SExtractor's XWIN_IMAGE), all sources at once.
 
-    Sources whose box leaves the frame, or whose fit fails, keep their input
-    position (the caller flags off-frame rows).
+    Iterates ``x ← x + 2·Σ w·I·(x_i − x) / Σ w·I`` with ``w = exp(−r²/2σ_w²)``,
+    ``σ_w = fwhm/2.3548``, over the unmasked background-subtracted pixels of a
+    box of half-width ``ceil(2.5·fwhm)`` around the input position, until the
+    step is below ``tolerance`` px.  For a symmetric PSF this converges to the
+    centre with nearly the precision of a PSF fit (tests compare it with
+    photutils' ``centroid_2dg``) at a small fraction of the cost: one vectorised
+    pass per iteration instead of a 2-D Gaussian fit per source.
+
+    Sources whose box leaves the frame, whose window holds no positive flux, or
+    whose centroid wanders beyond the box keep their input position (the
+    caller flags off-frame rows).
     """
-    from photutils.centroids import centroid_2dg, centroid_sources
-
     x = np.asarray(x, float)
     y = np.asarray(y, float)
+    if not np.isfinite(fwhm) or fwhm <= 0:
+        raise SourceError(f"fwhm must be a positive number, got {fwhm}")
     ny, nx = data.shape
-    half = box_size // 2
-    ok = (x - half >= 0) & (x + half < nx) & (y - half >= 0) & (y + half < ny)
+    half = max(3, math.ceil(2.5 * fwhm))
+    finite = np.isfinite(x) & np.isfinite(y)
+    ix0 = np.floor(np.where(finite, x, 0) + 0.5).astype(np.int64)
+    iy0 = np.floor(np.where(finite, y, 0) + 0.5).astype(np.int64)
+    ok = finite & (ix0 - half >= 0) & (ix0 + half < nx) & (iy0 - half >= 0) & (iy0 + half < ny)
     out_x, out_y = x.copy(), y.copy()
-    if ok.any():
-        bad = None if mask is None else np.asarray(mask) != 0
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cx, cy = centroid_sources(data - background, x[ok], y[ok], box_size=box_size | 1,
-                                      mask=bad, centroid_func=centroid_2dg)
-        good = np.isfinite(cx) & np.isfinite(cy) & (np.hypot(cx - x[ok], cy - y[ok]) < half)
-        out_x[np.flatnonzero(ok)[good]] = cx[good]
-        out_y[np.flatnonzero(ok)[good]] = cy[good]
+    idx = np.flatnonzero(ok)
+    if not len(idx):
+        return out_x, out_y
+    dy, dx = np.mgrid[-half:half + 1, -half:half + 1]
+    px = ix0[idx, None] + dx.ravel()  # pixel centres, (n, box²)
+    py = iy0[idx, None] + dy.ravel()
+    values = data[py, px] - background[py, px]
+    usable = np.isfinite(values)
+    if mask is not None:
+        usable &= np.asarray(mask)[py, px] == 0
+    values = np.where(usable, values, 0.0)
+    inv2s2 = 1.0 / (2.0 * (fwhm / 2.3548) ** 2)
+    cx, cy = x[idx].copy(), y[idx].copy()
+    active = np.ones(len(idx), bool)
+    for _ in range(max_iterations):
+        ox, oy = px - cx[:, None], py - cy[:, None]
+        weight = values * np.exp(-(ox**2 + oy**2) * inv2s2)
+        total = weight.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            step_x = 2.0 * (weight * ox).sum(axis=1) / total
+            step_y = 2.0 * (weight * oy).sum(axis=1) / total
+        move = active & (total > 0) & np.isfinite(step_x) & np.isfinite(step_y)
+        cx[move] += step_x[move]
+        cy[move] += step_y[move]
+        active &= move & (np.hypot(step_x, step_y) > tolerance)
+        if not active.any():
+            break
+    good = (np.isfinite(cx) & np.isfinite(cy) & (np.abs(cx - ix0[idx]) < half)
+            & (np.abs(cy - iy0[idx]) < half) & (weight.sum(axis=1) > 0))
+    out_x[idx[good]] = cx[good]
+    out_y[idx[good]] = cy[good]
     return out_x, out_y
 
 
