@@ -95,7 +95,13 @@ def test_nickel_calibrates_and_sky_is_flat(nickel, shared_data):
     # measured vs the observatory's 1.8 e-/ADU and 10.7 e-, within gain_check_fraction
     assert report["gain_agrees"].all() and report["read_noise_agrees"].all()
     mask = read_product(product(nickel, "calibrated", "d1047")).mask
-    assert (mask[:, [254, 255, 782, 783, 1001]] & 1).all(), "profile bad columns flagged"
+    assert (mask[:, [255, 256, 783, 784, 1002]] & 1).all(), "profile bad columns flagged"
+    # the list is the observatory's 0-based numbering: column 256 (0-based) is the one
+    # saturated in every raw bias, and 255 (what a 1-based reading would mask) is not
+    from astropy.io import fits
+
+    raw_bias = fits.getdata(shared_data / "nickel_lick_2024-05-13" / "raw" / "d1001.fits")
+    assert (raw_bias[:, 256] == 65535).all() and (raw_bias[:, 255] < 2000).all()
     # Sparse fields (standard PG1323-085, galaxy UGC 9837): sky flat to < 1 % RMS over
     # 128-px cells after flat field + illumination correction
     for frame in ("d1047", "d1074"):
@@ -187,3 +193,62 @@ def test_m13_map_at_the_cluster_centre(nickel):
         product=p, manual_circles=[{"x": float(cx), "y": float(cy), "radius_px": 250.0}]))
     assert iterative <= 25 and iterative <= 0.6 * single
     assert manual <= 4
+
+
+# --- photometry of the real sets ---------------------------------------------------
+
+def _one_aperture(path):
+
+    from ccdflow.series import read_photometry
+
+    table = read_photometry(path)
+    return table[table["aperture"] == table["aperture"].iloc[0]]
+
+
+def test_bsu_sn2022yid_v_light_curves(bsu):
+    """SN 2022yid field, 10 × 120 s in V with a 14-inch (OBJECT 'Brutus_10292022'):
+    every frame aligned, >100 stars measured, and the quietest bright stars scatter as
+    their errors say (measured: 158 sources; the 20 brightest stars usable in every frame
+    scatter 0.22–0.3 % relative to their ensemble, 9 of them within 1.5× flux_err)."""
+    import numpy as np
+
+    from ccdflow.photometry import PhotFlag
+    from ccdflow.series import good_mask
+
+    one = _one_aperture(bsu / "lightcurves" / "Brutus_10292022_V.csv")
+    assert one["frame"].nunique() == 10
+    assert one["source_id"].nunique() >= 100
+    assert ((one["flags"] & int(PhotFlag.NOT_ALIGNED)) == 0).all(), "every frame aligned"
+    assert np.isfinite(one["bmjd_tdb"]).all()
+    flux = one.pivot(index="frame", columns="source_id", values="flux")
+    err = one.pivot(index="frame", columns="source_id", values="flux_err")
+    usable = one.assign(ok=good_mask(one["flags"])).pivot(index="frame", columns="source_id",
+                                                          values="ok").all()
+    bright = flux.loc[:, usable].median().nlargest(20).index
+    norm = flux[bright] / flux[bright].median()
+    rel = norm.div(norm.median(axis=1), axis=0)  # each star over the ensemble of 20
+    ratio = rel.std(ddof=1) / (err[bright] / flux[bright]).median()
+    # a std from 10 frames is uncertain by ~24 %: pure noise gives ratios 0.6–1.4;
+    # variables, blends and flat-field residuals give more, never much less
+    assert (ratio < 1.5).sum() >= 5, ratio.round(2).to_dict()
+    assert ratio.min() > 0.5, "errors are not overestimated"
+    assert rel.std(ddof=1).min() < 0.005
+    assert (bsu / "lightcurves" / "Brutus_10292022_V" / "source_1.csv").is_file()
+
+
+def test_nickel_standard_star_fields_measured(nickel):
+    """PG 1323-085 and PG 1530+057 (60 s in V, Nickel 1-m): a source list each, the
+    standards' fields measured with BJD and RA/Dec from the header WCS (measured: 76 and
+    34 sources, 49 and 21 usable, brightest S/N 631 and 909)."""
+    import numpy as np
+
+    from ccdflow.series import good_mask
+
+    for series, min_sources in (("PG1323-085_V", 40), ("PG1530+057_V", 20)):
+        one = _one_aperture(nickel / "lightcurves" / f"{series}.csv")
+        usable = one[good_mask(one["flags"])]
+        snr = usable["flux"] / usable["flux_err"]
+        assert len(one) >= min_sources and len(usable) >= 15, series
+        assert (snr > 100).sum() >= 5, series
+        assert (usable["flux_err"] ** 2 >= usable["flux"]).all(), "at least photon noise"
+        assert np.isfinite(one["bjd_tdb"]).all() and np.isfinite(one["ra_deg"]).all()

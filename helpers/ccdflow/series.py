@@ -286,6 +286,28 @@ def _affine_positions(ref_xy: np.ndarray, det_xy: np.ndarray, shift: tuple[float
     return np.column_stack([ref_xy, np.ones(len(ref_xy))]) @ coef, int(hit.sum())
 
 
+def _guard_centroids(x0: np.ndarray, y0: np.ndarray, cx: np.ndarray, cy: np.ndarray, *,
+                     snr: np.ndarray, fwhm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the aligned positions where re-centroiding cannot be trusted.
+
+    The alignment already places each star to a fraction of a pixel; a centroid
+    that moves further than ``max(1, 0.3·FWHM)`` px was pulled by something else,
+    and two sources that end within ``0.5·FWHM`` of each other (a faint one
+    dragged onto a bright neighbour) keep only the brighter's centroid.
+    """
+    from scipy.spatial import cKDTree
+
+    cx, cy = cx.copy(), cy.copy()
+    far = np.hypot(cx - x0, cy - y0) > max(1.0, 0.3 * fwhm)
+    cx[far], cy[far] = x0[far], y0[far]
+    if len(cx) > 1:
+        for i, j in cKDTree(np.column_stack([cx, cy])).query_pairs(0.5 * fwhm):
+            if np.hypot(x0[i] - x0[j], y0[i] - y0[j]) > 0.5 * fwhm:
+                k = i if snr[i] < snr[j] else j
+                cx[k], cy[k] = x0[k], y0[k]
+    return cx, cy
+
+
 def _site(header, site: Mapping | None) -> tuple[dict | None, str]:
     """Observatory from the profile, else SITELAT/SITELONG[/SITEELEV] of the header."""
     if site and site.get("latitude_deg") is not None and site.get("longitude_deg") is not None:
@@ -438,6 +460,8 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         if bright.any():
             cx, cy = recentroid(data=data, background=background, x=x[bright], y=y[bright],
                                 fwhm=fwhm, mask=mask)
+            cx, cy = _guard_centroids(x[bright], y[bright], cx, cy,
+                                      snr=catalog["snr_ref"].to_numpy(float)[bright], fwhm=fwhm)
             x, y = x.copy(), y.copy()
             x[bright], y[bright] = cx, cy
 
