@@ -18,6 +18,7 @@ from ccdflow.photometry import PhotFlag, PhotometryError
 from ccdflow.series import (
     choose_reference,
     differential_photometry,
+    frame_photometry,
     good_mask,
     read_photometry,
     read_reference,
@@ -300,3 +301,30 @@ def test_differential_rejects_a_variable_and_propagates_errors(rng):
     with pytest.raises(PhotometryError, match=r"comparison source\(s\) \[99\]"):
         differential_photometry(flux=flux, flux_err=err, good=good, target=1,
                                 comparisons=[99])
+
+
+def test_times_come_from_the_inventory_not_a_date_only_header():
+    """A header whose DATE-OBS holds only the date (time in UT, as some cameras write)
+    would put mid-exposure at midnight; the inventory's start (read with the profile's
+    date_obs/time_obs keywords) gives the right one."""
+    from ccdflow.simulate import render_gaussian_stars
+
+    image = 100.0 + render_gaussian_stars(shape=(64, 64), x=np.array([30.0]),
+                                          y=np.array([32.0]), flux=np.array([5e4]), fwhm=3.0)
+    zeros = np.zeros((64, 64))
+    header = fits.Header({"DATE-OBS": "2024-05-13", "UT": "04:00:00", "EXPTIME": 60.0})
+    catalog = pd.DataFrame({"source_id": [1], "name": [""], "x_ref": [30.0], "y_ref": [32.0],
+                            "flux_ref": [5e4], "snr_ref": [200.0], "ra_deg": [np.nan],
+                            "dec_deg": [np.nan]})
+    sources = pd.DataFrame({"source_id": [1], "x": [30.0], "y": [32.0], "flux": [5e4]})
+    common = dict(data=image, error=np.full((64, 64), 10.0), mask=zeros.astype(np.uint16),
+                  header=header, background=zeros + 100.0, background_rms=zeros + 10.0,
+                  sources=sources, meta={"fwhm_px": 3.0}, catalog=catalog,
+                  reference_meta={"fwhm_px": 3.0}, radii_fwhm=[1.5],
+                  annulus={"inner": 4.0, "outer": 7.0, "unit": "fwhm"})
+    start = 60443.0 + 4 / 24  # 2024-05-13T04:00:00 UTC
+    table, _ = frame_photometry(**common, start_mjd_utc=start, exptime_s=60.0)
+    assert table["mjd_utc"].iloc[0] == pytest.approx(start + 30 / 86400, abs=1e-9)
+    assert table["exptime_s"].iloc[0] == 60.0
+    naive, _ = frame_photometry(**common)  # header only: midnight + 30 s
+    assert naive["mjd_utc"].iloc[0] == pytest.approx(60443.0 + 30 / 86400, abs=1e-9)

@@ -272,12 +272,14 @@ def photometry_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
                      background_dir: str | Path, cosmics_dir: str | Path | None,
                      sources_dir: str | Path, reference: str | Path, out_dir: str | Path,
                      options: Mapping, site: Mapping | None = None,
+                     times: Mapping[str, Sequence[float]] | None = None,
                      header: Sequence[str] = ()) -> pd.DataFrame:
     """Every source of the series' list measured in each frame of a batch
     (``<frame>.csv``, units and flags in its comment lines).
 
     ``options`` are the keyword arguments of
-    :func:`ccdflow.series.frame_photometry`.
+    :func:`ccdflow.series.frame_photometry`; ``times`` gives per frame the
+    (start MJD UTC, exposure s) the inventory read with the profile's keywords.
 
     Returns
     -------
@@ -303,7 +305,9 @@ def photometry_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
             data=data.data, error=data.error, mask=data.mask, header=data.header,
             background=data.background, background_rms=data.rms,
             source_mask=data.source_mask, sources=sources, meta=meta, catalog=catalog,
-            reference_meta=ref_meta, site=site, frame=frame, **options)
+            reference_meta=ref_meta, site=site, frame=frame,
+            start_mjd_utc=(times or {}).get(frame, (None, None))[0],
+            exptime_s=(times or {}).get(frame, (None, None))[1], **options)
         write_table(table, out / f"{frame}.csv", comments=[
             f"ccdflow photometry of {frame}", *header,
             f"source list: {Path(reference).name} (reference frame "

@@ -360,6 +360,7 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
                      min_sky_pixels: int = 20, map_box_px: int = 64, max_shift_px: float = 50.0,
                      recentroid_min_snr: float = 20.0, site: Mapping | None = None,
                      source_mask: np.ndarray | None = None, sky_exclude_sources: bool = True,
+                     start_mjd_utc: float | None = None, exptime_s: float | None = None,
                      frame: str = "frame") -> tuple[pd.DataFrame, list[str]]:
     """Every source of the series' list measured in one frame, with times.
 
@@ -391,6 +392,11 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         Leave ``source_mask`` pixels out of the sky annuli, so that neighbours
         do not raise the local sky (see
         :func:`ccdflow.photometry.measure_apertures`, ``sky_mask``).
+    start_mjd_utc, exptime_s : float, optional
+        Start of the exposure (MJD, UTC) and its length, as the inventory read
+        them with the profile's keywords (``date_obs``/``time_obs``/``mjd_obs``,
+        ``exptime``); mid-exposure is start + exptime/2.  Without them the
+        header's DATE-OBS (or DATE-BEG) and EXPTIME (or EXPOSURE) are used.
 
     Returns
     -------
@@ -482,7 +488,14 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
     table["fwhm"] = fwhm
 
     # times toward the first target (else the field centre)
-    mid = mid_exposure(header=header, where=frame)
+    if start_mjd_utc is not None and exptime_s is not None and np.isfinite(
+            [start_mjd_utc, exptime_s]).all():
+        from astropy import units as u
+        from astropy.time import Time
+
+        mid = Time(float(start_mjd_utc), format="mjd", scale="utc") + float(exptime_s) / 2 * u.s
+    else:
+        mid = mid_exposure(header=header, where=frame)
     where, site_note = _site(header, site)
     pointing = _pointing(header, catalog, wcs)
     times = {"mjd_utc": float(mid.utc.mjd), "bjd_tdb": float("nan"), "bmjd_tdb": float("nan"),
@@ -506,7 +519,8 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
                      f"{site_note}")
     for key, value in times.items():
         table[key] = value
-    table["exptime_s"] = float(header.get("EXPTIME", header.get("EXPOSURE", float("nan"))))
+    table["exptime_s"] = (float(exptime_s) if exptime_s is not None else
+                          float(header.get("EXPTIME", header.get("EXPOSURE", float("nan")))))
     table["dx"], table["dy"] = dx, dy
     return table[PHOTOMETRY_COLUMNS], notes
 

@@ -278,6 +278,15 @@ def get_batch_frame_names(wildcards):
     return list(_batch_rows(wildcards)["frame"])
 
 
+def get_batch_times(wildcards):
+    """Per frame of the batch: (start MJD UTC, exposure s) as the inventory read them."""
+    inventory = state()[0].set_index("frame")
+    return {
+        f: (float(inventory.loc[f, "mjd_obs"]), float(inventory.loc[f, "exptime_s"]))
+        for f in _batch_rows(wildcards)["frame"]
+    }
+
+
 def get_batch_runtime(minutes_per_frame):
     """Runtime (min) of a batch job: 5 min + minutes_per_frame per frame."""
 

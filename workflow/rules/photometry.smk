@@ -52,6 +52,7 @@ rule measure_photometry:
             "recentroid_min_snr": PHOT["recentroid_min_snr"],
         },
         site=PROFILE.get("site"),
+        times=get_batch_times,
         software=SOFTWARE,
     log:
         LOGS / "photometry" / "{night}" / "{batch}.log",

@@ -14,5 +14,6 @@ photometry_batch(
     out_dir=snakemake.output.photometry,
     options=snakemake.params.options,
     site=snakemake.params.site,
+    times=snakemake.params.times,
     header=[f"software: {snakemake.params.software}"],
 )
