@@ -13,10 +13,13 @@ sources, photometry, light curves, QC.  Then it splits the wall time:
 * ``job science``: the seconds every job spent after its imports (each job's
   log ends with ``job seconds after imports``), which adds the masters, the
   series-level steps and the QC figures;
-* ``orchestration``: cores × wall − job science: job starts (a fresh Python
-  importing numpy/pandas/snakemake), Snakemake's DAG and scheduling, and
-  cores left idle when fewer jobs than cores are ready.  An upper bound of
-  the overhead.
+* ``job starts``: each job's life since its process started, less its
+  science (a fresh Python importing numpy, pandas and Snakemake's script
+  preamble);
+* ``scheduling + idle cores``: cores × wall − the jobs' lives: Snakemake's
+  DAG and job selection, and cores left idle while fewer jobs than cores are
+  ready (the series-level steps run alone);
+* ``orchestration``: the two together, an upper bound of the overhead.
 
 Target (issue 6): orchestration ≤ 10 % of the science on a 2,000-frame night.
 Run with ``--frames-per-job 1`` (and fewer frames) to see what one job per
@@ -74,14 +77,17 @@ def main() -> int:
     results = work / "results"
     frame_science = sum(pd.read_csv(p, sep="\t", comment="#")["seconds"].sum()
                         for p in results.rglob("batch-summary.tsv"))
-    job_science, jobs = 0.0, 0
+    job_science, job_life, jobs = 0.0, 0.0, 0
     for log in (results / "logs").rglob("*.log"):
-        found = re.findall(r"job seconds after imports: ([\d.]+)", log.read_text())
+        found = re.findall(r"job seconds after imports: ([\d.]+); since the process started: "
+                           r"([\d.]+)", log.read_text())
         if found:
-            job_science += float(found[-1])
+            job_science += float(found[-1][0])
+            job_life += float(found[-1][1])
             jobs += 1
     batches = len(list(results.glob("calibrated/*/*")))
-    orchestration = args.cores * wall - job_science
+    starts = job_life - job_science
+    rest = args.cores * wall - job_life
     print(f"# {os.cpu_count()} cores (snakemake --cores {args.cores}); {n_science} science "
           f"frames of {args.size}²; frames_per_job={args.frames_per_job} -> {batches} batches "
           f"per per-frame stage; {jobs} jobs")
@@ -89,7 +95,9 @@ def main() -> int:
     for name, value in (("wall", wall), (f"cores x wall ({args.cores} x)", args.cores * wall),
                         ("frame science (batch summaries)", frame_science),
                         ("job science (all jobs, after imports)", job_science),
-                        ("orchestration = cores x wall - job science", orchestration)):
+                        ("job starts (interpreter, imports)", starts),
+                        ("scheduling + idle cores", rest),
+                        ("orchestration = cores x wall - job science", starts + rest)):
         print(f"{name:<44} {value:>9.1f} {100 * value / job_science:>14.1f}%")
     print(f"{'per frame: wall':<44} {wall / n_science:>9.3f}")
     return 0

@@ -30,7 +30,8 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 __all__ = ["SUMMARY", "assign_batches", "background_batch", "calibrate_batch", "cosmics_batch",
-           "frames_per_job", "photometry_batch", "read_summary", "sources_batch"]
+           "frames_per_job", "photometry_batch", "read_frame_metas", "read_summary",
+           "sources_batch"]
 
 #: name of the per-batch summary table inside each batch directory
 SUMMARY = "batch-summary.tsv"
@@ -115,6 +116,16 @@ def read_summary(directory: str | Path) -> pd.DataFrame:
     """The ``batch-summary.tsv`` of one batch directory."""
     return pd.read_csv(Path(directory) / SUMMARY, sep="\t", comment="#",
                        keep_default_na=True)
+
+
+def read_frame_metas(directories: Sequence[str | Path]) -> dict[str, dict]:
+    """Per frame, ``n_sources`` and ``fwhm_px`` from the sources' batch summaries."""
+    metas = {}
+    for directory in directories:
+        for row in read_summary(directory).itertuples():
+            metas[str(row.frame)] = {"n_sources": int(row.n_sources),
+                                     "fwhm_px": float(row.fwhm_px)}
+    return metas
 
 
 # ---------------------------------------------------------------- stages

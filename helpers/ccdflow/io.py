@@ -83,8 +83,16 @@ def job_logging(log_path: str | Path | None, *, level: int = logging.INFO
     started = time.perf_counter()
 
     def report_duration() -> None:  # benchmarks/bench_overhead.py sums these lines
-        logging.getLogger("ccdflow").info("job seconds after imports: %.3f",
-                                          time.perf_counter() - started)
+        since_start = float("nan")
+        try:
+            import psutil
+
+            since_start = time.time() - psutil.Process().create_time()
+        except (ImportError, OSError):  # pragma: no cover - psutil is Snakemake's dependency
+            pass
+        logging.getLogger("ccdflow").info(
+            "job seconds after imports: %.3f; since the process started: %.3f",
+            time.perf_counter() - started, since_start)
         for handler in handlers:
             handler.flush()
 

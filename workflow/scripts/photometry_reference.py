@@ -1,5 +1,6 @@
 """Rule photometry_reference: reference frame and source list of one series."""
 
+from ccdflow.batch import read_frame_metas
 from ccdflow.io import job_logging
 from ccdflow.series import build_reference, write_reference
 
@@ -9,6 +10,7 @@ catalog, meta = build_reference(
     calibrated=snakemake.params.calibrated,
     targets=snakemake.params.targets,
     reference_frame=snakemake.params.reference_frame,
+    metas=read_frame_metas(snakemake.input.sources),
     **snakemake.params.options,
 )
 provenance = {"series": snakemake.wildcards.series, "software": snakemake.params.software,
