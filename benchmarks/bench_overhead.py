@@ -16,9 +16,10 @@ sources, photometry, light curves, QC.  Then it splits the wall time:
 * ``job starts``: each job's life since its process started, less its
   science (a fresh Python importing numpy, pandas and Snakemake's script
   preamble);
-* ``scheduling + idle cores``: cores × wall − the jobs' lives: Snakemake's
-  DAG and job selection, and cores left idle while fewer jobs than cores are
-  ready (the series-level steps run alone);
+* ``Snakemake's own process``: the CPU seconds of the main Snakemake process
+  (parsing, DAG, job selection, output checks, metadata);
+* ``idle cores``: what is left of cores × wall: cores waiting while fewer jobs
+  than cores are ready (the series-level steps, the last batches of a stage);
 * ``orchestration``: the two together, an upper bound of the overhead.
 
 Target (issue 6): orchestration ≤ 10 % of the science on a 2,000-frame night.
@@ -66,7 +67,11 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     fpj = args.frames_per_job if args.frames_per_job == "auto" else int(args.frames_per_job)
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+    # run Snakemake in a wrapper that reports the CPU seconds of Snakemake's own process
+    probe = ("import atexit, resource, sys; atexit.register(lambda: print('SNAKEMAKE_CPU', "
+             "sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), file=sys.stderr)); "
+             "from snakemake.cli import main; sys.argv[0] = 'snakemake'; main()")
+    cmd = [sys.executable, "-c", probe, "--snakefile", str(ROOT / "Snakefile"),
            "--directory", str(work), "--cores", str(args.cores), "--config",
            f"raw_dir={night / 'raw'}", "instrument=demo", f"frames_per_job={fpj}"]
     start = time.perf_counter()
@@ -86,6 +91,7 @@ def main() -> int:
             job_life += float(found[-1][1])
             jobs += 1
     batches = len(list(results.glob("calibrated/*/*")))
+    scheduler = float(re.findall(r"SNAKEMAKE_CPU ([\d.]+)", out.stderr)[-1])
     starts = job_life - job_science
     rest = args.cores * wall - job_life
     print(f"# {os.cpu_count()} cores (snakemake --cores {args.cores}); {n_science} science "
@@ -96,7 +102,8 @@ def main() -> int:
                         ("frame science (batch summaries)", frame_science),
                         ("job science (all jobs, after imports)", job_science),
                         ("job starts (interpreter, imports)", starts),
-                        ("scheduling + idle cores", rest),
+                        ("Snakemake's own process (CPU s)", scheduler),
+                        ("idle cores (the rest)", rest - scheduler),
                         ("orchestration = cores x wall - job science", starts + rest)):
         print(f"{name:<44} {value:>9.1f} {100 * value / job_science:>14.1f}%")
     print(f"{'per frame: wall':<44} {wall / n_science:>9.3f}")

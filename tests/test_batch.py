@@ -20,7 +20,7 @@ from ccdflow.batch import (
 def test_frames_per_job_auto_and_explicit():
     assert frames_per_job(n_frames=12) == 4  # short night: at least 4 per job
     assert frames_per_job(n_frames=160) == 10  # 16 jobs
-    assert frames_per_job(n_frames=10_000) == 50  # capped
+    assert frames_per_job(n_frames=10_000) == 100  # capped
     assert frames_per_job(n_frames=10, setting=1) == 1
     for bad in (0, -2, 2.5, "many", True):
         with pytest.raises(BatchError, match="frames_per_job must be a positive integer"):

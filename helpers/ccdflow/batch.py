@@ -42,7 +42,7 @@ class BatchError(ValueError):
 
 
 def frames_per_job(*, n_frames: int, setting: int | str = "auto", target_jobs: int = 16,
-                   max_frames: int = 50) -> int:
+                   max_frames: int = 100) -> int:
     """Frames per job for a night and series of ``n_frames`` frames.
 
     ``setting`` is a positive integer, or ``'auto'``: ``ceil(n_frames /
@@ -61,7 +61,7 @@ def frames_per_job(*, n_frames: int, setting: int | str = "auto", target_jobs: i
 
 
 def assign_batches(frames: pd.DataFrame, *, setting: int | str = "auto",
-                   target_jobs: int = 16, max_frames: int = 50) -> pd.DataFrame:
+                   target_jobs: int = 16, max_frames: int = 100) -> pd.DataFrame:
     """Batch name of every frame.
 
     Parameters

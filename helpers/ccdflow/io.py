@@ -54,6 +54,17 @@ def write_table(table: pd.DataFrame, path: str | Path, *, comments: Sequence[str
             table.to_csv(handle, **to_csv)
 
 
+def _process_age() -> float:
+    """Seconds since this process started (Linux /proc, 10 ms ticks; NaN elsewhere)."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            fields = stat.read().rsplit(")", 1)[1].split()
+            started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+            return float(uptime.read().split()[0]) - started
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        return float("nan")
+
+
 def job_logging(log_path: str | Path | None, *, level: int = logging.INFO
                 ) -> Callable[[], None]:
     """Send ``logging`` and warnings of a workflow job to its log file (and stderr).
@@ -83,13 +94,7 @@ def job_logging(log_path: str | Path | None, *, level: int = logging.INFO
     started = time.perf_counter()
 
     def report_duration() -> None:  # benchmarks/bench_overhead.py sums these lines
-        since_start = float("nan")
-        try:
-            import psutil
-
-            since_start = time.time() - psutil.Process().create_time()
-        except (ImportError, OSError):  # pragma: no cover - psutil is Snakemake's dependency
-            pass
+        since_start = _process_age()
         logging.getLogger("ccdflow").info(
             "job seconds after imports: %.3f; since the process started: %.3f",
             time.perf_counter() - started, since_start)
