@@ -972,6 +972,6 @@ def write_lightcurves(result: Mapping, *, table: str | Path, directory: str | Pa
 
 def read_photometry(path: str | Path) -> pd.DataFrame:
     """Read a per-frame photometry CSV (comment lines skipped, empty names kept as '')."""
-    table = pd.read_csv(path, comment="#")
+    table = pd.read_csv(path, comment="#", dtype={"name": str})  # all-empty: not float
     table["name"] = table["name"].fillna("").astype(str)
     return table
