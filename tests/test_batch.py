@@ -13,6 +13,7 @@ from ccdflow.batch import (
     background_batch,
     calibrate_batch,
     frames_per_job,
+    missing_products,
     read_summary,
 )
 
@@ -92,3 +93,20 @@ def test_calibrate_and_background_batches_equal_the_per_frame_helpers(cal_master
         assert sky == pytest.approx(alone.sky_median, abs=1e-3)
     assert sorted(p.name for p in bkg_out.iterdir()) == sorted(
         [SUMMARY, *(f"{f['frame']}.fits" for f in frames)])
+
+
+def test_missing_products_lists_what_a_batch_directory_lacks(tmp_path):
+    frames = ["a_001", "a_002", "a_003"]
+    for name in ("a_001.fits", "a_003.fits", SUMMARY, "a_002.log"):
+        (tmp_path / name).write_text("x")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert missing_products(tmp_path, frames=frames, suffix=".fits") == ["a_002.fits"]
+    assert missing_products(tmp_path, frames=frames[::2], suffix=".fits") == []
+    (tmp_path / SUMMARY).unlink()
+    assert missing_products(tmp_path, frames=frames, suffix=".ecsv") == [
+        "a_001.ecsv", "a_002.ecsv", "a_003.ecsv", SUMMARY]
+    assert missing_products(tmp_path / "absent", frames=frames[:1], suffix=".csv") == [
+        "a_001.csv", SUMMARY]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(before) - {SUMMARY})
+    with pytest.raises(BatchError, match=r"suffix must start with '\.'"):
+        missing_products(tmp_path, frames=frames, suffix="fits")

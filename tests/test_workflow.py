@@ -263,6 +263,27 @@ def test_background_parameter_reruns_only_its_stage_and_after(tiny_demo, tmp_pat
                     "lightcurve_build": 2, "qc_night": 1, "qc_lightcurves": 2, "all": 1}
 
 
+def test_product_deleted_inside_a_batch_remakes_that_batch(tiny_demo, tmp_path):
+    """Snakemake sees a batch directory as one output: a frame's product deleted by
+    hand inside it is noticed (the batch is marked stale, with a warning naming the
+    file), only that batch's chain reruns, and the results equal the first run's."""
+    work = copy_run(tiny_demo, tmp_path / "work")
+    config = {"demo": TINY_DEMO}
+    victim = product(work / "results", "calibrated", "WASP-SIM_V_001")
+    victim.unlink()
+    out = snakemake(work, "-n", "--quiet", "rules", config=config)
+    assert f"lacks {victim.name}: the batch is marked stale" in out.stdout + out.stderr
+    # the V batch's image stages and what follows from them; not the masters, not R
+    assert _rerun_jobs(work, config=config) == {
+        "calibrate_science": 1, "estimate_background": 1, "detect_cosmics": 1,
+        "detect_sources": 1, "photometry_reference": 1, "measure_photometry": 1,
+        "lightcurve_build": 1, "qc_night": 1, "qc_lightcurves": 1, "all": 1}
+    snakemake(work, "--cores", "2", config=config)
+    assert victim.is_file()
+    assert _rerun_jobs(work, config=config) == {}
+    assert assert_same_results(tiny_demo / "results", work / "results") > 100
+
+
 def test_touching_one_raw_frame_reruns_only_its_chain(tmp_path):
     """One job per frame here (frames_per_job 1): the touched V frame's calibration,
     background, cosmic rays and sources; its series' reference, photometry and light

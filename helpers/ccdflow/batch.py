@@ -12,7 +12,9 @@ batch's job writes ``batch-summary.tsv`` beside them: one row per frame with
 the stage's figures and the seconds its science took.
 
 A frame that changes reruns its batch (and with ``frames_per_job: 1``, only
-itself).
+itself).  Snakemake sees a batch directory as one output, so a product deleted by
+hand inside it would go unnoticed; :func:`missing_products` lists such gaps and
+the workflow marks the batch stale (see ``workflow/rules/common.smk``).
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 __all__ = ["SUMMARY", "assign_batches", "background_batch", "calibrate_batch", "cosmics_batch",
-           "frames_per_job", "photometry_batch", "read_frame_metas", "read_summary",
-           "sources_batch"]
+           "frames_per_job", "missing_products", "photometry_batch", "read_frame_metas",
+           "read_summary", "sources_batch"]
 
 #: name of the per-batch summary table inside each batch directory
 SUMMARY = "batch-summary.tsv"
@@ -110,6 +112,33 @@ def _run(frames: Sequence[Any], out_dir: str | Path, step: Callable[[Any, Path],
     summary = pd.DataFrame(rows)
     write_table(summary, out_dir / SUMMARY, sep="\t")
     return summary
+
+
+def missing_products(directory: str | Path, *, frames: Sequence[str],
+                     suffix: str) -> list[str]:
+    """Names of the products an existing batch directory should hold but does not.
+
+    Parameters
+    ----------
+    directory : str or Path
+        A batch directory (``<stage>/<night>/<batch>``) that a finished job wrote.
+    frames : sequence of str
+        The batch's frames; each should have ``<frame><suffix>``.
+    suffix : str
+        Product file ending of the stage, e.g. ``".fits"``, ``".ecsv"``, ``".csv"``.
+
+    Returns
+    -------
+    list of str
+        Missing file names (the frames' products and ``batch-summary.tsv``), in
+        the order of ``frames``; empty when the batch is complete.
+    """
+    if not suffix.startswith("."):
+        raise BatchError(f"suffix must start with '.', got {suffix!r}")
+    directory = Path(directory)
+    present = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
+    expected = [f"{frame}{suffix}" for frame in frames] + [SUMMARY]
+    return [name for name in expected if name not in present]
 
 
 def read_summary(directory: str | Path) -> pd.DataFrame:

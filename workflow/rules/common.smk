@@ -8,7 +8,7 @@ import ccdflow
 from ccdflow.ccd import CalibrationError
 from ccdflow.config import ConfigError, load_profile, validate
 from ccdflow.inventory import InventoryError, find_raw_files, read_inventory
-from ccdflow.batch import assign_batches
+from ccdflow.batch import assign_batches, missing_products
 from ccdflow.plan import calibration_sets, plan_calibrations, safe_name
 from ccdflow.runlock import claim_run
 from snakemake.logging import logger
@@ -276,6 +276,33 @@ def _batch_rows(wildcards):
 
 def get_batch_frame_names(wildcards):
     return list(_batch_rows(wildcards)["frame"])
+
+
+def stale_if_incomplete(stage, suffix):
+    """Input function giving no input: it checks this job's own batch directory.
+
+    A finished batch directory missing some of its frames' products (deleted by
+    hand) would look up to date to Snakemake, which sees the directory as one
+    file. Its ``.snakemake_timestamp`` is set to the epoch instead, so it is older
+    than its inputs and the batch is remade (with the default mtime trigger).
+    """
+
+    def check(wildcards):
+        directory = batch_dir(stage, wildcards.night, wildcards.batch)
+        stamp = directory / ".snakemake_timestamp"
+        if stamp.exists() and stamp.stat().st_mtime > 0:
+            missing = missing_products(
+                directory, frames=get_batch_frame_names(wildcards), suffix=suffix
+            )
+            if missing:
+                logger.warning(
+                    f"ccdflow: {directory} lacks {', '.join(missing)}: "
+                    "the batch is marked stale and will be remade"
+                )
+                os.utime(stamp, (0, 0))
+        return []
+
+    return check
 
 
 def get_batch_times(wildcards):

@@ -35,6 +35,7 @@ rule measure_photometry:
     input:
         unpack(get_photometry_inputs),
         inventory=ancient(RESULTS / "inventory.csv"),
+        complete=stale_if_incomplete("photometry", ".csv"),
     output:
         photometry=directory(batch_dir("photometry")),
     params:
