@@ -31,12 +31,16 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SUMMARY", "assign_batches", "background_batch", "calibrate_batch", "cosmics_batch",
-           "frames_per_job", "missing_products", "photometry_batch", "read_frame_metas",
-           "read_summary", "sources_batch"]
+__all__ = ["PRODUCT_SUFFIX", "SUMMARY", "assign_batches", "background_batch", "calibrate_batch",
+           "cosmics_batch", "frames_per_job", "missing_products", "photometry_batch",
+           "product_path", "read_frame_metas", "read_summary", "sources_batch"]
 
 #: name of the per-batch summary table inside each batch directory
 SUMMARY = "batch-summary.tsv"
+
+#: file ending of each per-frame stage's product
+PRODUCT_SUFFIX = {"calibrated": ".fits", "background": ".fits", "cosmics": ".fits",
+                  "sources": ".ecsv", "photometry": ".csv"}
 
 
 class BatchError(ValueError):
@@ -112,6 +116,11 @@ def _run(frames: Sequence[Any], out_dir: str | Path, step: Callable[[Any, Path],
     summary = pd.DataFrame(rows)
     write_table(summary, out_dir / SUMMARY, sep="\t")
     return summary
+
+
+def product_path(directory: str | Path, frame: str, stage: str) -> Path:
+    """Path of one frame's product of ``stage`` inside a batch directory."""
+    return Path(directory) / f"{frame}{PRODUCT_SUFFIX[stage]}"
 
 
 def missing_products(directory: str | Path, *, frames: Sequence[str],
@@ -201,7 +210,7 @@ def calibrate_batch(*, frames: Sequence[Mapping[str, str]], detector: Mapping,
             illumination=masters.get("illumination"),
             params={"steps": list(steps), "subtract_dark": subtract_dark},
             master_names={k: str(item[k]) for k in (*kinds, "bpm") if item.get(k)})
-        write_product(out / f"{item['frame']}.fits", product, unit="electron")
+        write_product(product_path(out, item["frame"], "calibrated"), product, unit="electron")
         good = product.mask == 0
         return {"sci_median_e": round(float(np.median(product.data[good])), 3)
                 if good.any() else float("nan"),
@@ -229,10 +238,11 @@ def background_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
     circles = opts.pop("manual_masks", [])
 
     def step(frame, out):
-        source = Path(calibrated_dir) / f"{frame}.fits"
+        source = product_path(calibrated_dir, frame, "calibrated")
         result = background_for_product(product=read_product(source),
                                         manual_circles=circles, **opts)
-        write_background(out / f"{frame}.fits", result, inputs=[source], params=options)
+        write_background(product_path(out, frame, "background"), result, inputs=[source],
+                         params=options)
         return {"sky_median_e": round(result.sky_median, 3),
                 "sky_rms_e": round(result.sky_rms, 3),
                 "mask_fraction": round(result.mask_fractions[-1], 5),
@@ -258,15 +268,15 @@ def cosmics_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
     from .products import read_product
 
     def step(frame, out):
-        calibrated = Path(calibrated_dir) / f"{frame}.fits"
-        background = Path(background_dir) / f"{frame}.fits"
+        calibrated = product_path(calibrated_dir, frame, "calibrated")
+        background = product_path(background_dir, frame, "background")
         product = read_product(calibrated)
         crmask = detect_cosmic_rays(
             data=product.data, error=product.error, mask=product.mask != 0,
             background=fits.getdata(background, "BKG"),
             read_noise_e=product.header["RDNOISE"], saturation_e=product.header["SATURATE"],
             **options)
-        write_cosmics(out / f"{frame}.fits", crmask, inputs=[calibrated, background],
+        write_cosmics(product_path(out, frame, "cosmics"), crmask, inputs=[calibrated, background],
                       params=options)
         return {"n_cosmic_px": int(crmask.sum())}
 
@@ -277,9 +287,9 @@ def _frame(frame: str, *, calibrated_dir, background_dir, cosmics_dir):
     from .series import load_frame
 
     return load_frame(
-        calibrated=Path(calibrated_dir) / f"{frame}.fits",
-        background=Path(background_dir) / f"{frame}.fits",
-        cosmics=Path(cosmics_dir) / f"{frame}.fits" if cosmics_dir else None)
+        calibrated=product_path(calibrated_dir, frame, "calibrated"),
+        background=product_path(background_dir, frame, "background"),
+        cosmics=product_path(cosmics_dir, frame, "cosmics") if cosmics_dir else None)
 
 
 def sources_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
@@ -301,7 +311,7 @@ def sources_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
         sources, meta = frame_sources(data=data.data, mask=data.mask,
                                       background=data.background, rms=data.rms,
                                       nsigma=nsigma, npixels=npixels)
-        write_sources(out / f"{frame}.ecsv", sources, {**meta, **(provenance or {})},
+        write_sources(product_path(out, frame, "sources"), sources, {**meta, **(provenance or {})},
                       frame=frame)
         return {"n_sources": int(meta["n_sources"]), "fwhm_px": round(meta["fwhm_px"], 4)}
 
@@ -340,7 +350,7 @@ def photometry_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
     def step(frame, out):
         data = _frame(frame, calibrated_dir=calibrated_dir, background_dir=background_dir,
                       cosmics_dir=cosmics_dir)
-        sources, meta = read_sources(Path(sources_dir) / f"{frame}.ecsv")
+        sources, meta = read_sources(product_path(sources_dir, frame, "sources"))
         table, notes = frame_photometry(
             data=data.data, error=data.error, mask=data.mask, header=data.header,
             background=data.background, background_rms=data.rms,
@@ -348,7 +358,7 @@ def photometry_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
             reference_meta=ref_meta, site=site, frame=frame,
             start_mjd_utc=(times or {}).get(frame, (None, None))[0],
             exptime_s=(times or {}).get(frame, (None, None))[1], **options)
-        write_table(table, out / f"{frame}.csv", comments=[
+        write_table(table, product_path(out, frame, "photometry"), comments=[
             f"ccdflow photometry of {frame}", *header,
             f"source list: {Path(reference).name} (reference frame "
             f"{ref_meta['reference_frame']})", f"parameters: {dict(options)}", *notes,

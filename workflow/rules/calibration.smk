@@ -122,7 +122,7 @@ rule calibrate_science:
     input:
         unpack(get_calibrate_inputs),
         inventory=ancient(RESULTS / "inventory.csv"),
-        complete=stale_if_incomplete("calibrated", ".fits"),
+        complete=stale_if_incomplete("calibrated"),
     output:
         calibrated=directory(batch_dir("calibrated")),
     params:

@@ -8,7 +8,7 @@ import ccdflow
 from ccdflow.ccd import CalibrationError
 from ccdflow.config import ConfigError, load_profile, validate
 from ccdflow.inventory import InventoryError, find_raw_files, read_inventory
-from ccdflow.batch import assign_batches, missing_products
+from ccdflow.batch import PRODUCT_SUFFIX, assign_batches, missing_products, product_path
 from ccdflow.plan import calibration_sets, plan_calibrations, safe_name
 from ccdflow.runlock import claim_run
 from snakemake.logging import logger
@@ -278,7 +278,7 @@ def get_batch_frame_names(wildcards):
     return list(_batch_rows(wildcards)["frame"])
 
 
-def stale_if_incomplete(stage, suffix):
+def stale_if_incomplete(stage):
     """Input function giving no input: it checks this job's own batch directory.
 
     A finished batch directory missing some of its frames' products (deleted by
@@ -292,7 +292,7 @@ def stale_if_incomplete(stage, suffix):
         stamp = directory / ".snakemake_timestamp"
         if stamp.exists() and stamp.stat().st_mtime > 0:
             missing = missing_products(
-                directory, frames=get_batch_frame_names(wildcards), suffix=suffix
+                directory, frames=get_batch_frame_names(wildcards), suffix=PRODUCT_SUFFIX[stage]
             )
             if missing:
                 logger.warning(
@@ -367,11 +367,11 @@ def series_batches(series, stage):
     return [batch_dir(stage, n, b) for n, b in zip(rows["night"], rows["batch"])]
 
 
-def series_frame_paths(series, stage, suffix):
+def series_frame_paths(series, stage):
     """{frame: product path} of every frame of a series."""
     rows = series_frames(series)
     return {
-        f: str(batch_dir(stage, n, b) / f"{f}{suffix}")
+        f: str(product_path(batch_dir(stage, n, b), f, stage))
         for f, n, b in zip(rows["frame"], rows["night"], rows["batch"])
     }
 

@@ -5,7 +5,7 @@
 rule estimate_background:
     input:
         inventory=ancient(RESULTS / "inventory.csv"),
-        complete=stale_if_incomplete("background", ".fits"),
+        complete=stale_if_incomplete("background"),
         calibrated=batch_dir("calibrated"),
     output:
         background=directory(batch_dir("background")),
@@ -30,7 +30,7 @@ rule estimate_background:
 rule detect_cosmics:
     input:
         inventory=ancient(RESULTS / "inventory.csv"),
-        complete=stale_if_incomplete("cosmics", ".fits"),
+        complete=stale_if_incomplete("cosmics"),
         calibrated=batch_dir("calibrated"),
         background=batch_dir("background"),
     output:
@@ -57,7 +57,7 @@ rule detect_sources:
     input:
         unpack(get_image_products),
         inventory=ancient(RESULTS / "inventory.csv"),
-        complete=stale_if_incomplete("sources", ".ecsv"),
+        complete=stale_if_incomplete("sources"),
     output:
         sources=directory(batch_dir("sources")),
     params:

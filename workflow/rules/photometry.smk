@@ -9,8 +9,8 @@ rule photometry_reference:
     output:
         reference=RESULTS / "photometry" / "reference" / "{series}.ecsv",
     params:
-        sources=lambda wildcards: series_frame_paths(wildcards.series, "sources", ".ecsv"),
-        calibrated=lambda wildcards: series_frame_paths(wildcards.series, "calibrated", ".fits"),
+        sources=lambda wildcards: series_frame_paths(wildcards.series, "sources"),
+        calibrated=lambda wildcards: series_frame_paths(wildcards.series, "calibrated"),
         targets=series_targets,
         reference_frame=lambda wildcards: PHOT["reference_frame"].get(wildcards.series),
         options={
@@ -35,7 +35,7 @@ rule measure_photometry:
     input:
         unpack(get_photometry_inputs),
         inventory=ancient(RESULTS / "inventory.csv"),
-        complete=stale_if_incomplete("photometry", ".csv"),
+        complete=stale_if_incomplete("photometry"),
     output:
         photometry=directory(batch_dir("photometry")),
     params:
@@ -78,7 +78,7 @@ rule lightcurve_build:
         table=RESULTS / "lightcurves" / "{series}.csv",
         directory=directory(RESULTS / "lightcurves" / "{series}"),
     params:
-        tables=lambda wildcards: series_frame_paths(wildcards.series, "photometry", ".csv"),
+        tables=lambda wildcards: series_frame_paths(wildcards.series, "photometry"),
         aperture=PHOT["lightcurve_aperture"],
         comparisons=PHOT["comparisons"],
         software=SOFTWARE,
