@@ -164,7 +164,7 @@ def test_unreadable_files_are_rejected_not_fatal(tmp_path, monkeypatch):
     monkeypatch.setattr(fits, "open", guarded_open)
     table = build_inventory(raw_dir=raw, profile=profile("default")).set_index("frame")
     assert table.loc["locked", "type"] == "rejected"
-    assert table.loc["locked", "reason"].startswith("PermissionError")
+    assert table.loc["locked", "reason"].startswith("unreadable file locked.fits: PermissionError")
     assert table.loc["dangling", "type"] == "rejected"
     assert "FileNotFoundError" in table.loc["dangling", "reason"]
     assert table.loc["good", "type"] == "bias"

@@ -32,8 +32,9 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 __all__ = ["PRODUCT_SUFFIX", "SUMMARY", "assign_batches", "background_batch", "calibrate_batch",
-           "cosmics_batch", "frames_per_job", "missing_products", "photometry_batch",
-           "product_path", "read_frame_metas", "read_summary", "sources_batch"]
+           "cosmics_batch", "failed_frames", "frames_per_job", "missing_products",
+           "photometry_batch", "product_path", "read_frame_metas", "read_summary",
+           "series_products", "sources_batch"]
 
 #: name of the per-batch summary table inside each batch directory
 SUMMARY = "batch-summary.tsv"
@@ -98,22 +99,89 @@ def assign_batches(frames: pd.DataFrame, *, setting: int | str = "auto",
     return out.loc[frames.index]
 
 
+def _stage_of(directory: str | Path) -> str:
+    """Stage name of a batch directory ``<results>/<stage>/<night>/<batch>``."""
+    return Path(directory).parents[1].name
+
+
+def failed_frames(directories: Sequence[str | Path]) -> dict[str, str]:
+    """Frames that a stage could not produce, with the reason, from batch summaries.
+
+    Parameters
+    ----------
+    directories : sequence of path
+        Batch directories of earlier stages (each with its ``batch-summary.tsv``).
+
+    Returns
+    -------
+    dict
+        ``{frame: reason}`` for every row whose ``status`` is not ``ok``: a
+        ``failed`` row becomes ``"<stage> failed: <reason>"``, a ``skipped`` row
+        keeps its reason (which already names the stage that failed first).
+    """
+    out: dict[str, str] = {}
+    for directory in directories:
+        path = Path(directory) / SUMMARY
+        if not path.is_file():
+            continue
+        summary = read_summary(directory)
+        if "status" not in summary:
+            continue
+        for row in summary[summary["status"] != "ok"].itertuples():
+            reason = str(row.reason) if isinstance(row.reason, str) else ""
+            out.setdefault(str(row.frame), reason if row.status == "skipped"
+                           else f"{_stage_of(directory)} failed: {reason}")
+    return out
+
+
 def _run(frames: Sequence[Any], out_dir: str | Path, step: Callable[[Any, Path], dict],
-         name: Callable[[Any], str]) -> pd.DataFrame:
-    """Run ``step(item, out_dir)`` for every frame, time it, write the summary."""
+         name: Callable[[Any], str], upstream: Sequence[str | Path] = ()) -> pd.DataFrame:
+    """Run ``step(item, out_dir)`` for every frame, time it, write the summary.
+
+    One frame that fails (any exception: I/O error, wrong shape, no finite
+    pixel) is logged by name with its traceback and written to the summary as
+    ``status=failed`` with the ``reason``; the other frames are still made and
+    the job succeeds.  Frames that an earlier stage (``upstream`` batch
+    directories) could not make are ``skipped`` with that stage's reason.
+    Writers are atomic (:func:`ccdflow.io.atomic_path`), so a failed frame
+    leaves no partial product.
+    """
     from .io import write_table
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    gone = failed_frames(upstream)
     rows = []
-    for item in frames:
+    for k, item in enumerate(frames, start=1):
+        frame = name(item)
         start = time.perf_counter()
-        figures = step(item, out_dir)
+        if frame in gone:
+            figures, status, reason = {}, "skipped", gone[frame]
+            log.warning("%s: skipped (%s)", frame, reason)
+        else:
+            try:
+                figures, status, reason = step(item, out_dir), "ok", ""
+            except Exception as exc:  # one bad frame never stops its batch
+                status = "failed"
+                reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+                figures = {}
+                log.error("%s: FAILED, left out of this and later stages (%s)%s", frame,
+                          reason, f"; raw file {item['raw']}" if isinstance(item, Mapping)
+                          else "", exc_info=True)
         seconds = time.perf_counter() - start
-        rows.append({"frame": name(item), **figures, "seconds": round(seconds, 4)})
-        log.info("%s: %s (%.2f s)", name(item), ", ".join(f"{k}={v}" for k, v in figures.items()),
-                 seconds)
+        rows.append({"frame": frame, **figures, "status": status, "reason": reason,
+                     "seconds": round(seconds, 4)})
+        if status == "ok":
+            log.info("%s: %s (%.2f s; frame %d of %d)", frame,
+                     ", ".join(f"{k2}={v}" for k2, v in figures.items()), seconds, k, len(frames))
     summary = pd.DataFrame(rows)
+    order = [c for c in summary.columns if c not in ("status", "reason", "seconds")]
+    summary = summary[[*order, "status", "reason", "seconds"]]
+    n_bad = int((summary["status"] != "ok").sum())
+    if n_bad:
+        log.warning("%d of %d frames of this batch not produced: %s", n_bad, len(summary),
+                    "; ".join(f"{r.frame} ({r.status}: {r.reason})"
+                              for r in summary[summary["status"] != "ok"].itertuples()))
     write_table(summary, out_dir / SUMMARY, sep="\t")
     return summary
 
@@ -140,13 +208,15 @@ def missing_products(directory: str | Path, *, frames: Sequence[str],
     -------
     list of str
         Missing file names (the frames' products and ``batch-summary.tsv``), in
-        the order of ``frames``; empty when the batch is complete.
+        the order of ``frames``; empty when the batch is complete.  A frame the
+        summary lists as ``failed`` or ``skipped`` has no product by design.
     """
     if not suffix.startswith("."):
         raise BatchError(f"suffix must start with '.', got {suffix!r}")
     directory = Path(directory)
     present = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
-    expected = [f"{frame}{suffix}" for frame in frames] + [SUMMARY]
+    not_made = failed_frames([directory]) if SUMMARY in present else {}
+    expected = [f"{frame}{suffix}" for frame in frames if frame not in not_made] + [SUMMARY]
     return [name for name in expected if name not in present]
 
 
@@ -157,10 +227,13 @@ def read_summary(directory: str | Path) -> pd.DataFrame:
 
 
 def read_frame_metas(directories: Sequence[str | Path]) -> dict[str, dict]:
-    """Per frame, ``n_sources`` and ``fwhm_px`` from the sources' batch summaries."""
+    """Per frame, ``n_sources`` and ``fwhm_px`` from the sources' batch summaries
+    (frames that were not produced are left out)."""
     metas = {}
     for directory in directories:
         for row in read_summary(directory).itertuples():
+            if getattr(row, "status", "ok") != "ok":
+                continue
             metas[str(row.frame)] = {"n_sources": int(row.n_sources),
                                      "fwhm_px": float(row.fwhm_px)}
     return metas
@@ -248,7 +321,7 @@ def background_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
                 "mask_fraction": round(result.mask_fractions[-1], 5),
                 "iterations": result.iterations}
 
-    return _run(frames, out_dir, step, str)
+    return _run(frames, out_dir, step, str, upstream=[calibrated_dir])
 
 
 def cosmics_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
@@ -280,7 +353,7 @@ def cosmics_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
                       params=options)
         return {"n_cosmic_px": int(crmask.sum())}
 
-    return _run(frames, out_dir, step, str)
+    return _run(frames, out_dir, step, str, upstream=[calibrated_dir, background_dir])
 
 
 def _frame(frame: str, *, calibrated_dir, background_dir, cosmics_dir):
@@ -315,7 +388,8 @@ def sources_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
                       frame=frame)
         return {"n_sources": int(meta["n_sources"]), "fwhm_px": round(meta["fwhm_px"], 4)}
 
-    return _run(frames, out_dir, step, str)
+    upstream = [calibrated_dir, background_dir, *([cosmics_dir] if cosmics_dir else [])]
+    return _run(frames, out_dir, step, str, upstream=upstream)
 
 
 def photometry_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
@@ -370,4 +444,34 @@ def photometry_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
                 "dx_px": round(float(first["dx"]), 3), "dy_px": round(float(first["dy"]), 3),
                 "mjd_utc": float(first["mjd_utc"]), "airmass": round(float(first["airmass"]), 4)}
 
-    return _run(frames, out_dir, step, str)
+    upstream = [calibrated_dir, background_dir, *([cosmics_dir] if cosmics_dir else []),
+                sources_dir]
+    return _run(frames, out_dir, step, str, upstream=upstream)
+
+
+def series_products(paths: Mapping[str, str | Path]) -> tuple[dict[str, Path], dict[str, str]]:
+    """Split a series' per-frame products into those that exist and those not made.
+
+    Parameters
+    ----------
+    paths : mapping
+        ``{frame: product path}`` inside batch directories (each directory
+        holds the ``batch-summary.tsv`` of its job).
+
+    Returns
+    -------
+    present : dict
+        ``{frame: path}`` of the products that were made, in the order given.
+    absent : dict
+        ``{frame: reason}`` of the others, from the batch summaries (or "no
+        product" when no summary explains it).
+    """
+    directories = sorted({Path(p).parent for p in paths.values()})
+    reasons = failed_frames(directories)
+    present, absent = {}, {}
+    for frame, path in paths.items():
+        if frame not in reasons and Path(path).is_file():
+            present[frame] = Path(path)
+        else:
+            absent[frame] = reasons.get(frame, f"no product {Path(path).name}")
+    return present, absent

@@ -220,6 +220,9 @@ def read_raw_frame(path: str | Path, *, detector: Mapping, exptime_keywords: Seq
     path = Path(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        # a file cut short fails below with an error naming it (the inventory rejects
+        # such files first; this is a file changed since)
+        warnings.filterwarnings("ignore", message="File may have been truncated")
         try:
             hdul = fits.open(path, mode="readonly", memmap=False)
         except Exception as exc:
@@ -228,6 +231,9 @@ def read_raw_frame(path: str | Path, *, detector: Mapping, exptime_keywords: Seq
             amps = [hdu for hdu in image_hdus(hdul) if hdu.header["NAXIS"] == 2]
             if not amps:
                 raise CalibrationError(f"{path}: no 2-D image HDU")
+            if not any([np.isfinite(_pixels(path, hdu)).any() for hdu in amps]):
+                raise CalibrationError(f"{path}: no finite pixel in the raw data (all NaN "
+                                       "or inf)")
             primary = hdul[0].header
             merged = merged_header(primary, amps[0].header)
             pieces = [_amplifier(path, hdu, primary, detector, len(amps) > 1) for hdu in amps]
@@ -253,10 +259,19 @@ def read_raw_frame(path: str | Path, *, detector: Mapping, exptime_keywords: Seq
                     gains=[p["gain"] for p in pieces], notes=notes)
 
 
+def _pixels(path: Path, hdu) -> np.ndarray:
+    """The pixels of one HDU; a file cut short names itself (astropy's error does not)."""
+    try:
+        return hdu.data
+    except (OSError, ValueError, TypeError) as exc:
+        raise CalibrationError(f"{path}: pixel data cannot be read ({type(exc).__name__}: "
+                               f"{exc}; the file is shorter than its header says?)") from exc
+
+
 def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool) -> dict:
     header = hdu.header
     where = f"{path}[{hdu.name or 0}]" if multi else str(path)
-    raw = np.asarray(hdu.data, dtype=np.float64)
+    raw = np.asarray(hdu.data, dtype=np.float64)  # read by _pixels already
     gain = detector_constant(detector.get("gain_e_per_adu", {"keyword": "GAIN"}),
                              [header, primary], name="gain (e-/ADU)", where=where)
     if not gain > 0:

@@ -1,7 +1,10 @@
 """Inventory of a raw directory: find, read headers only, classify, group.
 
 Every file found is listed: a frame that no rule recognises is ``unknown`` and
-a file that cannot be read as FITS is ``rejected``, both with the reason.
+a file that cannot be read as FITS, or whose header and data units are not
+complete (:mod:`ccdflow.integrity`: truncated, empty, not FITS, more data than
+the header declares), is ``rejected``, both with the reason naming the file.
+Rejected files take no part in any later stage.
 Raw files are opened read-only and never written.
 
 Columns of the inventory table
@@ -42,6 +45,8 @@ import numpy as np
 import pandas as pd
 from astropy.io import fits
 
+from .integrity import FitsIntegrityError, check_fits_file
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -70,6 +75,8 @@ _STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEN
                "PCOUNT", "GCOUNT", "BZERO", "BSCALE", "EXTNAME", "EXTVER", "CHECKSUM", "DATASUM",
                "", "COMMENT", "HISTORY"}
 _MJD0 = datetime(1858, 11, 17, tzinfo=UTC)
+#: version of what a header-cache row holds (2: files are checked for completeness)
+_CACHE_FORMAT = 2
 
 
 class InventoryError(ValueError):
@@ -318,10 +325,19 @@ def _describe(path: Path, relpath: Path, profile: Mapping) -> dict[str, Any]:
     row: dict[str, Any] = {"file": relpath.as_posix(), "reason": "", "size_bytes": None}
     try:
         row["size_bytes"] = path.stat().st_size
+        check_fits_file(path)
+    except Exception as exc:  # an incomplete file is listed and rejected, never dropped
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        kind = "incomplete" if isinstance(exc, FitsIntegrityError) else "unreadable"
+        row.update(type="rejected", rule=kind, reason=f"{kind} file {relpath.as_posix()}: "
+                   + (message if kind == "incomplete" else f"{type(exc).__name__}: {message}"))
+        return row
+    try:
         header, n_ext, shape = read_frame_header(path)
     except Exception as exc:  # any unreadable file is listed, never dropped
         message = " ".join(str(exc).split()) or type(exc).__name__
-        row.update(type="rejected", rule="unreadable", reason=f"{type(exc).__name__}: {message}")
+        row.update(type="rejected", rule="unreadable",
+                   reason=f"unreadable file {relpath.as_posix()}: {type(exc).__name__}: {message}")
         return row
     ftype, rule = classify(header=header, profile=profile)
     problems = [] if ftype != "unknown" else [rule]
@@ -451,7 +467,7 @@ def build_inventory(*, raw_dir: str | Path, profile: Mapping,
     from . import __version__
     from .products import param_hash
 
-    key = f"{__version__}:{param_hash(dict(profile))}"
+    key = f"{__version__}:{_CACHE_FORMAT}:{param_hash(dict(profile))}"
     cache = Path(cache) if cache else None
     cached = _load_cache(cache, key)
     rows, fresh, n_read = [], {}, 0
@@ -487,6 +503,11 @@ def build_inventory(*, raw_dir: str | Path, profile: Mapping,
             if not hit.any():
                 raise InventoryError(f"frames table {frames_table} names {over['file']!r}, "
                                      f"which is not a FITS file below {raw_dir}")
+            broken = hit & table["rule"].isin(["incomplete", "unreadable"])
+            if broken.any() and over["type"] != "rejected":
+                log.warning("frames table %s: %s stays rejected (%s)", frames_table,
+                            over["file"], table.loc[broken, "reason"].iloc[0])
+                hit &= ~broken
             table.loc[hit, "type"] = over["type"]
             table.loc[hit, "rule"] = f"frames table {Path(frames_table).name}"
             for col in ("filter", "night"):

@@ -275,17 +275,42 @@ def plot_lightcurves(*, table: str | Path, directory: str | Path, out: str | Pat
     _save(fig, out)
 
 
-def night_figures(*, night: str, masters: Mapping[str, str | Path], sample: Mapping[str, str],
+def _first_sample(sample: Mapping[str, str] | Sequence[Mapping[str, str]]) -> dict | None:
+    """The first candidate {frame, calibrated, background} whose two products exist."""
+    candidates = [sample] if isinstance(sample, Mapping) else list(sample)
+    for candidate in candidates:
+        if Path(candidate["calibrated"]).is_file() and Path(candidate["background"]).is_file():
+            return dict(candidate)
+    return None
+
+
+def _plot_note(*, text: str, out: str | Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10)
+    _save(fig, out)
+
+
+def night_figures(*, night: str, masters: Mapping[str, str | Path],
+                  sample: Mapping[str, str] | Sequence[Mapping[str, str]],
                   frames: pd.DataFrame | Sequence[Mapping],
                   summaries: Mapping[str, Sequence[str | Path]],
                   out_masters: str | Path, out_background: str | Path,
                   out_conditions: str | Path) -> pd.DataFrame:
     """The three figures of a night (:func:`plot_masters`, :func:`plot_background_sample`
-    on ``sample`` = {calibrated, background, frame}, :func:`plot_conditions`); returns
-    the conditions table."""
+    on the first of the ``sample`` candidates ({calibrated, background, frame}, in time
+    order) whose products were made, :func:`plot_conditions`); returns the conditions
+    table.  Frames that failed have no products: the next candidate is drawn."""
     plot_masters(masters=masters, out=out_masters, title=f"masters of night {night}")
-    plot_background_sample(calibrated=sample["calibrated"], background=sample["background"],
-                           out=out_background, frame=sample["frame"])
+    chosen = _first_sample(sample)
+    if chosen is None:
+        log.warning("no frame of night %s has a calibrated frame and a background map", night)
+        _plot_note(text=f"night {night}: no frame has a calibrated product and a background "
+                   "map (see the batch summaries)", out=out_background)
+    else:
+        plot_background_sample(calibrated=chosen["calibrated"], background=chosen["background"],
+                               out=out_background, frame=chosen["frame"])
     table = night_conditions(frames=pd.DataFrame(frames), summaries=summaries)
     plot_conditions(table=table, out=out_conditions, title=f"conditions, night {night}")
     return table

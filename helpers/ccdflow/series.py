@@ -735,7 +735,9 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
         ``notes`` ({target name: why its differential light curve is empty}).
     """
     if not tables:
-        raise PhotometryError("no photometry tables for the light curves")
+        log.warning("no frame of the series was measured: empty light curves")
+        return {"long": pd.DataFrame(columns=["frame", "mjd_utc", "aperture", "source_id"]),
+                "aperture": aperture or "", "per_source": {}, "differential": {}, "notes": {}}
     long = pd.concat([t for t in tables if len(t)] or [tables[0]], ignore_index=True)
     long = long.sort_values(["mjd_utc", "frame", "aperture", "source_id"], kind="stable")
     if long.empty:
@@ -860,8 +862,18 @@ def build_reference(*, sources: Mapping[str, str | Path], calibrated: Mapping[st
     if metas is None:
         metas = {f: read_sources(p)[1] for f, p in sources.items()}
     missing = sorted(set(sources) - set(metas))
-    if missing:
-        raise PhotometryError(f"no detection summary for frame(s) {missing[:5]}")
+    if missing:  # the sources stage (or one before it) could not make these frames
+        log.warning("%d frame(s) without detections left out of the reference choice: %s",
+                    len(missing), ", ".join(missing[:10]) + (" …" if len(missing) > 10 else ""))
+        sources = {f: p for f, p in sources.items() if f in metas}
+    if not sources:
+        note = "no frame of the series was reduced to a source list: no photometry"
+        log.warning(note)
+        empty = reference_catalog(sources=pd.DataFrame(columns=["source_id", "x", "y", "flux",
+                                                                 "snr"]),
+                                  header={}, shape=(0, 0))
+        return empty, {"reference_frame": "", "fwhm_px": float("nan"), "n_sources": len(empty),
+                       "shape": [0, 0], "note": note}
     if reference_frame is None:
         reference_frame = choose_reference(
             metas={f: metas[f] for f in sources}, min_sources=min_sources,

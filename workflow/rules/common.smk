@@ -420,13 +420,18 @@ def get_qc_masters(wildcards):
 
 
 def get_qc_sample(wildcards):
-    """The night's first frame: its calibrated product and background map."""
-    row = night_frames(wildcards.night).iloc[0]
-    return {
-        "frame": row["frame"],
-        "calibrated": str(batch_dir("calibrated", row["night"], row["batch"]) / f"{row['frame']}.fits"),
-        "background": str(batch_dir("background", row["night"], row["batch"]) / f"{row['frame']}.fits"),
-    }
+    """Candidates for the background figure, in time order: frame, calibrated product and
+    background map (the figure shows the first whose products exist)."""
+    return [
+        {
+            "frame": row["frame"],
+            "calibrated": str(product_path(batch_dir("calibrated", row["night"], row["batch"]),
+                                           row["frame"], "calibrated")),
+            "background": str(product_path(batch_dir("background", row["night"], row["batch"]),
+                                           row["frame"], "background")),
+        }
+        for _, row in night_frames(wildcards.night).iterrows()
+    ]
 
 
 def get_qc_summaries(wildcards):
@@ -438,11 +443,11 @@ def get_qc_summaries(wildcards):
 
 
 def get_qc_night_inputs(wildcards):
-    sample = get_qc_sample(wildcards)
+    batches = night_frames(wildcards.night).drop_duplicates("batch")["batch"]
     return {
         "masters": list(get_qc_masters(wildcards).values()),
         "batches": [d for dirs in get_qc_summaries(wildcards).values() for d in dirs],
-        "sample": [str(Path(sample["calibrated"]).parent)],
+        "sample": [str(batch_dir("calibrated", wildcards.night, b)) for b in batches],
     }
 
 

@@ -1,11 +1,13 @@
 """Rule lightcurve_build: long table, per-source and differential light curves of a series."""
 
+from ccdflow.batch import series_products
 from ccdflow.io import job_logging
 from ccdflow.series import build_lightcurves, read_photometry, read_reference, write_lightcurves
 
 job_logging(snakemake.log[0])
 catalog, reference = read_reference(snakemake.input.reference)
-tables = snakemake.params.tables
+# frames that an earlier stage could not make are named in every file's header
+tables, absent = series_products(snakemake.params.tables)
 result = build_lightcurves(
     tables=[read_photometry(path) for path in tables.values()],
     catalog=catalog,
@@ -14,8 +16,9 @@ result = build_lightcurves(
 )
 header = [
     f"ccdflow light curves of series {snakemake.wildcards.series} ({snakemake.params.software})",
-    f"reference frame {reference['reference_frame']}; {len(tables)} frames",
+    f"reference frame {reference['reference_frame']}; {len(tables)} frames measured",
     reference.get("note", ""),
+    *[f"frame {frame} not measured: {reason}" for frame, reason in absent.items()],
 ]
 write_lightcurves(
     result, table=snakemake.output.table, directory=snakemake.output.directory, header=header
