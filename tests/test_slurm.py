@@ -1,14 +1,17 @@
 """The workflow through Snakemake's SLURM executor, against a real one-node SLURM.
 
 The fixture starts munge, slurmctld and slurmd on this machine
-(``tests/slurm/start_local_slurm.sh``: installs Debian's slurm-wlm and munge
-when missing, which needs root and apt) and stops exactly those daemons, by
-PID, at the end.  Where SLURM can be neither found nor installed the tests
-skip and say why; CI installs it, so there they run.
+(``tests/slurm/start_local_slurm.sh``) and stops exactly those daemons, by
+PID, at the end.  It uses a SLURM already installed; it installs Debian's
+slurm-wlm and munge (root and apt) only when asked, with
+``CCDFLOW_INSTALL_SLURM=1`` in the environment.  Otherwise, and where SLURM
+cannot be installed, the tests skip and say how to enable them.  ``.ci/run``
+sets the variable, so CI runs them.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -32,8 +35,10 @@ def slurm(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm-state")
     out = subprocess.run([str(SCRIPTS / "start_local_slurm.sh"), str(state)],
                          capture_output=True, text=True, timeout=900)
-    if out.returncode == 3:
-        pytest.skip(f"no SLURM on this machine and none can be installed: {out.stderr.strip()}")
+    asked = os.environ.get("CCDFLOW_INSTALL_SLURM") == "1"
+    if out.returncode == 3 and not asked:
+        pytest.skip(f"SLURM tests not run: {out.stderr.strip()}")
+    # asked to install it (CI): a SLURM that cannot be had is a failure, not a skip
     try:
         assert out.returncode == 0, f"SLURM did not start:\n{out.stdout}\n{out.stderr}"
         yield state
