@@ -14,6 +14,7 @@ the map by −12 ADU; the default here is 50.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -245,11 +246,13 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
     iterations = 0
     if iterate:
         from photutils.segmentation import detect_sources
+        from photutils.utils.exceptions import NoDetectionsWarning
 
         for iterations in range(1, max_iterations + 1):
             threshold = background + nsigma * rms
-            segm = detect_sources(clean, threshold, n_pixels=npixels,
-                                  mask=bad | extra)
+            with warnings.catch_warnings():  # an empty sky is an answer, not a warning
+                warnings.simplefilter("ignore", NoDetectionsWarning)
+                segm = detect_sources(clean, threshold, n_pixels=npixels, mask=bad | extra)
             if segm is None:
                 new = extra.copy()
             else:

@@ -222,8 +222,12 @@ def missing_products(directory: str | Path, *, frames: Sequence[str],
 
 def read_summary(directory: str | Path) -> pd.DataFrame:
     """The ``batch-summary.tsv`` of one batch directory."""
-    return pd.read_csv(Path(directory) / SUMMARY, sep="\t", comment="#",
-                       keep_default_na=True)
+    table = pd.read_csv(Path(directory) / SUMMARY, sep="\t", comment="#",
+                        keep_default_na=True)
+    if "reason" in table:  # an empty reason is "", not NaN
+        reason = table["reason"].astype(object)
+        table["reason"] = reason.where(reason.notna(), "").astype(str)
+    return table
 
 
 def read_frame_metas(directories: Sequence[str | Path]) -> dict[str, dict]:

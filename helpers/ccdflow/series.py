@@ -629,7 +629,10 @@ def differential_photometry(*, flux: pd.DataFrame, flux_err: pd.DataFrame, good:
         for i in members:
             others = [j for j in members if j != i] or [i]
             norm = np.where(g[:, others], f[:, others] / med[others], np.nan)
-            ens = np.nanmean(norm, axis=1)
+            n_valid = np.isfinite(norm).sum(axis=1)
+            # frames where no other member is usable have no ensemble (NaN, no warning)
+            ens = np.where(n_valid > 0, np.nansum(norm, axis=1) / np.maximum(n_valid, 1),
+                           np.nan)
             ens_var = np.nansum(np.where(g[:, others], (e[:, others] / med[others]) ** 2, 0),
                                 axis=1) / np.maximum(g[:, others].sum(axis=1), 1) ** 2
             rel = np.where(g[:, i], f[:, i] / med[i], np.nan) / ens

@@ -38,10 +38,13 @@ def detect_stars(*, data: np.ndarray, background: np.ndarray, rms: np.ndarray,
         ``snr`` (flux over √(Σ rms² + flux)), ``saturated_or_masked``.
     """
     from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources
+    from photutils.utils.exceptions import NoDetectionsWarning
 
     bad = np.zeros(data.shape, bool) if mask is None else np.asarray(mask) != 0
     sub = np.where(bad, 0.0, data - background)
-    segm = detect_sources(sub, nsigma * rms, n_pixels=npixels, mask=bad)
+    with warnings.catch_warnings():  # a starless (cloudy) frame is an answer, not a warning
+        warnings.simplefilter("ignore", NoDetectionsWarning)
+        segm = detect_sources(sub, nsigma * rms, n_pixels=npixels, mask=bad)
     if segm is None:
         return pd.DataFrame(columns=["source_id", "x", "y", "flux", "peak", "fwhm", "area",
                                      "snr", "saturated_or_masked"])
