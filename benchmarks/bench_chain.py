@@ -59,8 +59,8 @@ def run(size: int, work: Path) -> list[tuple[str, str, float]]:
     )
     from ccdflow.config import load_profile
     from ccdflow.cosmics import detect_cosmic_rays, write_cosmics
+    from ccdflow.photometry import frame_photometry, frame_sources, load_frame
     from ccdflow.products import read_product, write_product
-    from ccdflow.series import frame_photometry, frame_sources, load_frame
     from ccdflow.simulate import NightSpec, load_truth, simulate_night
 
     root = Path(__file__).resolve().parents[1]

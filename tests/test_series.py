@@ -14,8 +14,9 @@ from astropy.io import fits
 from photutils.aperture import CircularAperture, aperture_photometry
 from scipy.spatial import cKDTree
 
-from ccdflow.photometry import PhotFlag, PhotometryError
-from ccdflow.series import (
+from ccdflow.photometry import (
+    PhotFlag,
+    PhotometryError,
     choose_reference,
     differential_photometry,
     frame_photometry,

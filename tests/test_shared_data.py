@@ -199,7 +199,7 @@ def test_m13_map_at_the_cluster_centre(nickel):
 
 def _one_aperture(path):
 
-    from ccdflow.series import read_photometry
+    from ccdflow.photometry import read_photometry
 
     table = read_photometry(path)
     return table[table["aperture"] == table["aperture"].iloc[0]]
@@ -212,8 +212,7 @@ def test_bsu_sn2022yid_v_light_curves(bsu):
     scatter 0.22–0.3 % relative to their ensemble, 9 of them within 1.5× flux_err)."""
     import numpy as np
 
-    from ccdflow.photometry import PhotFlag
-    from ccdflow.series import good_mask
+    from ccdflow.photometry import PhotFlag, good_mask
 
     one = _one_aperture(bsu / "lightcurves" / "Brutus_10292022_V.csv")
     assert one["frame"].nunique() == 10
@@ -242,7 +241,7 @@ def test_nickel_standard_star_fields_measured(nickel):
     34 sources, 49 and 21 usable, brightest S/N 631 and 909)."""
     import numpy as np
 
-    from ccdflow.series import good_mask
+    from ccdflow.photometry import good_mask
 
     for series, min_sources in (("PG1323-085_V", 40), ("PG1530+057_V", 20)):
         one = _one_aperture(nickel / "lightcurves" / f"{series}.csv")

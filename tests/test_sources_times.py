@@ -8,7 +8,7 @@ from scipy.spatial import cKDTree
 
 from ccdflow.background import estimate_background
 from ccdflow.calibrate import central_level
-from ccdflow.sources import SourceError, detect_stars, estimate_fwhm, frame_offset, recentroid
+from ccdflow.photometry import SourceError, detect_stars, estimate_fwhm, frame_offset, recentroid
 from ccdflow.times import TimeError, barycentric_times, mid_exposure
 
 

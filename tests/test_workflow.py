@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 
-from ccdflow.photometry import PhotFlag
-from ccdflow.series import read_photometry
+from ccdflow.photometry import PhotFlag, read_photometry
 from ccdflow.simulate import load_truth, simulate_night
 
 from .conftest import ROOT, SMALL_SPEC, TINY_DEMO, assert_same_results, copy_run, product

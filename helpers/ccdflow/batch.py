@@ -361,7 +361,7 @@ def cosmics_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
 
 
 def _frame(frame: str, *, calibrated_dir, background_dir, cosmics_dir):
-    from .series import load_frame
+    from .photometry import load_frame
 
     return load_frame(
         calibrated=product_path(calibrated_dir, frame, "calibrated"),
@@ -380,7 +380,7 @@ def sources_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
     DataFrame
         ``frame, n_sources, fwhm_px, seconds``.
     """
-    from .series import frame_sources, write_sources
+    from .photometry import frame_sources, write_sources
 
     def step(frame, out):
         data = _frame(frame, calibrated_dir=calibrated_dir, background_dir=background_dir,
@@ -406,7 +406,7 @@ def photometry_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
     (``<frame>.csv``, units and flags in its comment lines).
 
     ``options`` are the keyword arguments of
-    :func:`ccdflow.series.frame_photometry`; ``times`` gives per frame the
+    :func:`ccdflow.photometry.frame_photometry`; ``times`` gives per frame the
     (start MJD UTC, exposure s) the inventory read with the profile's keywords.
 
     Returns
@@ -415,7 +415,7 @@ def photometry_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
         ``frame, n_rows, n_usable, dx_px, dy_px, mjd_utc, airmass, seconds``.
     """
     from .io import write_table
-    from .series import (
+    from .photometry import (
         frame_photometry,
         good_mask,
         read_reference,

@@ -215,7 +215,7 @@ def plot_lightcurves(*, table: str | Path, directory: str | Path, out: str | Pat
     with ``rel_flux_err``.  A series without targets shows the ``max_stars``
     brightest sources' normalised fluxes.
     """
-    from .series import good_mask
+    from .photometry import good_mask
 
     plt = _pyplot()
     directory = Path(directory)

@@ -2,7 +2,7 @@
 
 from ccdflow.batch import series_products
 from ccdflow.io import job_logging
-from ccdflow.series import build_lightcurves, read_photometry, read_reference, write_lightcurves
+from ccdflow.photometry import build_lightcurves, read_photometry, read_reference, write_lightcurves
 
 job_logging(snakemake.log[0])
 catalog, reference = read_reference(snakemake.input.reference)

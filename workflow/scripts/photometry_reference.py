@@ -2,7 +2,7 @@
 
 from ccdflow.batch import read_frame_metas
 from ccdflow.io import job_logging
-from ccdflow.series import build_reference, write_reference
+from ccdflow.photometry import build_reference, write_reference
 
 job_logging(snakemake.log[0])
 catalog, meta = build_reference(

@@ -1,9 +1,10 @@
-"""Source lists, FWHM, re-centroiding and frame-to-reference offsets.
+"""Per-frame detections and seeing: photutils segmentation, FWHM, re-centroiding.
 
 Detection uses photutils segmentation on the background-subtracted frame
 (``detect_sources`` above ``nsigma`` × BKG_RMS, ``SourceCatalog`` centroids
 and FWHM).  Sources are numbered by decreasing flux, ties broken by position,
-so the numbering is deterministic.
+so the numbering is deterministic.  :func:`frame_sources` is the sources stage
+of one frame; :func:`write_sources`/:func:`read_sources` its ECSV product.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SourceError", "detect_stars", "estimate_fwhm", "frame_offset", "recentroid"]
+__all__ = ["SOURCE_COLUMNS", "SourceError", "detect_stars", "estimate_fwhm", "frame_sources",
+           "read_sources", "recentroid", "write_sources"]
 
 
 class SourceError(ValueError):
@@ -171,29 +174,75 @@ def recentroid(*, data: np.ndarray, background: np.ndarray, x: Sequence[float],
     return out_x, out_y
 
 
-def frame_offset(*, reference: pd.DataFrame, sources: pd.DataFrame, max_shift: float = 50.0,
-                 n_bright: int = 50, tolerance: float = 1.5) -> tuple[float, float, int]:
-    """Translation (dx, dy) that maps reference positions onto this frame's sources.
+SOURCE_COLUMNS = ["source_id", "x", "y", "flux", "peak", "fwhm", "area", "snr",
+                  "saturated_or_masked"]
 
-    Every pairing of the ``n_bright`` brightest sources votes for a shift
-    (1-px bins); the winning bin is refined by the median of the matched
-    pairs within ``tolerance`` px.  Returns ``(dx, dy, n_matched)``.
+
+def frame_sources(*, data: np.ndarray, mask: np.ndarray, background: np.ndarray,
+                  rms: np.ndarray, nsigma: float = 5.0, npixels: int = 5,
+                  ) -> tuple[pd.DataFrame, dict]:
+    """Detections and seeing of one calibrated frame.
+
+    Parameters
+    ----------
+    data, mask : ndarray
+        Calibrated SCI (e-) and its bit mask (cosmic rays OR-ed in by the caller).
+    background, rms : ndarray
+        BKG and BKG_RMS of the background stage (e-).
+
+    Returns
+    -------
+    sources : DataFrame
+        :func:`ccdflow.photometry.detect_stars` columns.
+    meta : dict
+        ``n_sources``, ``fwhm_px`` (NaN when no bright isolated star could be
+        fitted, e.g. through clouds) and ``note``.
     """
-    if len(reference) < 3 or len(sources) < 3:
-        raise SourceError(f"too few sources to align: {len(sources)} in the frame, "
-                          f"{len(reference)} in the reference (clouds?)")
-    ref = reference.nlargest(n_bright, "flux")[["x", "y"]].to_numpy()
-    cur = sources.nlargest(n_bright, "flux")[["x", "y"]].to_numpy()
-    d = (cur[np.newaxis, :, :] - ref[:, np.newaxis, :]).reshape(-1, 2)
-    d = d[(np.abs(d) <= max_shift).all(axis=1)]
-    if len(d) == 0:
-        raise SourceError(f"no source pair within max_shift={max_shift} px")
-    bins = np.arange(-max_shift - 0.5, max_shift + 1.5, 1.0)
-    hist, xe, ye = np.histogram2d(d[:, 0], d[:, 1], bins=[bins, bins])
-    i, j = np.unravel_index(np.argmax(hist), hist.shape)
-    guess = np.array([xe[i] + 0.5, ye[j] + 0.5])
-    close = np.linalg.norm(d - guess, axis=1) <= tolerance
-    if close.sum() < 3:
-        raise SourceError(f"only {close.sum()} source pairs agree on a shift: cannot align")
-    dx, dy = np.median(d[close], axis=0)
-    return float(dx), float(dy), int(close.sum())
+    sources = detect_stars(data=data, background=background, rms=rms, mask=mask,
+                           nsigma=nsigma, npixels=npixels)
+    meta = {"n_sources": len(sources), "fwhm_px": float("nan"), "note": ""}
+    try:
+        meta["fwhm_px"] = estimate_fwhm(data=data, background=background, sources=sources)
+    except SourceError as exc:
+        meta["note"] = str(exc)
+        log.warning("FWHM not measured: %s", exc)
+    return sources, meta
+
+
+def write_sources(path: str | Path, sources: pd.DataFrame, meta: Mapping, *,
+                  frame: str) -> None:
+    """Write a source table as ECSV with ``frame`` and ``meta`` in its header, atomically."""
+    from astropy.table import Table
+
+    from ..io import atomic_path
+
+    table = Table.from_pandas(sources[SOURCE_COLUMNS].reset_index(drop=True))
+    table.meta.update({"frame": frame, **{k: meta[k] for k in sorted(meta)}})
+    for name, unit in (("x", "pix"), ("y", "pix"), ("flux", "electron"),
+                       ("peak", "electron"), ("fwhm", "pix"), ("area", "pix2")):
+        table[name].unit = unit
+    with atomic_path(path, suffix=".ecsv") as tmp:
+        table.write(tmp, format="ascii.ecsv")
+
+
+def _column(column) -> np.ndarray:
+    """A table column as an array: masked (missing) floats as NaN, strings as ''."""
+    if not hasattr(column, "filled"):
+        return np.asarray(column)
+    if column.dtype.kind in "fc":
+        return np.asarray(column.filled(np.nan))
+    if column.dtype.kind in "US":
+        return np.asarray(column.filled(""))
+    return np.asarray(column.filled())
+
+
+def read_sources(path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """Read a table written by :func:`write_sources`: (sources, meta)."""
+    from astropy.table import Table
+
+    table = Table.read(path, format="ascii.ecsv")
+    meta = dict(table.meta)
+    frame = pd.DataFrame({c: _column(table[c]) for c in table.colnames})
+    if frame.empty:
+        frame = pd.DataFrame(columns=SOURCE_COLUMNS)
+    return frame, meta

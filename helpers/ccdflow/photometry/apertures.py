@@ -39,7 +39,7 @@ from enum import IntFlag
 import numpy as np
 import pandas as pd
 
-from .masks import MaskBit
+from ..masks import MaskBit
 
 __all__ = ["BAD_FLAGS", "SKY_VARIANCE_FACTOR", "PhotFlag", "PhotometryError", "annulus_statistics",
            "measure_apertures"]

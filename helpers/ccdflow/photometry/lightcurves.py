@@ -1,0 +1,317 @@
+"""Light curves of a series and differential photometry against an ensemble.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .apertures import BAD_FLAGS, PhotFlag, PhotometryError
+from .measure import unit_comments
+
+log = logging.getLogger(__name__)
+
+
+__all__ = ["build_lightcurves", "differential_photometry", "good_mask", "write_lightcurves"]
+
+
+def _robust_std(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    if values.size < 3:
+        return float("inf")
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def differential_photometry(*, flux: pd.DataFrame, flux_err: pd.DataFrame, good: pd.DataFrame,
+                            target: int, comparisons: Sequence[int] | None = None,
+                            max_count: int = 10, min_count: int = 2,
+                            flux_ratio: tuple[float, float] = (0.2, 5.0),
+                            min_good_fraction: float = 0.9, max_excess_scatter: float = 2.0,
+                            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Target flux relative to a weighted comparison ensemble.
+
+    Parameters
+    ----------
+    flux, flux_err, good : DataFrame
+        Frames (rows, in time order) × source ids (columns): flux (e-), its
+        error, and whether the measurement is usable (no BAD_FLAGS).
+    target : int
+        Source id of the target.
+    comparisons : sequence of int, optional
+        Use these; otherwise chosen automatically (see Notes).
+
+    Returns
+    -------
+    light_curve : DataFrame
+        Per frame: ``flux, flux_err, ensemble, ensemble_err, rel_flux,
+        rel_flux_err, n_comparisons`` (rel_flux normalised to median 1).
+    choice : DataFrame
+        Every candidate: ``source_id, median_flux, scatter, expected, weight,
+        status`` ('used', 'listed', or why it was rejected).
+
+    Notes
+    -----
+    Candidates are unflagged in ``min_good_fraction`` of the frames and within
+    ``flux_ratio`` of the target's median flux (widened to the nearest in
+    brightness when fewer than ``min_count``).  Each candidate's light curve
+    is divided by the ensemble of the others; its robust scatter ``s`` over
+    the expected ``e`` (median relative error ⊕ the others' ensemble error)
+    measures variability.  The worst candidate with ``s/e >
+    max_excess_scatter`` is dropped and the rest re-evaluated, until none is
+    left or ``min_count`` remain; the ``max_count`` lowest-scatter stars are
+    used with weights ``w_i ∝ 1/s_i²``.
+
+    Ensemble (frame t, comparisons usable at t, m_i their median flux)::
+
+        E_t = Σ w_i f_it/m_i / Σ w_i,   Var(E_t) = Σ w_i² (σ_it/m_i)² / (Σ w_i)²
+        rel_t = f_Tt / E_t,  (σ_rel/rel)² = (σ_T/f_T)² + Var(E_t)/E_t²
+
+    then ``rel_flux = rel / median(rel)`` over usable frames.
+    """
+    if target not in flux.columns:
+        raise PhotometryError(f"target source {target} is not in the table")
+    f, e, g = flux.to_numpy(float), flux_err.to_numpy(float), good.to_numpy(bool)
+    ids = np.asarray(flux.columns)
+    g = g & np.isfinite(f) & np.isfinite(e) & (f > 0)
+    col = {sid: i for i, sid in enumerate(ids)}
+    t = col[target]
+    target_level = np.nanmedian(np.where(g[:, t], f[:, t], np.nan))
+    med = np.array([np.nanmedian(np.where(g[:, i], f[:, i], np.nan)) if g[:, i].any() else np.nan
+                    for i in range(len(ids))])
+    frac = g.mean(axis=0)
+    status = {}
+    if comparisons:
+        missing = [c for c in comparisons if c not in col]
+        if missing:
+            raise PhotometryError(f"comparison source(s) {missing} are not in the source list")
+        chosen = [col[c] for c in comparisons if c != target]
+        for i in chosen:
+            status[i] = "listed"
+    else:
+        usable = [i for i in range(len(ids)) if i != t and frac[i] >= min_good_fraction
+                  and np.isfinite(med[i])]
+        if not np.isfinite(target_level):
+            raise PhotometryError(f"target {target} has no usable measurement")
+        ratio = {i: med[i] / target_level for i in usable}
+        chosen = [i for i in usable if flux_ratio[0] <= ratio[i] <= flux_ratio[1]]
+        if len(chosen) < min_count:
+            chosen = sorted(usable, key=lambda i: abs(math.log(ratio[i])) if ratio[i] > 0
+                            else math.inf)[:max(min_count, 3 * max_count)]
+        chosen = sorted(chosen, key=lambda i: abs(math.log(ratio[i])))[:3 * max_count]
+        for i in range(len(ids)):
+            if i != t and i not in chosen:
+                status[i] = ("flagged in too many frames" if frac[i] < min_good_fraction
+                             else "brightness unlike the target")
+    if len(chosen) < 1:
+        raise PhotometryError(f"no usable comparison star for target {target}")
+
+    def scatter_of(members):
+        out = {}
+        for i in members:
+            others = [j for j in members if j != i] or [i]
+            norm = np.where(g[:, others], f[:, others] / med[others], np.nan)
+            n_valid = np.isfinite(norm).sum(axis=1)
+            # frames where no other member is usable have no ensemble (NaN, no warning)
+            ens = np.where(n_valid > 0, np.nansum(norm, axis=1) / np.maximum(n_valid, 1),
+                           np.nan)
+            ens_var = np.nansum(np.where(g[:, others], (e[:, others] / med[others]) ** 2, 0),
+                                axis=1) / np.maximum(g[:, others].sum(axis=1), 1) ** 2
+            rel = np.where(g[:, i], f[:, i] / med[i], np.nan) / ens
+            expected = np.nanmedian(np.sqrt(np.where(g[:, i], (e[:, i] / f[:, i]) ** 2, np.nan)
+                                            + ens_var / ens**2))
+            out[i] = (_robust_std(rel / np.nanmedian(rel)), float(expected))
+        return out
+
+    members = list(chosen)
+    if not comparisons:
+        while len(members) > min_count:
+            sc = scatter_of(members)
+            excess = {i: s / x if x > 0 else math.inf for i, (s, x) in sc.items()}
+            worst = max(excess, key=excess.get)
+            if excess[worst] <= max_excess_scatter:
+                break
+            status[worst] = f"variable: scatter {excess[worst]:.1f}x expected"
+            members.remove(worst)
+        sc = scatter_of(members)
+        members = sorted(members, key=lambda i: sc[i][0])
+        for i in members[max_count:]:
+            status[i] = "not among the lowest-scatter stars"
+        members = members[:max_count]
+    sc = scatter_of(members)
+    weights = np.array([1.0 / max(sc[i][0], 1e-12) ** 2 if np.isfinite(sc[i][0]) else 1.0
+                        for i in members])
+    if len(members) == 1 or not np.isfinite(weights).all():
+        weights = np.ones(len(members))
+    weights = weights / weights.sum()
+    for i in members:
+        status.setdefault(i, "used")
+
+    gm = g[:, members]
+    w = np.where(gm, weights, 0.0)
+    wsum = w.sum(axis=1)
+    norm = np.where(gm, f[:, members] / med[members], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ens = (w * norm).sum(axis=1) / wsum
+        ens_err = np.sqrt((w**2 * np.where(gm, e[:, members] / med[members], 0.0) ** 2)
+                          .sum(axis=1)) / wsum
+        rel = f[:, t] / ens
+        rel_err = np.abs(rel) * np.sqrt((e[:, t] / f[:, t]) ** 2 + (ens_err / ens) ** 2)
+    usable_t = g[:, t] & (wsum > 0)
+    scale = np.nanmedian(np.where(usable_t, rel, np.nan)) if usable_t.any() else np.nan
+    light = pd.DataFrame({
+        "flux": f[:, t], "flux_err": e[:, t], "ensemble": np.where(wsum > 0, ens, np.nan),
+        "ensemble_err": np.where(wsum > 0, ens_err, np.nan),
+        "rel_flux": np.where(wsum > 0, rel / scale, np.nan),
+        "rel_flux_err": np.where(wsum > 0, rel_err / scale, np.nan),
+        "n_comparisons": gm.sum(axis=1), "usable": usable_t}, index=flux.index)
+    weight_of = dict(zip(members, weights, strict=True))
+    all_sc = {**scatter_of(members)}
+    choice = pd.DataFrame([{
+        "source_id": int(ids[i]), "median_flux": med[i],
+        "scatter": all_sc.get(i, (np.nan, np.nan))[0],
+        "expected": all_sc.get(i, (np.nan, np.nan))[1],
+        "weight": weight_of.get(i, 0.0), "status": status[i]}
+        for i in sorted(status, key=lambda i: (i not in weight_of, ids[i]))])
+    return light, choice
+
+
+def good_mask(flags: pd.Series | np.ndarray) -> np.ndarray:
+    """True where a row's flags allow it in light curves (none of BAD_FLAGS)."""
+    return (np.asarray(flags, np.int64) & int(BAD_FLAGS)) == 0
+
+
+def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
+                      aperture: str | None = None, comparisons: Mapping | None = None,
+                      ) -> dict:
+    """Light curves of a series from its per-frame photometry tables.
+
+    Parameters
+    ----------
+    tables : sequence of DataFrame
+        :func:`frame_photometry` tables, one per frame.
+    catalog : DataFrame
+        The series' source list; named rows are the targets.
+    aperture : str, optional
+        Aperture label of the per-source and differential light curves
+        (default: the first aperture of the tables).
+    comparisons : mapping, optional
+        ``ids`` (per target name, a list of source ids) and the keyword
+        arguments of :func:`differential_photometry`.
+
+    Returns
+    -------
+    dict
+        ``long`` (all rows, time-ordered), ``aperture``, ``per_source``
+        ({source_id: DataFrame with BMJD, flux, flux_err, bkg, bkg_err,
+        flags, …}), ``differential`` ({target name: (light curve, choice)}) and
+        ``notes`` ({target name: why its differential light curve is empty}).
+    """
+    if not tables:
+        log.warning("no frame of the series was measured: empty light curves")
+        return {"long": pd.DataFrame(columns=["frame", "mjd_utc", "aperture", "source_id"]),
+                "aperture": aperture or "", "per_source": {}, "differential": {}, "notes": {}}
+    long = pd.concat([t for t in tables if len(t)] or [tables[0]], ignore_index=True)
+    long = long.sort_values(["mjd_utc", "frame", "aperture", "source_id"], kind="stable")
+    if long.empty:
+        log.warning("no photometry rows in any frame of the series: empty light curves")
+        return {"long": long, "aperture": aperture or "", "per_source": {}, "differential": {},
+                "notes": {}}
+    labels = list(dict.fromkeys(next(t for t in tables if len(t))["aperture"]))
+    aperture = aperture or labels[0]
+    if aperture not in labels:
+        raise PhotometryError(f"lightcurve_aperture {aperture!r} is not one of {labels}")
+    one = long[long["aperture"] == aperture]
+    per_source = {}
+    for sid, rows in one.groupby("source_id", sort=True):
+        per_source[int(sid)] = pd.DataFrame({
+            "BMJD": rows["bmjd_tdb"].to_numpy(), "flux": rows["flux"].to_numpy(),
+            "flux_err": rows["flux_err"].to_numpy(), "bkg": rows["bkg"].to_numpy(),
+            "bkg_err": rows["bkg_err"].to_numpy(), "flags": rows["flags"].to_numpy(),
+            "frame": rows["frame"].to_numpy(), "mjd_utc": rows["mjd_utc"].to_numpy(),
+            "airmass": rows["airmass"].to_numpy(), "x": rows["x"].to_numpy(),
+            "y": rows["y"].to_numpy(), "fwhm": rows["fwhm"].to_numpy()})
+    options = dict(comparisons or {})
+    listed = options.pop("ids", {}) or {}
+    differential = {}
+    frames = one.drop_duplicates("frame")[["frame", "mjd_utc", "bjd_tdb", "bmjd_tdb",
+                                           "airmass"]].set_index("frame")
+    pivot = {c: one.pivot(index="frame", columns="source_id", values=c).loc[frames.index]
+             for c in ("flux", "flux_err", "flags")}
+    good = pd.DataFrame(good_mask(pivot["flags"].fillna(int(PhotFlag.OFF_FRAME)).to_numpy()
+                                  .ravel()).reshape(pivot["flags"].shape),
+                        index=pivot["flags"].index, columns=pivot["flags"].columns)
+    notes = {}
+    for _, target in catalog[catalog["name"] != ""].iterrows():
+        sid = int(target["source_id"])
+        try:
+            light, choice = differential_photometry(
+                flux=pivot["flux"], flux_err=pivot["flux_err"], good=good, target=sid,
+                comparisons=listed.get(target["name"]), **options)
+        except PhotometryError as exc:  # e.g. a target off every frame: rows kept, no ratio
+            log.warning("differential light curve of %s not computed: %s", target["name"], exc)
+            notes[target["name"]] = f"differential photometry not computed: {exc}"
+            nan = np.full(len(frames), np.nan)
+            light = pd.DataFrame({
+                "flux": pivot["flux"][sid].to_numpy(),
+                "flux_err": pivot["flux_err"][sid].to_numpy(),
+                "ensemble": nan, "ensemble_err": nan, "rel_flux": nan, "rel_flux_err": nan,
+                "n_comparisons": 0, "usable": False}, index=frames.index)
+            choice = pd.DataFrame(columns=["source_id", "median_flux", "scatter", "expected",
+                                           "weight", "status"])
+        light = frames.join(light)
+        light.insert(0, "source_id", int(target["source_id"]))
+        light["flags"] = pivot["flags"][int(target["source_id"])].to_numpy()
+        differential[target["name"]] = (light.reset_index(), choice)
+    return {"long": long, "aperture": aperture, "per_source": per_source,
+            "differential": differential, "notes": notes}
+
+
+def write_lightcurves(result: Mapping, *, table: str | Path, directory: str | Path,
+                      header: Sequence[str] = ()) -> None:
+    """Write the long table, and in ``directory`` the per-source files
+    (``source_{id}.csv``) and per target ``differential_{name}.csv`` and
+    ``comparisons_{name}.csv``.  The directory is built beside and renamed
+    into place, so a failure leaves none."""
+    import shutil
+    import tempfile
+
+    from ..io import write_table
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        aperture = result["aperture"]
+        for sid, rows in result["per_source"].items():
+            write_table(rows, tmp / f"source_{sid}.csv", comments=[
+                *header, f"source {sid}, aperture {aperture}",
+                "BMJD = BJD_TDB - 2400000.5 at mid-exposure [d]; flux, flux_err [electron]; "
+                "bkg, bkg_err [electron / pix]", *unit_comments([])[1:]])
+        for name, (light, choice) in result["differential"].items():
+            used = choice[choice["weight"] > 0]
+            write_table(light, tmp / f"differential_{name}.csv", comments=[
+                *header, f"target {name} (source {int(light['source_id'].iloc[0])}), "
+                f"aperture {aperture}", *([result["notes"][name]] if name in result.get(
+                    "notes", {}) else []),
+                "comparisons (source_id:weight): " + " ".join(
+                    f"{int(r.source_id)}:{r.weight:.4f}" for r in used.itertuples()),
+                "ensemble = sum w_i f_i/median(f_i) / sum w_i over usable comparisons; "
+                "rel_flux = flux / ensemble, normalised to median 1 over usable frames",
+                "flux, flux_err [electron]; ensemble dimensionless; times [d]"])
+            write_table(choice, tmp / f"comparisons_{name}.csv",
+                        comments=[*header, f"comparison choice for target {name}, aperture "
+                                  f"{aperture}; scatter and expected are relative (robust std)"])
+        if directory.exists():
+            shutil.rmtree(directory)
+        tmp.rename(directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    long = result["long"]
+    write_table(long, table,
+                comments=[*header, *unit_comments(list(long.columns))])

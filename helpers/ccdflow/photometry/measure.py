@@ -1,0 +1,314 @@
+"""Per-frame photometry of a series' source list: alignment, apertures, times.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .align import _affine_positions, _guard_centroids, frame_offset
+from .apertures import BAD_FLAGS, PhotFlag, PhotometryError, measure_apertures
+from .detect import SourceError, recentroid
+from .targets import _wcs, sky_coord
+
+log = logging.getLogger(__name__)
+
+
+__all__ = ["LONG_UNITS", "PHOTOMETRY_COLUMNS", "FrameData", "aperture_labels", "frame_photometry",
+           "load_frame", "read_photometry", "unit_comments"]
+
+
+#: columns of a per-frame photometry table, in order
+PHOTOMETRY_COLUMNS = ["frame", "source_id", "name", "aperture", "radius", "x", "y", "ra_deg",
+                      "dec_deg", "flux", "flux_err", "bkg", "bkg_err", "n_ap", "n_sky",
+                      "masked_fraction", "flags", "fwhm", "mjd_utc", "bjd_tdb", "bmjd_tdb",
+                      "airmass", "exptime_s", "dx", "dy"]
+
+
+def aperture_labels(*, radii_px: Sequence[float], radii_fwhm: Sequence[float]) -> list[str]:
+    """Labels of the apertures, in order: ``'8px'``, ``'1.5fwhm'``."""
+    return [f"{r:g}px" for r in radii_px] + [f"{k:g}fwhm" for k in radii_fwhm]
+
+
+def _site(header, site: Mapping | None) -> tuple[dict | None, str]:
+    """Observatory from the profile, else SITELAT/SITELONG[/SITEELEV] of the header."""
+    if site and site.get("latitude_deg") is not None and site.get("longitude_deg") is not None:
+        return {"latitude_deg": site["latitude_deg"], "longitude_deg": site["longitude_deg"],
+                "height_m": site.get("height_m") or 0.0}, f"profile site {site.get('name', '')}"
+    from astropy.coordinates import Angle
+
+    def angle(keys):
+        for k in keys:
+            if k in header and str(header[k]).strip():
+                value = header[k]
+                return float(value) if not isinstance(value, str) else Angle(
+                    value, unit="deg").deg
+        return None
+
+    lat = angle(("SITELAT", "LAT-OBS", "LATITUDE", "OBSLAT"))
+    lon = angle(("SITELONG", "LONG-OBS", "LONGITUD", "OBSLONG"))
+    if lat is None or lon is None:
+        return None, "no site: BJD toward the geocentre, airmass from the header"
+    height = header.get("SITEELEV", header.get("ALT-OBS"))
+    note = "header SITELAT/SITELONG" + ("" if height is not None else ", elevation 0 m")
+    return {"latitude_deg": lat, "longitude_deg": lon, "height_m": float(height or 0.0)}, note
+
+
+def _pointing(header, catalog: pd.DataFrame, wcs) -> tuple[float, float, str] | None:
+    """Coordinates for the barycentric correction: first target, WCS centre, header RA/DEC."""
+    named = catalog[(catalog["name"] != "") & np.isfinite(catalog["ra_deg"])]
+    if len(named):
+        return float(named["ra_deg"].iloc[0]), float(named["dec_deg"].iloc[0]), \
+            f"target {named['name'].iloc[0]}"
+    if wcs is not None and np.isfinite(catalog["ra_deg"]).any():
+        return float(np.nanmedian(catalog["ra_deg"])), float(np.nanmedian(catalog["dec_deg"])), \
+            "source-list centre (WCS)"
+    for ra_key, dec_key in (("RA", "DEC"), ("OBJCTRA", "OBJCTDEC")):
+        if ra_key in header and dec_key in header:
+            ra, dec = header[ra_key], header[dec_key]
+            coord = sky_coord(ra if isinstance(ra, str) else float(ra),
+                              dec if isinstance(dec, str) else float(dec))
+            return float(coord.ra.deg), float(coord.dec.deg), f"header {ra_key}/{dec_key}"
+    return None
+
+
+def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, header,
+                     background: np.ndarray, background_rms: np.ndarray,
+                     sources: pd.DataFrame, meta: Mapping, catalog: pd.DataFrame,
+                     reference_meta: Mapping, radii_px: Sequence[float] = (),
+                     radii_fwhm: Sequence[float] = (1.5, 2.0, 3.0),
+                     annulus: Mapping | None = None,
+                     sky: str = "annulus-median", sky_sigma: float = 3.0,
+                     min_sky_pixels: int = 20, map_box_px: int = 64, max_shift_px: float = 50.0,
+                     recentroid_min_snr: float = 20.0, site: Mapping | None = None,
+                     source_mask: np.ndarray | None = None, sky_exclude_sources: bool = True,
+                     start_mjd_utc: float | None = None, exptime_s: float | None = None,
+                     frame: str = "frame") -> tuple[pd.DataFrame, list[str]]:
+    """Every source of the series' list measured in one frame, with times.
+
+    Parameters
+    ----------
+    data, error, mask, header
+        Calibrated frame (e-); ``mask`` with cosmic rays OR-ed in.
+    background, background_rms
+        BKG, BKG_RMS of the background stage.
+    sources, meta
+        This frame's detections and seeing (:func:`frame_sources`).
+    catalog, reference_meta
+        The series' source list (:func:`reference_catalog`) and the reference
+        frame's meta (its FWHM sizes apertures when this frame's is unknown).
+    radii_px, radii_fwhm
+        Aperture radii in pixels and in units of this frame's FWHM.
+    annulus
+        ``inner``, ``outer`` and ``unit`` ('fwhm' or 'px'); default 4–7 FWHM.
+    sky
+        'annulus-median', 'annulus-mean', 'annulus-mode' or 'map'.
+    map_box_px
+        Box size of the background map: its error per pixel is taken as
+        ``BKG_RMS·√(π/2)/box`` (the median of box² pixels).
+    site
+        Observatory (profile); else the header's SITELAT/SITELONG.
+    source_mask : ndarray of bool, optional
+        The background stage's SRCMASK (detected sources, grown).
+    sky_exclude_sources : bool
+        Leave ``source_mask`` pixels out of the sky annuli, so that neighbours
+        do not raise the local sky (see
+        :func:`ccdflow.photometry.measure_apertures`, ``sky_mask``).
+    start_mjd_utc, exptime_s : float, optional
+        Start of the exposure (MJD, UTC) and its length, as the inventory read
+        them with the profile's keywords (``date_obs``/``time_obs``/``mjd_obs``,
+        ``exptime``); mid-exposure is start + exptime/2.  Without them the
+        header's DATE-OBS (or DATE-BEG) and EXPTIME (or EXPOSURE) are used.
+
+    Returns
+    -------
+    table : DataFrame
+        One row per source and aperture: ``frame, source_id, name, aperture,
+        radius, x, y, ra_deg, dec_deg, flux, flux_err, bkg, bkg_err, n_ap,
+        n_sky, masked_fraction, flags, fwhm, mjd_utc, bjd_tdb, bmjd_tdb,
+        airmass, exptime_s, dx, dy``.
+    notes : list of str
+        How the frame was aligned and timed (written as comments).
+    """
+    from ..times import barycentric_times, mid_exposure
+
+    if not radii_px and not radii_fwhm:
+        raise PhotometryError("no aperture: give photometry.radii_px and/or radii_fwhm")
+    notes = []
+    labels = aperture_labels(radii_px=radii_px, radii_fwhm=radii_fwhm)
+    if catalog.empty:
+        notes.append(f"empty source list: {reference_meta.get('note') or 'no sources'}")
+        return pd.DataFrame(columns=PHOTOMETRY_COLUMNS), notes
+    fwhm = float(meta.get("fwhm_px", float("nan")))
+    if not np.isfinite(fwhm):
+        fwhm = float(reference_meta["fwhm_px"])
+        notes.append(f"FWHM not measured here; apertures sized with the reference FWHM {fwhm:.2f}")
+    if not np.isfinite(fwhm) and (radii_fwhm or annulus is None or annulus["unit"] == "fwhm"):
+        notes.append("no FWHM measured on this frame or the reference: apertures in units of "
+                     "the FWHM cannot be sized, no photometry (radii_px with an annulus in px "
+                     "would measure the targets)")
+        log.warning("%s: %s", frame, notes[-1])
+        return pd.DataFrame(columns=PHOTOMETRY_COLUMNS), notes
+    radii = [float(r) for r in radii_px] + [k * fwhm for k in radii_fwhm]
+    annulus = annulus or {"inner": 4.0, "outer": 7.0, "unit": "fwhm"}
+    scale = fwhm if annulus["unit"] == "fwhm" else 1.0
+    r_in, r_out = annulus["inner"] * scale, annulus["outer"] * scale
+    if sky != "map" and r_in < max(radii):
+        raise PhotometryError(f"annulus inner radius {r_in:.1f} px is inside the largest "
+                              f"aperture {max(radii):.1f} px: raise photometry.annulus.inner")
+
+    # alignment: translation vote on the brightest detections, then affine
+    ref_xy = catalog[["x_ref", "y_ref"]].to_numpy(float)
+    flags = np.zeros(len(catalog), np.int64)
+    flags[~np.isfinite(ref_xy).all(axis=1)] |= PhotFlag.NO_POSITION
+    wcs = _wcs(header)
+    detected = catalog[np.isfinite(catalog["flux_ref"])]
+    ref_det = pd.DataFrame({"x": detected["x_ref"], "y": detected["y_ref"],
+                            "flux": detected["flux_ref"]})
+    try:
+        dx, dy, _ = frame_offset(reference=ref_det, sources=sources, max_shift=max_shift_px)
+        xy, n_match = _affine_positions(ref_xy, sources[["x", "y"]].to_numpy(float),
+                                        (dx, dy), tolerance=max(1.5, fwhm))
+        notes.append(f"aligned: shift ({dx:+.2f}, {dy:+.2f}) px, {n_match} matched sources")
+    except SourceError as exc:
+        flags |= PhotFlag.NOT_ALIGNED
+        if wcs is not None and len(catalog) and np.isfinite(catalog["ra_deg"]).all():
+            xs, ys = wcs.world_to_pixel(sky_coord(catalog["ra_deg"].to_numpy(),
+                                                  catalog["dec_deg"].to_numpy()))
+            xy = np.column_stack([xs, ys])
+            notes.append(f"not aligned ({exc}); positions from this frame's WCS")
+        else:
+            xy = ref_xy.copy()
+            notes.append(f"not aligned ({exc}); positions of the reference frame")
+        log.warning("%s: %s", frame, notes[-1])
+        dx = dy = float("nan")
+    x, y = xy[:, 0], xy[:, 1]
+    if not (flags & PhotFlag.NOT_ALIGNED).any():
+        bright = np.asarray(catalog["snr_ref"].fillna(0) >= recentroid_min_snr)
+        if bright.any():
+            cx, cy = recentroid(data=data, background=background, x=x[bright], y=y[bright],
+                                fwhm=fwhm, mask=mask)
+            cx, cy = _guard_centroids(x[bright], y[bright], cx, cy,
+                                      snr=catalog["snr_ref"].to_numpy(float)[bright], fwhm=fwhm)
+            x, y = x.copy(), y.copy()
+            x[bright], y[bright] = cx, cy
+
+    map_err = background_rms * math.sqrt(math.pi / 2) / map_box_px if sky == "map" else None
+    table = measure_apertures(data=data, error=error, mask=mask, x=x, y=y, radii=radii,
+                              annulus=(r_in, r_out), background=sky, background_map=background,
+                              background_map_error=map_err, sigma=sky_sigma,
+                              min_sky_pixels=min_sky_pixels,
+                              sky_mask=source_mask if sky_exclude_sources else None,
+                              source_ids=catalog["source_id"].to_numpy())
+    n = len(catalog)
+    table.insert(0, "frame", frame)
+    table.insert(2, "name", np.tile(catalog["name"].to_numpy(), len(radii)))
+    table.insert(3, "aperture", np.repeat(labels, n))
+    table["flags"] = table["flags"].to_numpy() | np.tile(flags, len(radii))
+    table["ra_deg"] = np.tile(catalog["ra_deg"].to_numpy(), len(radii))
+    table["dec_deg"] = np.tile(catalog["dec_deg"].to_numpy(), len(radii))
+    table["fwhm"] = fwhm
+
+    # times toward the first target (else the field centre)
+    if start_mjd_utc is not None and exptime_s is not None and np.isfinite(
+            [start_mjd_utc, exptime_s]).all():
+        from astropy import units as u
+        from astropy.time import Time
+
+        mid = Time(float(start_mjd_utc), format="mjd", scale="utc") + float(exptime_s) / 2 * u.s
+    else:
+        mid = mid_exposure(header=header, where=frame)
+    where, site_note = _site(header, site)
+    pointing = _pointing(header, catalog, wcs)
+    times = {"mjd_utc": float(mid.utc.mjd), "bjd_tdb": float("nan"), "bmjd_tdb": float("nan"),
+             "airmass": float(header["AIRMASS"]) if "AIRMASS" in header else float("nan")}
+    if pointing is None:
+        notes.append("no coordinates for BJD (no target, WCS or RA/DEC): bjd_tdb left empty")
+    else:
+        ra, dec, what = pointing
+        if where is not None:
+            times.update(barycentric_times(times=mid, ra_deg=ra, dec_deg=dec,
+                                           site=where).iloc[0].to_dict())
+        else:
+            from astropy import units as u
+            from astropy.coordinates import EarthLocation, SkyCoord
+
+            geocentre = EarthLocation.from_geocentric(0, 0, 0, unit=u.m)  # error ≤ 21 ms
+            bjd = (mid.tdb + mid.light_travel_time(SkyCoord(ra * u.deg, dec * u.deg),
+                                                   location=geocentre)).jd
+            times.update(bjd_tdb=float(bjd), bmjd_tdb=float(bjd) - 2400000.5)
+        notes.append(f"times: mid-exposure; BJD toward {what} (RA {ra:.5f}, Dec {dec:.5f}); "
+                     f"{site_note}")
+    for key, value in times.items():
+        table[key] = value
+    table["exptime_s"] = (float(exptime_s) if exptime_s is not None else
+                          float(header.get("EXPTIME", header.get("EXPOSURE", float("nan")))))
+    table["dx"], table["dy"] = dx, dy
+    return table[PHOTOMETRY_COLUMNS], notes
+
+LONG_UNITS = {
+    "x": "pix (0-based)", "y": "pix (0-based)", "radius": "pix", "ra_deg": "deg (ICRS)",
+    "dec_deg": "deg (ICRS)", "flux": "electron", "flux_err": "electron",
+    "bkg": "electron / pix", "bkg_err": "electron / pix", "n_ap": "pix (unmasked)",
+    "n_sky": "pix", "fwhm": "pix", "mjd_utc": "d (mid-exposure, UTC)",
+    "bjd_tdb": "d (BJD_TDB, mid-exposure)", "bmjd_tdb": "d (BJD_TDB - 2400000.5)",
+    "exptime_s": "s", "dx": "pix", "dy": "pix",
+}
+
+
+def unit_comments(columns: Sequence[str]) -> list[str]:
+    """Comment lines documenting the units of ``columns``."""
+    lines = ["units: " + ", ".join(f"{c} [{LONG_UNITS[c]}]" for c in columns
+                                   if c in LONG_UNITS)]
+    lines.append("flags: " + ", ".join(f"{int(f)}={f.name}" for f in PhotFlag)
+                 + "; rows with any of " + "|".join(f.name for f in PhotFlag
+                                                    if f & BAD_FLAGS) + " are not usable")
+    return lines
+
+
+def read_photometry(path: str | Path) -> pd.DataFrame:
+    """Read a per-frame photometry CSV (comment lines skipped, empty names kept as '')."""
+    table = pd.read_csv(path, comment="#", dtype={"name": str})  # all-empty: not float
+    table["name"] = table["name"].fillna("").astype(str)
+    return table
+
+
+@dataclass
+class FrameData:
+    """A calibrated frame with its background and the cosmic rays OR-ed into its mask."""
+
+    data: np.ndarray
+    error: np.ndarray
+    mask: np.ndarray
+    header: object
+    background: np.ndarray
+    rms: np.ndarray
+    source_mask: np.ndarray  #: bool, SRCMASK of the background stage
+
+
+def load_frame(*, calibrated: str | Path, background: str | Path,
+               cosmics: str | Path | None = None) -> FrameData:
+    """Read the products of one frame; cosmic-ray pixels get MaskBit.COSMIC."""
+    from astropy.io import fits
+
+    from ..masks import MaskBit
+    from ..products import read_product
+
+    product = read_product(calibrated)
+    with fits.open(background, memmap=False) as hdul:
+        bkg = hdul["BKG"].data.astype(np.float64)
+        rms = hdul["BKG_RMS"].data.astype(np.float64)
+        sources = hdul["SRCMASK"].data != 0
+    mask = product.mask.copy()
+    if cosmics is not None:
+        cr = fits.getdata(cosmics, "CRMASK").astype(bool)
+        mask[cr] |= np.uint16(MaskBit.COSMIC)
+    return FrameData(data=product.data.astype(np.float64), error=product.error.astype(np.float64),
+                     mask=mask, header=product.header, background=bkg, rms=rms,
+                     source_mask=sources)
