@@ -261,3 +261,39 @@ def test_header_cache_reads_only_new_or_changed_files(small_night, tmp_path, mon
     read.clear()  # another profile: every header again
     build_inventory(raw_dir=raw, profile=profile("default"), cache=cache)
     assert len(read) == len(first)
+
+
+def test_date_with_a_utc_offset_is_converted_and_sets_the_night(tmp_path):
+    """Issue 12: ``DATE-OBS`` in local time with its offset (a robotic telescope's
+    ``'2017-12-19T18:33:43.317-0700'``) is 01:33:43.317 UTC on the 20th, on the night of
+    the 19th; ``UT-OBS`` (a UTC time of day) wins when the profile lists it first."""
+    import copy
+
+    from ccdflow.times import mid_exposure, parse_iso_utc
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _write(raw / "local.fits", {"IMAGETYP": "Light Frame", "EXPTIME": 60.0,
+                                "DATE-OBS": "2017-12-19T18:33:43.317-0700"})
+    _write(raw / "ut.fits", {"IMAGETYP": "Light Frame", "EXPTIME": 60.0,
+                             "DATE-OBS": "2017-12-19T18:35:00-0700", "UT-OBS": "01:35:02.5"})
+    _write(raw / "bad.fits", {"IMAGETYP": "Light Frame", "EXPTIME": 60.0,
+                              "DATE-OBS": "19/12/2017 18:33"})
+    prof = copy.deepcopy(profile("default"))
+    table = build_inventory(raw_dir=raw, profile=prof).set_index("frame")
+    assert table.loc["local", "date_obs"] == "2017-12-20T01:33:43.317"
+    assert table.loc["local", "night"] == "2017-12-19"  # local noon boundary from -0700
+    assert table.loc["ut", "date_obs"] == "2017-12-20T01:35:00.000"  # DATE-OBS first
+    assert table.loc["bad", "date_obs"] == "" and table.loc["bad", "night"] == ""
+    assert "DATE-OBS = '19/12/2017 18:33' is not an ISO 8601 date and time" in \
+        table.loc["bad", "reason"]
+    prof["keywords"]["date_obs"] = ["UT-OBS", "DATE-OBS"]
+    table = build_inventory(raw_dir=raw, profile=prof).set_index("frame")
+    assert table.loc["ut", "date_obs"] == "2017-12-20T01:35:02.500"  # UT-OBS on the UTC day
+    assert table.loc["local", "date_obs"] == "2017-12-20T01:33:43.317"  # no UT-OBS: DATE-OBS
+    # the photometry's own fallback reads the same instant
+    mid = mid_exposure(header={"DATE-OBS": "2017-12-19T18:33:43.317-0700", "EXPTIME": 60.0})
+    assert mid.isot == "2017-12-20T01:34:13.317"
+    assert parse_iso_utc("2017-12-20T01:33:43Z").hour == 1
+    with pytest.raises(ValueError, match=r"DATE-OBS = 'tonight' is not an ISO 8601"):
+        parse_iso_utc("tonight", "DATE-OBS")

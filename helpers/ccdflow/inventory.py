@@ -46,6 +46,7 @@ import pandas as pd
 from astropy.io import fits
 
 from .integrity import FitsIntegrityError, check_fits_file
+from .times import parse_iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -249,24 +250,76 @@ def classify(*, header: Mapping, profile: Mapping) -> tuple[str, str]:
     return "unknown", f"no classification rule matched ({shown})"
 
 
-def _parse_time(header: Mapping, keywords: Mapping[str, Sequence[str]]) -> datetime | None:
-    text = _first(header, keywords.get("date_obs", []))
-    if isinstance(text, str):
-        text = text.strip().rstrip("Z")
-        if "T" not in text and " " not in text:
-            clock = _first(header, keywords.get("time_obs", []))
-            if isinstance(clock, str) and re.match(r"^\d{1,2}:\d{2}(:\d{2}(\.\d*)?)?$", clock):
-                text = f"{text}T{clock.strip()}"
+_CLOCK = re.compile(r"^\d{1,2}:\d{2}(:\d{2}(\.\d*)?)?$")
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _clock_on_day(clock: str, anchor: datetime, keyword: str) -> datetime:
+    """A UTC time of day on the UTC day within 12 h of ``anchor``."""
+    stamp = parse_iso_utc(f"{anchor.date().isoformat()}T{clock.strip()}", keyword)
+    if stamp - anchor > timedelta(hours=12):
+        stamp -= timedelta(days=1)
+    elif anchor - stamp > timedelta(hours=12):
+        stamp += timedelta(days=1)
+    return stamp
+
+
+def _parse_time(header: Mapping, keywords: Mapping[str, Sequence[str]]
+                ) -> tuple[datetime | None, list[str]]:
+    """UTC start of the exposure, and notes on keywords that could not be used.
+
+    The ``date_obs`` keywords are tried in the profile's order:
+
+    * a date and time: a UTC offset in it is applied (local time with
+      ``-0700`` becomes UTC);
+    * a date alone: completed with the first ``time_obs`` keyword;
+    * a time of day alone (``UT-OBS = '01:33:43.317'``): put on the UTC day of
+      the next date keyword of the list (or DATE-OBS, DATE) within 12 h of it;
+    * a value that is none of these is noted and the next keyword tried.
+
+    Then ``mjd_obs``, then ``jd``.
+    """
+    primary = list(keywords.get("date_obs", [])) or ["DATE-OBS", "DATE"]
+    notes: list[str] = []
+    for i, key in enumerate(primary):
+        value = _first(header, [key])
+        if not isinstance(value, str):
+            continue
         try:
-            stamp = datetime.fromisoformat(text.replace(" ", "T"))
-            return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
-        except ValueError:
-            pass
+            if _CLOCK.match(value):
+                anchors = dict.fromkeys([*primary[i + 1:], "DATE-OBS", "DATE"])
+                anchor = next((t for t in (_day_of(header, k) for k in anchors if k != key)
+                               if t is not None), None)
+                if anchor is None:
+                    notes.append(f"{key} = {value!r} is a time of day and no date keyword "
+                                 "gives its day")
+                    continue
+                return _clock_on_day(value, anchor, key), notes
+            if _DAY.match(value):
+                clock = _first(header, keywords.get("time_obs", []))
+                if isinstance(clock, str) and _CLOCK.match(clock):
+                    return parse_iso_utc(f"{value}T{clock}", key), notes
+            return parse_iso_utc(value, key), notes
+        except ValueError as exc:
+            notes.append(str(exc))
     mjd = _as_float(_first(header, keywords.get("mjd_obs", [])))
     if mjd is None:
         jd = _as_float(_first(header, keywords.get("jd", [])))
         mjd = jd - 2400000.5 if jd is not None else None
-    return _MJD0 + timedelta(days=mjd) if mjd is not None else None
+    return (_MJD0 + timedelta(days=mjd) if mjd is not None else None), notes
+
+
+def _day_of(header: Mapping, key: str) -> datetime | None:
+    """The UTC instant a date keyword gives (a date alone: its noon UTC), or None."""
+    value = _first(header, [key])
+    if not isinstance(value, str) or _CLOCK.match(value):
+        return None
+    try:
+        if _DAY.match(value):
+            return parse_iso_utc(f"{value}T12:00:00", key)
+        return parse_iso_utc(value, key)
+    except ValueError:
+        return None
 
 
 def observing_night(utc: datetime, *, utc_offset_hours: float) -> str:
@@ -280,9 +333,20 @@ def observing_night(utc: datetime, *, utc_offset_hours: float) -> str:
 
 
 def _utc_offset(header: Mapping, profile: Mapping) -> float:
+    """Hours from UTC to local time: the profile's, else the offset a date keyword carries
+    (``DATE-OBS = '2017-12-19T18:33:43-0700'``), else longitude / 15 (east positive)."""
     night = profile.get("night", {})
     if night.get("utc_offset_hours") is not None:
         return float(night["utc_offset_hours"])
+    for key in profile.get("keywords", {}).get("date_obs", []) or ["DATE-OBS"]:
+        value = _first(header, [key])
+        if isinstance(value, str):
+            try:
+                offset = datetime.fromisoformat(value.strip().replace(" ", "T")).utcoffset()
+            except ValueError:
+                continue
+            if offset is not None:
+                return offset.total_seconds() / 3600.0
     lon = _as_float(_first(header, profile.get("keywords", {}).get("longitude", [])))
     if lon is None:
         lon = _as_float(profile.get("site", {}).get("longitude_deg"))
@@ -348,9 +412,12 @@ def _describe(path: Path, relpath: Path, profile: Mapping) -> dict[str, Any]:
     aliases = {_norm(k): v for k, v in profile.get("filter_aliases", {}).items()}
     filt = "" if raw_filter is None else str(raw_filter).strip()
     filt = aliases.get(_norm(filt), filt)
-    stamp = _parse_time(header, keywords)
+    stamp, time_notes = _parse_time(header, keywords)
     if stamp is None:
-        problems.append("no observation time (" + "/".join(keywords.get("date_obs", [])) + ")")
+        problems.append("no observation time (" + "/".join(keywords.get("date_obs", [])) + ")"
+                        + "".join(f"; {n}" for n in time_notes))
+    elif time_notes:
+        problems.append("; ".join(time_notes))
     night = _night_from_filename(relpath, profile.get("night", {}))
     night_source = "filename" if night else "header"
     if night is None and stamp is not None:

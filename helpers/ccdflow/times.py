@@ -9,15 +9,37 @@ IERS tables come from the installed astropy-iers-data package (no download).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["TimeError", "barycentric_times", "mid_exposure"]
+__all__ = ["TimeError", "barycentric_times", "mid_exposure", "parse_iso_utc"]
 
 
 class TimeError(ValueError):
     """A time cannot be computed; the message names the frame and the keyword."""
+
+
+def parse_iso_utc(text: str, keyword: str = "date") -> datetime:
+    """An ISO 8601 date and time as an aware UTC datetime; a UTC offset is applied.
+
+    ``'2017-12-19T18:33:43.317-0700'`` is 2017-12-20 01:33:43.317 UTC; ``Z`` is
+    UTC; no offset is UTC (the FITS standard's convention for DATE-OBS).
+
+    Raises
+    ------
+    ValueError
+        The text is not ISO 8601; the message names ``keyword`` and the value.
+    """
+    clean = text.strip().replace(" ", "T")
+    if clean.endswith("Z"):
+        clean = clean[:-1] + "+00:00"
+    try:
+        stamp = datetime.fromisoformat(clean)
+    except ValueError:
+        raise ValueError(f"{keyword} = {text!r} is not an ISO 8601 date and time") from None
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
 
 
 def mid_exposure(*, header: Mapping, date_keywords: Sequence[str] = ("DATE-OBS", "DATE-BEG"),
@@ -27,16 +49,17 @@ def mid_exposure(*, header: Mapping, date_keywords: Sequence[str] = ("DATE-OBS",
     from astropy import units as u
     from astropy.time import Time
 
-    start = next((header[k] for k in date_keywords if k in header), None)
-    if start is None:
+    key = next((k for k in date_keywords if k in header), None)
+    if key is None:
         raise TimeError(f"{where}: no start time ({'/'.join(date_keywords)})")
+    start = header[key]
     exptime = next((header[k] for k in exptime_keywords if k in header), None)
     if exptime is None:
         raise TimeError(f"{where}: no exposure time ({'/'.join(exptime_keywords)})")
-    try:
-        t0 = Time(str(start).strip(), scale="utc")
+    try:  # a UTC offset in the value is applied (local time -0700 -> UTC)
+        t0 = Time(parse_iso_utc(str(start), key).replace(tzinfo=None), scale="utc")
     except ValueError as exc:
-        raise TimeError(f"{where}: start time {start!r} is not ISO ({exc})") from None
+        raise TimeError(f"{where}: start time {exc}") from None
     return t0 + float(exptime) / 2 * u.s
 
 
