@@ -116,3 +116,65 @@ def test_mid_exposure_and_barycentric_times():
     with pytest.raises(TimeError, match="site lacks height_m"):
         barycentric_times(times=Time([mid]), ra_deg=1.0, dec_deg=2.0,
                           site={"latitude_deg": 1.0, "longitude_deg": 2.0})
+
+
+def _stars_and_spikes(rng, *, fwhm, n_stars=150, n_hot=1000, size=512, sky=100.0, noise=10.0):
+    """A frame of Gaussian stars (flux 3e3-3e5 e-), single-pixel hot pixels (200-20 000 e-)
+    and a few cosmic-ray tracks, with their truth."""
+    y, x = np.mgrid[:size, :size]
+    img = rng.normal(sky, noise, (size, size))
+    sig = fwhm / 2.3548
+    xs, ys = rng.uniform(12, size - 12, n_stars), rng.uniform(12, size - 12, n_stars)
+    flux = 10 ** rng.uniform(3.5, 5.5, n_stars)
+    for xi, yi, fi in zip(xs, ys, flux, strict=True):
+        sl = (slice(int(yi) - 9, int(yi) + 10), slice(int(xi) - 9, int(xi) + 10))
+        img[sl] += fi / (2 * np.pi * sig**2) * np.exp(
+            -((x[sl] - xi) ** 2 + (y[sl] - yi) ** 2) / (2 * sig**2))
+    hx, hy = rng.integers(6, size - 6, n_hot), rng.integers(6, size - 6, n_hot)
+    img[hy, hx] += 10 ** rng.uniform(2.3, 4.3, n_hot)
+    for _ in range(30):  # short straight tracks, 3-8 px
+        cx, cy, n = rng.integers(10, size - 10), rng.integers(10, size - 10), rng.integers(3, 9)
+        img[cy, cx:cx + n] += 10 ** rng.uniform(2.5, 3.5)
+    return img, np.column_stack([xs, ys]), flux, np.column_stack([hx, hy])
+
+
+@pytest.mark.parametrize("fwhm", [1.5, 1.8, 2.5, 4.0])
+def test_hot_pixels_and_tracks_are_not_taken_for_stars(rng, fwhm):
+    """Issue 12: a thousand hot pixels among 150 stars.  The shape test keeps every star
+    above S/N 20 (positions within 1 px of truth) and drops ≥ 99 % of the hot pixels that
+    segmentation detected; its numbers are photutils DAOStarFinder's own."""
+    from photutils.detection import DAOStarFinder
+
+    from ccdflow.photometry import star_shapes
+
+    img, stars, flux, hot = _stars_and_spikes(rng, fwhm=fwhm)
+    bkg, rms = np.full(img.shape, 100.0), np.full(img.shape, 10.0)
+    before = img.copy()
+    raw = detect_stars(data=img, background=bkg, rms=rms, npixels=1, shape_limits={})
+    found = detect_stars(data=img, background=bkg, rms=rms, npixels=1)
+    np.testing.assert_array_equal(img, before)  # input not mutated
+    rejected = found.attrs["rejected"]
+    assert rejected["sharp"] + rejected["elongated"] + rejected["flat"] == len(raw) - len(found)
+    # stars: S/N in an aperture of radius FWHM (sky 100 e-, noise 10 e-)
+    snr = flux / np.sqrt(flux + np.pi * fwhm**2 * noise_sq) if (noise_sq := 100.0) else None
+    isolated = cKDTree(stars).query(stars, k=2)[0][:, 1] > 3 * fwhm
+    near_hot = cKDTree(hot).query(stars)[0] < 2 * fwhm  # a hot pixel on a star: not clean
+    clean = stars[(snr > 20) & isolated & ~near_hot]
+    dist, _ = cKDTree(found[["x", "y"]].to_numpy()).query(clean)
+    assert (dist < 1.0).mean() >= 0.99, (fwhm, (dist >= 1).sum(), len(clean))
+    # hot pixels: of those segmentation detected (away from stars), ≤ 1 % survive
+    far = cKDTree(stars).query(hot)[0] > 3 * fwhm
+    hot_far = hot[far]
+    detected_hot = cKDTree(raw[["x", "y"]].to_numpy()).query(hot_far)[0] < 1.0
+    surviving = cKDTree(found[["x", "y"]].to_numpy()).query(hot_far)[0] < 1.0
+    assert detected_hot.sum() > 300
+    assert surviving.sum() <= 0.01 * detected_hot.sum(), (fwhm, surviving.sum())
+    # the shape numbers are DAOStarFinder's at the same positions
+    xy = raw[["x", "y"]].to_numpy()[:50]
+    ours = star_shapes(data=img - 100.0, x=xy[:, 0], y=xy[:, 1])
+    theirs = DAOStarFinder(threshold=-1e30, fwhm=1.5, xycoords=xy, sharpness_range=None,
+                           roundness_range=None)(img - 100.0)
+    k = cKDTree(xy).query(np.column_stack([theirs["x_centroid"], theirs["y_centroid"]]))[1]
+    np.testing.assert_allclose(ours["sharpness"].to_numpy()[k], theirs["sharpness"], rtol=1e-12)
+    np.testing.assert_allclose(ours["roundness2"].to_numpy()[k], theirs["roundness2"],
+                               rtol=1e-12)

@@ -372,13 +372,16 @@ def _frame(frame: str, *, calibrated_dir, background_dir, cosmics_dir):
 def sources_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
                   background_dir: str | Path, cosmics_dir: str | Path | None,
                   out_dir: str | Path, nsigma: float = 5.0, npixels: int = 5,
+                  shape_limits: Mapping[str, float] | None = None,
                   provenance: Mapping | None = None) -> pd.DataFrame:
     """Detections and seeing of each frame of a batch (``<frame>.ecsv``).
 
     Returns
     -------
     DataFrame
-        ``frame, n_sources, fwhm_px, seconds``.
+        ``frame, n_sources, fwhm_px, rejected_sharp, rejected_flat,
+        rejected_elongated, status, reason, seconds`` (the rejected counts are
+        detections that are not stars: hot pixels, cosmic-ray residue, trails).
     """
     from .photometry import frame_sources, write_sources
 
@@ -387,10 +390,11 @@ def sources_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
                       cosmics_dir=cosmics_dir)
         sources, meta = frame_sources(data=data.data, mask=data.mask,
                                       background=data.background, rms=data.rms,
-                                      nsigma=nsigma, npixels=npixels)
+                                      nsigma=nsigma, npixels=npixels, shape_limits=shape_limits)
         write_sources(product_path(out, frame, "sources"), sources, {**meta, **(provenance or {})},
                       frame=frame)
-        return {"n_sources": int(meta["n_sources"]), "fwhm_px": round(meta["fwhm_px"], 4)}
+        return {"n_sources": int(meta["n_sources"]), "fwhm_px": round(meta["fwhm_px"], 4),
+                **{k: int(v) for k, v in meta.items() if k.startswith("rejected_")}}
 
     upstream = [calibrated_dir, background_dir, *([cosmics_dir] if cosmics_dir else [])]
     return _run(frames, out_dir, step, str, upstream=upstream)

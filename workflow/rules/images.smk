@@ -62,7 +62,11 @@ rule detect_sources:
         sources=directory(batch_dir("sources")),
     params:
         frames=get_batch_frame_names,
-        detect={"nsigma": PHOT["detect_nsigma"], "npixels": PHOT["detect_npixels"]},
+        detect={
+            "nsigma": PHOT["detect_nsigma"],
+            "npixels": PHOT["detect_npixels"],
+            "shape_limits": PHOT["star_shape"],
+        },
         software=SOFTWARE,
     log:
         LOGS / "sources" / "{night}" / "{batch}.log",

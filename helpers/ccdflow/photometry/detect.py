@@ -20,25 +20,125 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SOURCE_COLUMNS", "SourceError", "detect_stars", "estimate_fwhm", "frame_sources",
-           "read_sources", "recentroid", "write_sources"]
+__all__ = ["SHAPE_LIMITS", "SOURCE_COLUMNS", "SourceError", "detect_stars", "estimate_fwhm",
+           "frame_sources", "read_sources", "recentroid", "shape_rejections", "star_shapes",
+           "write_sources"]
+
+
+SOURCE_COLUMNS = ["source_id", "x", "y", "flux", "peak", "fwhm", "area", "snr",
+                  "saturated_or_masked", "sharpness", "roundness1", "roundness2"]
 
 
 class SourceError(ValueError):
     """Sources cannot be found or matched; the message says why."""
 
 
+#: FWHM (px) of the DAOFIND kernel of the shape test.  A small kernel keeps
+#: undersampled stars apart from single-pixel spikes: on simulated frames
+#: (tests/test_sources_times.py) stars of FWHM 1.5-4 px have sharpness 0.4-0.87
+#: and hot pixels 1.01 and above.
+SHAPE_KERNEL_FWHM = 1.5
+
+#: default acceptance of the shape test: DAOFIND sharpness and |roundness|
+SHAPE_LIMITS = {"sharpness_min": 0.05, "sharpness_max": 0.95, "roundness_max": 1.0,
+                "peak_fraction_max": 0.7}
+
+
+def star_shapes(*, data: np.ndarray, x: Sequence[float], y: Sequence[float],
+                mask: np.ndarray | None = None,
+                kernel_fwhm: float = SHAPE_KERNEL_FWHM) -> pd.DataFrame:
+    """DAOFIND sharpness and roundness (Stetson 1987) at given positions.
+
+    photutils' :class:`~photutils.detection.DAOStarFinder` itself, run at the
+    positions (``xycoords``) on background-subtracted ``data``, so the numbers
+    are the library's.  ``sharpness`` is (peak − mean of the kernel footprint)
+    over the kernel-convolved peak: ~1 or more for a single hot pixel, lower
+    for a star the wider it is; ``roundness1`` (symmetry) and ``roundness2``
+    (marginal Gaussian fits) are 0 for a round source and ±1 or beyond for a
+    line (a cosmic-ray track, a bleed trail).
+
+    Returns
+    -------
+    DataFrame
+        ``sharpness, roundness1, roundness2`` per input position (NaN where
+        DAOStarFinder gives none, e.g. within a kernel of the edge).
+    """
+    from photutils.detection import DAOStarFinder
+    from scipy.spatial import cKDTree
+
+    xy = np.column_stack([np.asarray(x, float), np.asarray(y, float)])
+    out = pd.DataFrame(np.nan, index=np.arange(len(xy)),
+                       columns=["sharpness", "roundness1", "roundness2"])
+    if not len(xy):
+        return out
+    finder = DAOStarFinder(threshold=-1e30, fwhm=kernel_fwhm, xycoords=xy,
+                           sharpness_range=None, roundness_range=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = finder(np.asarray(data, float), mask=mask)
+    if table is None or not len(table):
+        return out
+    found = np.column_stack([np.asarray(table["x_centroid"], float),
+                             np.asarray(table["y_centroid"], float)])
+    dist, k = cKDTree(xy).query(found, distance_upper_bound=1.5)
+    hit = np.isfinite(dist)
+    for column in out.columns:
+        out.loc[k[hit], column] = np.asarray(table[column], float)[hit]
+    return out
+
+
+def shape_rejections(shapes: pd.DataFrame, *, exempt: np.ndarray | None = None,
+                     sharpness_min: float = SHAPE_LIMITS["sharpness_min"],
+                     sharpness_max: float = SHAPE_LIMITS["sharpness_max"],
+                     roundness_max: float = SHAPE_LIMITS["roundness_max"],
+                     peak_fraction_max: float = SHAPE_LIMITS["peak_fraction_max"],
+                     ) -> np.ndarray:
+    """Why each source is not a star: ``"sharp"`` (a spike: hot pixel, cosmic-ray
+    residue: sharpness above ``sharpness_max``, or more than ``peak_fraction_max``
+    of the segment's flux in its brightest pixel, which a star of FWHM ≥ 1.5 px
+    never has: ≤ 0.39 of its total, ~0.5 of an isophotal segment), ``"flat"``
+    (sharpness below ``sharpness_min``), ``"elongated"`` (|roundness1| or
+    |roundness2| above ``roundness_max``), or ``""``.
+
+    ``shapes`` holds ``sharpness, roundness1, roundness2`` (:func:`star_shapes`)
+    and, for the peak test, ``peak`` and ``flux``.  NaN shapes (a neighbour
+    within the kernel, the edge) pass those tests; ``exempt`` sources (masked
+    or saturated pixels, whose cores are zeroed) pass all.
+    """
+    sharp = shapes["sharpness"].to_numpy(float)
+    round1 = np.abs(shapes["roundness1"].to_numpy(float))
+    round2 = np.abs(shapes["roundness2"].to_numpy(float))
+    reason = np.full(len(shapes), "", dtype=object)
+    with np.errstate(invalid="ignore"):
+        reason[np.maximum(round1, round2) > roundness_max] = "elongated"
+        reason[sharp < sharpness_min] = "flat"
+        reason[sharp > sharpness_max] = "sharp"
+        if "peak" in shapes and "flux" in shapes:
+            peak, flux = shapes["peak"].to_numpy(float), shapes["flux"].to_numpy(float)
+            reason[peak > peak_fraction_max * flux] = "sharp"
+    if exempt is not None:
+        reason[np.asarray(exempt, bool)] = ""
+    return reason
+
+
 def detect_stars(*, data: np.ndarray, background: np.ndarray, rms: np.ndarray,
                  mask: np.ndarray | None = None, nsigma: float = 5.0, npixels: int = 5,
-                 deblend: bool = True) -> pd.DataFrame:
-    """Sources above ``nsigma`` × ``rms`` over ``background``.
+                 deblend: bool = True, shape_limits: Mapping[str, float] | None = None,
+                 ) -> pd.DataFrame:
+    """Sources above ``nsigma`` × ``rms`` over ``background`` that are shaped like stars.
+
+    Segmentation finds every source; :func:`star_shapes` and
+    :func:`shape_rejections` (``shape_limits``; ``{}`` to keep all) then drop
+    single-pixel spikes, flat and elongated detections before anything uses
+    the list.  The rejected count by reason is in ``DataFrame.attrs["rejected"]``.
 
     Returns
     -------
     DataFrame
         ``source_id`` (1 = brightest), ``x``, ``y`` (0-based centroids),
         ``flux`` (segment sum, e-), ``peak``, ``fwhm`` (px), ``area`` (px),
-        ``snr`` (flux over √(Σ rms² + flux)), ``saturated_or_masked``.
+        ``snr`` (flux over √(Σ rms² + flux)), ``saturated_or_masked``,
+        ``sharpness``, ``roundness1``, ``roundness2``.
     """
     from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources
     from photutils.utils.exceptions import NoDetectionsWarning
@@ -49,8 +149,9 @@ def detect_stars(*, data: np.ndarray, background: np.ndarray, rms: np.ndarray,
         warnings.simplefilter("ignore", NoDetectionsWarning)
         segm = detect_sources(sub, nsigma * rms, n_pixels=npixels, mask=bad)
     if segm is None:
-        return pd.DataFrame(columns=["source_id", "x", "y", "flux", "peak", "fwhm", "area",
-                                     "snr", "saturated_or_masked"])
+        empty = pd.DataFrame(columns=SOURCE_COLUMNS)
+        empty.attrs["rejected"] = {"sharp": 0, "flat": 0, "elongated": 0}
+        return empty
     if deblend and segm.n_labels > 1:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -68,10 +169,18 @@ def detect_stars(*, data: np.ndarray, background: np.ndarray, rms: np.ndarray,
     near_bad = [bool(bad[sl][segm.data[sl] == lab].any()) if bad.any() else False
                 for sl, lab in zip(segm.slices, segm.labels, strict=True)]
     table["saturated_or_masked"] = near_bad
-    table = table[np.isfinite(table["x"]) & np.isfinite(table["y"])]
+    table = table[np.isfinite(table["x"]) & np.isfinite(table["y"])].reset_index(drop=True)
+    shapes = star_shapes(data=sub, x=table["x"], y=table["y"], mask=bad)
+    table = pd.concat([table, shapes], axis=1)
+    limits = SHAPE_LIMITS if shape_limits is None else shape_limits
+    reason = (shape_rejections(table, exempt=table["saturated_or_masked"].to_numpy(), **limits)
+              if limits else np.full(len(table), "", dtype=object))
+    rejected = {r: int((reason == r).sum()) for r in ("sharp", "flat", "elongated")}
+    table = table[reason == ""]
     table = table.sort_values(["flux", "y", "x"], ascending=[False, True, True],
                               kind="stable").reset_index(drop=True)
     table.insert(0, "source_id", np.arange(1, len(table) + 1))
+    table.attrs["rejected"] = rejected
     return table
 
 
@@ -174,12 +283,11 @@ def recentroid(*, data: np.ndarray, background: np.ndarray, x: Sequence[float],
     return out_x, out_y
 
 
-SOURCE_COLUMNS = ["source_id", "x", "y", "flux", "peak", "fwhm", "area", "snr",
-                  "saturated_or_masked"]
 
 
 def frame_sources(*, data: np.ndarray, mask: np.ndarray, background: np.ndarray,
                   rms: np.ndarray, nsigma: float = 5.0, npixels: int = 5,
+                  shape_limits: Mapping[str, float] | None = None,
                   ) -> tuple[pd.DataFrame, dict]:
     """Detections and seeing of one calibrated frame.
 
@@ -196,11 +304,17 @@ def frame_sources(*, data: np.ndarray, mask: np.ndarray, background: np.ndarray,
         :func:`ccdflow.photometry.detect_stars` columns.
     meta : dict
         ``n_sources``, ``fwhm_px`` (NaN when no bright isolated star could be
-        fitted, e.g. through clouds) and ``note``.
+        fitted, e.g. through clouds), ``note`` and ``rejected_sharp``,
+        ``rejected_flat``, ``rejected_elongated`` (detections that are not
+        stars, :func:`shape_rejections`).
     """
     sources = detect_stars(data=data, background=background, rms=rms, mask=mask,
-                           nsigma=nsigma, npixels=npixels)
-    meta = {"n_sources": len(sources), "fwhm_px": float("nan"), "note": ""}
+                           nsigma=nsigma, npixels=npixels, shape_limits=shape_limits)
+    meta = {"n_sources": len(sources), "fwhm_px": float("nan"), "note": "",
+            **{f"rejected_{k}": v for k, v in sources.attrs.get("rejected", {}).items()}}
+    if any(sources.attrs.get("rejected", {}).values()):
+        log.info("detections that are not stars, left out: %s",
+                 ", ".join(f"{v} {k}" for k, v in sources.attrs["rejected"].items()))
     try:
         meta["fwhm_px"] = estimate_fwhm(data=data, background=background, sources=sources)
     except SourceError as exc:
