@@ -94,12 +94,22 @@ def manual_mask(*, shape: tuple[int, int], circles: Sequence[Mapping], wcs=None)
     return mask
 
 
+#: a segment with more than this fraction of its flux in one pixel is a spike (hot
+#: pixel, cosmic-ray residue), masked at its own pixels but not grown; see
+#: :func:`ccdflow.photometry.shape_rejections` (a star of FWHM ≥ 1.5 px: ≤ 0.39)
+SPIKE_PEAK_FRACTION = 0.7
+
+
 def _grow_sources(segm, *, saturated: np.ndarray, factor: float, min_radius: float,
-                  max_radius: float, saturated_factor: float) -> np.ndarray:
+                  max_radius: float, saturated_factor: float,
+                  values: np.ndarray | None = None) -> np.ndarray:
     """Dilate each source by ``factor`` × its equivalent radius (clipped), more if saturated.
 
     Each source is grown inside its own bounding box padded by its radius
     (``find_objects``), so the cost follows the sources' size, not the frame's.
+    With ``values`` (the frame above the background), spikes are not grown: a
+    thousand hot pixels of a camera without darks would otherwise mask a third
+    of the sky.
     """
     labels = segm.data
     areas = np.bincount(labels.ravel())
@@ -107,12 +117,22 @@ def _grow_sources(segm, *, saturated: np.ndarray, factor: float, min_radius: flo
     sat_labels = np.unique(labels[saturated & (labels > 0)])
     radius[sat_labels] *= saturated_factor
     radius = np.clip(radius, min_radius, max_radius)
+    if values is not None and segm.n_labels:
+        index = np.arange(1, segm.max_label + 1)
+        peak = ndimage.maximum(values, labels, index)
+        total = ndimage.sum_labels(values, labels, index)
+        spike = np.zeros(len(radius), bool)
+        spike[1:] = peak > SPIKE_PEAK_FRACTION * total
+        spike[sat_labels] = False
+        radius[spike] = 0.0
     grown = labels > 0
     ny, nx = labels.shape
     for label, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
         r = float(radius[label])
+        if r <= 0:  # a spike: its own pixels only (already in `grown`)
+            continue
         pad = int(np.ceil(r))
         ys = slice(max(box[0].start - pad, 0), min(box[0].stop + pad, ny))
         xs = slice(max(box[1].start - pad, 0), min(box[1].stop + pad, nx))
@@ -258,7 +278,8 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
             else:
                 new = _grow_sources(segm, saturated=saturated, factor=dilate_factor,
                                     min_radius=min_radius_px, max_radius=max_radius_px,
-                                    saturated_factor=saturated_factor) | extra
+                                    saturated_factor=saturated_factor,
+                                    values=clean - background) | extra
             changed = float(np.mean(new != source_mask))
             growth = new.mean() - source_mask.mean()
             if changed < tolerance and iterations > 1:
