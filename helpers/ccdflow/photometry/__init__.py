@@ -25,7 +25,7 @@ module          what it holds
 Everything public is importable from ``ccdflow.photometry`` itself.
 """
 
-from .align import frame_offset
+from .align import Alignment, align_frame, frame_offset
 from .apertures import (
     BAD_FLAGS,
     SKY_VARIANCE_FACTOR,
@@ -52,6 +52,7 @@ from .measure import (
     LONG_UNITS,
     PHOTOMETRY_COLUMNS,
     FrameData,
+    align_to_reference,
     aperture_labels,
     frame_photometry,
     load_frame,
@@ -67,41 +68,12 @@ from .targets import (
     write_reference,
 )
 
-__all__ = [
-    "BAD_FLAGS",
-    "LONG_UNITS",
-    "PHOTOMETRY_COLUMNS",
-    "SHAPE_LIMITS",
-    "SKY_VARIANCE_FACTOR",
-    "SOURCE_COLUMNS",
-    "FrameData",
-    "PhotFlag",
-    "PhotometryError",
-    "SourceError",
-    "annulus_statistics",
-    "aperture_labels",
-    "build_lightcurves",
-    "build_reference",
-    "choose_reference",
-    "detect_stars",
-    "differential_photometry",
-    "estimate_fwhm",
-    "frame_offset",
-    "frame_photometry",
-    "frame_sources",
-    "good_mask",
-    "load_frame",
-    "measure_apertures",
-    "read_photometry",
-    "read_reference",
-    "read_sources",
-    "recentroid",
-    "reference_catalog",
-    "shape_rejections",
-    "sky_coord",
-    "star_shapes",
-    "unit_comments",
-    "write_lightcurves",
-    "write_reference",
-    "write_sources",
-]
+__all__ = ["BAD_FLAGS", "LONG_UNITS", "PHOTOMETRY_COLUMNS", "SHAPE_LIMITS", "SKY_VARIANCE_FACTOR",
+           "SOURCE_COLUMNS", "Alignment", "FrameData", "PhotFlag", "PhotometryError",
+           "SourceError", "align_frame", "align_to_reference", "annulus_statistics",
+           "aperture_labels", "build_lightcurves", "build_reference", "choose_reference",
+           "detect_stars", "differential_photometry", "estimate_fwhm", "frame_offset",
+           "frame_photometry", "frame_sources", "good_mask", "load_frame", "measure_apertures",
+           "read_photometry", "read_reference", "read_sources", "recentroid", "reference_catalog",
+           "shape_rejections", "sky_coord", "star_shapes", "unit_comments", "write_lightcurves",
+           "write_reference", "write_sources"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .align import _affine_positions, _guard_centroids, frame_offset
+from .align import Alignment, _guard_centroids, align_frame
 from .apertures import BAD_FLAGS, PhotFlag, PhotometryError, measure_apertures
 from .detect import SourceError, recentroid
 from .targets import _wcs, sky_coord
@@ -20,8 +20,9 @@ from .targets import _wcs, sky_coord
 log = logging.getLogger(__name__)
 
 
-__all__ = ["LONG_UNITS", "PHOTOMETRY_COLUMNS", "FrameData", "aperture_labels", "frame_photometry",
-           "load_frame", "read_photometry", "unit_comments"]
+__all__ = ["LONG_UNITS", "PHOTOMETRY_COLUMNS", "FrameData", "align_to_reference",
+           "aperture_labels", "frame_photometry", "load_frame", "read_photometry",
+           "unit_comments"]
 
 
 #: columns of a per-frame photometry table, in order
@@ -78,6 +79,37 @@ def _pointing(header, catalog: pd.DataFrame, wcs) -> tuple[float, float, str] | 
     return None
 
 
+def align_to_reference(*, sources: pd.DataFrame, catalog: pd.DataFrame, fwhm_px: float,
+                       guess: np.ndarray | None = None,
+                       max_shift_px: float = 50.0) -> Alignment:
+    """The transform from the series' reference frame onto this frame's detections.
+
+    The catalog's detected sources (``x_ref, y_ref, flux_ref``) against this
+    frame's (``x, y, flux``), matched within ``max(1.5, fwhm_px)`` px; see
+    :func:`~ccdflow.photometry.align_frame` (``guess`` for chained tracking).
+    """
+    detected = catalog[np.isfinite(catalog["flux_ref"])]
+    ref_det = pd.DataFrame({"x": detected["x_ref"], "y": detected["y_ref"],
+                            "flux": detected["flux_ref"]})
+    tolerance = max(1.5, fwhm_px) if np.isfinite(fwhm_px) else 2.0
+    return align_frame(reference=ref_det, sources=sources, guess=guess,
+                       tolerance_px=tolerance, max_shift_px=max_shift_px)
+
+
+def _reference_centre(reference_meta: Mapping, shape: tuple[int, int]) -> tuple[float, float]:
+    ny, nx = (reference_meta.get("shape") or shape)[:2]
+    return (float(nx) - 1) / 2, (float(ny) - 1) / 2
+
+
+def _unaligned_positions(catalog: pd.DataFrame, wcs) -> tuple[np.ndarray, str]:
+    """Where to measure on a frame that could not be aligned: its WCS, else the reference."""
+    if wcs is not None and len(catalog) and np.isfinite(catalog["ra_deg"]).all():
+        xs, ys = wcs.world_to_pixel(sky_coord(catalog["ra_deg"].to_numpy(),
+                                              catalog["dec_deg"].to_numpy()))
+        return np.column_stack([xs, ys]), "from this frame's WCS"
+    return catalog[["x_ref", "y_ref"]].to_numpy(float).copy(), "of the reference frame"
+
+
 def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, header,
                      background: np.ndarray, background_rms: np.ndarray,
                      sources: pd.DataFrame, meta: Mapping, catalog: pd.DataFrame,
@@ -89,6 +121,7 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
                      recentroid_min_snr: float = 20.0, site: Mapping | None = None,
                      source_mask: np.ndarray | None = None, sky_exclude_sources: bool = True,
                      start_mjd_utc: float | None = None, exptime_s: float | None = None,
+                     alignment: Alignment | None = None,
                      frame: str = "frame") -> tuple[pd.DataFrame, list[str]]:
     """Every source of the series' list measured in one frame, with times.
 
@@ -125,6 +158,11 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         them with the profile's keywords (``date_obs``/``time_obs``/``mjd_obs``,
         ``exptime``); mid-exposure is start + exptime/2.  Without them the
         header's DATE-OBS (or DATE-BEG) and EXPTIME (or EXPOSURE) are used.
+    alignment : Alignment, optional
+        The transform from the reference (:func:`align_to_reference`, e.g.
+        chained from the previous frame); default: found here.  A frame that
+        cannot be aligned is measured at the positions its WCS gives, else the
+        reference's, flagged NOT_ALIGNED.
 
     Returns
     -------
@@ -163,29 +201,22 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         raise PhotometryError(f"annulus inner radius {r_in:.1f} px is inside the largest "
                               f"aperture {max(radii):.1f} px: raise photometry.annulus.inner")
 
-    # alignment: translation vote on the brightest detections, then affine
     ref_xy = catalog[["x_ref", "y_ref"]].to_numpy(float)
     flags = np.zeros(len(catalog), np.int64)
     flags[~np.isfinite(ref_xy).all(axis=1)] |= PhotFlag.NO_POSITION
     wcs = _wcs(header)
-    detected = catalog[np.isfinite(catalog["flux_ref"])]
-    ref_det = pd.DataFrame({"x": detected["x_ref"], "y": detected["y_ref"],
-                            "flux": detected["flux_ref"]})
     try:
-        dx, dy, _ = frame_offset(reference=ref_det, sources=sources, max_shift=max_shift_px)
-        xy, n_match = _affine_positions(ref_xy, sources[["x", "y"]].to_numpy(float),
-                                        (dx, dy), tolerance=max(1.5, fwhm))
-        notes.append(f"aligned: shift ({dx:+.2f}, {dy:+.2f}) px, {n_match} matched sources")
+        if alignment is None:
+            alignment = align_to_reference(sources=sources, catalog=catalog, fwhm_px=fwhm,
+                                           max_shift_px=max_shift_px)
+        xy = alignment.apply(ref_xy)
+        centre = _reference_centre(reference_meta, data.shape)
+        dx, dy = (alignment.apply(np.asarray([centre])) - np.asarray(centre))[0]
+        notes.append(alignment.describe(centre))
     except SourceError as exc:
         flags |= PhotFlag.NOT_ALIGNED
-        if wcs is not None and len(catalog) and np.isfinite(catalog["ra_deg"]).all():
-            xs, ys = wcs.world_to_pixel(sky_coord(catalog["ra_deg"].to_numpy(),
-                                                  catalog["dec_deg"].to_numpy()))
-            xy = np.column_stack([xs, ys])
-            notes.append(f"not aligned ({exc}); positions from this frame's WCS")
-        else:
-            xy = ref_xy.copy()
-            notes.append(f"not aligned ({exc}); positions of the reference frame")
+        xy, where = _unaligned_positions(catalog, wcs)
+        notes.append(f"not aligned ({exc}); positions {where}")
         log.warning("%s: %s", frame, notes[-1])
         dx = dy = float("nan")
     x, y = xy[:, 0], xy[:, 1]
