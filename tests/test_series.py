@@ -329,3 +329,50 @@ def test_times_come_from_the_inventory_not_a_date_only_header():
     assert table["exptime_s"].iloc[0] == 60.0
     naive, _ = frame_photometry(**common)  # header only: midnight + 30 s
     assert naive["mjd_utc"].iloc[0] == pytest.approx(60443.0 + 30 / 86400, abs=1e-9)
+
+
+def _source_table(xy, flux):
+    n = len(xy)
+    return pd.DataFrame({"source_id": np.arange(1, n + 1), "x": xy[:, 0], "y": xy[:, 1],
+                         "flux": flux, "peak": flux / 10, "fwhm": 2.0, "area": 20.0,
+                         "snr": 100.0, "saturated_or_masked": False, "sharpness": 0.6,
+                         "roundness1": 0.0, "roundness2": 0.0})
+
+
+def test_pixel_targets_on_the_first_frame_snap_and_follow_the_alignment(rng, tmp_path, caplog):
+    """Issue 12: x, y read off the series' first frame (as in AstroImageJ/EXOTIC), 2 px
+    off the star, while the reference is another frame flipped by 180° and shifted:
+    the target snaps to the star and lands on it in the reference (to the centroid noise);
+    a position with no star is kept, logged and flagged NO_STAR; an unknown frame name
+    is an error naming it."""
+    from ccdflow.photometry import place_pixel_targets, write_sources
+
+    ref_xy = rng.uniform(20, 480, (80, 2))
+    flux = 10 ** rng.uniform(3, 5, 80)
+    c = 249.5  # first frame: the reference rotated 180° about the centre, shifted (30, -12)
+    first_xy = 2 * c - ref_xy + np.array([30.0, -12.0]) + rng.normal(0, 0.02, ref_xy.shape)
+    paths = {}
+    for name, xy in (("f0", first_xy), ("ref", ref_xy)):
+        paths[name] = tmp_path / f"{name}.ecsv"
+        write_sources(paths[name], _source_table(xy, flux), {"fwhm_px": 2.0}, frame=name)
+    star = 7
+    given = first_xy[star] + np.array([1.5, -1.3])  # read off by eye, 2 px from the centroid
+    targets = [{"name": "T", "x": float(given[0]), "y": float(given[1])},
+               {"name": "EMPTY", "x": 2 * c - 250.0 + 30, "y": 2 * c - 250.0 - 12,
+                "frame": "f0"},
+               {"name": "SKY", "ra": 10.0, "dec": 5.0}]
+    empty_ref = np.array([250.0, 250.0])
+    assert np.hypot(*(ref_xy - empty_ref).T).min() > 6 or pytest.skip("a star fell there")
+    caplog.set_level("INFO")
+    placed = place_pixel_targets(targets=targets, sources=paths, reference_frame="ref",
+                                 reference_sources=_source_table(ref_xy, flux))
+    assert np.hypot(placed[0]["x"] - ref_xy[star, 0], placed[0]["y"] - ref_xy[star, 1]) < 0.05
+    assert not placed[0]["no_star"] and "target T snapped to the star" in caplog.text
+    assert placed[1]["no_star"] and "target EMPTY: no star within 5.0 px" in caplog.text
+    assert np.hypot(placed[1]["x"] - 250.0, placed[1]["y"] - 250.0) < 0.05
+    assert placed[2] == targets[2]
+    with pytest.raises(PhotometryError, match=r"target T: frame 'nosuch' is not a frame of "
+                                              r"this series \(frames: f0, ref\)"):
+        place_pixel_targets(targets=[{"name": "T", "x": 1.0, "y": 2.0, "frame": "nosuch"}],
+                            sources=paths, reference_frame="ref",
+                            reference_sources=_source_table(ref_xy, flux))

@@ -17,6 +17,7 @@ rule photometry_reference:
             "min_sources": PHOT["min_reference_sources"],
             "max_sources": PHOT["max_sources"],
             "match_radius_px": PHOT["match_radius_px"],
+            "snap_radius_px": PHOT["snap_radius_px"],
         },
         software=SOFTWARE,
     log:

@@ -62,6 +62,7 @@ from .measure import (
 from .targets import (
     build_reference,
     choose_reference,
+    place_pixel_targets,
     read_reference,
     reference_catalog,
     sky_coord,
@@ -74,6 +75,6 @@ __all__ = ["BAD_FLAGS", "LONG_UNITS", "PHOTOMETRY_COLUMNS", "SHAPE_LIMITS", "SKY
            "aperture_labels", "build_lightcurves", "build_reference", "choose_reference",
            "detect_stars", "differential_photometry", "estimate_fwhm", "frame_offset",
            "frame_photometry", "frame_sources", "good_mask", "load_frame", "measure_apertures",
-           "read_photometry", "read_reference", "read_sources", "recentroid", "reference_catalog",
-           "shape_rejections", "sky_coord", "star_shapes", "unit_comments", "write_lightcurves",
-           "write_reference", "write_sources"]
+           "place_pixel_targets", "read_photometry", "read_reference", "read_sources",
+           "recentroid", "reference_catalog", "shape_rejections", "sky_coord", "star_shapes",
+           "unit_comments", "write_lightcurves", "write_reference", "write_sources"]

@@ -27,6 +27,9 @@ Flags (bit field, column ``flags``):
                           too few stars): positions from the WCS or unshifted
 128   NO_POSITION         a target given in RA/Dec on a series without a WCS:
                           row kept, flux NaN
+256   NO_STAR             a target given in pixels with no detection within
+                          ``snap_radius_px``: measured there (forced), said in
+                          the log; informational
 ====  ==================  ==============================================
 """
 
@@ -60,6 +63,7 @@ class PhotFlag(IntFlag):
     FEW_SKY_PIXELS = 32
     NOT_ALIGNED = 64
     NO_POSITION = 128
+    NO_STAR = 256  # informational: a pixel target with no detection near it (forced photometry)
 
 
 #: usable-row test: any of these flags makes a measurement unfit for light curves

@@ -204,6 +204,8 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
     ref_xy = catalog[["x_ref", "y_ref"]].to_numpy(float)
     flags = np.zeros(len(catalog), np.int64)
     flags[~np.isfinite(ref_xy).all(axis=1)] |= PhotFlag.NO_POSITION
+    if "no_star" in catalog:
+        flags[catalog["no_star"].fillna(False).to_numpy(bool)] |= PhotFlag.NO_STAR
     wcs = _wcs(header)
     try:
         if alignment is None:

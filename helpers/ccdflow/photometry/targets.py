@@ -18,8 +18,15 @@ from .detect import _column, read_sources
 log = logging.getLogger(__name__)
 
 
-__all__ = ["build_reference", "choose_reference", "read_reference", "reference_catalog",
-           "sky_coord", "write_reference"]
+__all__ = [
+    "build_reference",
+    "choose_reference",
+    "place_pixel_targets",
+    "read_reference",
+    "reference_catalog",
+    "sky_coord",
+    "write_reference",
+]
 
 
 def _wcs(header):
@@ -151,7 +158,7 @@ def reference_catalog(*, sources: pd.DataFrame, header, shape: tuple[int, int],
             log.warning("target %s falls outside the reference frame %s at x=%.1f y=%.1f: "
                         "its rows are flagged OFF_FRAME", target["name"], frame, x, y)
         rows.append({"name": target["name"], "x_ref": x, "y_ref": y, "flux_ref": flux,
-                     "snr_ref": snr})
+                     "snr_ref": snr, "no_star": bool(target.get("no_star", False))})
     rest = det[~used]
     table = pd.DataFrame({
         "name": [r["name"] for r in rows] + [""] * len(rest),
@@ -159,6 +166,8 @@ def reference_catalog(*, sources: pd.DataFrame, header, shape: tuple[int, int],
                                 rest[src].to_numpy(float)])
            for col, src in (("x_ref", "x"), ("y_ref", "y"), ("flux_ref", "flux"),
                             ("snr_ref", "snr"))}})
+    table["no_star"] = np.concatenate([np.array([r["no_star"] for r in rows], bool),
+                                       np.zeros(len(rest), bool)])
     table.insert(0, "source_id", np.arange(1, len(table) + 1))
     table["ra_deg"] = table["dec_deg"] = np.nan
     if wcs is not None and len(table):
@@ -167,17 +176,93 @@ def reference_catalog(*, sources: pd.DataFrame, header, shape: tuple[int, int],
     return table
 
 
+def _snap(det: pd.DataFrame, x: float, y: float, radius: float) -> tuple[float, float, float]:
+    """The detection nearest (x, y) within ``radius``: its centroid and distance (NaN: none)."""
+    if not len(det):
+        return x, y, float("nan")
+    dist = np.hypot(det["x"].to_numpy(float) - x, det["y"].to_numpy(float) - y)
+    k = int(np.nanargmin(dist))
+    if not dist[k] <= radius:
+        return x, y, float("nan")
+    return float(det["x"].iloc[k]), float(det["y"].iloc[k]), float(dist[k])
+
+
+def place_pixel_targets(*, targets: Sequence[Mapping], sources: Mapping[str, str | Path],
+                        reference_frame: str, reference_sources: pd.DataFrame,
+                        snap_radius_px: float = 5.0, tolerance_px: float = 2.0,
+                        ) -> list[dict]:
+    """Targets given in pixels on a named frame, placed on the reference frame.
+
+    A target ``{name, x, y, frame}`` is read on ``frame`` (default: the series'
+    first frame in time, the first key of ``sources``: where AstroImageJ and
+    EXOTIC users read positions), snapped to the centroid of the detection
+    within ``snap_radius_px`` (offset logged), and carried to the reference
+    through the transform between the two frames
+    (:func:`~ccdflow.photometry.align_frame`).  With no detection within the
+    radius it keeps the given position, is logged, and gets ``no_star`` (its
+    rows are flagged NO_STAR): never silently measured on sky.  RA/Dec targets
+    pass unchanged.
+
+    Raises
+    ------
+    PhotometryError
+        ``frame`` is not a frame of the series, or it cannot be aligned with the
+        reference; the message names the target and the frame.
+    """
+    from .align import align_frame
+    from .detect import SourceError
+
+    first = next(iter(sources), None)
+    placed = []
+    for target in targets:
+        if "x" not in target:
+            placed.append(dict(target))
+            continue
+        name, frame = target["name"], target.get("frame") or first
+        if frame not in sources:
+            raise PhotometryError(
+                f"target {name}: frame {frame!r} is not a frame of this series (frames: "
+                f"{', '.join(list(sources)[:5])}{' …' if len(sources) > 5 else ''})")
+        det = reference_sources if frame == reference_frame else read_sources(sources[frame])[0]
+        x, y, dist = _snap(det, float(target["x"]), float(target["y"]), snap_radius_px)
+        if np.isfinite(dist):
+            log.info("target %s snapped to the star at (%.2f, %.2f) on frame %s, %.2f px from "
+                     "the given (%.2f, %.2f)", name, x, y, frame, dist, target["x"], target["y"])
+        else:
+            log.warning("target %s: no star within %.1f px of (%.2f, %.2f) on frame %s: measured "
+                        "at that position, its rows flagged NO_STAR", name, snap_radius_px,
+                        x, y, frame)
+        if frame != reference_frame:
+            try:
+                to_frame = align_frame(reference=reference_sources, sources=det,
+                                       tolerance_px=tolerance_px)
+            except SourceError as exc:
+                raise PhotometryError(f"target {name}: frame {frame} cannot be aligned with the "
+                                      f"reference {reference_frame} ({exc}); give the position "
+                                      "on another frame (target 'frame')") from None
+            inverse = np.linalg.inv(to_frame.matrix)
+            x, y = (inverse[:2, :2] @ np.array([x, y]) + inverse[:2, 2]).tolist()
+            log.info("target %s: (%.2f, %.2f) on the reference %s (%s)", name, x, y,
+                     reference_frame, to_frame.describe((0.0, 0.0)))
+        placed.append({**target, "x": x, "y": y, "no_star": not np.isfinite(dist)})
+    return placed
+
+
 def build_reference(*, sources: Mapping[str, str | Path], calibrated: Mapping[str, str | Path],
                     targets: Sequence[Mapping] = (), reference_frame: str | None = None,
                     metas: Mapping[str, Mapping] | None = None,
                     min_sources: int = 5, max_sources: int = 2000,
-                    match_radius_px: float = 3.0) -> tuple[pd.DataFrame, dict]:
+                    match_radius_px: float = 3.0,
+                    snap_radius_px: float = 5.0) -> tuple[pd.DataFrame, dict]:
     """Choose the reference frame of a series and build its source list.
 
     Parameters
     ----------
     sources, calibrated : mapping
-        Per frame name, the source table and the calibrated product.
+        Per frame name (in time order), the source table and the calibrated product.
+    targets : sequence of mapping
+        ``{name, ra, dec}`` or ``{name, x, y[, frame]}``; pixel targets are
+        placed with :func:`place_pixel_targets` (``snap_radius_px``).
     reference_frame : str, optional
         Frame to use; default :func:`choose_reference`.
     metas : mapping, optional
@@ -229,6 +314,12 @@ def build_reference(*, sources: Mapping[str, str | Path], calibrated: Mapping[st
     with fits.open(calibrated[reference_frame], memmap=False) as hdul:
         shape = hdul["SCI"].data.shape
         header = hdul[0].header
+    if not note:
+        fwhm = float(meta["fwhm_px"])
+        targets = place_pixel_targets(
+            targets=targets, sources=sources, reference_frame=reference_frame,
+            reference_sources=det, snap_radius_px=snap_radius_px,
+            tolerance_px=max(1.5, fwhm) if np.isfinite(fwhm) else 2.0)
     catalog = reference_catalog(sources=det, header=header, shape=shape,
                                 targets=targets, max_sources=max_sources,
                                 match_radius_px=match_radius_px, frame=reference_frame)
