@@ -54,7 +54,7 @@ def test_slurm_run_equals_the_local_run(slurm, tiny_demo, tmp_path):
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", text)
     assert len(submitted) >= 10, text[-3000:]
     assert "Group job frames" in text, "the per-frame stages of a batch ran as one SLURM job"
-    assert assert_same_results(tiny_demo / "results", tmp_path / "results") > 100
+    assert assert_same_results(tiny_demo / "results", tmp_path / "results") > 80
 
 
 def test_memory_beyond_the_node_is_a_clear_error_not_a_hang(slurm, tmp_path):

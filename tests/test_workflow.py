@@ -280,7 +280,7 @@ def test_product_deleted_inside_a_batch_remakes_that_batch(tiny_demo, tmp_path):
     snakemake(work, "--cores", "2", config=config)
     assert victim.is_file()
     assert _rerun_jobs(work, config=config) == {}
-    assert assert_same_results(tiny_demo / "results", work / "results") > 100
+    assert assert_same_results(tiny_demo / "results", work / "results") > 80
 
 
 def test_touching_one_raw_frame_reruns_only_its_chain(tmp_path):
@@ -376,4 +376,4 @@ def test_killed_run_resumes_with_identical_results(tiny_demo, tmp_path):
     _no_partial_files(tmp_path / "results")
     # 3) plain `snakemake` (the default profile reruns incomplete jobs) finishes
     snakemake(tmp_path, "--cores", "2", config=config)
-    assert assert_same_results(tiny_demo / "results", tmp_path / "results") > 100
+    assert assert_same_results(tiny_demo / "results", tmp_path / "results") > 80

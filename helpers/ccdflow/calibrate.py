@@ -321,14 +321,22 @@ def make_master_flat(*, paths: Sequence[str | Path], detector: Mapping, bias: Pr
 
 
 def make_bad_pixel_mask(*, shape: tuple[int, int], detector: Mapping,
-                        masters: Sequence[Product | None] = ()) -> np.ndarray:
+                        masters: Sequence[Product | None] = (),
+                        hot_pixels: np.ndarray | None = None) -> np.ndarray:
     """Union (OR) of the masters' masks and the profile's bad columns, pixels and regions.
 
     ``detector`` keys: ``bad_columns`` (1-based x), ``bad_rows`` (1-based y),
     ``bad_pixels`` (list of 1-based ``[x, y]``) and ``bad_regions`` (IRAF
-    sections) — all in trimmed-frame coordinates.
+    sections) — all in trimmed-frame coordinates.  ``hot_pixels`` (a boolean
+    map, :func:`ccdflow.hotpixels.hot_pixel_map` for cameras without darks) is
+    OR-ed in as HOT.
     """
     mask = np.zeros(shape, np.uint16)
+    if hot_pixels is not None:
+        if np.shape(hot_pixels) != tuple(shape):
+            raise CalibrationError(f"hot-pixel map has shape {np.shape(hot_pixels)}, "
+                                   f"expected {shape}")
+        mask[np.asarray(hot_pixels, bool)] |= np.uint16(MaskBit.HOT)
     for master in masters:
         if master is None:
             continue
@@ -418,6 +426,7 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
     header["DARKFILE"] = (names.get("dark", "none") if dark is not None else "none", "master dark")
     header["FLATFILE"] = (names.get("flat", "none") if flat is not None else "none", "master flat")
     header["BPMFILE"] = (names.get("bpm", "none"), "bad-pixel mask")
+    header["NHOTPIX"] = (int((mask & np.uint16(MaskBit.HOT) != 0).sum()), "pixels flagged HOT")
     header["ILLUMFIL"] = (names.get("illumination", "none") if illumination is not None
                           else "none", "illumination correction")
     header["GAINORIG"] = (frame.gains[0], "[e-/ADU] gain applied (first amplifier)")

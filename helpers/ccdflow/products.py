@@ -109,9 +109,13 @@ def read_product(path: str | Path) -> Product:
 
 
 def write_mask(path: str | Path, mask: np.ndarray, *, inputs: Iterable[str | Path], step: str,
-               params: Mapping[str, Any] | None = None) -> None:
-    """Write a bit mask (uint16) as primary (provenance) + MASK, atomically."""
+               params: Mapping[str, Any] | None = None,
+               cards: Mapping[str, tuple[Any, str]] | None = None) -> None:
+    """Write a bit mask (uint16) as primary (provenance) + MASK, atomically;
+    ``cards`` ({keyword: (value, comment)}) go into the primary header."""
     header = provenance_header(step=step, inputs=inputs, params=params or {})
+    for key, card in (cards or {}).items():
+        header[key] = card
     hdu = fits.ImageHDU(np.asarray(mask, np.uint16), name="MASK")
     for key, value, comment in header_cards():
         hdu.header[key] = (value, comment)

@@ -75,6 +75,29 @@ class NightSpec:
         Number of bias frames, dark frames and flats *per filter*.
     science : sequence of (filter, count)
         Science time series per filter, taken one after the other.
+    adc_max : int
+        Saturation of the digitiser (4095 for a 12-bit camera).
+    fwhm_px : float, optional
+        Mean seeing (px); default 2.8 with a slow ±0.5 variation.
+    drift_px : (float, float)
+        Tracking drift (x, y) reached by the last science frame, growing with time.
+    flip_at : float, optional
+        Fraction of the science series after which the field is rotated by 180°
+        (a German mount's meridian flip).
+    cloud_fraction : float
+        Fraction of science frames seen through thin clouds (transparency 0.7-0.9).
+    extinction_mag_per_airmass : float
+        Atmospheric extinction applied to every star (an airmass trend).
+    local_utc_offset_hours : float, optional
+        Write DATE-OBS in local time with this offset (``...-0700``) and the UTC
+        start as a time of day in UT-OBS, as some robotic telescopes do.
+    wcs : bool
+        Write a TAN WCS in science headers.
+    flat_structure : float
+        Scale of the pixel response's structure (vignetting 10 %, dust donuts 3-6 %,
+        PRNU 1 % at 1); a night without flats keeps all of it in its photometry.
+
+    :meth:`realworld` gives the night of a small robotic telescope (issue 12).
     """
 
     nx: int = 1024
@@ -100,6 +123,44 @@ class NightSpec:
     transit_depth: float = 0.01
     night: str = "2026-03-14"
     seed: int = 42
+    adc_max: int = 65535
+    zero_point_mag: float = 22.5
+    target_mag: float = 13.6
+    fwhm_px: float | None = None
+    drift_px: tuple[float, float] = (4.0, -2.5)
+    flip_at: float | None = None
+    cloud_fraction: float = 0.0
+    extinction_mag_per_airmass: float = 0.0
+    local_utc_offset_hours: float | None = None
+    wcs: bool = True
+    flat_structure: float = 1.0
+
+    @classmethod
+    def realworld(cls, *, flip: bool = False, n_science: int = 140, nx: int = 650,
+                  ny: int = 500, n_stars: int | None = None, seed: int = 2017) -> NightSpec:
+        """A time-series night of a small robotic telescope, as users bring them.
+
+        12-bit data (saturation 4095 ADU), no bias, dark or flat frames, ~1,000 hot
+        pixels (0.3 % of 650×500), FWHM 1.8 px, a tracking drift growing to 60 px over
+        ``n_science`` 60-s frames (7 h at 180 s cadence), optionally a 180° meridian
+        flip half-way, thin clouds on 8 % of the frames (30 % transparency drops), an
+        airmass trend (0.15 mag/airmass), a 2 % transit, no WCS, DATE-OBS in local
+        time with its UTC offset (−07:00) and the UTC start in UT-OBS.  Its pixel
+        response has 0.3 of the demo camera's structure (vignetting 3 %, dust donuts
+        1-2 %, PRNU 0.3 %): without flats all of it stays in the photometry, and the
+        demo's full structure moves a drifting star's flux by several per cent.
+        """
+        return cls(nx=nx, ny=ny, overscan_cols=8, n_bias=0, n_dark=0, n_flat=0,
+                   filters=("R",), science=(("R", n_science),), science_exptime_s=60.0,
+                   overhead_s=120.0, n_stars=n_stars if n_stars is not None else 250,
+                   gain_e_per_adu=1.0, read_noise_e=10.0, bias_level_adu=100.0,
+                   dark_rate_e_per_s=0.02, hot_pixel_fraction=1000 / (650 * 500),
+                   sky_rate_e_per_s=5.0, transit_depth=0.02, night="2018-03-01", seed=seed,
+                   adc_max=4095, zero_point_mag=21.0, target_mag=15.5, fwhm_px=1.8,
+                   drift_px=(60.0, -25.0),
+                   flip_at=0.5 if flip else None, cloud_fraction=0.08,
+                   extinction_mag_per_airmass=0.15, local_utc_offset_hours=-7.0, wcs=False,
+                   flat_structure=0.3)
 
     def __post_init__(self) -> None:
         for name in ("nx", "ny"):
@@ -107,10 +168,10 @@ class NightSpec:
                 raise ValueError(f"{name} must be >= 64 pixels, got {getattr(self, name)}")
         if self.overscan_cols < 8:
             raise ValueError(f"overscan_cols must be >= 8, got {self.overscan_cols}")
-        if self.n_bias < 1 or self.n_dark < 0 or self.n_flat < 1:
-            raise ValueError("n_bias and n_flat must be >= 1 and n_dark >= 0")
+        if self.n_bias < 0 or self.n_dark < 0 or self.n_flat < 0:
+            raise ValueError("n_bias, n_dark and n_flat must be >= 0")
         for filt, count in self.science:
-            if filt not in self.filters:
+            if filt not in self.filters and self.n_flat:
                 raise ValueError(f"science filter {filt!r} has no flats; filters={self.filters}")
             if count < 1:
                 raise ValueError(f"science count for {filt!r} must be >= 1, got {count}")
@@ -216,20 +277,21 @@ def _flats(rng: np.random.Generator, spec: NightSpec) -> dict[str, np.ndarray]:
     ny, nx = spec.ny, spec.nx
     x = (np.arange(nx)[np.newaxis, :] - 0.52 * nx) / (0.5 * nx)
     y = (np.arange(ny)[:, np.newaxis] - 0.47 * ny) / (0.5 * ny)
-    vignetting = 1.0 - 0.10 * (x**2 + y**2)
-    prnu = 1.0 + rng.normal(0.0, 0.01, size=(ny, nx))
+    k = spec.flat_structure
+    vignetting = 1.0 - 0.10 * k * (x**2 + y**2)
+    prnu = 1.0 + rng.normal(0.0, 0.01 * k, size=(ny, nx))
 
     def motes(n: int) -> np.ndarray:
         out = np.ones((ny, nx))
         for _ in range(n):
             out *= _donut(ny, nx, rng.uniform(0.1, 0.9) * nx, rng.uniform(0.1, 0.9) * ny,
-                          rng.uniform(10, 25), rng.uniform(0.03, 0.06))
+                          rng.uniform(10, 25), k * rng.uniform(0.03, 0.06))
         return out
 
     window_dust = motes(3)  # on the dewar window: seen in every filter
     flats = {}
     for filt in spec.filters:
-        colour = 1.0 + rng.normal(0.0, 0.002, size=(ny, nx))  # filter-dependent PRNU
+        colour = 1.0 + rng.normal(0.0, 0.002 * k, size=(ny, nx))  # filter-dependent PRNU
         flat = vignetting * prnu * colour * window_dust * motes(1)
         flats[filt] = flat / np.median(flat)
     return flats
@@ -277,10 +339,10 @@ def _star_list(rng: np.random.Generator, spec: NightSpec) -> pd.DataFrame:
     x, y, mag = x[keep], y[keep], mag[keep]
     x = np.concatenate([[target_xy[0]], x])
     y = np.concatenate([[target_xy[1]], y])
-    mag = np.concatenate([[13.6], mag])
+    mag = np.concatenate([[spec.target_mag], mag])
     stars = pd.DataFrame({
         "star_id": np.arange(len(x)), "x0": x, "y0": y, "mag": mag,
-        "flux_e_per_s": 10 ** (-0.4 * (mag - ZERO_POINT_MAG)),
+        "flux_e_per_s": 10 ** (-0.4 * (mag - spec.zero_point_mag)),
         "is_target": np.arange(len(x)) == 0,
     })
     wcs = _wcs(spec, 0.0, 0.0)
@@ -376,13 +438,23 @@ def _header(spec: NightSpec, kind: str, filt: str, exptime: float, start, airmas
                    "science": FIELD["name"]}[kind]
     h["EXPTIME"] = (float(exptime), "[s] Exposure time")
     h["EXPOSURE"] = (float(exptime), "[s] Exposure time")
-    h["DATE-OBS"] = (start.isot, "UTC start of exposure")
+    if spec.local_utc_offset_hours is None:
+        h["DATE-OBS"] = (start.isot, "UTC start of exposure")
+    else:  # local time with its offset, the UTC start as a time of day (robotic telescopes)
+        from astropy.time import TimeDelta
+
+        off = spec.local_utc_offset_hours
+        local = (start + TimeDelta(off * 3600.0, format="sec")).isot
+        sign, hours = ("-" if off < 0 else "+"), abs(off)
+        h["DATE-OBS"] = (f"{local}{sign}{int(hours):02d}{round(60 * (hours % 1)):02d}",
+                         "local start, UTC offset")
+        h["UT-OBS"] = (start.isot.split("T")[1], "UTC start (time of day)")
     h["MJD-OBS"] = (round(start.mjd, 8), "MJD (UTC) at start of exposure")
     if filt:
         h["FILTER"] = (filt, "Filter used")
     h["GAIN"] = (spec.gain_e_per_adu, "[e-/ADU] Detector gain")
     h["RDNOISE"] = (spec.read_noise_e, "[e-] Read noise")
-    h["SATURATE"] = (ADC_MAX, "[ADU] Saturation level")
+    h["SATURATE"] = (spec.adc_max, "[ADU] Saturation level")
     h["BIASSEC"] = (f"[{spec.nx + 5}:{nx_raw},1:{spec.ny}]", "Overscan section")
     h["TRIMSEC"] = (f"[1:{spec.nx},1:{spec.ny}]", "Section of useful data")
     h["DATASEC"] = (f"[1:{spec.nx},1:{spec.ny}]", "Light-sensitive section")
@@ -403,7 +475,8 @@ def _header(spec: NightSpec, kind: str, filt: str, exptime: float, start, airmas
         h["OBJCTRA"], h["OBJCTDEC"] = ra.replace(":", " "), dec.replace(":", " ")
         h["EQUINOX"] = 2000.0
         h["AIRMASS"] = (round(float(airmass), 4), "Airmass at start")
-        h.update(_wcs(spec, dx, dy).to_header())
+        if spec.wcs:
+            h.update(_wcs(spec, dx, dy).to_header())
     h["SIMULATE"] = (True, "Frame made by ccdflow.simulate")
     h["SIMSEED"] = (spec.seed, "Simulator seed")
     h["SIMVERS"] = (__version__, "ccdflow version of the simulator")
@@ -419,7 +492,7 @@ def _to_adu(rng: np.random.Generator, spec: NightSpec, electrons: np.ndarray, le
     over = level + drift[:, np.newaxis] + rng.normal(
         0.0, spec.read_noise_e / spec.gain_e_per_adu, size=(spec.ny, spec.overscan_cols))
     raw = np.hstack([data, over])
-    return np.clip(np.round(raw), 0, ADC_MAX).astype(np.uint16)
+    return np.clip(np.round(raw), 0, spec.adc_max).astype(np.uint16)
 
 
 def simulate_night(*, out_dir: str | Path, spec: NightSpec | None = None) -> Path:
@@ -520,16 +593,32 @@ def _simulate_into(root: Path, spec: NightSpec) -> None:
             info["sky_level_e"] = rate * exptime
         elif kind == "science":
             u = (start.mjd - sci_first) / max(sci_last - sci_first, 1e-9)
-            fwhm = float(np.clip(2.8 + 0.5 * math.sin(2 * math.pi * 1.3 * u + 0.4)
-                                 + rng.normal(0, 0.08), 2.0, 5.0))
-            dx, dy = 4.0 * u + rng.normal(0, 0.15), -2.5 * u + rng.normal(0, 0.15)
+            if spec.fwhm_px is None:
+                fwhm = float(np.clip(2.8 + 0.5 * math.sin(2 * math.pi * 1.3 * u + 0.4)
+                                     + rng.normal(0, 0.08), 2.0, 5.0))
+            else:
+                fwhm = float(np.clip(spec.fwhm_px * (1 + 0.08 * math.sin(2 * math.pi * u))
+                                     + rng.normal(0, 0.03), 0.8 * spec.fwhm_px,
+                                     1.5 * spec.fwhm_px))
+            dx = spec.drift_px[0] * u + rng.normal(0, 0.15)
+            dy = spec.drift_px[1] * u + rng.normal(0, 0.15)
             t_mid = start.mjd + exptime / 2 / 86400.0
             fac = np.ones(len(stars))
             fac[stars["is_target"].to_numpy()] = transit_factor(
                 np.array([t_mid]), t0=transit["t0_mjd"], duration_d=transit["duration_d"],
                 ingress_d=transit["ingress_d"], depth=transit["depth"])[0]
-            flux = stars["flux_e_per_s"].to_numpy() * exptime * fac
-            xs, ys = stars["x0"].to_numpy() + dx, stars["y0"].to_numpy() + dy
+            transparency = 1.0
+            if spec.cloud_fraction and rng.random() < spec.cloud_fraction:
+                transparency = float(rng.uniform(0.7, 0.9))
+            extinction = 10 ** (-0.4 * spec.extinction_mag_per_airmass * float(airmass[i_sci]))
+            flux = stars["flux_e_per_s"].to_numpy() * exptime * fac * transparency * extinction
+            flipped = spec.flip_at is not None and u > spec.flip_at
+            if flipped:  # 180° about the frame centre, then the drift
+                xs = (spec.nx - 1) - stars["x0"].to_numpy() + dx
+                ys = (spec.ny - 1) - stars["y0"].to_numpy() + dy
+            else:
+                xs, ys = stars["x0"].to_numpy() + dx, stars["y0"].to_numpy() + dy
+            info.update(transparency=transparency, flipped=flipped, extinction=extinction)
             sky_level = spec.sky_rate_e_per_s * exptime * (1.0 + 0.6 * u)
             gx, gy = 0.08 + 0.02 * u, -0.04
             sky = sky_model(level_e=sky_level, gx=gx, gy=gy, shape=electrons.shape)
@@ -554,7 +643,7 @@ def _simulate_into(root: Path, spec: NightSpec) -> None:
         path.chmod(0o444)
         info.update(exptime_s=float(exptime), date_obs=start.isot,
                     mjd_mid=start.mjd + exptime / 2 / 86400.0,
-                    n_saturated=int((raw[:, : spec.nx] == ADC_MAX).sum()))
+                    n_saturated=int((raw[:, : spec.nx] == spec.adc_max).sum()))
         frames.append(info)
         drifts.append(drift)
 
@@ -575,7 +664,7 @@ def _simulate_into(root: Path, spec: NightSpec) -> None:
         "spec": {**asdict(spec), "filters": list(spec.filters),
                  "science": [list(s) for s in spec.science]},
         "gain_e_per_adu": spec.gain_e_per_adu, "read_noise_e": spec.read_noise_e,
-        "saturate_adu": ADC_MAX, "trimsec": f"[1:{spec.nx},1:{spec.ny}]",
+        "saturate_adu": spec.adc_max, "trimsec": f"[1:{spec.nx},1:{spec.ny}]",
         "biassec": f"[{spec.nx + 5}:{spec.nx + spec.overscan_cols},1:{spec.ny}]",
         "site": SITE, "field": FIELD, "pixel_scale_arcsec": PIXEL_SCALE_ARCSEC,
         "transit": {**transit, "star_id": 0}, "ccdflow_version": __version__,

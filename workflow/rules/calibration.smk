@@ -98,6 +98,27 @@ rule master_flat:
         "../scripts/master_flat.py"
 
 
+rule hot_pixel_map:
+    input:
+        raw=get_hotpix_raw,
+    output:
+        hot_pixels=MASTERS / "{night}" / "{group}" / "hotpix.fits",
+    params:
+        detector=PROFILE["detector"],
+        options={k: v for k, v in config["hot_pixels"].items() if k != "enabled"},
+        software=SOFTWARE,
+    log:
+        LOGS / "masters" / "{night}" / "{group}" / "hotpix.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/hot_pixel_map.py"
+
+
 rule bad_pixel_mask:
     input:
         unpack(get_bpm_inputs),

@@ -54,6 +54,8 @@ STEPS = [
     if k not in set(CAL["skip"]) | set(PROFILE["calibration"]["skip"])
 ]
 SUBTRACT_DARK = PROFILE["calibration"]["subtract_dark"]
+# no dark applied at all: hot pixels come from the night's own science frames
+HOTPIX_ON = config["hot_pixels"]["enabled"] and "dark" not in STEPS
 ILLUM = PROFILE["calibration"]["illumination"]
 
 if config["frames"] and not Path(config["frames"]).is_file():
@@ -195,7 +197,17 @@ def _plan_rows(night, group, filt):
 
 def get_bpm_inputs(wildcards):
     row = _plan_rows(wildcards.night, wildcards.group, wildcards.filt).iloc[0]
-    return {"reference": str(RAW_DIR / row["file"]), **_plan_masters(row)}
+    out = {"reference": str(RAW_DIR / row["file"]), **_plan_masters(row)}
+    if HOTPIX_ON:
+        out["hot_pixels"] = str(MASTERS / wildcards.night / wildcards.group / "hotpix.fits")
+    return out
+
+
+def get_hotpix_raw(wildcards):
+    """Raw science frames of a night and calibration group (every filter), in time order."""
+    _, _, plan = state()
+    rows = plan[(plan["night"] == wildcards.night) & (plan["group"] == wildcards.group)]
+    return [str(RAW_DIR / f) for f in rows.sort_values(["mjd_obs", "file"])["file"]]
 
 
 def illumination_frames(night, group, filt):

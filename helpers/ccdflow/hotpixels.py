@@ -1,0 +1,166 @@
+"""Hot and warm pixels from the science frames themselves, for cameras without darks.
+
+A hot pixel stays high at the same detector position in every frame while the
+stars drift and cosmic rays come and go.  Each frame (in electrons, after
+overscan and trim) votes for pixels that stand out of their 3×3 neighbourhood
+like a single-pixel spike:
+
+    around   = median of the 16 pixels of the 5×5 box's outer ring
+    excess   = value − around                                  > nsigma · σ
+    shoulder = mean of the 4 nearest neighbours − around       < shoulder_fraction · excess + σ
+
+with ``σ = √(max(around, 0) + RN²)`` the pixel's own noise (σ is also about
+twice the noise of the 4-neighbour mean).  A star's core has shoulders (a
+star of FWHM 1.5 px puts 29 % of its peak in each nearest neighbour when
+centred on a pixel, more otherwise; 15 % at FWHM 1.2 px); a hot pixel does
+not.  A pixel voted for in at least ``persistence`` of the frames is HOT: a
+cosmic ray hits one frame, a drifting star sits on a pixel for a few.
+
+The map is OR-ed into the bad-pixel mask of the night's calibration group
+(:func:`ccdflow.calibrate.make_bad_pixel_mask`) when no dark is subtracted, so
+every calibrated frame's MASK carries it as ``HOT``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HotPixelError", "hot_pixel_candidates", "hot_pixel_map", "write_hot_pixel_map"]
+
+_RING = np.ones((5, 5), bool)
+_RING[1:4, 1:4] = False
+_CROSS = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], float) / 4.0
+
+
+class HotPixelError(ValueError):
+    """A hot-pixel map cannot be made; the message says why."""
+
+
+def hot_pixel_candidates(*, data: np.ndarray, read_noise_e: float, nsigma: float = 5.0,
+                         shoulder_fraction: float = 0.1,
+                         mask: np.ndarray | None = None) -> np.ndarray:
+    """Pixels of one frame (e-) that stand out of their neighbours like a spike.
+
+    Parameters
+    ----------
+    data : ndarray
+        One frame in electrons (overscan-subtracted, trimmed).
+    read_noise_e : float
+        Read noise (e-), for the pixel noise ``√(level + RN²)``.
+    nsigma : float
+        Excess over the local level (5×5 outer ring), in units of the pixel noise.
+    shoulder_fraction : float
+        Largest mean excess of the 4 nearest neighbours, as a fraction of the
+        pixel's excess (plus their noise), for a spike rather than a star.
+    mask : ndarray of bool, optional
+        Pixels that cannot vote (non-finite, no data).
+
+    Returns
+    -------
+    ndarray of bool
+    """
+    if nsigma <= 0:
+        raise HotPixelError(f"nsigma must be > 0, got {nsigma}")
+    values = np.nan_to_num(np.asarray(data, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    around = ndimage.median_filter(values, footprint=_RING, mode="nearest")
+    excess = values - around
+    sigma = np.sqrt(np.clip(around, 0.0, None) + float(read_noise_e) ** 2)
+    shoulder = ndimage.correlate(values, _CROSS, mode="nearest") - around
+    spike = (excess > nsigma * sigma) & (shoulder < shoulder_fraction * excess + sigma)
+    if mask is not None:
+        spike &= ~np.asarray(mask, bool)
+    return spike
+
+
+def _spread(paths: Sequence[str | Path], n: int) -> list[str | Path]:
+    """Up to ``n`` of ``paths``, evenly spread (the frames are in time order)."""
+    if len(paths) <= n:
+        return list(paths)
+    index = np.unique(np.round(np.linspace(0, len(paths) - 1, n)).astype(int))
+    return [paths[i] for i in index]
+
+
+def hot_pixel_map(*, paths: Sequence[str | Path], detector: Mapping, max_frames: int = 50,
+                  persistence: float = 0.6, nsigma: float = 5.0,
+                  min_frames: int = 5) -> tuple[np.ndarray, dict]:
+    """HOT map of a night's science frames (see the module docstring).
+
+    Parameters
+    ----------
+    paths : sequence of path
+        Raw science frames of one night and calibration group, in time order
+        (read-only; a frame that cannot be read is skipped and logged).
+    detector : mapping
+        The profile's detector section (overscan, trim, gain, read noise).
+    max_frames : int
+        Frames used, evenly spread over the night (the cost per frame is one read
+        and two small filters).
+    persistence : float
+        Fraction of the frames in which a pixel must be a spike.
+    min_frames : int
+        Fewer usable frames give no map (an empty one, logged): with 2 frames a
+        cosmic ray and a hot pixel cannot be told apart.
+
+    Returns
+    -------
+    hot : ndarray of bool
+    info : dict
+        ``n_frames`` used, ``n_hot``, ``skipped`` (files that could not be read).
+    """
+    from .ccd import read_raw_frame
+
+    if not 0 < persistence <= 1:
+        raise HotPixelError(f"persistence must be in (0, 1], got {persistence}")
+    if not paths:
+        raise HotPixelError("no science frames for a hot-pixel map")
+    votes, used, skipped, shape = None, 0, [], None
+    for path in _spread(list(paths), max_frames):
+        try:
+            frame = read_raw_frame(path, detector=detector)
+        except Exception as exc:  # one unreadable frame never stops the map
+            skipped.append(f"{Path(path).name} ({type(exc).__name__}: {exc})")
+            log.warning("hot-pixel map: %s skipped (%s)", path, exc)
+            continue
+        if shape is None:
+            shape, votes = frame.data.shape, np.zeros(frame.data.shape, np.uint16)
+        if frame.data.shape != shape:
+            skipped.append(f"{Path(path).name} (shape {frame.data.shape} not {shape})")
+            continue
+        votes += hot_pixel_candidates(data=frame.data, read_noise_e=frame.read_noise_e,
+                                      nsigma=nsigma, mask=frame.nonfinite | frame.no_data)
+        used += 1
+    if votes is None:
+        raise HotPixelError("hot-pixel map: no frame could be read: " + "; ".join(skipped))
+    if used < min_frames:
+        log.warning("hot-pixel map: only %d usable frames (< %d): no pixel flagged", used,
+                    min_frames)
+        hot = np.zeros(shape, bool)
+    else:
+        hot = votes >= math.ceil(persistence * used)
+    info = {"n_frames": used, "n_hot": int(hot.sum()), "skipped": skipped}
+    log.info("hot-pixel map from %d frames: %d HOT pixels (%.3f %% of the frame)", used,
+             info["n_hot"], 100.0 * hot.mean())
+    return hot, info
+
+
+def write_hot_pixel_map(path: str | Path, *, paths: Sequence[str | Path], detector: Mapping,
+                        **options) -> dict:
+    """:func:`hot_pixel_map` written as a mask product (HOT bits) with ``NHOTPIX``,
+    ``NFRAMES`` and the frames used in its provenance; returns the info."""
+    from .masks import MaskBit
+    from .products import write_mask
+
+    hot, info = hot_pixel_map(paths=paths, detector=detector, **options)
+    mask = np.where(hot, np.uint16(MaskBit.HOT), np.uint16(0))
+    write_mask(path, mask, inputs=paths, step="hot_pixel_map", params=options,
+               cards={"NHOTPIX": (info["n_hot"], "pixels flagged HOT from the science frames"),
+                      "NFRAMES": (info["n_frames"], "science frames that voted")})
+    return info
