@@ -376,3 +376,80 @@ def test_pixel_targets_on_the_first_frame_snap_and_follow_the_alignment(rng, tmp
         place_pixel_targets(targets=[{"name": "T", "x": 1.0, "y": 2.0, "frame": "nosuch"}],
                             sources=paths, reference_frame="ref",
                             reference_sources=_source_table(ref_xy, flux))
+
+
+def test_comparisons_fall_back_to_stars_measured_in_80_percent_of_frames(rng, caplog):
+    """Issue 12: clouds and drift leave every comparison flagged in 15 % of the frames
+    (below min_good_fraction 0.9): a differential light curve still comes out, from the
+    stars usable in ≥ 80 %, and the log says so; with every star flagged in half the frames
+    the error names the best candidates' fractions."""
+    n_frames, ids = 100, [1, 2, 3, 4]
+    flux = pd.DataFrame({sid: 5e4 * (1 + 0.01 * rng.standard_normal(n_frames)) for sid in ids})
+    err = pd.DataFrame({sid: np.full(n_frames, 500.0) for sid in ids})
+    good = pd.DataFrame(True, index=flux.index, columns=flux.columns)
+    for sid in (2, 3, 4):
+        good.loc[rng.choice(n_frames, 15, replace=False), sid] = False
+    caplog.set_level("WARNING")
+    light, choice = differential_photometry(flux=flux, flux_err=err, good=good, target=1)
+    assert (choice["weight"] > 0).sum() == 3 and light["usable"].mean() > 0.5
+    assert "taking the 3 usable in 80 %" in caplog.text
+    half = good.copy()
+    for sid in (2, 3, 4):
+        half.loc[rng.choice(n_frames, 50, replace=False), sid] = False
+    with pytest.raises(PhotometryError, match=r"no usable comparison star for target 1: 3 "
+                                              r"other source\(s\), none usable in 80 % of the "
+                                              r"frames \(best: source \d \d+ %"):
+        differential_photometry(flux=flux, flux_err=err, good=half, target=1)
+
+
+def test_comparison_stars_given_in_pixels_become_source_ids(rng, tmp_path, caplog):
+    """EXOTIC-style comparison positions read on the first frame (shifted from the
+    reference by (25, -8) px) resolve to the source ids of those stars in the list; one
+    on empty sky is left out and logged."""
+    from ccdflow.photometry import reference_catalog, resolve_comparisons, write_sources
+
+    ref_xy = rng.uniform(20, 480, (60, 2))
+    flux = 10 ** rng.uniform(3, 5, 60)
+    first_xy = ref_xy + np.array([25.0, -8.0])
+    paths = {}
+    for name, xy in (("f0", first_xy), ("ref", ref_xy)):
+        paths[name] = tmp_path / f"{name}.ecsv"
+        write_sources(paths[name], _source_table(xy, flux), {"fwhm_px": 2.0}, frame=name)
+    det = _source_table(ref_xy, flux)
+    catalog = reference_catalog(sources=det, header={}, shape=(500, 500))
+    picks = [3, 11]
+    positions = {"T": [{"x": float(first_xy[k, 0] + 1.0), "y": float(first_xy[k, 1])}
+                       for k in picks] + [{"x": 600.0, "y": 600.0}]}
+    caplog.set_level("INFO")
+    ids = resolve_comparisons(positions=positions, catalog=catalog, sources=paths,
+                              reference_frame="ref", reference_sources=det)
+    expected = [int(catalog.loc[np.hypot(catalog["x_ref"] - ref_xy[k, 0],
+                                         catalog["y_ref"] - ref_xy[k, 1]).idxmin(),
+                                "source_id"]) for k in picks]
+    assert ids == {"T": expected}
+    assert "comparison (600.0, 600.0) of target T: no source of the list there" in caplog.text
+
+
+def test_apertures_of_an_undersampled_star_have_a_floor():
+    """Issue 12: FWHM 1.1 px: 1.5 FWHM would be a 1.65-px aperture, whose flux depends on
+    the star's pixel phase; the radius is raised to min_radius_px (2 px) and noted, and the
+    annulus scales with max(FWHM, 2/1.5)."""
+    from ccdflow.simulate import render_gaussian_stars
+
+    image = 100.0 + render_gaussian_stars(shape=(64, 64), x=np.array([30.3]),
+                                          y=np.array([32.6]), flux=np.array([5e4]), fwhm=1.1)
+    zeros = np.zeros((64, 64))
+    catalog = pd.DataFrame({"source_id": [1], "name": [""], "x_ref": [30.3], "y_ref": [32.6],
+                            "flux_ref": [5e4], "snr_ref": [10.0], "ra_deg": [np.nan],
+                            "dec_deg": [np.nan]})
+    sources = pd.DataFrame({"source_id": [1], "x": [30.3], "y": [32.6], "flux": [5e4]})
+    table, notes = frame_photometry(
+        data=image, error=np.full((64, 64), 10.0), mask=zeros.astype(np.uint16),
+        header=fits.Header({"DATE-OBS": "2024-05-13T04:00:00", "EXPTIME": 60.0}),
+        background=zeros + 100.0, background_rms=zeros + 10.0, sources=sources,
+        meta={"fwhm_px": 1.1}, catalog=catalog, reference_meta={"fwhm_px": 1.1},
+        radii_fwhm=[1.5, 3.0], annulus={"inner": 4.0, "outer": 7.0, "unit": "fwhm"})
+    assert table["radius"].tolist() == [2.0, pytest.approx(3.3)]
+    assert any("raised to at least 2 px (FWHM 1.10 px)" in n for n in notes)
+    # a Gaussian of FWHM 1.1 px holds 1 - 2^(-(2r/FWHM)^2) = 99.99 % within r = 2 px
+    assert table["flux"].iloc[0] == pytest.approx(5e4, rel=0.01)

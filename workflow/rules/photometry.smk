@@ -18,6 +18,7 @@ rule photometry_reference:
             "max_sources": PHOT["max_sources"],
             "match_radius_px": PHOT["match_radius_px"],
             "snap_radius_px": PHOT["snap_radius_px"],
+            "comparison_positions": PHOT["comparisons"]["positions"],
         },
         software=SOFTWARE,
     log:
@@ -44,6 +45,7 @@ rule measure_photometry:
         options={
             "radii_px": PHOT["radii_px"],
             "radii_fwhm": PHOT["radii_fwhm"],
+            "min_radius_px": PHOT["min_radius_px"],
             "annulus": PHOT["annulus"],
             "sky": PHOT["background"],
             "sky_sigma": PHOT["sky_sigma"],

@@ -13,6 +13,7 @@ result = build_lightcurves(
     catalog=catalog,
     aperture=snakemake.params.aperture,
     comparisons=snakemake.params.comparisons,
+    listed_ids=reference.get("comparison_ids") or {},
 )
 header = [
     f"ccdflow light curves of series {snakemake.wildcards.series} ({snakemake.params.software})",

@@ -65,6 +65,7 @@ from .targets import (
     place_pixel_targets,
     read_reference,
     reference_catalog,
+    resolve_comparisons,
     sky_coord,
     write_reference,
 )
@@ -76,5 +77,6 @@ __all__ = ["BAD_FLAGS", "LONG_UNITS", "PHOTOMETRY_COLUMNS", "SHAPE_LIMITS", "SKY
            "detect_stars", "differential_photometry", "estimate_fwhm", "frame_offset",
            "frame_photometry", "frame_sources", "good_mask", "load_frame", "measure_apertures",
            "place_pixel_targets", "read_photometry", "read_reference", "read_sources",
-           "recentroid", "reference_catalog", "shape_rejections", "sky_coord", "star_shapes",
-           "unit_comments", "write_lightcurves", "write_reference", "write_sources"]
+           "recentroid", "reference_catalog", "resolve_comparisons", "shape_rejections",
+           "sky_coord", "star_shapes", "unit_comments", "write_lightcurves", "write_reference",
+           "write_sources"]

@@ -27,6 +27,12 @@ def _robust_std(values: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(values - np.median(values))))
 
 
+#: when too few comparison candidates are usable in ``min_good_fraction`` of the frames,
+#: those usable in this fraction are taken (a differential light curve comes out whenever
+#: two or more other stars are measured in 80 % of the frames)
+FALLBACK_GOOD_FRACTION = 0.8
+
+
 def differential_photometry(*, flux: pd.DataFrame, flux_err: pd.DataFrame, good: pd.DataFrame,
                             target: int, comparisons: Sequence[int] | None = None,
                             max_count: int = 10, min_count: int = 2,
@@ -56,9 +62,10 @@ def differential_photometry(*, flux: pd.DataFrame, flux_err: pd.DataFrame, good:
 
     Notes
     -----
-    Candidates are unflagged in ``min_good_fraction`` of the frames and within
-    ``flux_ratio`` of the target's median flux (widened to the nearest in
-    brightness when fewer than ``min_count``).  Each candidate's light curve
+    Candidates are unflagged in ``min_good_fraction`` of the frames (in
+    :data:`FALLBACK_GOOD_FRACTION` when fewer than ``min_count`` are, logged)
+    and within ``flux_ratio`` of the target's median flux (widened to the
+    nearest in brightness when fewer than ``min_count``).  Each candidate's light curve
     is divided by the ensemble of the others; its robust scatter ``s`` over
     the expected ``e`` (median relative error ⊕ the others' ensemble error)
     measures variability.  The worst candidate with ``s/e >
@@ -97,6 +104,15 @@ def differential_photometry(*, flux: pd.DataFrame, flux_err: pd.DataFrame, good:
                   and np.isfinite(med[i])]
         if not np.isfinite(target_level):
             raise PhotometryError(f"target {target} has no usable measurement")
+        if len(usable) < min_count and min_good_fraction > FALLBACK_GOOD_FRACTION:
+            relaxed = [i for i in range(len(ids)) if i != t and np.isfinite(med[i])
+                       and frac[i] >= FALLBACK_GOOD_FRACTION]
+            if len(relaxed) > len(usable):
+                log.warning("target %s: %d comparison candidate(s) usable in %.0f %% of the "
+                            "frames; taking the %d usable in %.0f %%", target, len(usable),
+                            100 * min_good_fraction, len(relaxed),
+                            100 * FALLBACK_GOOD_FRACTION)
+                usable = relaxed
         ratio = {i: med[i] / target_level for i in usable}
         chosen = [i for i in usable if flux_ratio[0] <= ratio[i] <= flux_ratio[1]]
         if len(chosen) < min_count:
@@ -108,7 +124,12 @@ def differential_photometry(*, flux: pd.DataFrame, flux_err: pd.DataFrame, good:
                 status[i] = ("flagged in too many frames" if frac[i] < min_good_fraction
                              else "brightness unlike the target")
     if len(chosen) < 1:
-        raise PhotometryError(f"no usable comparison star for target {target}")
+        best = sorted((frac[i], ids[i]) for i in range(len(ids)) if i != t)[::-1][:5]
+        raise PhotometryError(
+            f"no usable comparison star for target {target}: {len(ids) - 1} other source(s), "
+            f"none usable in {100 * min(min_good_fraction, FALLBACK_GOOD_FRACTION):.0f} % of "
+            "the frames (best: " + ", ".join(f"source {int(s)} {100 * v:.0f} %"
+                                               for v, s in best) + ")")
 
     def scatter_of(members):
         out = {}
@@ -187,7 +208,7 @@ def good_mask(flags: pd.Series | np.ndarray) -> np.ndarray:
 
 def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
                       aperture: str | None = None, comparisons: Mapping | None = None,
-                      ) -> dict:
+                      listed_ids: Mapping[str, Sequence[int]] | None = None) -> dict:
     """Light curves of a series from its per-frame photometry tables.
 
     Parameters
@@ -202,6 +223,10 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
     comparisons : mapping, optional
         ``ids`` (per target name, a list of source ids) and the keyword
         arguments of :func:`differential_photometry`.
+    listed_ids : mapping, optional
+        Per target name, comparison source ids resolved from the user's pixel
+        positions (:func:`~ccdflow.photometry.resolve_comparisons`, kept in the
+        reference meta); ``comparisons['ids']`` wins for a target in both.
 
     Returns
     -------
@@ -236,7 +261,8 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
             "airmass": rows["airmass"].to_numpy(), "x": rows["x"].to_numpy(),
             "y": rows["y"].to_numpy(), "fwhm": rows["fwhm"].to_numpy()})
     options = dict(comparisons or {})
-    listed = options.pop("ids", {}) or {}
+    options.pop("positions", None)  # resolved to ids with the source list (reference meta)
+    listed = {**(listed_ids or {}), **(options.pop("ids", {}) or {})}
     differential = {}
     frames = one.drop_duplicates("frame")[["frame", "mjd_utc", "bjd_tdb", "bmjd_tdb",
                                            "airmass"]].set_index("frame")

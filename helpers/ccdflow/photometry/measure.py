@@ -121,7 +121,7 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
                      recentroid_min_snr: float = 20.0, site: Mapping | None = None,
                      source_mask: np.ndarray | None = None, sky_exclude_sources: bool = True,
                      start_mjd_utc: float | None = None, exptime_s: float | None = None,
-                     alignment: Alignment | None = None,
+                     alignment: Alignment | None = None, min_radius_px: float = 2.0,
                      frame: str = "frame") -> tuple[pd.DataFrame, list[str]]:
     """Every source of the series' list measured in one frame, with times.
 
@@ -158,6 +158,11 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         them with the profile's keywords (``date_obs``/``time_obs``/``mjd_obs``,
         ``exptime``); mid-exposure is start + exptime/2.  Without them the
         header's DATE-OBS (or DATE-BEG) and EXPTIME (or EXPOSURE) are used.
+    min_radius_px : float
+        Floor of every aperture radius (and of the FWHM scaling the annulus, as
+        ``1.5 × FWHM``): an undersampled star (FWHM < 2 px) is not measured in a
+        1-px aperture whose flux depends on where the star falls in its pixel.
+        Raised radii are noted.
     alignment : Alignment, optional
         The transform from the reference (:func:`align_to_reference`, e.g.
         chained from the previous frame); default: found here.  A frame that
@@ -194,8 +199,13 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         log.warning("%s: %s", frame, notes[-1])
         return pd.DataFrame(columns=PHOTOMETRY_COLUMNS), notes
     radii = [float(r) for r in radii_px] + [k * fwhm for k in radii_fwhm]
+    if min(radii) < min_radius_px:  # an undersampled PSF: a 1-px aperture is all pixel phase
+        notes.append(f"aperture radii {', '.join(f'{r:.2f}' for r in radii)} px raised to at "
+                     f"least {min_radius_px:g} px (FWHM {fwhm:.2f} px)")
+        log.info("%s: %s", frame, notes[-1])
+        radii = [max(r, float(min_radius_px)) for r in radii]
     annulus = annulus or {"inner": 4.0, "outer": 7.0, "unit": "fwhm"}
-    scale = fwhm if annulus["unit"] == "fwhm" else 1.0
+    scale = max(fwhm, min_radius_px / 1.5) if annulus["unit"] == "fwhm" else 1.0
     r_in, r_out = annulus["inner"] * scale, annulus["outer"] * scale
     if sky != "map" and r_in < max(radii):
         raise PhotometryError(f"annulus inner radius {r_in:.1f} px is inside the largest "

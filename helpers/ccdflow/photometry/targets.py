@@ -248,12 +248,48 @@ def place_pixel_targets(*, targets: Sequence[Mapping], sources: Mapping[str, str
     return placed
 
 
+def resolve_comparisons(*, positions: Mapping[str, Sequence[Mapping]], catalog: pd.DataFrame,
+                        sources: Mapping[str, str | Path], reference_frame: str,
+                        reference_sources: pd.DataFrame, snap_radius_px: float = 5.0,
+                        match_radius_px: float = 3.0, tolerance_px: float = 2.0,
+                        ) -> dict[str, list[int]]:
+    """Comparison stars given in pixels (EXOTIC's "Comparison Star(s) X & Y Pixel") as
+    source ids of the series' list.
+
+    Each ``{x, y[, frame]}`` is placed like a pixel target (:func:`place_pixel_targets`:
+    read on its frame, default the first, snapped, carried to the reference) and takes
+    the id of the list's detection within ``match_radius_px``; one with no star there is
+    left out and logged.  Returns ``{target name: [ids]}``.
+    """
+    field = catalog[catalog["name"] == ""]
+    out: dict[str, list[int]] = {}
+    for target, stars in positions.items():
+        placed = place_pixel_targets(
+            targets=[{"name": f"{target}-comparison-{k + 1}", **dict(s)}
+                     for k, s in enumerate(stars)],
+            sources=sources, reference_frame=reference_frame,
+            reference_sources=reference_sources, snap_radius_px=snap_radius_px,
+            tolerance_px=tolerance_px)
+        ids = []
+        for star, where in zip(stars, placed, strict=True):
+            dist = np.hypot(field["x_ref"] - where["x"], field["y_ref"] - where["y"])
+            if len(field) and dist.min() <= match_radius_px and not where["no_star"]:
+                ids.append(int(field["source_id"].iloc[int(np.argmin(dist.to_numpy()))]))
+            else:
+                log.warning("comparison (%.1f, %.1f) of target %s: no source of the list "
+                            "there; left out", star["x"], star["y"], target)
+        out[target] = ids
+        log.info("comparisons of %s from pixel positions: source ids %s", target, ids)
+    return out
+
+
 def build_reference(*, sources: Mapping[str, str | Path], calibrated: Mapping[str, str | Path],
                     targets: Sequence[Mapping] = (), reference_frame: str | None = None,
                     metas: Mapping[str, Mapping] | None = None,
                     min_sources: int = 5, max_sources: int = 2000,
-                    match_radius_px: float = 3.0,
-                    snap_radius_px: float = 5.0) -> tuple[pd.DataFrame, dict]:
+                    match_radius_px: float = 3.0, snap_radius_px: float = 5.0,
+                    comparison_positions: Mapping[str, Sequence[Mapping]] | None = None,
+                    ) -> tuple[pd.DataFrame, dict]:
     """Choose the reference frame of a series and build its source list.
 
     Parameters
@@ -263,6 +299,9 @@ def build_reference(*, sources: Mapping[str, str | Path], calibrated: Mapping[st
     targets : sequence of mapping
         ``{name, ra, dec}`` or ``{name, x, y[, frame]}``; pixel targets are
         placed with :func:`place_pixel_targets` (``snap_radius_px``).
+    comparison_positions : mapping, optional
+        Per target name, comparison stars in pixels (:func:`resolve_comparisons`);
+        their ids go to the meta's ``comparison_ids``.
     reference_frame : str, optional
         Frame to use; default :func:`choose_reference`.
     metas : mapping, optional
@@ -323,9 +362,17 @@ def build_reference(*, sources: Mapping[str, str | Path], calibrated: Mapping[st
     catalog = reference_catalog(sources=det, header=header, shape=shape,
                                 targets=targets, max_sources=max_sources,
                                 match_radius_px=match_radius_px, frame=reference_frame)
+    listed = {}
+    if comparison_positions and not note:
+        listed = resolve_comparisons(
+            positions=comparison_positions, catalog=catalog, sources=sources,
+            reference_frame=reference_frame, reference_sources=det,
+            snap_radius_px=snap_radius_px, match_radius_px=match_radius_px,
+            tolerance_px=max(1.5, fwhm) if np.isfinite(fwhm) else 2.0)
     return catalog, {"reference_frame": reference_frame,
                      "fwhm_px": float("nan") if note else float(meta["fwhm_px"]),
-                     "n_sources": len(catalog), "shape": list(shape), "note": note}
+                     "n_sources": len(catalog), "shape": list(shape), "note": note,
+                     "comparison_ids": listed}
 
 
 def write_reference(path: str | Path, catalog: pd.DataFrame, meta: Mapping) -> None:
