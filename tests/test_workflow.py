@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -152,7 +153,11 @@ def test_photometry_bad_input_is_flagged_and_the_night_still_reduces(tmp_path):
     * a target in RA/Dec on a series without a WCS (R frames stripped of
       theirs) -> its rows flagged NO_POSITION;
     * a science frame without DATE-OBS/MJD-OBS -> left out, with the reason
-      in the inventory and a warning naming the file.
+      in the inventory and a warning naming the file;
+    * (issue 12) a frame whose sky is rotated by 90° (a camera turned) -> aligned by the
+      asterism step, its rows unflagged; a frame of another field inside the series ->
+      flagged NOT_ALIGNED, never taken for aligned by chance pairs;
+    * a target given on a frame name that is not in the series -> an error naming it.
     """
     simulate_night(out_dir=tmp_path / "night", spec=SMALL_SPEC)
     raw = tmp_path / "night" / "raw"
@@ -182,6 +187,26 @@ def test_photometry_bad_input_is_flagged_and_the_night_still_reduces(tmp_path):
 
     rewrite(science_v[1], raw / "WASP-SIM_V_cloudy.fits", cloudy)
     rewrite(science_v[2], raw / "WASP-SIM_V_notime.fits", no_time)
+    nx = SMALL_SPEC.nx
+
+    def rotated(header, data):  # the sky turned 90° on the chip; overscan as read out
+        header["DATE-OBS"] = header["DATE-OBS"][:-3] + "998"
+        header["MJD-OBS"] = header["MJD-OBS"] + 2e-5
+        out = data.copy()
+        out[:, :nx] = np.rot90(data[:, :nx])
+        return header, out
+
+    rewrite(science_v[3], raw / "WASP-SIM_V_rotated.fits", rotated)
+    other = simulate_night(out_dir=tmp_path / "other", spec=replace(SMALL_SPEC, seed=99))
+    with fits.open(sorted((other / "raw").glob("WASP-SIM_V_*.fits"))[0]) as hdul:
+        stranger = hdul[0].data.copy()
+
+    def another_field(header, data):  # same OBJECT and filter, other stars
+        header["DATE-OBS"] = header["DATE-OBS"][:-3] + "997"
+        header["MJD-OBS"] = header["MJD-OBS"] + 3e-5
+        return header, stranger
+
+    rewrite(science_v[0], raw / "WASP-SIM_V_otherfield.fits", another_field)
     for path in raw.glob("WASP-SIM_R_*.fits"):
         with fits.open(path) as hdul:
             header, data = hdul[0].header.copy(), hdul[0].data.copy()
@@ -200,7 +225,7 @@ def test_photometry_bad_input_is_flagged_and_the_night_still_reduces(tmp_path):
     inventory = pd.read_csv(results / "inventory.csv", keep_default_na=False).set_index("frame")
     assert "WASP-SIM_V_notime" in inventory.index and inventory.loc["WASP-SIM_V_notime", "reason"]
     plan = pd.read_csv(results / "calibration_plan.csv")
-    assert "WASP-SIM_V_notime" not in set(plan["frame"]) and len(plan) == 7
+    assert "WASP-SIM_V_notime" not in set(plan["frame"]) and len(plan) == 9
     assert "WASP-SIM_V_notime.fits: science frame left out" in text
 
     def rows(frame):
@@ -212,12 +237,28 @@ def test_photometry_bad_input_is_flagged_and_the_night_still_reduces(tmp_path):
     assert ((v.loc[v["name"] == "", "flags"] & int(PhotFlag.NOT_ALIGNED)) == 0).all()
     cloud = rows("WASP-SIM_V_cloudy")
     assert len(cloud) == len(v) and (cloud["flags"] & int(PhotFlag.NOT_ALIGNED)).all()
+    turned = rows("WASP-SIM_V_rotated")
+    assert ((turned.loc[turned["name"] == "", "flags"] & int(PhotFlag.NOT_ALIGNED)) == 0).all()
+    assert "aligned (asterism)" in product(results, "photometry", "WASP-SIM_V_rotated",
+                                           ".csv").read_text()
+    stranger_rows = rows("WASP-SIM_V_otherfield")
+    assert (stranger_rows["flags"] & int(PhotFlag.NOT_ALIGNED)).all()
     r = rows("WASP-SIM_R_001")
     skypos = r[r["name"] == "SKYPOS"]
     assert len(skypos) and (skypos["flags"] & int(PhotFlag.NO_POSITION)).all()
     assert skypos["flux"].isna().all() and r.loc[r["name"] == "", "flux"].notna().any()
     for series in ("WASP-SIM_V", "WASP-SIM_R"):
         assert (results / "lightcurves" / f"{series}.csv").stat().st_size > 0
+    # a target on a frame the series does not have: one line naming it, nothing measured
+    bad = snakemake(tmp_path, "--cores", "2", config={
+        "raw_dir": str(raw), "instrument": "demo", "results_dir": "results-bad",
+        "photometry": {"targets": [{"name": "T", "x": 10.0, "y": 10.0,
+                                    "frame": "WASP-SIM_V_099", "field": "WASP-SIM"}]}},
+        check=False)
+    assert bad.returncode != 0
+    assert ("config photometry.targets: target T: frame 'WASP-SIM_V_099' is not a science "
+            "frame of this run") in bad.stdout + bad.stderr
+    assert not (tmp_path / "results-bad" / "calibrated").exists()  # stopped before any
 
 
 def test_report_holds_every_qc_figure(tiny_demo, tmp_path):

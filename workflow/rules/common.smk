@@ -389,9 +389,27 @@ def series_frame_paths(series, stage):
 
 
 def series_targets(wildcards):
-    fields = set(series_frames(wildcards.series)["field"])
+    """Targets of a series: those of its field (or of every field); a pixel target read on
+    a named frame belongs to that frame's series only, and a frame name no series has
+    stops the run before any calibration, naming it."""
+    rows = series_frames(wildcards.series)
+    fields = set(rows["field"])
     fields |= {safe_name(f) for f in fields}
-    return [t for t in PHOT["targets"] if t.get("field") in (None, *fields)]
+    out = []
+    for target in PHOT["targets"]:
+        if target.get("field") not in (None, *fields):
+            continue
+        if "frame" in target and target["frame"] not in set(rows["frame"]):
+            everywhere = frame_table()["frame"]
+            if target["frame"] not in set(everywhere):
+                _fail(
+                    f"config photometry.targets: target {target['name']}: frame "
+                    f"{target['frame']!r} is not a science frame of this run (frames: "
+                    f"{', '.join(list(everywhere)[:5])} …)"
+                )
+            continue
+        out.append(target)
+    return out
 
 
 def get_reference_inputs(wildcards):
