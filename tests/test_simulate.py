@@ -182,3 +182,25 @@ def test_console_command(tmp_path, capsys):
     assert "simulated night written" in capsys.readouterr().out
     truth = load_truth(tmp_path / "cli")
     assert len(truth.frames) == 1 + 0 + 2 + 2
+
+
+def test_realworld_night_from_the_command_line(tmp_path):
+    """``ccdflow-simulate OUT --realworld N --flip``: 12-bit frames without calibrations,
+    local DATE-OBS with its offset and UT-OBS, no WCS, the flip in the truth."""
+    from astropy.io import fits
+
+    from ccdflow.simulate import load_truth, main
+
+    assert main([str(tmp_path / "rw"), "--realworld", "6", "--flip"]) == 0
+    truth = load_truth(tmp_path / "rw")
+    frames = truth.frames
+    assert list(frames["type"].unique()) == ["science"] and len(frames) == 6
+    assert frames["flipped"].tolist() == [False] * 3 + [True] * 3
+    header = fits.getheader(tmp_path / "rw" / "raw" / frames["file"].iloc[0])
+    assert header["SATURATE"] == 4095 and header["DATE-OBS"].endswith("-0700")
+    assert header["UT-OBS"] == frames["date_obs"].iloc[0].split("T")[1]
+    assert "CTYPE1" not in header and header["NAXIS1"] == 650 + 8
+    data = fits.getdata(tmp_path / "rw" / "raw" / frames["file"].iloc[0])
+    assert data.max() <= 4095
+    hot = truth.dark_rate_e_per_s * 60 > 100  # ~1,000 hot pixels on 650x500
+    assert 300 < hot.sum() < 1100

@@ -723,7 +723,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n-stars", type=int, default=None)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--night", default=d.night, help="observing night, YYYY-MM-DD")
+    p.add_argument("--realworld", type=int, metavar="N_FRAMES", default=None,
+                   help="a small robotic telescope's night of N_FRAMES 650x500 12-bit frames "
+                        "(NightSpec.realworld: no calibrations, hot pixels, drift, clouds, "
+                        "local DATE-OBS + UT-OBS, no WCS); --size and the counts are ignored")
+    p.add_argument("--flip", action="store_true", help="with --realworld: a 180° meridian "
+                   "flip half-way through the night")
     a = p.parse_args(argv)
+    if a.realworld is not None:
+        spec = NightSpec.realworld(n_science=a.realworld, flip=a.flip, seed=a.seed)
+        out = simulate_night(out_dir=a.out_dir, spec=spec)
+        print(f"simulated real-world night written to {out}")
+        return 0
     spec = NightSpec(nx=a.size, ny=a.size, n_bias=a.n_bias, n_dark=a.n_dark, n_flat=a.n_flat,
                      filters=tuple(a.filters.split(",")),
                      science=tuple(a.science) if a.science else d.science,
