@@ -81,6 +81,19 @@ def cal_masters(cal_night):
             "bpm": bpm, "files": files}
 
 
+def write_masters(masters: dict, directory: Path) -> dict[str, Path]:
+    """The bias, dark, flat and BPM of :func:`cal_masters` as files in ``directory``."""
+    from ccdflow.products import write_mask, write_product
+
+    paths = {}
+    for kind in ("bias", "dark", "flat"):
+        paths[kind] = directory / f"{kind}.fits"
+        write_product(paths[kind], masters[kind], unit="electron")
+    paths["bpm"] = directory / "bpm.fits"
+    write_mask(paths["bpm"], masters["bpm"], inputs=[], step="test")
+    return paths
+
+
 @pytest.fixture(scope="session")
 def cal_science_v(cal_masters):
     """(truth row, calibrated product) of the first V science frame of CAL_SPEC."""

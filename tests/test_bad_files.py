@@ -32,7 +32,7 @@ from ccdflow.integrity import FitsIntegrityError, check_fits_file
 from ccdflow.inventory import build_inventory
 from ccdflow.simulate import simulate_night
 
-from .conftest import SMALL_SPEC, profile, run_snakemake
+from .conftest import SMALL_SPEC, profile, run_snakemake, write_masters
 
 
 @pytest.fixture
@@ -172,17 +172,10 @@ def test_frames_table_cannot_revive_an_incomplete_file(tmp_path, good_bytes):
 def calibrated_batch(cal_masters, tmp_path):
     """A batch of three V frames whose second raw file was cut after the inventory,
     and a fourth whose pixels are all NaN."""
-    from ccdflow.products import write_mask, write_product
-
     m = cal_masters
     truth = m["truth"]
     science = truth.frames[(truth.frames["type"] == "science") & (truth.frames["filter"] == "V")]
-    masters = {}
-    for kind in ("bias", "dark", "flat"):
-        masters[kind] = tmp_path / f"{kind}.fits"
-        write_product(masters[kind], m[kind], unit="electron")
-    masters["bpm"] = tmp_path / "bpm.fits"
-    write_mask(masters["bpm"], m["bpm"], inputs=[], step="test")
+    masters = write_masters(m, tmp_path)
     raws = [truth.raw_dir / f for f in science["file"]]
     cut = tmp_path / "cut.fits"
     cut.write_bytes(raws[0].read_bytes()[:50_000])

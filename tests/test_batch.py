@@ -17,6 +17,8 @@ from ccdflow.batch import (
     read_summary,
 )
 
+from .conftest import write_masters
+
 
 def test_frames_per_job_auto_and_explicit():
     assert frames_per_job(n_frames=12) == 4  # short night: at least 4 per job
@@ -54,17 +56,12 @@ def test_calibrate_and_background_batches_equal_the_per_frame_helpers(cal_master
     """One product per frame, identical to calibrating the frame alone, plus the summary."""
     from ccdflow.background import background_for_product
     from ccdflow.calibrate import calibrate_science
-    from ccdflow.products import read_product, write_mask, write_product
+    from ccdflow.products import read_product
 
     m = cal_masters
     truth = m["truth"]
     science = truth.frames[(truth.frames["type"] == "science") & (truth.frames["filter"] == "V")]
-    masters = {}
-    for kind in ("bias", "dark", "flat"):
-        masters[kind] = tmp_path / f"{kind}.fits"
-        write_product(masters[kind], m[kind], unit="electron")
-    masters["bpm"] = tmp_path / "bpm.fits"
-    write_mask(masters["bpm"], m["bpm"], inputs=[], step="test")
+    masters = write_masters(m, tmp_path)
     frames = [{"frame": row["frame"], "raw": str(truth.raw_dir / row["file"]),
                **{k: str(v) for k, v in masters.items()}} for _, row in science.iterrows()]
     out = tmp_path / "calibrated" / "batch-000"
