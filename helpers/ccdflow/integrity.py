@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -128,6 +130,35 @@ class _Stream:
     def unread(self, data: bytes) -> None:
         self.back = data + self.back
 
+    def skip(self, n: int) -> int:
+        """Move ``n`` bytes on without keeping them; returns how many there were.
+
+        A plain file is not read (a seek within its size); a compressed stream is
+        decompressed in 1-MiB pieces, never held whole.
+        """
+        taken = min(n, len(self.back))
+        self.back = self.back[taken:]
+        n -= taken
+        if n <= 0:
+            return taken
+        try:
+            size = os.fstat(self.raw.fileno()).st_size
+            plain = isinstance(self.raw, io.BufferedReader)
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            plain = False
+        if plain:
+            here = self.raw.tell()
+            moved = max(0, min(n, size - here))
+            self.raw.seek(here + moved)
+            return taken + moved
+        moved = 0
+        while moved < n:
+            piece = self.raw.read(min(n - moved, 1 << 20))
+            if not piece:
+                break
+            moved += len(piece)
+        return taken + moved
+
 
 def iter_hdu_sizes(stream: _Stream) -> Iterator[tuple[int, int, int, str]]:
     """Walk the HDUs of a FITS stream.
@@ -145,9 +176,9 @@ def iter_hdu_sizes(stream: _Stream) -> Iterator[tuple[int, int, int, str]]:
             raise FitsIntegrityError(f"HDU {index} has no XTENSION card")
         size, text = _declared(cards, index)
         padded = -(-size // BLOCK) * BLOCK
-        data = stream.read(padded)
-        yield index, size, min(len(data), size), text
-        if len(data) < padded:
+        present = stream.skip(padded)  # a seek for plain files: the pixels are not read
+        yield index, size, min(present, size), text
+        if present < padded:
             return
         head = stream.read(_CARD)
         if not head.startswith(b"XTENSION"):
