@@ -430,21 +430,22 @@ def photometry_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
     )
 
     catalog, ref_meta = read_reference(reference)
-    previous: list = [None]  # chained tracking: the last frame's transform is the next guess
+    previous = None  # chained tracking: the last frame's transform is the next guess
 
     def step(frame, out):
+        nonlocal previous
         data = _frame(frame, calibrated_dir=calibrated_dir, background_dir=background_dir,
                       cosmics_dir=cosmics_dir)
         sources, meta = read_sources(product_path(sources_dir, frame, "sources"))
         fwhm = float(meta.get("fwhm_px", float("nan")))
         try:
             alignment = align_to_reference(
-                sources=sources, catalog=catalog, guess=previous[0],
+                sources=sources, catalog=catalog, guess=previous,
                 fwhm_px=fwhm if np.isfinite(fwhm) else float(ref_meta.get("fwhm_px", 2.0)),
                 max_shift_px=float(options.get("max_shift_px", 50.0)))
-            previous[0] = alignment.matrix
-        except SourceError:
-            alignment = None  # frame_photometry says why and flags NOT_ALIGNED
+            previous = alignment.matrix
+        except SourceError as exc:
+            alignment = exc  # frame_photometry notes it and flags NOT_ALIGNED
         table, notes = frame_photometry(
             alignment=alignment,
             data=data.data, error=data.error, mask=data.mask, header=data.header,

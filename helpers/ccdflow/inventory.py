@@ -390,18 +390,13 @@ def _describe(path: Path, relpath: Path, profile: Mapping) -> dict[str, Any]:
     try:
         row["size_bytes"] = path.stat().st_size
         check_fits_file(path)
-    except Exception as exc:  # an incomplete file is listed and rejected, never dropped
+        header, n_ext, shape = read_frame_header(path)
+    except Exception as exc:  # a bad file is listed and rejected, never dropped
         message = " ".join(str(exc).split()) or type(exc).__name__
         kind = "incomplete" if isinstance(exc, FitsIntegrityError) else "unreadable"
-        row.update(type="rejected", rule=kind, reason=f"{kind} file {relpath.as_posix()}: "
-                   + (message if kind == "incomplete" else f"{type(exc).__name__}: {message}"))
-        return row
-    try:
-        header, n_ext, shape = read_frame_header(path)
-    except Exception as exc:  # any unreadable file is listed, never dropped
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        row.update(type="rejected", rule="unreadable",
-                   reason=f"unreadable file {relpath.as_posix()}: {type(exc).__name__}: {message}")
+        detail = message if kind == "incomplete" else f"{type(exc).__name__}: {message}"
+        row.update(type="rejected", rule=kind,
+                   reason=f"{kind} file {relpath.as_posix()}: {detail}")
         return row
     ftype, rule = classify(header=header, profile=profile)
     problems = [] if ftype != "unknown" else [rule]

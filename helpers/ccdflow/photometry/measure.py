@@ -121,7 +121,8 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
                      recentroid_min_snr: float = 20.0, site: Mapping | None = None,
                      source_mask: np.ndarray | None = None, sky_exclude_sources: bool = True,
                      start_mjd_utc: float | None = None, exptime_s: float | None = None,
-                     alignment: Alignment | None = None, min_radius_px: float = 2.0,
+                     alignment: Alignment | SourceError | None = None,
+                     min_radius_px: float = 2.0,
                      frame: str = "frame") -> tuple[pd.DataFrame, list[str]]:
     """Every source of the series' list measured in one frame, with times.
 
@@ -163,9 +164,10 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         ``1.5 × FWHM``): an undersampled star (FWHM < 2 px) is not measured in a
         1-px aperture whose flux depends on where the star falls in its pixel.
         Raised radii are noted.
-    alignment : Alignment, optional
+    alignment : Alignment or SourceError, optional
         The transform from the reference (:func:`align_to_reference`, e.g.
-        chained from the previous frame); default: found here.  A frame that
+        chained from the previous frame), or the error of the caller's attempt
+        (not tried again); default: found here.  A frame that
         cannot be aligned is measured at the positions its WCS gives, else the
         reference's, flagged NOT_ALIGNED.
 
@@ -218,6 +220,8 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         flags[catalog["no_star"].fillna(False).to_numpy(bool)] |= PhotFlag.NO_STAR
     wcs = _wcs(header)
     try:
+        if isinstance(alignment, SourceError):  # the caller's attempt failed: say why
+            raise alignment
         if alignment is None:
             alignment = align_to_reference(sources=sources, catalog=catalog, fwhm_px=fwhm,
                                            max_shift_px=max_shift_px)

@@ -213,6 +213,28 @@ def place_pixel_targets(*, targets: Sequence[Mapping], sources: Mapping[str, str
     from .detect import SourceError
 
     first = next(iter(sources), None)
+    frames: dict[str, tuple[pd.DataFrame, np.ndarray | None]] = {}
+
+    def on_frame(frame: str, name: str) -> tuple[pd.DataFrame, np.ndarray | None]:
+        """A frame's detections and its frame → reference transform (read, aligned once)."""
+        if frame not in frames:
+            if frame == reference_frame:
+                frames[frame] = (reference_sources, None)
+            else:
+                det = read_sources(sources[frame])[0]
+                try:
+                    to_frame = align_frame(reference=reference_sources, sources=det,
+                                           tolerance_px=tolerance_px)
+                except SourceError as exc:
+                    raise PhotometryError(
+                        f"target {name}: frame {frame} cannot be aligned with the reference "
+                        f"{reference_frame} ({exc}); give the position on another frame "
+                        "(target 'frame')") from None
+                log.info("frame %s to the reference %s: %s", frame, reference_frame,
+                         to_frame.describe((0.0, 0.0)))
+                frames[frame] = (det, np.linalg.inv(to_frame.matrix))
+        return frames[frame]
+
     placed = []
     for target in targets:
         if "x" not in target:
@@ -223,7 +245,7 @@ def place_pixel_targets(*, targets: Sequence[Mapping], sources: Mapping[str, str
             raise PhotometryError(
                 f"target {name}: frame {frame!r} is not a frame of this series (frames: "
                 f"{', '.join(list(sources)[:5])}{' …' if len(sources) > 5 else ''})")
-        det = reference_sources if frame == reference_frame else read_sources(sources[frame])[0]
+        det, inverse = on_frame(frame, name)
         x, y, dist = _snap(det, float(target["x"]), float(target["y"]), snap_radius_px)
         if np.isfinite(dist):
             log.info("target %s snapped to the star at (%.2f, %.2f) on frame %s, %.2f px from "
@@ -232,18 +254,10 @@ def place_pixel_targets(*, targets: Sequence[Mapping], sources: Mapping[str, str
             log.warning("target %s: no star within %.1f px of (%.2f, %.2f) on frame %s: measured "
                         "at that position, its rows flagged NO_STAR", name, snap_radius_px,
                         x, y, frame)
-        if frame != reference_frame:
-            try:
-                to_frame = align_frame(reference=reference_sources, sources=det,
-                                       tolerance_px=tolerance_px)
-            except SourceError as exc:
-                raise PhotometryError(f"target {name}: frame {frame} cannot be aligned with the "
-                                      f"reference {reference_frame} ({exc}); give the position "
-                                      "on another frame (target 'frame')") from None
-            inverse = np.linalg.inv(to_frame.matrix)
+        if inverse is not None:
             x, y = (inverse[:2, :2] @ np.array([x, y]) + inverse[:2, 2]).tolist()
-            log.info("target %s: (%.2f, %.2f) on the reference %s (%s)", name, x, y,
-                     reference_frame, to_frame.describe((0.0, 0.0)))
+            log.info("target %s: (%.2f, %.2f) on the reference %s", name, x, y,
+                     reference_frame)
         placed.append({**target, "x": x, "y": y, "no_star": not np.isfinite(dist)})
     return placed
 
@@ -262,16 +276,16 @@ def resolve_comparisons(*, positions: Mapping[str, Sequence[Mapping]], catalog: 
     left out and logged.  Returns ``{target name: [ids]}``.
     """
     field = catalog[catalog["name"] == ""]
+    wanted = [(target, star) for target, stars in positions.items() for star in stars]
+    placed = iter(place_pixel_targets(  # one call: each frame read and aligned once
+        targets=[{"name": f"{target}-comparison-{k + 1}", **dict(star)}
+                 for k, (target, star) in enumerate(wanted)],
+        sources=sources, reference_frame=reference_frame, reference_sources=reference_sources,
+        snap_radius_px=snap_radius_px, tolerance_px=tolerance_px))
     out: dict[str, list[int]] = {}
     for target, stars in positions.items():
-        placed = place_pixel_targets(
-            targets=[{"name": f"{target}-comparison-{k + 1}", **dict(s)}
-                     for k, s in enumerate(stars)],
-            sources=sources, reference_frame=reference_frame,
-            reference_sources=reference_sources, snap_radius_px=snap_radius_px,
-            tolerance_px=tolerance_px)
         ids = []
-        for star, where in zip(stars, placed, strict=True):
+        for star, where in zip(stars, placed, strict=False):
             dist = np.hypot(field["x_ref"] - where["x"], field["y_ref"] - where["y"])
             if len(field) and dist.min() <= match_radius_px and not where["no_star"]:
                 ids.append(int(field["source_id"].iloc[int(np.argmin(dist.to_numpy()))]))
