@@ -16,7 +16,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/inventory.smk"
 include: "workflow/rules/calibration.smk"
-include: "workflow/rules/images.smk"
+include: "workflow/rules/frames.smk"
 include: "workflow/rules/photometry.smk"
 include: "workflow/rules/qc.smk"
 

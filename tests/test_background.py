@@ -73,9 +73,12 @@ def test_default_settings_on_a_demo_sized_frame(rng):
     assert np.median(result.rms) == pytest.approx(sigma, rel=0.10)
 
 
-def test_iterative_masking_beats_single_pass_in_a_crowded_field(rng):
-    """1500 stars on 512² (≈ 6 000 per Mpx): star wings lift a single-pass map by
-    ~0.14 σ; masking sources iteratively brings the bias under 0.05 σ."""
+@pytest.mark.parametrize("backend, single_bias", [("sep", 0.05), ("photutils", 0.1)])
+def test_iterative_masking_beats_single_pass_in_a_crowded_field(rng, backend, single_bias):
+    """1500 stars on 512² (≈ 6 000 per Mpx): star wings lift a single-pass map (by
+    0.14 σ with photutils' median, 0.06 σ with SEP's clipped mode, measured); masking
+    sources iteratively brings the bias under 0.05 σ with either backend (−0.017 σ SEP,
+    −0.008 σ photutils) and both mask the same ~49 % of the frame."""
     n, sky, rn = 512, 1000.0, 7.5
     _, xx = np.indices((n, n))
     true_sky = sky * (1 + 0.05 * (xx / n - 0.5))
@@ -84,11 +87,11 @@ def test_iterative_masking_beats_single_pass_in_a_crowded_field(rng):
                                   flux=10 ** rng.uniform(3, 5.5, k), fwhm=3.0)
     image = rng.poisson(true_sky + stars) + rng.normal(0, rn, (n, n))
     sigma = np.sqrt(sky + rn**2)
-    single = estimate_background(data=image, box_size=32, iterate=False)
-    iterative = estimate_background(data=image, box_size=32, iterate=True)
+    single = estimate_background(data=image, box_size=32, iterate=False, backend=backend)
+    iterative = estimate_background(data=image, box_size=32, iterate=True, backend=backend)
     bias_single = np.mean(single.background - true_sky) / sigma
     bias_iter = np.mean(iterative.background - true_sky) / sigma
-    assert bias_single > 0.1
+    assert bias_single > single_bias
     assert abs(bias_iter) < 0.05
     assert iterative.mask_fractions[0] == 0 and iterative.mask_fractions[-1] > 0.3
 

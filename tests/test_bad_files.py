@@ -21,13 +21,12 @@ from astropy.io import fits
 
 from ccdflow.batch import (
     SUMMARY,
-    background_batch,
-    calibrate_batch,
     failed_frames,
     missing_products,
     read_summary,
     series_products,
 )
+from ccdflow.chain import reduce_batch
 from ccdflow.integrity import FitsIntegrityError, check_fits_file
 from ccdflow.inventory import build_inventory
 from ccdflow.simulate import simulate_night
@@ -187,30 +186,31 @@ def calibrated_batch(cal_masters, tmp_path):
     items = [("ok1", raws[0]), ("cut", cut), ("ok2", raws[1]), ("nan", tmp_path / "nan.fits")]
     frames = [{"frame": name, "raw": str(path), **{k: str(v) for k, v in masters.items()}}
               for name, path in items]
-    out = tmp_path / "calibrated" / "2024-01-01" / "V-000"
-    summary = calibrate_batch(frames=frames, detector=m["detector"],
-                              steps=["bias", "dark", "flat"], subtract_dark=True, out_dir=out)
-    return summary, out, frames
+    out = {s: tmp_path / s / "2024-01-01" / "V-000" for s in ("calibrated", "background",
+                                                                "cosmics", "sources")}
+    summaries = reduce_batch(frames=frames, detector=m["detector"],
+                             steps=["bias", "dark", "flat"], subtract_dark=True,
+                             background={"box_size": 32, "filter_size": 3}, cosmics={},
+                             detect={}, out_dirs=out)
+    return summaries, out, frames
 
 
 def test_one_bad_frame_does_not_stop_its_batch(calibrated_batch, caplog):
-    summary, out, frames = calibrated_batch
-    summary = summary.set_index("frame")
+    summaries, dirs, frames = calibrated_batch
+    out = dirs["calibrated"]
+    summary = summaries["calibrated"].set_index("frame")
     assert list(summary["status"]) == ["ok", "failed", "ok", "failed"]
     assert "cut.fits: pixel data cannot be read" in summary.loc["cut", "reason"]
     assert "no finite pixel in the raw data" in summary.loc["nan", "reason"]
     assert sorted(p.name for p in out.iterdir()) == sorted(["ok1.fits", "ok2.fits", SUMMARY])
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "no partial product"
     assert missing_products(out, frames=[f["frame"] for f in frames], suffix=".fits") == []
-    # the next stage skips the lost frames, saying which stage lost them, and makes the rest
-    bkg = out.parents[2] / "background" / "2024-01-01" / "V-000"
-    caplog.set_level("WARNING")
-    later = background_batch(frames=[f["frame"] for f in frames], calibrated_dir=out,
-                             out_dir=bkg, options={"box_size": 32, "filter_size": 3})
-    later = later.set_index("frame")
-    assert list(later["status"]) == ["ok", "skipped", "ok", "skipped"]
-    assert later.loc["cut", "reason"].startswith("calibrated failed: CalibrationError: ")
-    assert "cut: skipped (calibrated failed" in caplog.text
+    # the later stages skip the lost frames, saying which stage lost them, and make the rest
+    bkg = dirs["background"]
+    for stage in ("background", "cosmics", "sources"):
+        later = summaries[stage].set_index("frame")
+        assert list(later["status"]) == ["ok", "skipped", "ok", "skipped"], stage
+        assert later.loc["cut", "reason"].startswith("calibrated failed: CalibrationError: ")
     assert failed_frames([out, bkg]) == {
         name: f"calibrated failed: {summary.loc[name, 'reason']}" for name in ("cut", "nan")}
     present, absent = series_products({f["frame"]: bkg / f"{f['frame']}.fits" for f in frames})

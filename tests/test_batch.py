@@ -10,8 +10,6 @@ from ccdflow.batch import (
     SUMMARY,
     BatchError,
     assign_batches,
-    background_batch,
-    calibrate_batch,
     frames_per_job,
     missing_products,
     read_summary,
@@ -52,10 +50,17 @@ def test_batches_follow_night_series_and_time():
         assign_batches(frames.drop(columns="mjd_obs"))
 
 
-def test_calibrate_and_background_batches_equal_the_per_frame_helpers(cal_masters, tmp_path):
-    """One product per frame, identical to calibrating the frame alone, plus the summary."""
+def test_chain_batch_equals_the_per_frame_helpers(cal_masters, tmp_path):
+    """The fused chain (issue 13) writes, per stage, one product per frame identical to
+    the stage's helper called alone on the previous stage's product, and a summary."""
+    from astropy.io import fits
+
     from ccdflow.background import background_for_product
     from ccdflow.calibrate import calibrate_science
+    from ccdflow.chain import reduce_batch
+    from ccdflow.cosmics import detect_cosmic_rays
+    from ccdflow.masks import MaskBit
+    from ccdflow.photometry import frame_sources, read_sources
     from ccdflow.products import read_product
 
     m = cal_masters
@@ -64,32 +69,46 @@ def test_calibrate_and_background_batches_equal_the_per_frame_helpers(cal_master
     masters = write_masters(m, tmp_path)
     frames = [{"frame": row["frame"], "raw": str(truth.raw_dir / row["file"]),
                **{k: str(v) for k, v in masters.items()}} for _, row in science.iterrows()]
-    out = tmp_path / "calibrated" / "batch-000"
-    summary = calibrate_batch(frames=frames, detector=m["detector"], steps=["bias", "dark", "flat"],
-                              subtract_dark=True, out_dir=out)
-    assert list(summary["frame"]) == list(science["frame"]) and (summary["seconds"] > 0).all()
-    pd.testing.assert_frame_equal(read_summary(out), summary, check_dtype=False)
+    out = {s: tmp_path / s / "batch-000" for s in ("calibrated", "background", "cosmics",
+                                                    "sources")}
+    background = {"box_size": 32, "filter_size": 3, "manual_masks": []}
+    cosmics = {"niter": 4}
+    detect = {"nsigma": 5.0, "npixels": 5}
+    summaries = reduce_batch(frames=frames, detector=m["detector"],
+                             steps=["bias", "dark", "flat"], subtract_dark=True,
+                             background=background, cosmics=cosmics, detect=detect,
+                             out_dirs=out)
+    for stage, summary in summaries.items():
+        assert list(summary["frame"]) == list(science["frame"]), stage
+        assert (summary["status"] == "ok").all() and (summary["seconds"] > 0).all(), stage
+        pd.testing.assert_frame_equal(read_summary(out[stage]), summary, check_dtype=False)
+        suffix = ".ecsv" if stage == "sources" else ".fits"
+        assert sorted(p.name for p in out[stage].iterdir()) == sorted(
+            [SUMMARY, *(f"{f['frame']}{suffix}" for f in frames)])
     for item in frames:
         alone = calibrate_science(path=item["raw"], detector=m["detector"], bias=m["bias"],
                                   dark=m["dark"], flat=m["flat"], bad_pixel_mask=m["bpm"])
-        batch = read_product(out / f"{item['frame']}.fits")
+        batch = read_product(out["calibrated"] / f"{item['frame']}.fits")
         np.testing.assert_array_equal(batch.data, alone.data.astype(np.float32))
         np.testing.assert_array_equal(batch.error, alone.error.astype(np.float32))
         np.testing.assert_array_equal(batch.mask, alone.mask)
-    bkg_out = tmp_path / "background" / "batch-000"
-    options = {"box_size": 32, "filter_size": 3, "manual_masks": []}
-    summary = background_batch(frames=[f["frame"] for f in frames], calibrated_dir=out,
-                               out_dir=bkg_out, options=options)
-    from astropy.io import fits
-
-    for frame, sky in zip(summary["frame"], summary["sky_median_e"], strict=True):
-        alone = background_for_product(product=read_product(out / f"{frame}.fits"),
-                                       box_size=32, filter_size=3)
-        np.testing.assert_array_equal(fits.getdata(bkg_out / f"{frame}.fits", "BKG"),
-                                      alone.background)
-        assert sky == pytest.approx(alone.sky_median, abs=1e-3)
-    assert sorted(p.name for p in bkg_out.iterdir()) == sorted(
-        [SUMMARY, *(f"{f['frame']}.fits" for f in frames)])
+        bkg = background_for_product(product=batch, box_size=32, filter_size=3)
+        np.testing.assert_array_equal(
+            fits.getdata(out["background"] / f"{item['frame']}.fits", "BKG"), bkg.background)
+        cr = detect_cosmic_rays(data=batch.data, error=batch.error, mask=batch.mask != 0,
+                                background=bkg.background,
+                                read_noise_e=batch.header["RDNOISE"],
+                                saturation_e=batch.header["SATURATE"], **cosmics)
+        np.testing.assert_array_equal(
+            fits.getdata(out["cosmics"] / f"{item['frame']}.fits", "CRMASK") != 0, cr)
+        mask = batch.mask.copy()
+        mask[cr] |= np.uint16(MaskBit.COSMIC)
+        sources, meta = frame_sources(data=batch.data, mask=mask, background=bkg.background,
+                                      rms=bkg.rms, labels=np.where(cr, 0, bkg.labels), **detect)
+        written, written_meta = read_sources(out["sources"] / f"{item['frame']}.ecsv")
+        np.testing.assert_allclose(written[["x", "y", "flux"]].to_numpy(float),
+                                   sources[["x", "y", "flux"]].to_numpy(float), rtol=1e-12)
+        assert written_meta["fwhm_px"] == pytest.approx(meta["fwhm_px"], rel=1e-12)
 
 
 def test_missing_products_lists_what_a_batch_directory_lacks(tmp_path):

@@ -11,10 +11,12 @@ inside the batch's directory (``<stage>/<night>/<batch>/<frame>.<ext>``), and a
 batch's job writes ``batch-summary.tsv`` beside them: one row per frame with
 the stage's figures and the seconds its science took.
 
-A frame that changes reruns its batch (and with ``frames_per_job: 1``, only
-itself).  Snakemake sees a batch directory as one output, so a product deleted by
-hand inside it would go unnoticed; :func:`missing_products` lists such gaps and
-the workflow marks the batch stale (see ``workflow/rules/common.smk``).
+The image stages of a batch run in one job (:mod:`ccdflow.chain`); photometry
+runs per batch after the series' source list.  A frame that changes reruns its
+batch (and with ``frames_per_job: 1``, only itself).  Snakemake sees a batch
+directory as one output, so a product deleted by hand inside it would go
+unnoticed; :func:`missing_products` lists such gaps and the workflow marks the
+batch stale (see ``workflow/rules/common.smk``).
 """
 
 from __future__ import annotations
@@ -31,10 +33,9 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRODUCT_SUFFIX", "SUMMARY", "assign_batches", "background_batch", "calibrate_batch",
-           "cosmics_batch", "failed_frames", "frames_per_job", "missing_products",
-           "photometry_batch", "product_path", "read_frame_metas", "read_summary",
-           "series_products", "sources_batch"]
+__all__ = ["PRODUCT_SUFFIX", "SUMMARY", "assign_batches", "failed_frames", "frames_per_job",
+           "missing_products", "photometry_batch", "product_path", "read_frame_metas",
+           "read_summary", "series_products"]
 
 #: name of the per-batch summary table inside each batch directory
 SUMMARY = "batch-summary.tsv"
@@ -243,122 +244,7 @@ def read_frame_metas(directories: Sequence[str | Path]) -> dict[str, dict]:
     return metas
 
 
-# ---------------------------------------------------------------- stages
-
-def calibrate_batch(*, frames: Sequence[Mapping[str, str]], detector: Mapping,
-                    steps: Sequence[str], subtract_dark: bool,
-                    out_dir: str | Path) -> pd.DataFrame:
-    """Calibrate frames to electrons with ERR and MASK, one product each.
-
-    Parameters
-    ----------
-    frames : sequence of mapping
-        Per frame: ``frame`` (product name), ``raw`` (path) and the masters
-        that apply: ``bias``, ``dark``, ``flat``, ``illumination`` (optional)
-        and ``bpm``.  Each master is read once per batch.
-    detector, steps, subtract_dark
-        As for :func:`ccdflow.calibrate.calibrate_science`.
-    out_dir : path
-        Batch directory; ``<frame>.fits`` per frame.
-
-    Returns
-    -------
-    DataFrame
-        ``frame, sci_median_e, masked_fraction, seconds``.
-    """
-    from .calibrate import calibrate_science
-    from .products import read_mask, read_product, write_product
-
-    cache: dict[str, Any] = {}
-
-    def master(path, reader):
-        if path not in cache:
-            cache[path] = reader(path)
-        return cache[path]
-
-    kinds = ("bias", "dark", "flat", "illumination")
-
-    def step(item, out):
-        masters = {k: master(item[k], read_product) for k in kinds if item.get(k)}
-        product = calibrate_science(
-            path=item["raw"], detector=detector, bias=masters.get("bias"),
-            dark=masters.get("dark"), flat=masters.get("flat"),
-            bad_pixel_mask=master(item["bpm"], read_mask),
-            illumination=masters.get("illumination"),
-            params={"steps": list(steps), "subtract_dark": subtract_dark},
-            master_names={k: str(item[k]) for k in (*kinds, "bpm") if item.get(k)})
-        write_product(product_path(out, item["frame"], "calibrated"), product, unit="electron")
-        good = product.mask == 0
-        return {"sci_median_e": round(float(np.median(product.data[good])), 3)
-                if good.any() else float("nan"),
-                "masked_fraction": round(float(1 - good.mean()), 6)}
-
-    return _run(frames, out_dir, step, lambda item: item["frame"])
-
-
-def background_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
-                     out_dir: str | Path, options: Mapping) -> pd.DataFrame:
-    """Background map, RMS and source mask of each calibrated frame of a batch.
-
-    ``options`` are the config's ``background`` section (``manual_masks``
-    included); see :func:`ccdflow.background.estimate_background`.
-
-    Returns
-    -------
-    DataFrame
-        ``frame, sky_median_e, sky_rms_e, mask_fraction, iterations, seconds``.
-    """
-    from .background import background_for_product, write_background
-    from .products import read_product
-
-    opts = dict(options)
-    circles = opts.pop("manual_masks", [])
-
-    def step(frame, out):
-        source = product_path(calibrated_dir, frame, "calibrated")
-        result = background_for_product(product=read_product(source),
-                                        manual_circles=circles, **opts)
-        write_background(product_path(out, frame, "background"), result, inputs=[source],
-                         params=options)
-        return {"sky_median_e": round(result.sky_median, 3),
-                "sky_rms_e": round(result.sky_rms, 3),
-                "mask_fraction": round(result.mask_fractions[-1], 5),
-                "iterations": result.iterations}
-
-    return _run(frames, out_dir, step, str, upstream=[calibrated_dir])
-
-
-def cosmics_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
-                  background_dir: str | Path, out_dir: str | Path,
-                  options: Mapping) -> pd.DataFrame:
-    """Cosmic-ray mask of each calibrated frame of a batch (astroscrappy with the
-    frame's RDNOISE and SATURATE, its background map and ERR²).
-
-    Returns
-    -------
-    DataFrame
-        ``frame, n_cosmic_px, seconds``.
-    """
-    from astropy.io import fits
-
-    from .cosmics import detect_cosmic_rays, write_cosmics
-    from .products import read_product
-
-    def step(frame, out):
-        calibrated = product_path(calibrated_dir, frame, "calibrated")
-        background = product_path(background_dir, frame, "background")
-        product = read_product(calibrated)
-        crmask = detect_cosmic_rays(
-            data=product.data, error=product.error, mask=product.mask != 0,
-            background=fits.getdata(background, "BKG"),
-            read_noise_e=product.header["RDNOISE"], saturation_e=product.header["SATURATE"],
-            **options)
-        write_cosmics(product_path(out, frame, "cosmics"), crmask, inputs=[calibrated, background],
-                      params=options)
-        return {"n_cosmic_px": int(crmask.sum())}
-
-    return _run(frames, out_dir, step, str, upstream=[calibrated_dir, background_dir])
-
+# ---------------------------------------------------------------- photometry stage
 
 def _frame(frame: str, *, calibrated_dir, background_dir, cosmics_dir):
     from .photometry import load_frame
@@ -367,37 +253,6 @@ def _frame(frame: str, *, calibrated_dir, background_dir, cosmics_dir):
         calibrated=product_path(calibrated_dir, frame, "calibrated"),
         background=product_path(background_dir, frame, "background"),
         cosmics=product_path(cosmics_dir, frame, "cosmics") if cosmics_dir else None)
-
-
-def sources_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
-                  background_dir: str | Path, cosmics_dir: str | Path | None,
-                  out_dir: str | Path, nsigma: float = 5.0, npixels: int = 5,
-                  shape_limits: Mapping[str, float] | None = None,
-                  provenance: Mapping | None = None) -> pd.DataFrame:
-    """Detections and seeing of each frame of a batch (``<frame>.ecsv``).
-
-    Returns
-    -------
-    DataFrame
-        ``frame, n_sources, fwhm_px, rejected_sharp, rejected_flat,
-        rejected_elongated, status, reason, seconds`` (the rejected counts are
-        detections that are not stars: hot pixels, cosmic-ray residue, trails).
-    """
-    from .photometry import frame_sources, write_sources
-
-    def step(frame, out):
-        data = _frame(frame, calibrated_dir=calibrated_dir, background_dir=background_dir,
-                      cosmics_dir=cosmics_dir)
-        sources, meta = frame_sources(data=data.data, mask=data.mask,
-                                      background=data.background, rms=data.rms,
-                                      nsigma=nsigma, npixels=npixels, shape_limits=shape_limits)
-        write_sources(product_path(out, frame, "sources"), sources, {**meta, **(provenance or {})},
-                      frame=frame)
-        return {"n_sources": int(meta["n_sources"]), "fwhm_px": round(meta["fwhm_px"], 4),
-                **{k: int(v) for k, v in meta.items() if k.startswith("rejected_")}}
-
-    upstream = [calibrated_dir, background_dir, *([cosmics_dir] if cosmics_dir else [])]
-    return _run(frames, out_dir, step, str, upstream=upstream)
 
 
 def photometry_batch(*, frames: Sequence[str], calibrated_dir: str | Path,

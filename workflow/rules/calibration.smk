@@ -1,5 +1,5 @@
-# Masters (bias, dark, flat), bad-pixel masks, calibrated science frames, and
-# the per-night plan and detector report.
+# Masters (bias, dark, flat), bad-pixel masks, the per-night plan and the detector
+# report. Science frames are calibrated by the per-frame chain (frames.smk).
 
 
 rule calibration_plan:
@@ -137,33 +137,6 @@ rule bad_pixel_mask:
         "../../environment.yml"
     script:
         "../scripts/bad_pixel_mask.py"
-
-
-rule calibrate_science:
-    input:
-        unpack(get_calibrate_inputs),
-        inventory=ancient(RESULTS / "inventory.csv"),
-        complete=stale_if_incomplete("calibrated"),
-    output:
-        calibrated=directory(batch_dir("calibrated")),
-    params:
-        frames=get_calibrate_frames,
-        detector=PROFILE["detector"],
-        steps=STEPS,
-        subtract_dark=SUBTRACT_DARK,
-        software=SOFTWARE,
-    log:
-        LOGS / "calibrated" / "{night}" / "{batch}.log",
-    group:
-        "frames"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=get_batch_runtime(minutes_per_frame=0.2),
-    conda:
-        "../../environment.yml"
-    script:
-        "../scripts/calibrate_science.py"
 
 
 rule detector_report:

@@ -247,6 +247,12 @@ def get_detector_inputs(wildcards):
 
 
 COSMICS_ON = config["cosmics"]["enabled"] and PROFILE["cosmics"]["enabled"]
+# options of the cosmic-ray stage (None: no such stage)
+COSMICS_OPTIONS = (
+    {k: v for k, v in config["cosmics"].items() if k != "enabled"} if COSMICS_ON else None
+)
+# the stages of the per-frame chain (rule frames_reduce), in order
+CHAIN_STAGES = ["calibrated", "background", *(["cosmics"] if COSMICS_ON else []), "sources"]
 
 
 PHOT = config["photometry"]
@@ -290,8 +296,8 @@ def get_batch_frame_names(wildcards):
     return list(_batch_rows(wildcards)["frame"])
 
 
-def stale_if_incomplete(stage):
-    """Input function giving no input: it checks this job's own batch directory.
+def stale_if_incomplete(*stages):
+    """Input function giving no input: it checks this job's own batch directories.
 
     A finished batch directory missing some of its frames' products (deleted by
     hand) would look up to date to Snakemake, which sees the directory as one
@@ -300,18 +306,21 @@ def stale_if_incomplete(stage):
     """
 
     def check(wildcards):
-        directory = batch_dir(stage, wildcards.night, wildcards.batch)
-        stamp = directory / ".snakemake_timestamp"
-        if stamp.exists() and stamp.stat().st_mtime > 0:
-            missing = missing_products(
-                directory, frames=get_batch_frame_names(wildcards), suffix=PRODUCT_SUFFIX[stage]
-            )
-            if missing:
-                logger.warning(
-                    f"ccdflow: {directory} lacks {', '.join(missing)}: "
-                    "the batch is marked stale and will be remade"
+        for stage in stages:
+            directory = batch_dir(stage, wildcards.night, wildcards.batch)
+            stamp = directory / ".snakemake_timestamp"
+            if stamp.exists() and stamp.stat().st_mtime > 0:
+                missing = missing_products(
+                    directory,
+                    frames=get_batch_frame_names(wildcards),
+                    suffix=PRODUCT_SUFFIX[stage],
                 )
-                os.utime(stamp, (0, 0))
+                if missing:
+                    logger.warning(
+                        f"ccdflow: {directory} lacks {', '.join(missing)}: "
+                        "the batch is marked stale and will be remade"
+                    )
+                    os.utime(stamp, (0, 0))
         return []
 
     return check
@@ -484,9 +493,7 @@ def get_qc_night_inputs(wildcards):
 def get_final_outputs(wildcards):
     frames = frame_table()
     batches = frames.drop_duplicates(["night", "batch"])
-    stages = ["calibrated", "background"]
-    stages += ["cosmics"] if COSMICS_ON else []
-    stages += ["sources", "photometry"] if PHOT["enabled"] else []
+    stages = [*CHAIN_STAGES, *(["photometry"] if PHOT["enabled"] else [])]
     series = sorted(set(frames["series"])) if PHOT["enabled"] else []
     return [
         RESULTS / "inventory.csv",
