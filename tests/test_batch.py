@@ -22,6 +22,13 @@ def test_frames_per_job_auto_and_explicit():
     assert frames_per_job(n_frames=12) == 4  # short night: at least 4 per job
     assert frames_per_job(n_frames=160) == 10  # 16 jobs
     assert frames_per_job(n_frames=10_000) == 100  # capped
+    # frames of known size: at least MIN_JOB_SECONDS of science per job, spread evenly
+    # (1k²: 15 frames at least; 4k²: one; 650×500: 50)
+    assert frames_per_job(n_frames=8, megapixels=1.08) == 8  # one job, not two of 4
+    assert frames_per_job(n_frames=24, megapixels=1.08) == 12  # two even jobs, not 15 + 9
+    assert frames_per_job(n_frames=10, megapixels=16.8) == 1
+    assert frames_per_job(n_frames=142, megapixels=0.325) == 48  # 3 jobs of 47-48
+    assert frames_per_job(n_frames=2000, megapixels=0.07) == 100
     assert frames_per_job(n_frames=10, setting=1) == 1
     for bad in (0, -2, 2.5, "many", True):
         with pytest.raises(BatchError, match="frames_per_job must be a positive integer"):

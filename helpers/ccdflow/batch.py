@@ -49,20 +49,39 @@ class BatchError(ValueError):
     """A batch cannot be formed or run; the message says why."""
 
 
+#: science of the image chain plus photometry per megapixel of frame (s, measured on the
+#: 2-core machine: ~0.4 s chain + ~0.1 s photometry per 1k² frame)
+SECONDS_PER_MEGAPIXEL = 0.5
+
+#: least science a batch job should carry: ~10× the start of a job (a fresh Python,
+#: Snakemake's script preamble, the imports: ~0.8 s)
+MIN_JOB_SECONDS = 8.0
+
+
 def frames_per_job(*, n_frames: int, setting: int | str = "auto", target_jobs: int = 16,
-                   max_frames: int = 100) -> int:
+                   max_frames: int = 100, megapixels: float | None = None) -> int:
     """Frames per job for a night and series of ``n_frames`` frames.
 
     ``setting`` is a positive integer, or ``'auto'``: ``ceil(n_frames /
-    target_jobs)`` clipped to 4…``max_frames``, so a short night still spreads
-    over ``target_jobs`` cores while a long one pays the job start once per
-    up to ``max_frames`` frames.  The result depends on the data only (never on
-    ``--cores``), so reruns on another machine find the same jobs.
+    target_jobs)``, but at least enough frames for :data:`MIN_JOB_SECONDS` of
+    science at :data:`SECONDS_PER_MEGAPIXEL` for frames of ``megapixels`` (4
+    frames when the size is unknown), at most ``max_frames``; the frames are
+    then spread evenly over the jobs that makes.  A short night of small frames
+    thus runs in a few jobs instead of paying a job start per handful of frames,
+    a long one still spreads over ``target_jobs`` cores and pays the start once
+    per up to ``max_frames`` frames.  The result depends on the data only (never
+    on ``--cores``), so reruns on another machine find the same jobs.
     """
     if n_frames < 0:
         raise BatchError(f"n_frames must be >= 0, got {n_frames}")
     if setting == "auto":
-        return int(min(max_frames, max(4, math.ceil(n_frames / target_jobs))))
+        if megapixels is not None and megapixels > 0:
+            least = math.ceil(MIN_JOB_SECONDS / (SECONDS_PER_MEGAPIXEL * megapixels))
+        else:
+            least = 4
+        size = int(min(max_frames, max(1, least, math.ceil(n_frames / target_jobs))))
+        jobs = max(1, math.ceil(n_frames / size))
+        return max(1, math.ceil(n_frames / jobs))
     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
         raise BatchError(f"frames_per_job must be a positive integer or 'auto', got {setting!r}")
     return setting
@@ -75,7 +94,8 @@ def assign_batches(frames: pd.DataFrame, *, setting: int | str = "auto",
     Parameters
     ----------
     frames : DataFrame
-        Columns ``frame``, ``night``, ``series`` and ``mjd_obs``.
+        Columns ``frame``, ``night``, ``series`` and ``mjd_obs``; optional
+        ``megapixels`` (frame size, for ``'auto'``).
     setting, target_jobs, max_frames
         See :func:`frames_per_job`.
 
@@ -92,8 +112,10 @@ def assign_batches(frames: pd.DataFrame, *, setting: int | str = "auto",
     out["batch"] = ""
     out["frames_per_job"] = 0
     for (_, series), rows in out.groupby(["night", "series"], sort=False):
+        size_mpx = (float(rows["megapixels"].max()) if "megapixels" in rows
+                    and rows["megapixels"].notna().any() else None)
         size = frames_per_job(n_frames=len(rows), setting=setting, target_jobs=target_jobs,
-                              max_frames=max_frames)
+                              max_frames=max_frames, megapixels=size_mpx)
         k = np.arange(len(rows)) // size
         out.loc[rows.index, "batch"] = [f"{series}-{i:03d}" for i in k]
         out.loc[rows.index, "frames_per_job"] = size

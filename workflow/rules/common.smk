@@ -258,13 +258,24 @@ CHAIN_STAGES = ["calibrated", "background", *(["cosmics"] if COSMICS_ON else [])
 PHOT = config["photometry"]
 
 
+def _megapixels(shape):
+    """Megapixels of an inventory shape 'NAXIS2xNAXIS1' (None when unknown)."""
+    try:
+        ny, nx = (int(v) for v in str(shape).split("x")[:2])
+    except ValueError:
+        return None
+    return ny * nx / 1e6
+
+
 @functools.lru_cache(maxsize=4)
 def _frames(path, mtime_ns):
     """Per science frame: plan row, field (OBJECT), series and batch."""
     inventory, _, plan = _state(path, mtime_ns)
     objects = inventory.set_index("frame")["object"]
+    shapes = inventory.set_index("frame")["shape"]
     table = plan.reset_index(drop=True)
     table["field"] = [str(objects.get(f, "") or "") for f in table["frame"]]
+    table["megapixels"] = [_megapixels(shapes.get(f, "")) for f in table["frame"]]
     table["series"] = [
         f"{safe_name(o or 'field')}_{safe_name(fl)}"
         for o, fl in zip(table["field"], table["filter"])
