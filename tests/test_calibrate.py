@@ -268,10 +268,12 @@ def test_masters_do_not_mutate_inputs(cal_masters):
     np.testing.assert_array_equal(m["bias"].mask, before[1])
 
 
-def test_low_flat_pixels_flagged_where_they_are_and_not_divided(cal_masters):
+def test_low_flat_pixels_flagged_where_they_are_divided_above_the_floor(cal_masters):
     """LOW_FLAT pixels of the master flat (and only those) get LOW_FLAT in the calibrated
-    frame, and the flat is not divided there.  (A bitwise-not of the int mask once made
-    every pixel 'usable' and OR-ed LOW_FLAT into whole rows by fancy indexing.)"""
+    frame.  Above the floor (issue 14: a corrected value, measured by photometry) the flat
+    is divided there and ERR grows as 1/F; below the floor the pixel is not divided and is
+    also BAD.  (A bitwise-not of the int mask once made every pixel 'usable' and OR-ed
+    LOW_FLAT into whole rows by fancy indexing.)"""
     import copy
 
     from ccdflow.calibrate import calibrate_science
@@ -284,13 +286,23 @@ def test_low_flat_pixels_flagged_where_they_are_and_not_divided(cal_masters):
     flat = copy.deepcopy(m["flat"])
     low = np.zeros(flat.data.shape, bool)
     low[10:14, 20:30] = True
-    flat.mask[low] |= np.uint16(MaskBit.LOW_FLAT)
-    flat.data[low] = 0.3  # positive but below flat.low: must not be divided by
+    dead = np.zeros(flat.data.shape, bool)
+    dead[40:42, 20:30] = True
+    flat.mask[low | dead] |= np.uint16(MaskBit.LOW_FLAT)
+    flat.data[low] = 0.3  # below flat.low, above the floor (0.2): divided
+    flat.data[dead] = 0.1  # below the floor: not divided, BAD
+    flat.error[low | dead] = 0.0
     with_flat = calibrate_science(path=truth.raw_dir / row["file"], detector=m["detector"],
                                   bias=m["bias"], dark=m["dark"], flat=flat, bad_pixel_mask=None)
     without = calibrate_science(path=truth.raw_dir / row["file"], detector=m["detector"],
                                 bias=m["bias"], dark=m["dark"], flat=None, bad_pixel_mask=None)
     flagged = (with_flat.mask & MaskBit.LOW_FLAT) != 0
-    expected = low | ((m["flat"].mask & MaskBit.LOW_FLAT) != 0)
+    expected = low | dead | ((m["flat"].mask & MaskBit.LOW_FLAT) != 0)
     np.testing.assert_array_equal(flagged, expected)
-    np.testing.assert_array_equal(with_flat.data[low], without.data[low])
+    np.testing.assert_allclose(with_flat.data[low], without.data[low] / 0.3, rtol=1e-6)
+    np.testing.assert_allclose(with_flat.error[low], without.error[low] / 0.3, rtol=1e-5)
+    assert not ((with_flat.mask[low] & MaskBit.BAD) != 0).any()
+    np.testing.assert_array_equal(with_flat.data[dead], without.data[dead])
+    assert ((with_flat.mask[dead] & MaskBit.BAD) != 0).all()
+    # ERR_CAL is the masters' part of ERR: every pixel's random part stays positive
+    assert (with_flat.extras["ERR_CAL"] <= with_flat.error).all()

@@ -14,6 +14,7 @@ from astropy.io import fits
 from photutils.aperture import CircularAperture, aperture_photometry
 from scipy.spatial import cKDTree
 
+from ccdflow.masks import MaskBit
 from ccdflow.photometry import (
     PhotFlag,
     PhotometryError,
@@ -196,34 +197,47 @@ def test_transit_depth_recovered_within_one_sigma(run):
 
 
 def test_one_frame_equals_a_direct_photutils_call(run):
-    """The pipeline adds no hidden maths: flux = Σ_ap(SCI) − bkg·area, masked pixels out."""
+    """The pipeline adds no hidden maths: for a row with nothing repaired, flux = Σ_ap(SCI) −
+    bkg·area, flux_err² = Σ_ap(ERR² − ERR_CAL²) + (area·bkg_err)² and flux_err_cal² =
+    Σ_ap ERR_CAL², photutils' exact overlaps (SEP's agree to ~1e-9 of the summed pixels)."""
     root, _, _, rows, _ = run
     frame = sorted(rows["frame"].unique())[7]
-    t = rows[(rows["frame"] == frame) & ((rows["flags"] & int(PhotFlag.OFF_FRAME)) == 0)]
+    t = rows[(rows["frame"] == frame) & ((rows["flags"] & int(PhotFlag.OFF_FRAME)) == 0)
+             & ((rows["flags"] & int(PhotFlag.REPAIRED)) == 0) & rows["radius"].notna()]
     with fits.open(product(root / "results", "calibrated", frame)) as hdul:
         data, error = hdul["SCI"].data.astype(float), hdul["ERR"].data.astype(float)
-        mask = hdul["MASK"].data != 0
+        error_cal = hdul["ERR_CAL"].data.astype(float)
+        # pixels the dark and flat corrected (HOT, LOW_FLAT) are measured (issue 14)
+        mask = (hdul["MASK"].data & ~np.uint16(MaskBit.HOT | MaskBit.LOW_FLAT)) != 0
     mask |= fits.getdata(product(root / "results", "cosmics", frame), "CRMASK") != 0
+    random = np.sqrt(error**2 - error_cal**2)
     for radius, g in t.groupby("radius"):
         ap = CircularAperture(g[["x", "y"]].to_numpy(), radius)
-        direct = aperture_photometry(data, ap, error=error, mask=mask)
+        direct = aperture_photometry(data, ap, error=random, mask=mask)
+        cal = aperture_photometry(data, ap, error=error_cal, mask=mask)
+        total = aperture_photometry(np.abs(data), ap, mask=mask)["aperture_sum"]
         area = ap.area_overlap(data, mask=mask)
         np.testing.assert_allclose(g["flux"], direct["aperture_sum"] - g["bkg"] * area,
-                                   rtol=1e-8, atol=1e-6)
+                                   rtol=0, atol=1e-8 * float(np.max(total)))
         np.testing.assert_allclose(
             g["flux_err"] ** 2, direct["aperture_sum_err"] ** 2 + (area * g["bkg_err"]) ** 2,
             rtol=1e-7)
+        np.testing.assert_allclose(g["flux_err_cal"], cal["aperture_sum_err"], rtol=1e-6)
+    assert len(t) > 300
 
 
 def test_light_curve_files_and_times(run):
     root, truth, catalog, rows, _ = run
     lc = root / "results" / "lightcurves"
     long = pd.read_csv(lc / "WASP-SIM_V.csv", comment="#")
-    assert len(long) == 30 * len(catalog) * 3  # frames × sources × apertures
+    # frames × sources × (3 apertures + optimal photometry)
+    assert len(long) == 30 * len(catalog) * 4
+    assert set(long["aperture"]) == {"1.5fwhm", "2fwhm", "3fwhm", "optimal"}
     text = (lc / "WASP-SIM_V.csv").read_text()
     assert "flux [electron]" in text and "bjd_tdb [d (BJD_TDB, mid-exposure)]" in text
     one = pd.read_csv(lc / "WASP-SIM_V" / "source_5.csv", comment="#")
-    assert list(one.columns[:6]) == ["BMJD", "flux", "flux_err", "bkg", "bkg_err", "flags"]
+    assert list(one.columns[:8]) == ["BMJD", "flux", "flux_err", "flux_err_cal", "bkg",
+                                     "bkg_err", "bkg_rms", "flags"]
     assert len(one) == 30 and one["BMJD"].is_monotonic_increasing
     # times: mid-exposure UTC from the truth; BJD − JD(UTC) within the ±8.4 min light
     # travel time plus TT−UTC (69.2 s)

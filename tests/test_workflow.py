@@ -48,7 +48,7 @@ def test_demo_night_end_to_end_then_up_to_date(tiny_demo):
     for frame in science["frame"]:
         path = product(results, "calibrated", frame)
         with fits.open(path) as hdul:
-            assert [h.name for h in hdul] == ["PRIMARY", "SCI", "ERR", "MASK"]
+            assert [h.name for h in hdul] == ["PRIMARY", "SCI", "ERR", "MASK", "ERR_CAL"]
             assert hdul["SCI"].header["BUNIT"] == "electron"
             assert hdul[0].header["FLATFILE"].endswith(f"flat_{frame.split('_')[1]}.fits")
     for frame in science["frame"]:
@@ -296,10 +296,10 @@ def test_background_parameter_reruns_only_its_stage_and_after(tiny_demo, tmp_pat
     work = copy_run(tiny_demo, tmp_path / "work")
     assert _rerun_jobs(work, config={"demo": TINY_DEMO}) == {}
     jobs = _rerun_jobs(work, config={"demo": TINY_DEMO, "background": {"box_size": 32}})
-    # 2 batches (V, R); the cosmic-ray step uses the map; the reference and light
-    # curves follow the sources; calibration and masters are untouched
-    assert jobs == {"estimate_background": 2, "detect_cosmics": 2, "detect_sources": 2,
-                    "photometry_reference": 2, "measure_photometry": 2,
+    # 2 batches (V, R): the per-frame chain (calibration, background, cosmic rays and
+    # sources run in one job per batch, issue 13), the reference and light curves that
+    # follow from the sources; the masters are untouched
+    assert jobs == {"frames_reduce": 2, "photometry_reference": 2, "measure_photometry": 2,
                     "lightcurve_build": 2, "qc_night": 1, "qc_lightcurves": 2, "all": 1}
 
 
@@ -315,8 +315,7 @@ def test_product_deleted_inside_a_batch_remakes_that_batch(tiny_demo, tmp_path):
     assert f"lacks {victim.name}: the batch is marked stale" in out.stdout + out.stderr
     # the V batch's image stages and what follows from them; not the masters, not R
     assert _rerun_jobs(work, config=config) == {
-        "calibrate_science": 1, "estimate_background": 1, "detect_cosmics": 1,
-        "detect_sources": 1, "photometry_reference": 1, "measure_photometry": 1,
+        "frames_reduce": 1, "photometry_reference": 1, "measure_photometry": 1,
         "lightcurve_build": 1, "qc_night": 1, "qc_lightcurves": 1, "all": 1}
     snakemake(work, "--cores", "2", config=config)
     assert victim.is_file()
@@ -346,10 +345,9 @@ def test_touching_one_raw_frame_reruns_only_its_chain(tmp_path):
             jobs[rule] = jobs.get(rule, 0) + 1
     # the inventory table comes out identical, so the plan is not redone (Snakemake
     # compares checksums of small inputs); 4 V frames measured against the new reference
-    assert jobs == {"inventory_scan": 1, "calibrate_science": 1,
-                    "estimate_background": 1, "detect_cosmics": 1, "detect_sources": 1,
-                    "photometry_reference": 1, "measure_photometry": 4, "lightcurve_build": 1,
-                    "qc_night": 1, "qc_lightcurves": 1, "all": 1}
+    assert jobs == {"inventory_scan": 1, "frames_reduce": 1, "photometry_reference": 1,
+                    "measure_photometry": 4, "lightcurve_build": 1, "qc_night": 1,
+                    "qc_lightcurves": 1, "all": 1}
 
 
 def _snakemake_popen(workdir, config):
@@ -402,12 +400,12 @@ def test_killed_run_resumes_with_identical_results(tiny_demo, tmp_path):
     cosmics = tmp_path / "results" / "cosmics" / "2026-03-14"
     # 1) one job killed while it writes its batch: Snakemake removes the batch, stops
     proc = _snakemake_popen(tmp_path, config)
-    victim = _wait_for_job(proc, "detect_cosmics.py",
+    victim = _wait_for_job(proc, "frames_reduce.py",
                            ready=lambda: cosmics.is_dir() and any(cosmics.iterdir()))
     victim.kill()
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode != 0, output
-    assert "Removing output files of failed job detect_cosmics" in output
+    assert "Removing output files of failed job frames_reduce" in output
     _no_partial_files(tmp_path / "results")
     # 2) the whole run (Snakemake and its jobs) killed while photometry runs
     proc = _snakemake_popen(tmp_path, config)

@@ -325,8 +325,8 @@ def photometry_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
             alignment = exc  # frame_photometry notes it and flags NOT_ALIGNED
         table, notes = frame_photometry(
             alignment=alignment,
-            data=data.data, error=data.error, mask=data.mask, header=data.header,
-            background=data.background, background_rms=data.rms,
+            data=data.data, error=data.error, error_cal=data.error_cal, mask=data.mask,
+            header=data.header, background=data.background, background_rms=data.rms,
             source_mask=data.source_mask, sources=sources, meta=meta, catalog=catalog,
             reference_meta=ref_meta, site=site, frame=frame,
             start_mjd_utc=(times or {}).get(frame, (None, None))[0],

@@ -9,10 +9,14 @@ current is scaled by ``t_science − t_bias``.
 Calibrated science, per pixel::
 
     S = (R − B − D·(t − t_B)) / F
-    Var(S) = [RN² + max(R − B, 0) + σ_B² + ((t − t_B)·σ_D)²] / F² + S²·(σ_F / F)²
+    Var(S) = [RN² + max(R − B, 0)] / F²                                 (this frame)
+           + [σ_B² + ((t − t_B)·σ_D)²] / F² + S²·(σ_F / F)²            (ERR_CAL²)
 
 with ``R`` the overscan-corrected, trimmed raw frame in electrons.  The
 Poisson term uses the collected charge ``R − B`` (signal plus dark current).
+ERR is the square root of the whole; ERR_CAL of the masters' part, which is
+the same in every frame calibrated with the same masters (a time series of a
+star on fixed pixels does not scatter by it).
 """
 
 from __future__ import annotations
@@ -256,14 +260,15 @@ def make_master_flat(*, paths: Sequence[str | Path], detector: Mapping, bias: Pr
                      dark: Product | None, combine: Mapping | None = None,
                      memory_limit_mb: float = 2000, min_frames: int = 3,
                      norm_fraction: float = 0.5, low: float = 0.5, high: float = 1.5,
-                     outlier_fraction: float = 0.1,
+                     outlier_fraction: float = 0.1, floor: float = 0.2,
                      scratch_dir: str | Path | None = None, threads: int = 1) -> Product:
     """Combine flats into a normalised master flat with low/outlier pixels masked.
 
     Each flat is bias- (and dark-) corrected, divided by the sigma-clipped
     median of its central ``norm_fraction``, and the normalised frames are
     combined with rejection (stars in twilight flats fall out); the result is
-    renormalised the same way.  ``LOW_FLAT``: response < ``low``; ``BAD``:
+    renormalised the same way.  ``LOW_FLAT``: response < ``low`` (science frames
+    are still divided there down to ``floor``, recorded as ``FLATFLOR``); ``BAD``:
     response > ``high`` or deviating from a 5-pixel running median by more
     than ``outlier_fraction``; ``NONFINITE``/``BADCAL`` as for every master.
 
@@ -300,7 +305,7 @@ def make_master_flat(*, paths: Sequence[str | Path], detector: Mapping, bias: Pr
     result.data /= norm
     result.error /= norm
     params = {"combine": {**COMBINE_DEFAULTS, **(combine or {})}, "norm_fraction": norm_fraction,
-              "low": low, "high": high, "outlier_fraction": outlier_fraction}
+              "low": low, "high": high, "outlier_fraction": outlier_fraction, "floor": floor}
     header = provenance_header(step="master_flat", inputs=paths, params=params)
     header["IMAGETYP"] = "MASTER FLAT"
     for i, level in enumerate(scales, start=1):
@@ -316,6 +321,7 @@ def make_master_flat(*, paths: Sequence[str | Path], detector: Mapping, bias: Pr
         outlier = np.abs(flat / smooth - 1.0) > outlier_fraction
     product.mask[outlier] |= np.uint16(MaskBit.BAD)
     header["NLOWFLAT"] = (int((flat < low).sum()), "pixels below the low threshold")
+    header["FLATFLOR"] = (floor, "science not divided below this response (BAD)")
     header["NOUTFLAT"] = (int(outlier.sum()), "local outliers flagged BAD")
     return product
 
@@ -367,8 +373,10 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
                       dark: Product | None, flat: Product | None,
                       bad_pixel_mask: np.ndarray | None, illumination: Product | None = None,
                       params: Mapping[str, Any] | None = None,
-                      master_names: Mapping[str, str] | None = None) -> Product:
-    """Calibrate one science frame to electrons with ERR and MASK (see the module docstring).
+                      master_names: Mapping[str, str] | None = None,
+                      flat_floor: float = 0.2) -> Product:
+    """Calibrate one science frame to electrons with ERR, ERR_CAL and MASK (see the module
+    docstring).
 
     Parameters
     ----------
@@ -384,6 +392,19 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
         From :func:`make_illumination_model`: SCI and ERR are divided by it.
     params, master_names : mapping, optional
         Recorded as provenance (``BIASFILE``/``DARKFILE``/``FLATFILE``/``BPMFILE``).
+    flat_floor : float
+        The flat is divided wherever its response is at least this; below it the
+        pixel is BAD (and LOW_FLAT) and left undivided.  LOW_FLAT pixels above
+        the floor (response below the flat's ``low``) are divided: their values
+        are corrected, with a larger ERR.
+
+    Returns
+    -------
+    Product
+        SCI (e-), ERR (total 1σ: read noise, photons of everything collected incl.
+        dark charge, and the masters' noise), ERR_CAL (the masters' part of ERR:
+        bias, dark and flat errors, common to every frame of the night; the
+        random part of a pixel is √(ERR² − ERR_CAL²)) and MASK.
     """
     frame = read_raw_frame(path, detector=detector)
     shape = frame.data.shape
@@ -397,24 +418,31 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
     sb = bias.error if bias is not None else 0.0
     dark_e, dark_err = _dark_term(dark, frame.exptime_s, t_bias)
     collected = raw - b
-    var = frame.read_noise_e**2 + np.clip(collected, 0, None) + np.square(sb) + np.square(dark_err)
+    # random (this frame's) and calibration (the masters', common to all frames) variance
+    var = frame.read_noise_e**2 + np.clip(collected, 0, None)
+    var_cal = np.square(sb) + np.square(dark_err)
     signal = collected - dark_e
     mask = np.zeros(shape, np.uint16)
     if bad_pixel_mask is not None:
         mask |= bad_pixel_mask
     if flat is not None:
-        usable = (np.isfinite(flat.data) & (flat.data > 0)
-                  & ((flat.mask & np.uint16(MaskBit.LOW_FLAT)) == 0))  # bool, not int
-        f = np.where(usable, flat.data, 1.0)  # never divide by 0; those pixels are flagged
+        floor = float(flat_floor)
+        low_bit = (flat.mask & np.uint16(MaskBit.LOW_FLAT)) != 0
+        usable = np.isfinite(flat.data) & (flat.data >= floor) & (flat.data > 0)
+        f = np.where(usable, flat.data, 1.0)  # never divide by 0; those pixels are BAD
         sf = np.where(usable, flat.error, 0.0)
         sci = signal / f
-        var = var / f**2 + sci**2 * (sf / f) ** 2
-        mask[~usable] |= np.uint16(MaskBit.LOW_FLAT)
+        var = var / f**2
+        var_cal = var_cal / f**2 + sci**2 * (sf / f) ** 2
+        mask[~usable] |= np.uint16(MaskBit.LOW_FLAT | MaskBit.BAD)
+        mask[low_bit & usable] |= np.uint16(MaskBit.LOW_FLAT)
     else:
         sci = signal
     if illumination is not None:
         sci = sci / illumination.data
         var = var / np.square(illumination.data)
+        var_cal = var_cal / np.square(illumination.data)
+    var = var + var_cal  # ERR is the total; ERR_CAL its masters' part
     mask[frame.saturated] |= np.uint16(MaskBit.SATURATED)
     mask[frame.no_data] |= np.uint16(MaskBit.NO_DATA)
     nonfinite = frame.nonfinite | ~np.isfinite(sci) | ~np.isfinite(var)
@@ -437,7 +465,8 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
     for i, note in enumerate(frame.notes, start=1):
         header[f"CCDFNT{i:02d}"] = note[:68]
     return Product(data=sci.astype(np.float32), error=np.sqrt(var).astype(np.float32),
-                   mask=mask, header=header)
+                   mask=mask, header=header,
+                   extras={"ERR_CAL": np.sqrt(var_cal * np.ones(shape)).astype(np.float32)})
 
 
 def _box_levels(image: np.ndarray, mask: np.ndarray, box: int):

@@ -65,7 +65,7 @@ class _StageFailed(Exception):
 def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detector: Mapping,
                  steps: Sequence[str], subtract_dark: bool, background: Mapping,
                  cosmics: Mapping | None, detect: Mapping, out_dirs: Mapping[str, str | Path],
-                 provenance: Mapping | None = None) -> dict[str, dict]:
+                 provenance: Mapping | None = None, flat_floor: float = 0.2) -> dict[str, dict]:
     """Carry one raw science frame through the chain and write every product.
 
     Parameters
@@ -86,6 +86,8 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
         ``nsigma``, ``npixels``, ``shape_limits`` of the source list.
     out_dirs : mapping
         Batch directory of each stage (``cosmics`` absent when disabled).
+    flat_floor : float
+        Flat response below which a pixel is not divided (BAD).
 
     Returns
     -------
@@ -128,8 +130,10 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
             bias=masters.get(item.get("bias")), dark=masters.get(item.get("dark")),
             flat=masters.get(item.get("flat")), bad_pixel_mask=masters.get(item.get("bpm")),
             illumination=masters.get(item.get("illumination")),
-            params={"steps": list(steps), "subtract_dark": subtract_dark},
-            master_names={k: str(item[k]) for k in (*kinds, "bpm") if item.get(k)})
+            params={"steps": list(steps), "subtract_dark": subtract_dark,
+                    "flat_floor": flat_floor},
+            master_names={k: str(item[k]) for k in (*kinds, "bpm") if item.get(k)},
+            flat_floor=flat_floor)
         write_product(calibrated_path, product, unit="electron")
         state["product"] = product
         good = product.mask == 0
@@ -201,7 +205,8 @@ def _read_masters(frames: Sequence[Mapping[str, str]]) -> dict[str, Any]:
 def reduce_batch(*, frames: Sequence[Mapping[str, str]], detector: Mapping,
                  steps: Sequence[str], subtract_dark: bool, background: Mapping,
                  cosmics: Mapping | None, detect: Mapping, out_dirs: Mapping[str, str | Path],
-                 provenance: Mapping | None = None) -> dict[str, pd.DataFrame]:
+                 provenance: Mapping | None = None,
+                 flat_floor: float = 0.2) -> dict[str, pd.DataFrame]:
     """The chain for every frame of a batch; one summary per stage directory.
 
     See :func:`reduce_frame` for the arguments.  A master that cannot be read
@@ -235,7 +240,7 @@ def reduce_batch(*, frames: Sequence[Mapping[str, str]], detector: Mapping,
             figures = reduce_frame(item=item, masters=masters, detector=detector, steps=steps,
                                    subtract_dark=subtract_dark, background=background,
                                    cosmics=cosmics, detect=detect, out_dirs=out_dirs,
-                                   provenance=provenance)
+                                   provenance=provenance, flat_floor=flat_floor)
         except _StageFailed as failed:
             reason = str(failed)
             log.error("%s: FAILED, left out of this and later stages (%s failed: %s); raw file %s",

@@ -100,10 +100,12 @@ def read_product(path: str | Path) -> Product:
     path = Path(path)
     try:
         with fits.open(path, mode="readonly", memmap=False) as hdul:
+            extras = {name: hdul[name].data.astype(np.float32) for name in ("ERR_CAL",)
+                      if name in hdul}
             return Product(data=hdul["SCI"].data.astype(np.float32),
                            error=hdul["ERR"].data.astype(np.float32),
                            mask=hdul["MASK"].data.astype(np.uint16),
-                           header=hdul[0].header.copy())
+                           header=hdul[0].header.copy(), extras=extras)
     except KeyError as exc:
         raise ValueError(f"{path} is not a ccdflow product (missing extension {exc})") from None
 

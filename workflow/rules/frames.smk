@@ -15,6 +15,7 @@ rule frames_reduce:
         detector=PROFILE["detector"],
         steps=STEPS,
         subtract_dark=SUBTRACT_DARK,
+        flat_floor=CAL["flat"]["floor"],
         background=config["background"],
         cosmics=COSMICS_OPTIONS,
         detect={

@@ -10,6 +10,7 @@ reduce_batch(
     detector=snakemake.params.detector,
     steps=snakemake.params.steps,
     subtract_dark=snakemake.params.subtract_dark,
+    flat_floor=snakemake.params.flat_floor,
     background=snakemake.params.background,
     cosmics=snakemake.params.cosmics,
     detect=snakemake.params.detect,

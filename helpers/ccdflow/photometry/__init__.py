@@ -12,11 +12,14 @@ module          what it holds
 ==============  =================================================================
 ``detect``      per-frame detections (segmentation), FWHM, re-centroiding, the
                 sources stage's ECSV product (:func:`frame_sources`)
+``daofind``     DAOFIND sharpness/roundness in numpy (equal to DAOStarFinder)
+``psf``         the frame's PSF (elliptical Gaussian or Moffat) and its stamps
 ``align``       frame-to-reference transform (:func:`frame_offset`, affine refinement)
 ``targets``     reference-frame choice and the series' source list with the named
                 targets (:func:`build_reference`, :func:`reference_catalog`)
-``apertures``   aperture sums with the sky-estimate error term, flags
-                (:func:`measure_apertures`, :class:`PhotFlag`)
+``sky``         clipped annulus statistics (:func:`annulus_statistics`)
+``apertures``   aperture sums with repair, neighbour light, two errors, optimal
+                photometry, flags (:func:`measure_apertures`, :class:`PhotFlag`)
 ``measure``     one frame's photometry of the source list with times
                 (:func:`frame_photometry`), frame I/O (:func:`load_frame`)
 ``lightcurves`` per-source and differential light curves (:func:`build_lightcurves`)
@@ -28,10 +31,12 @@ Everything public is importable from ``ccdflow.photometry`` itself.
 from .align import Alignment, align_frame, frame_offset
 from .apertures import (
     BAD_FLAGS,
+    COMPARISON_BAD_FLAGS,
     SKY_VARIANCE_FACTOR,
     PhotFlag,
     PhotometryError,
     annulus_statistics,
+    fit_source_fluxes,
     measure_apertures,
 )
 from .detect import (
@@ -50,15 +55,18 @@ from .detect import (
 from .lightcurves import build_lightcurves, differential_photometry, good_mask, write_lightcurves
 from .measure import (
     LONG_UNITS,
+    OPTIMAL,
     PHOTOMETRY_COLUMNS,
     FrameData,
     align_to_reference,
     aperture_labels,
     frame_photometry,
+    frame_psf,
     load_frame,
     read_photometry,
     unit_comments,
 )
+from .psf import PSF_KINDS, PSFModel, fit_psf, psf_stamps
 from .targets import (
     build_reference,
     choose_reference,
@@ -70,13 +78,54 @@ from .targets import (
     write_reference,
 )
 
-__all__ = ["BAD_FLAGS", "LONG_UNITS", "PHOTOMETRY_COLUMNS", "SHAPE_LIMITS", "SKY_VARIANCE_FACTOR",
-           "SOURCE_COLUMNS", "Alignment", "FrameData", "PhotFlag", "PhotometryError",
-           "SourceError", "align_frame", "align_to_reference", "annulus_statistics",
-           "aperture_labels", "build_lightcurves", "build_reference", "choose_reference",
-           "detect_stars", "differential_photometry", "estimate_fwhm", "frame_offset",
-           "frame_photometry", "frame_sources", "good_mask", "load_frame", "measure_apertures",
-           "place_pixel_targets", "read_photometry", "read_reference", "read_sources",
-           "recentroid", "reference_catalog", "resolve_comparisons", "shape_rejections",
-           "sky_coord", "star_shapes", "unit_comments", "write_lightcurves", "write_reference",
-           "write_sources"]
+__all__ = [
+    "BAD_FLAGS",
+    "COMPARISON_BAD_FLAGS",
+    "LONG_UNITS",
+    "OPTIMAL",
+    "PHOTOMETRY_COLUMNS",
+    "PSF_KINDS",
+    "SHAPE_LIMITS",
+    "SKY_VARIANCE_FACTOR",
+    "SOURCE_COLUMNS",
+    "Alignment",
+    "FrameData",
+    "PSFModel",
+    "PhotFlag",
+    "PhotometryError",
+    "SourceError",
+    "align_frame",
+    "align_to_reference",
+    "annulus_statistics",
+    "aperture_labels",
+    "build_lightcurves",
+    "build_reference",
+    "choose_reference",
+    "detect_stars",
+    "differential_photometry",
+    "estimate_fwhm",
+    "fit_psf",
+    "fit_source_fluxes",
+    "frame_offset",
+    "frame_photometry",
+    "frame_psf",
+    "frame_sources",
+    "good_mask",
+    "load_frame",
+    "measure_apertures",
+    "place_pixel_targets",
+    "psf_stamps",
+    "read_photometry",
+    "read_reference",
+    "read_sources",
+    "recentroid",
+    "reference_catalog",
+    "resolve_comparisons",
+    "shape_rejections",
+    "sky_coord",
+    "star_shapes",
+    "unit_comments",
+    "write_lightcurves",
+    "write_reference",
+    "write_sources",
+]

@@ -1,51 +1,83 @@
-"""Aperture photometry with honest errors (photutils apertures, local or map background).
+"""Aperture photometry that loses no measurement: repaired pixels, neighbour light, two
+errors.
 
-Per source and aperture radius::
+Per source and aperture radius (sums are SEP's exact pixel overlaps, equal to
+photutils' ``aperture_photometry(method='exact')``)::
 
-    flux     = Σ_ap (data − b)                       (photutils aperture sum)
-    Var(flux) = Σ_ap ERR² + N_ap² · Var(b̂)
+    flux          = Σ_ap (R − b̂)                        R: the frame, repaired
+    flux_err²     = Σ_ap (ERR² − ERR_CAL²) + Σ_fill V_model + (Σ_fill P)²·Var(F̂)
+                    + N_ap²·Var(b̂)
+    flux_err_cal² = Σ_ap ERR_CAL²
 
-``ERR`` of a calibrated frame already holds the Poisson noise of sky and
-source and the read noise of every aperture pixel; what photutils leaves out
-is the error of the background *estimate* b̂ subtracted from all N_ap pixels:
-``Var(b̂) = σ_bkg² / N_ann`` for a clipped-mean annulus (× π/2 for the
-median, × 4.57 for the mode 2.5·median − 1.5·mean, whose variance for
-Gaussian sky is σ²/N·(6.25·π/2 + 2.25 − 7.5) since Cov(median, mean) =
-σ²/N), or the map's own error in map mode.  This is the CCD equation's
-``N_ap·σ²·(1 + N_ap/N_ann)`` with its first term already inside ERR.
+*Repair, don't discard.*  Pixels the calibration corrected (HOT where a dark was
+subtracted, LOW_FLAT above the floor) are measured with their larger ERR.
+Pixels with no usable value (COSMIC, BAD, NONFINITE, NO_DATA, BADCAL, and HOT
+when no dark was subtracted) are filled with the sky map plus the PSF model of
+every source near them, each source's flux F̂ fitted to its unmasked pixels;
+the filled pixels' own noise (``V_model`` = sky variance + source photons) and
+the model's error enter ``flux_err``.  The row carries REPAIRED and
+``repaired_fraction`` (the share of the star's light in the aperture that is
+model); above ``max_repaired_fraction`` it is MASKED (unusable).  Without a PSF
+model a filled pixel is the mean of its unmasked 5×5 neighbours.  SATURATED
+pixels are not filled: they count zero, leave the area, and the row is unusable.
+
+*Neighbour light.*  ``contamination`` is the light of the other sources of the
+list inside the aperture (their fitted fluxes × the PSF) over the star's own;
+above ``max_contamination`` the row is CONTAMINATED (usable, but never a
+comparison star).  ``subtract_neighbours`` removes that modelled light from
+the flux (its error added).
+
+*Two errors.*  ``flux_err`` is the frame's random noise: photons of star and
+sky, read noise, dark shot noise and the sky-level estimate — what scatters a
+time series.  ``flux_err_cal`` is the noise of the masters (bias, dark, flat),
+the same in every frame of a star that stays on its pixels.
+
+*Sky.*  ``bkg`` is the clipped annulus level (median, mean or mode 2.5·median −
+1.5·mean), ``bkg_rms`` the clipped standard deviation of the annulus pixels (the
+per-pixel sky noise, opticam's ``bkg_err``), ``bkg_err`` the error of the level
+``√(k·bkg_rms²/N)`` (k = 1, π/2, 4.57).
 
 Flags (bit field, column ``flags``):
 
-====  ==================  ==============================================
-1     MASKED              masked pixels (bad, cosmic ray…) in the aperture
-2     SATURATED           saturated pixel in the aperture
-4     NEAR_EDGE           aperture or annulus crosses the frame edge
-8     BLENDED             another source's centre within the aperture
-16    OFF_FRAME           centre outside the frame (row kept, flux NaN)
-32    FEW_SKY_PIXELS      fewer than ``min_sky_pixels`` usable annulus pixels
-64    NOT_ALIGNED         frame could not be matched to the reference (no or
-                          too few stars): positions from the WCS or unshifted
-128   NO_POSITION         a target given in RA/Dec on a series without a WCS:
-                          row kept, flux NaN
-256   NO_STAR             a target given in pixels with no detection within
-                          ``snap_radius_px``: measured there (forced), said in
-                          the log; informational
-====  ==================  ==============================================
+=====  ==================  ===================================================
+1      MASKED              more of the aperture's light repaired than
+                           ``max_repaired_fraction`` (unusable)
+2      SATURATED           saturated pixel in the aperture (unusable)
+4      NEAR_EDGE           aperture or annulus crosses the frame edge
+8      BLENDED             another source's centre within the aperture
+16     OFF_FRAME           centre outside the frame (row kept, flux NaN)
+32     FEW_SKY_PIXELS      fewer than ``min_sky_pixels`` usable annulus pixels
+64     NOT_ALIGNED         frame could not be matched to the reference (no or
+                           too few stars): positions from the WCS or unshifted
+128    NO_POSITION         a target given in RA/Dec on a series without a WCS:
+                           row kept, flux NaN
+256    NO_STAR             a pixel target with no detection within
+                           ``snap_radius_px``: measured there (informational)
+512    REPAIRED            masked pixels in the aperture were filled
+                           (informational, see ``repaired_fraction``)
+1024   CONTAMINATED        neighbours add more than ``max_contamination`` of the
+                           star's light (usable; never a comparison star)
+2048   NO_PSF              an ``optimal`` row of a frame without a PSF model (no
+                           bright isolated star: clouds): flux NaN (unusable)
+=====  ==================  ===================================================
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import IntFlag
 
 import numpy as np
 import pandas as pd
 
 from ..masks import MaskBit
+from .sky import SKY_VARIANCE_FACTOR, annulus_statistics
 
-__all__ = ["BAD_FLAGS", "SKY_VARIANCE_FACTOR", "PhotFlag", "PhotometryError", "annulus_statistics",
-           "measure_apertures"]
+__all__ = ["BAD_FLAGS", "COMPARISON_BAD_FLAGS", "CORRECTED_BITS", "FILL_BITS",
+           "SKY_VARIANCE_FACTOR", "PhotFlag", "PhotometryError", "SourceModel",
+           "annulus_statistics", "fit_source_fluxes", "measure_apertures"]
 
 
 class PhotometryError(ValueError):
@@ -64,118 +96,116 @@ class PhotFlag(IntFlag):
     NOT_ALIGNED = 64
     NO_POSITION = 128
     NO_STAR = 256  # informational: a pixel target with no detection near it (forced photometry)
+    REPAIRED = 512  # informational: masked pixels filled from the PSF model
+    CONTAMINATED = 1024  # usable, but not as a comparison star
+    NO_PSF = 2048  # optimal photometry without a PSF model on the frame: row kept, flux NaN
 
 
 #: usable-row test: any of these flags makes a measurement unfit for light curves
 BAD_FLAGS = (PhotFlag.MASKED | PhotFlag.SATURATED | PhotFlag.OFF_FRAME | PhotFlag.NOT_ALIGNED
-             | PhotFlag.FEW_SKY_PIXELS | PhotFlag.NO_POSITION)
+             | PhotFlag.FEW_SKY_PIXELS | PhotFlag.NO_POSITION | PhotFlag.NO_PSF)
 
-#: variance of the annulus level over σ²/N for each estimator (Gaussian sky)
-SKY_VARIANCE_FACTOR = {"annulus-mean": 1.0, "annulus-median": math.pi / 2,
-                       "annulus-mode": 6.25 * math.pi / 2 + 2.25 - 7.5}
+#: a comparison star's row must also be free of neighbour light
+COMPARISON_BAD_FLAGS = BAD_FLAGS | PhotFlag.CONTAMINATED
 
+#: mask bits with no usable pixel value: filled from the model
+FILL_BITS = (MaskBit.BAD | MaskBit.NONFINITE | MaskBit.COSMIC | MaskBit.NO_DATA
+             | MaskBit.BADCAL)
 
-def _box_any(flags: np.ndarray, *, x: np.ndarray, y: np.ndarray, half: float) -> np.ndarray:
-    """Whether any pixel is set in the box of half-width ``half`` around each (x, y),
-    from a summed-area table (one pass over the image, O(1) per source)."""
-    ny, nx = flags.shape
-    table = np.zeros((ny + 1, nx + 1), np.int64)
-    table[1:, 1:] = np.cumsum(np.cumsum(flags, axis=0, dtype=np.int64), axis=1)
-    x0 = np.clip(np.floor(x - half).astype(np.int64), 0, nx)
-    x1 = np.clip(np.ceil(x + half).astype(np.int64) + 1, 0, nx)
-    y0 = np.clip(np.floor(y - half).astype(np.int64), 0, ny)
-    y1 = np.clip(np.ceil(y + half).astype(np.int64) + 1, 0, ny)
-    return (table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]) > 0
+#: mask bits the calibration corrected (value usable, larger ERR); HOT only where a
+#: dark was subtracted (otherwise it is filled)
+CORRECTED_BITS = MaskBit.LOW_FLAT | MaskBit.HOT
 
 
-def _row_stats(values: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Median, mean and std (ddof 0) of the finite values of each row (NaN where none)."""
-    ordered = np.sort(values, axis=1)  # NaN sort last
-    rows = np.arange(len(values))
-    lo, hi = np.maximum(n - 1, 0) // 2, np.maximum(n, 1) // 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        median = np.where(n > 0, 0.5 * (ordered[rows, lo] + ordered[rows, hi]), np.nan)
-        total = np.nansum(values, axis=1)
-        mean = np.where(n > 0, total / n, np.nan)
-        dev = np.where(np.isfinite(values), values - mean[:, None], 0.0)
-        std = np.where(n > 0, np.sqrt((dev**2).sum(axis=1) / n), np.nan)
-    return median, mean, std
+@dataclass
+class SourceModel:
+    """Every source's PSF-fitted flux and the frame's PSF (for repair and neighbours)."""
+
+    psf: object  #: :class:`ccdflow.photometry.psf.PSFModel`
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray  #: F̂ (e-), 0 where not fitted
+    flux_var: np.ndarray  #: Var(F̂)
+    half: int  #: half-width of the stamps the model is rendered on
 
 
-def annulus_statistics(*, data: np.ndarray, mask: np.ndarray, x: np.ndarray, y: np.ndarray,
-                       r_in: float, r_out: float, sigma: float = 3.0, maxiters: int = 10,
-                       chunk_elements: int = 4_000_000,
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Sigma-clipped median, mean, std and count of the pixels in circular annuli.
+def _overlap(px, py, x, y, r):
+    """Approximate fraction of each pixel inside a circle of radius ``r`` (a linear ramp
+    across the boundary; used for fractions and error terms, not for the sums)."""
+    d = np.hypot(px[:, None, :] - x[:, None, None], py[:, :, None] - y[:, None, None])
+    r = np.asarray(r, float)
+    r = r[:, None, None] if r.ndim else r
+    return np.clip(r - d + 0.5, 0.0, 1.0)
 
-    The same pixels and the same clipping as ``photutils.aperture.ApertureStats``
-    with ``CircularAnnulus`` (``center`` method: a pixel belongs when its centre
-    lies at ``r_in ≤ d < r_out``) and ``SigmaClip(sigma, maxiters,
-    cenfunc='median', stdfunc='std')``, computed for all annuli at once with
-    NaN-padded arrays instead of one Python-level cutout and clip per source
-    (~10× faster for thousands of sources; tested equal to ApertureStats).
 
-    Parameters
-    ----------
-    data : ndarray
-        Image.
-    mask : ndarray of bool
-        True = leave the pixel out.
-    x, y : ndarray
-        Annulus centres (0-based pixels).
-    r_in, r_out : float
-        Radii of the annulus.
-    sigma, maxiters : float, int
-        Clipping: values beyond ``sigma`` standard deviations (ddof 0) of the
-        median of the values kept so far are dropped, until none is or
-        ``maxiters`` passes.
+def _stamps(image, px, py, fill=0.0):
+    ny, nx = image.shape
+    inside = ((py >= 0) & (py < ny))[:, :, None] & ((px >= 0) & (px < nx))[:, None, :]
+    values = image[np.clip(py, 0, ny - 1)[:, :, None], np.clip(px, 0, nx - 1)[:, None, :]]
+    return np.where(inside, values, fill), inside
 
-    Returns
-    -------
-    median, mean, std, n : ndarray
-        Statistics of the kept values, and how many were kept (0 and NaN
-        statistics for an annulus with no usable pixel).
+
+def fit_source_fluxes(*, data: np.ndarray, usable: np.ndarray, sky: np.ndarray,
+                      sky_rms: np.ndarray, x: np.ndarray, y: np.ndarray, psf,
+                      radius: float) -> SourceModel:
+    """PSF amplitude of every source from its usable pixels within ``radius`` (weighted
+    linear least squares, the variance from the model: sky + source photons).
+
+    ``sky`` and ``sky_rms`` are per source (its local level and per-pixel noise).
     """
-    x = np.asarray(x, float)
-    y = np.asarray(y, float)
-    ny, nx = data.shape
-    half = math.ceil(r_out) + 1
-    dy, dx = np.mgrid[-half:half + 1, -half:half + 1]
-    # offsets that can hold an annulus pixel for any sub-pixel centre (|shift| ≤ 0.5 px)
-    ring = np.hypot(dx, dy)
-    keep = (ring < r_out + 1) & (ring > r_in - 1)
-    dy, dx = dy[keep], dx[keep]
-    out = [np.full(len(x), np.nan) for _ in range(3)] + [np.zeros(len(x))]
-    per_chunk = max(1, chunk_elements // dx.size)
-    for start in range(0, len(x), per_chunk):
-        sl = slice(start, start + per_chunk)
-        cx, cy = x[sl, None], y[sl, None]
-        ix = np.floor(cx + 0.5).astype(np.int64) + dx  # pixel centres around each source
-        iy = np.floor(cy + 0.5).astype(np.int64) + dy
-        d2 = (ix - cx) ** 2 + (iy - cy) ** 2
-        on = (d2 < r_out**2) & ~(d2 < r_in**2) & (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
-        ixc, iyc = np.clip(ix, 0, nx - 1), np.clip(iy, 0, ny - 1)
-        on &= ~mask[iyc, ixc]
-        values = np.where(on, data[iyc, ixc], np.nan)
-        values[~np.isfinite(values)] = np.nan
-        n_kept = np.isfinite(values).sum(axis=1)
-        active = np.arange(len(values))  # rows still losing values to the clip
-        for _ in range(maxiters):
-            sub = values[active]
-            centre, _, spread = _row_stats(sub, n_kept[active])
-            with np.errstate(invalid="ignore"):
-                clipped = ((sub < (centre - sigma * spread)[:, None])
-                           | (sub > (centre + sigma * spread)[:, None]))
-            changed = clipped.any(axis=1)
-            if not changed.any():
-                break
-            sub[clipped] = np.nan
-            values[active] = sub
-            n_kept[active] = np.isfinite(sub).sum(axis=1)
-            active = active[changed]
-        out[0][sl], out[1][sl], out[2][sl] = _row_stats(values, n_kept)
-        out[3][sl] = n_kept
-    return tuple(out)
+    from .psf import psf_stamps
+
+    half = math.ceil(radius) + 1
+    ok = np.isfinite(x) & np.isfinite(y)
+    xs, ys = np.where(ok, x, -1e6), np.where(ok, y, -1e6)
+    p, px, py = psf_stamps(psf, xs, ys, half)
+    d, inside = _stamps(data, px, py)
+    good, _ = _stamps(usable, px, py, fill=False)
+    near = _overlap(px, py, xs, ys, radius) > 0
+    use = good & inside & near
+    resid = np.where(use, d - sky[:, None, None], 0.0)
+    pu = np.where(use, p, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f0 = (pu * resid).sum(axis=(1, 2)) / (pu * pu).sum(axis=(1, 2))
+        var = np.where(use, sky_rms[:, None, None] ** 2
+                       + np.clip(np.nan_to_num(f0)[:, None, None], 0, None) * p, 1.0)
+        w = np.where(use, 1.0 / var, 0.0)
+        denom = (w * pu * pu).sum(axis=(1, 2))
+        flux = (w * pu * resid).sum(axis=(1, 2)) / denom
+        flux_var = 1.0 / denom
+    bad = ~ok | ~np.isfinite(flux) | (denom <= 0)
+    return SourceModel(psf=psf, x=x, y=y, flux=np.where(bad, 0.0, flux),
+                       flux_var=np.where(bad, 0.0, flux_var), half=half)
+
+
+def _model_image(model: SourceModel, shape, *, exclude: int | None = None) -> np.ndarray:
+    """All sources' PSF light (e-) on the frame."""
+    from .psf import psf_stamps
+
+    image = np.zeros(shape)
+    ok = (model.flux != 0) & np.isfinite(model.x) & np.isfinite(model.y)
+    idx = np.flatnonzero(ok)
+    if not len(idx):
+        return image
+    p, px, py = psf_stamps(model.psf, model.x[idx], model.y[idx], model.half + 2)
+    ny, nx = shape
+    inside = ((py >= 0) & (py < ny))[:, :, None] & ((px >= 0) & (px < nx))[:, None, :]
+    flat = (np.clip(py, 0, ny - 1)[:, :, None] * nx + np.clip(px, 0, nx - 1)[:, None, :])
+    np.add.at(image.ravel(), flat[inside], (model.flux[idx, None, None] * p)[inside])
+    return image
+
+
+def _local_mean_fill(values: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """Each fill pixel replaced by the mean of its unmasked 5×5 neighbours (0 if none)."""
+    from scipy import ndimage
+
+    good = (~fill).astype(float)
+    kernel = np.ones((5, 5))
+    total = ndimage.convolve(np.where(fill, 0.0, values), kernel, mode="constant")
+    count = ndimage.convolve(good, kernel, mode="constant")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / count, 0.0)
+    return np.where(fill, mean, values)
 
 
 def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
@@ -185,16 +215,20 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
                       background_map_error: np.ndarray | None = None,
                       sigma: float = 3.0, min_sky_pixels: int = 20,
                       sky_mask: np.ndarray | None = None,
-                      source_ids: Sequence[int] | None = None) -> pd.DataFrame:
-    """Aperture photometry of sources at ``(x, y)`` (0-based pixels) in several radii.
+                      source_ids: Sequence[int] | None = None,
+                      error_cal: np.ndarray | None = None, psf=None, repair: bool = True,
+                      dark_subtracted: bool = True, max_repaired_fraction: float = 0.3,
+                      max_contamination: float = 0.01, subtract_neighbours: bool = False,
+                      optimal: bool = False) -> pd.DataFrame:
+    """Aperture (and optionally optimal) photometry of sources at ``(x, y)`` (0-based).
 
     Parameters
     ----------
     data, error : ndarray
-        Calibrated SCI and ERR (electrons); not modified.
+        Calibrated SCI and ERR (electrons, ERR the total 1σ); not modified.
     mask : ndarray of uint16 or bool
-        MASK plane (non-zero = bad): excluded from sums and annuli; the lost
-        fraction of each aperture is reported (``masked_fraction``).
+        MASK plane (non-zero = bad; see the module docstring for what is filled,
+        what is measured and what is left out).
     x, y : sequence of float
         Source centres.
     radii : sequence of float
@@ -202,50 +236,50 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
     annulus : (float, float)
         Inner and outer radius of the local-background annulus.
     background : {'annulus-median', 'annulus-mean', 'annulus-mode', 'map'}
-        Local background per pixel: sigma-clipped median, mean or mode
-        (2.5 median − 1.5 mean) of the annulus, or the mean of
-        ``background_map`` inside the aperture.  The mode resists faint
-        stars in a crowded annulus but reads a Poisson sky's most probable
-        value, ~0.5 e- per pixel below its mean at 500 e-.
-    background_map_error : ndarray, optional
-        Per-pixel error of the map (map mode); default: BKG_RMS-free, 0.
-    sigma : float
-        Clipping of the annulus values.
-    min_sky_pixels : int
-        Fewer usable annulus pixels sets FEW_SKY_PIXELS.
+        Local background per pixel: clipped median, mean or mode of the annulus,
+        or the mean of ``background_map`` inside the aperture.
+    background_map, background_map_error : ndarray, optional
+        BKG of the background stage (also the sky under filled pixels), and its
+        per-pixel error (map mode; fully correlated over an aperture).
+    sigma, min_sky_pixels : float, int
+        Clipping of the annulus; fewer usable annulus pixels set FEW_SKY_PIXELS.
     sky_mask : ndarray of bool, optional
-        Pixels left out of the annulus only (True = leave out), e.g. the
-        background stage's source mask, so that neighbours do not raise the
-        sky level (AstroImageJ's "remove stars from background").  Where it
-        leaves fewer than ``min_sky_pixels`` of an annulus, that annulus is
-        used without it (the star's own mask may cover it).
+        Pixels left out of the annuli only (the background stage's source mask);
+        where it leaves fewer than ``min_sky_pixels``, the annulus is used whole.
+    error_cal : ndarray, optional
+        ERR_CAL of the calibrated frame: the masters' part of ERR (default 0).
+    psf : PSFModel, optional
+        The frame's PSF (:func:`ccdflow.photometry.psf.fit_psf`): fills masked
+        pixels, estimates neighbour light and weights optimal photometry.
+        Without it, masked pixels are filled from their neighbours and
+        ``contamination`` is NaN.
+    repair : bool
+        Fill masked pixels (False: they count zero and leave the area, every
+        row with one is MASKED; photutils' convention).
+    dark_subtracted : bool
+        Whether a dark was subtracted (HOT pixels then hold corrected values).
+    max_repaired_fraction, max_contamination : float
+        Thresholds of MASKED and CONTAMINATED.
+    subtract_neighbours : bool
+        Remove the modelled light of the other sources from each aperture.
+    optimal : bool
+        Also Naylor (1998) optimal photometry with the PSF (needs ``psf``): rows
+        with ``radius`` NaN after the apertures (see :func:`_optimal`).
 
     Returns
     -------
     DataFrame
-        One row per source and radius: ``source_id, x, y, radius, flux,
-        flux_err, bkg, bkg_err, n_ap, n_sky, masked_fraction, flags``
-        (fluxes in the data's unit; ``bkg`` per pixel; ``n_ap`` the exact
-        unmasked aperture area, ``n_sky`` the annulus pixels kept by the clip).
-
-    Notes
-    -----
-    Sums are photutils' exact-overlap ``aperture_photometry`` with the MASK
-    (masked pixels count zero and leave the area).  The annulus level is
-    :func:`annulus_statistics` (ApertureStats' pixels and clip, vectorised).
-    With σ the clipped std of the annulus and N its kept pixels::
-
-        flux = Σ_ap data − b̂·n_ap
-        flux_err² = Σ_ap ERR² + n_ap²·k·σ²/N,   k = SKY_VARIANCE_FACTOR[estimator]
+        One row per source and radius (then per source for ``optimal``):
+        ``source_id, x, y, radius, flux, flux_err, flux_err_cal, bkg, bkg_err,
+        bkg_rms, n_ap, n_sky, masked_fraction, repaired_fraction, contamination,
+        flags``.
     """
-    from photutils.aperture import CircularAperture, aperture_photometry
-
     data = np.asarray(data, np.float64)
     error = np.asarray(error, np.float64)
-    bad = np.asarray(mask) != 0
-    if data.shape != error.shape or data.shape != bad.shape:
+    bits = np.asarray(mask)
+    if data.shape != error.shape or data.shape != bits.shape:
         raise PhotometryError(f"data {data.shape}, error {error.shape} and mask "
-                              f"{bad.shape} must have one shape")
+                              f"{bits.shape} must have one shape")
     if background not in (*SKY_VARIANCE_FACTOR, "map"):
         raise PhotometryError(f"background must be one of {[*SKY_VARIANCE_FACTOR, 'map']}, "
                               f"got {background!r}")
@@ -257,118 +291,331 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
     radii = [float(r) for r in radii]
     if not radii or min(radii) <= 0:
         raise PhotometryError(f"radii must be positive, got {radii}")
+    if optimal and psf is None:
+        raise PhotometryError("optimal photometry needs the frame's PSF (psf=...)")
     if sky_mask is not None:
         sky_mask = np.asarray(sky_mask, bool)
-        if sky_mask.shape != bad.shape:
+        if sky_mask.shape != bits.shape:
             raise PhotometryError(f"sky_mask {sky_mask.shape} must have the data's shape "
-                                  f"{bad.shape}")
+                                  f"{bits.shape}")
+    err_cal = (np.zeros_like(data) if error_cal is None
+               else np.nan_to_num(np.asarray(error_cal, np.float64)))
     x = np.asarray(x, float)
     y = np.asarray(y, float)
-    ids = np.arange(len(x)) if source_ids is None else np.asarray(source_ids)
+    n = len(x)
+    ids = np.arange(n) if source_ids is None else np.asarray(source_ids)
     ny, nx = data.shape
     inside = (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
-    saturated = (np.asarray(mask).astype(np.uint32) & int(MaskBit.SATURATED)) != 0 \
-        if np.asarray(mask).dtype != bool else np.zeros(data.shape, bool)
-    pos = np.column_stack([np.where(inside, x, 0.0), np.where(inside, y, 0.0)])
+    pos_x, pos_y = np.where(inside, x, 0.0), np.where(inside, y, 0.0)
 
-    # local background per source (independent of the aperture radius)
-    n_sky = np.zeros(len(x))
+    if bits.dtype == bool:  # a plain bad-pixel mask: every bad pixel is filled
+        fill = bits.copy()
+        saturated = np.zeros(bits.shape, bool)
+    else:
+        b = bits.astype(np.uint32)
+        fill_bits = int(FILL_BITS) | (0 if dark_subtracted else int(MaskBit.HOT))
+        saturated = (b & int(MaskBit.SATURATED)) != 0
+        fill = ((b & fill_bits) != 0) & ~saturated
+    fill |= ~np.isfinite(data) & ~saturated
+    bad_any = fill | saturated  # not usable as measured values
+
+    # ---- local sky per source
+    n_sky = np.zeros(n)
+    bkg_rms = np.full(n, np.nan)
     if background == "map":
         bmap = np.asarray(background_map, np.float64)
         berr = (np.zeros_like(bmap) if background_map_error is None
                 else np.asarray(background_map_error, np.float64))
     else:
-        median, mean, spread, n_sky = annulus_statistics(
-            data=data, mask=bad, x=pos[:, 0], y=pos[:, 1], r_in=r_in, r_out=r_out,
-            sigma=sigma)
-        if sky_mask is not None:
-            masked = annulus_statistics(data=data, mask=bad | sky_mask, x=pos[:, 0],
-                                        y=pos[:, 1], r_in=r_in, r_out=r_out, sigma=sigma)
-            use = masked[3] >= min_sky_pixels
-            median, mean, spread, n_sky = (np.where(use, m, a) for m, a in
-                                           zip(masked, (median, mean, spread, n_sky),
-                                               strict=True))
+        stats = annulus_statistics(data=data, mask=bad_any | (sky_mask if sky_mask is not None
+                                                              else False),
+                                   x=pos_x, y=pos_y, r_in=r_in, r_out=r_out, sigma=sigma)
+        if sky_mask is not None and (stats[3] < min_sky_pixels).any():
+            whole = annulus_statistics(data=data, mask=bad_any, x=pos_x, y=pos_y, r_in=r_in,
+                                       r_out=r_out, sigma=sigma)
+            use = stats[3] >= min_sky_pixels
+            stats = tuple(np.where(use, a, w) for a, w in zip(stats, whole, strict=True))
+        median, mean, spread, n_sky = stats
         level = {"annulus-median": median, "annulus-mean": mean,
                  "annulus-mode": 2.5 * median - 1.5 * mean}[background]
         sky_var = SKY_VARIANCE_FACTOR[background] * spread**2 / np.maximum(n_sky, 1)
+        bkg_rms = spread
 
-    # sums with photutils (exact pixel overlaps); the areas of the unmasked and of
-    # the saturated pixels only where the aperture's box holds such pixels
+    # ---- the repaired frame: fill pixels from the sources' PSF model (or neighbours)
+    if background_map is not None:
+        sky_pix = np.asarray(background_map, np.float64)
+    elif background != "map" and np.isfinite(level).any():
+        sky_pix = np.full(data.shape, float(np.nanmedian(level)))
+    else:
+        sky_pix = None
+    rand_var = np.clip(np.nan_to_num(error**2) - err_cal**2, 0.0, None)
+    model = None
+    model_image = None
+    if psf is not None:
+        src_sky = level if background != "map" else (
+            bmap[np.clip(np.round(pos_y).astype(int), 0, ny - 1),
+                 np.clip(np.round(pos_x).astype(int), 0, nx - 1)])
+        src_rms = (np.where(np.isfinite(bkg_rms), bkg_rms, np.nanmedian(np.sqrt(rand_var)))
+                   if background != "map" else np.full(n, float(np.nanmedian(np.sqrt(rand_var)))))
+        model = fit_source_fluxes(data=data, usable=~bad_any, sky=np.nan_to_num(src_sky),
+                                  sky_rms=np.nan_to_num(src_rms, nan=1.0),
+                                  x=np.where(inside, x, np.nan), y=np.where(inside, y, np.nan),
+                                  psf=psf, radius=max(radii))
+        model_image = _model_image(model, data.shape)
+    if repair and fill.any():
+        if sky_pix is None:
+            sky_pix = _local_mean_fill(np.where(bad_any, 0.0, data), bad_any)
+        if model_image is not None:
+            filled = sky_pix + model_image
+            fill_var = (np.nanmedian(rand_var[~bad_any]) if (~bad_any).any() else 0.0) + np.clip(
+                model_image, 0, None)
+        else:
+            filled = _local_mean_fill(np.where(bad_any, 0.0, data), bad_any)
+            fill_var = _local_mean_fill(np.where(bad_any, 0.0, rand_var), bad_any)
+        work = np.where(fill, filled, data)
+        work_var = np.where(fill, fill_var, rand_var)
+        excluded = saturated
+    else:
+        work, work_var = data, rand_var
+        excluded = bad_any
+    work = np.where(excluded, 0.0, np.nan_to_num(work))
+    work_var = np.where(excluded, 0.0, np.nan_to_num(work_var))
+    cal_var = np.where(excluded | fill, 0.0, err_cal**2)
+    ones = np.where(excluded, 0.0, 1.0)
 
-    def sums(image, subset=None, **kwargs):
-        """Aperture sums (and errors) of ``image`` for every radius; 0 off ``subset``."""
-        which = np.arange(len(x)) if subset is None else np.flatnonzero(subset)
-        total = [np.zeros(len(x)) for _ in radii]
-        errors = [np.zeros(len(x)) for _ in radii]
-        if len(which):
-            table = aperture_photometry(image, [CircularAperture(pos[which], r) for r in radii],
-                                        **kwargs)
-            for i in range(len(radii)):
-                suffix = f"_{i}"
-                total[i][which] = np.asarray(table["aperture_sum" + suffix], float)
-                if "error" in kwargs:
-                    errors[i][which] = np.asarray(table["aperture_sum_err" + suffix], float)
-        return total, errors
+    import sep
 
-    reach_ap = max(radii)
-    raw_sums, raw_errs = sums(data, error=error, mask=bad)
-    has_bad = _box_any(bad, x=pos[:, 0], y=pos[:, 1], half=reach_ap + 1)
-    near_edge = ((pos[:, 0] - reach_ap < -0.5) | (pos[:, 0] + reach_ap > nx - 0.5)
-                 | (pos[:, 1] - reach_ap < -0.5) | (pos[:, 1] + reach_ap > ny - 0.5))
-    full = [np.pi * r**2 * np.ones(len(x)) for r in radii]
-    ones = np.ones(data.shape)
-    edge_area, _ = sums(ones, subset=near_edge)
-    all_area = [np.where(near_edge, e, f) for e, f in zip(edge_area, full, strict=True)]
-    bad_area, _ = sums(bad.astype(np.float64), subset=has_bad)
-    good_area = [a - b for a, b in zip(all_area, bad_area, strict=True)]
-    sat_area, _ = sums(saturated.astype(np.float64),
-                       subset=has_bad & _box_any(saturated, x=pos[:, 0], y=pos[:, 1],
-                                                 half=reach_ap + 1))
-    if background == "map":
-        map_sums, _ = sums(bmap, mask=bad)
-        map_err_sums, _ = sums(berr, mask=bad)
+    def sums(image, radius):
+        s, _, _ = sep.sum_circle(np.ascontiguousarray(image), pos_x, pos_y, radius, subpix=0)
+        return np.asarray(s, float)
+
+    # per-source stamps for fractions and error terms (approximate overlaps)
+    reach = max(radii)
+    half = math.ceil(reach) + 1
+    dgrid = np.arange(-half, half + 1)
+    spx = np.floor(pos_x + 0.5).astype(np.int64)[:, None] + dgrid[None, :]
+    spy = np.floor(pos_y + 0.5).astype(np.int64)[:, None] + dgrid[None, :]
+    fill_st, _ = _stamps(fill, spx, spy, fill=False)
+    if model is not None:
+        from .psf import psf_stamps
+
+        own_p, _, _ = psf_stamps(psf, pos_x, pos_y, half)
+        model_st, _ = _stamps(model_image, spx, spy)
+    placed = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
+    if len(placed) > 1:
+        from scipy.spatial import cKDTree
+
+        tree = cKDTree(np.column_stack([x[placed], y[placed]]))
 
     rows = []
-    for k, radius in enumerate(radii):
-        raw_sum, var_sum = raw_sums[k], raw_errs[k] ** 2
-        n_good, n_all = good_area[k], all_area[k]
+    for radius in radii:
+        raw = sums(work, radius)
+        n_good = sums(ones, radius)
+        n_all = sums(np.ones_like(ones), radius)
+        var_sum = sums(work_var, radius)
+        cal_sum = sums(cal_var, radius)
+        ov = _overlap(spx, spy, pos_x, pos_y, radius)
         if background == "map":
             with np.errstate(invalid="ignore", divide="ignore"):
-                bkg = map_sums[k] / n_good
-                bkg_err = map_err_sums[k] / n_good
-            bkg_total = map_sums[k]
-            bkg_var_total = map_err_sums[k] ** 2  # map errors are smooth: fully correlated
+                bkg = sums(np.where(excluded, 0.0, bmap), radius) / n_good
+                bkg_err = sums(np.where(excluded, 0.0, berr), radius) / n_good
+            bkg_total = bkg * n_good
+            bkg_var_total = (bkg_err * n_good) ** 2  # map errors: fully correlated
         else:
             bkg = level
             bkg_err = np.sqrt(sky_var)
             bkg_total = level * n_good
             bkg_var_total = n_good**2 * sky_var
-        flux = raw_sum - bkg_total
-        flux_err = np.sqrt(var_sum + bkg_var_total)
+        flux = raw - bkg_total
+        flux_var = var_sum + bkg_var_total
+        repaired = np.zeros(n)
+        contamination = np.full(n, np.nan)
+        if repair and model is not None:
+            own = (ov * own_p).sum(axis=(1, 2))
+            filled_share = (ov * own_p * fill_st).sum(axis=(1, 2))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                repaired = np.where(own > 0, filled_share / own, 0.0)
+            flux_var = flux_var + filled_share**2 * model.flux_var
+        elif repair:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                repaired = (ov * fill_st).sum(axis=(1, 2)) / np.maximum(ov.sum(axis=(1, 2)),
+                                                                        1e-9)
+        if model is not None:
+            own_light = model.flux * (ov * own_p).sum(axis=(1, 2))
+            others = (ov * model_st).sum(axis=(1, 2)) - own_light
+            with np.errstate(invalid="ignore", divide="ignore"):
+                contamination = np.where(own_light > 0, np.clip(others, 0, None) / own_light,
+                                         np.where(others > 0, np.inf, 0.0))
+            if subtract_neighbours:
+                flux = flux - others
+                flux_var = flux_var + _neighbour_variance(model, x, y, radius, placed)
         masked_fraction = np.clip(1.0 - n_good / np.maximum(n_all, 1e-9), 0.0, 1.0)
-        flags = np.zeros(len(x), np.int64)
-        flags[masked_fraction > 0.001] |= PhotFlag.MASKED
-        flags[sat_area[k] > 0] |= PhotFlag.SATURATED
-        reach = max(radius, r_out if background != "map" else radius)
-        near = (x - reach < -0.5) | (x + reach > nx - 0.5) | (y - reach < -0.5) | (
-            y + reach > ny - 0.5)
+        flags = np.zeros(n, np.int64)
+        if repair:
+            # any filled pixel the exact aperture touches (its corner within r)
+            centre_d = np.hypot(spx[:, None, :] - pos_x[:, None, None],
+                                spy[:, :, None] - pos_y[:, None, None])
+            touched = (fill_st & (centre_d < radius + math.sqrt(0.5))).any(axis=(1, 2))
+            repaired = np.where(touched, np.maximum(repaired, 1e-6), 0.0)
+            flags[touched] |= PhotFlag.REPAIRED
+            flags[repaired > max_repaired_fraction] |= PhotFlag.MASKED
+        else:
+            flags[masked_fraction > 0.001] |= PhotFlag.MASKED
+        sat_area = sums(saturated.astype(float), radius)
+        flags[sat_area > 0] |= PhotFlag.SATURATED
+        flags[np.nan_to_num(contamination) > max_contamination] |= PhotFlag.CONTAMINATED
+        rim = max(radius, r_out if background != "map" else radius)
+        near = (x - rim < -0.5) | (x + rim > nx - 0.5) | (y - rim < -0.5) | (y + rim > ny - 0.5)
         flags[near] |= PhotFlag.NEAR_EDGE
-        placed = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
         if len(placed) > 1:
-            from scipy.spatial import cKDTree
-
-            pairs = cKDTree(np.column_stack([x[placed], y[placed]])).query_pairs(radius)
-            for i, j in pairs:
+            for i, j in tree.query_pairs(radius):
                 flags[placed[i]] |= PhotFlag.BLENDED
                 flags[placed[j]] |= PhotFlag.BLENDED
         if background != "map":
             flags[n_sky < min_sky_pixels] |= PhotFlag.FEW_SKY_PIXELS
         flags[~inside] |= PhotFlag.OFF_FRAME
-        flux = np.where(inside, flux, np.nan)
-        flux_err = np.where(inside, flux_err, np.nan)
+        nan = np.where(inside, 1.0, np.nan)
         rows.append(pd.DataFrame({
-            "source_id": ids, "x": x, "y": y, "radius": radius, "flux": flux,
-            "flux_err": flux_err, "bkg": np.where(inside, bkg, np.nan),
-            "bkg_err": np.where(inside, bkg_err, np.nan), "n_ap": n_good, "n_sky": n_sky,
-            "masked_fraction": masked_fraction, "flags": flags}))
-    return pd.concat(rows, ignore_index=True)
+            "source_id": ids, "x": x, "y": y, "radius": radius, "flux": flux * nan,
+            "flux_err": np.sqrt(flux_var) * nan, "flux_err_cal": np.sqrt(cal_sum) * nan,
+            "bkg": np.asarray(bkg) * nan, "bkg_err": np.asarray(bkg_err) * nan,
+            "bkg_rms": bkg_rms * nan, "n_ap": n_good, "n_sky": n_sky,
+            "masked_fraction": masked_fraction, "repaired_fraction": repaired,
+            "contamination": contamination * nan, "flags": flags}))
+    if optimal:
+        rows.append(_optimal(data=data, rand_var=rand_var, err_cal=err_cal, usable=~bad_any,
+                             saturated=saturated, x=x, y=y, inside=inside, ids=ids, psf=psf,
+                             model=model, radius=max(radii),
+                             sky=(level if background != "map" else None), bmap=(
+                                 bmap if background == "map" else None),
+                             sky_var=(sky_var if background != "map" else None),
+                             bkg_rms=bkg_rms, n_sky=n_sky,
+                             reference=rows[int(np.argmax(radii))],
+                             max_repaired_fraction=max_repaired_fraction,
+                             max_contamination=max_contamination,
+                             subtract_neighbours=subtract_neighbours))
+    table = pd.concat(rows, ignore_index=True)
+    if optimal:
+        table.attrs["optimal_correction"] = rows[-1].attrs.get("optimal_correction")
+    return table
+
+
+def _neighbour_variance(model: SourceModel, x, y, radius, placed) -> np.ndarray:
+    """Variance of the modelled neighbour light in each aperture: Σ_j (C_ij)² Var(F̂_j)
+    with C_ij the share of source j's light in source i's aperture (Gaussian-radius
+    approximation of the PSF's encircled energy at the pair's distance)."""
+    from scipy.spatial import cKDTree
+
+    out = np.zeros(len(x))
+    if len(placed) < 2:
+        return out
+    sigma = model.psf.fwhm / 2.3548
+    reach = radius + 5 * sigma
+    tree = cKDTree(np.column_stack([x[placed], y[placed]]))
+    for i, j in tree.query_pairs(reach):
+        a, b = placed[i], placed[j]
+        d = math.hypot(x[a] - x[b], y[a] - y[b])
+        # fraction of a Gaussian at distance d inside a circle of radius r (≈, 1-D)
+        share = 0.5 * (math.erf((radius - d) / (math.sqrt(2) * sigma))
+                       + math.erf((radius + d) / (math.sqrt(2) * sigma)))
+        share *= 1 - math.exp(-radius * radius / (2 * sigma * sigma))
+        out[a] += share**2 * model.flux_var[b]
+        out[b] += share**2 * model.flux_var[a]
+    return out
+
+
+def _optimal(*, data, rand_var, err_cal, usable, saturated, x, y, inside, ids, psf, model,
+             radius, sky, bmap, sky_var, bkg_rms, n_sky, reference, max_repaired_fraction,
+             max_contamination, subtract_neighbours) -> pd.DataFrame:
+    """Naylor (1998) optimal photometry with the frame's PSF.
+
+    Over the usable pixels within ``radius`` of each star (masked ones simply get no
+    weight, which is the repair here)::
+
+        W_i = (P_i/V_i) / Σ_j (P_j²/V_j),     V_i = sky variance + F̂·P_i (the model)
+        F   = Σ W_i (D_i − b̂),               flux_err² = Σ W_i² (ERR_i² − ERR_CAL_i²)
+                                                        + (Σ W_i)²·Var(b̂)
+
+    F estimates the total flux if the PSF model is right; a per-frame profile
+    correction (median of the largest aperture's flux over the optimal flux for
+    isolated, unflagged bright stars) absorbs what the model misses in the wings.
+    ``repaired_fraction`` is the share of the weight Σ P²/V lost to masked pixels.
+    """
+    from .psf import psf_stamps
+
+    n = len(x)
+    pos_x, pos_y = np.where(inside, x, 0.0), np.where(inside, y, 0.0)
+    half = math.ceil(radius) + 1
+    p, px, py = psf_stamps(psf, pos_x, pos_y, half)
+    d, within = _stamps(data, px, py)
+    ok, _ = _stamps(usable, px, py, fill=False)
+    sat, _ = _stamps(saturated, px, py, fill=False)
+    rv, _ = _stamps(rand_var, px, py)
+    cv, _ = _stamps(err_cal**2, px, py)
+    ov = _overlap(px, py, pos_x, pos_y, radius) > 0.5
+    region = within & ov
+    use = region & ok
+    if bmap is not None:
+        bstamp, _ = _stamps(bmap, px, py)
+        background = bstamp
+        level = np.array([np.nan] * n)
+    else:
+        background = np.nan_to_num(sky)[:, None, None]
+        level = sky
+    f_est = np.clip(model.flux, 0, None)
+    rms = np.where(np.isfinite(bkg_rms), bkg_rms, np.nanmedian(np.sqrt(rand_var)))
+    v = np.nan_to_num(rms, nan=1.0)[:, None, None] ** 2 + f_est[:, None, None] * p
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weight_all = np.where(region, p * p / v, 0.0).sum(axis=(1, 2))
+        norm = np.where(use, p * p / v, 0.0).sum(axis=(1, 2))
+        w = np.where(use, (p / v) / norm[:, None, None], 0.0)
+        resid = d - background
+        if subtract_neighbours and model is not None:
+            others = _model_image_stamps(model, px, py) - model.flux[:, None, None] * p
+            resid = resid - others
+        flux = (w * resid).sum(axis=(1, 2))
+        wsum = w.sum(axis=(1, 2))
+        var = (w * w * rv).sum(axis=(1, 2))
+        var = var + (wsum**2 * sky_var if sky_var is not None else 0.0)
+        cal = (w * w * cv).sum(axis=(1, 2))
+        repaired = np.where(weight_all > 0, 1.0 - norm / weight_all, 0.0)
+    # profile correction from isolated, unflagged bright stars
+    ref_flux = reference["flux"].to_numpy(float)
+    ref_flags = reference["flags"].to_numpy(np.int64)
+    clean = ((ref_flags & int(BAD_FLAGS | PhotFlag.CONTAMINATED | PhotFlag.BLENDED
+                              | PhotFlag.REPAIRED)) == 0)
+    snr = ref_flux / reference["flux_err"].to_numpy(float)
+    pick = clean & np.isfinite(flux) & (flux > 0) & (snr > 50)
+    correction = float(np.median(ref_flux[pick] / flux[pick])) if pick.sum() >= 3 else 1.0
+    flux, var, cal = flux * correction, var * correction**2, cal * correction**2
+    flags = np.zeros(n, np.int64)
+    flags[repaired > 0] |= PhotFlag.REPAIRED
+    flags[repaired > max_repaired_fraction] |= PhotFlag.MASKED
+    flags[(sat & region).any(axis=(1, 2))] |= PhotFlag.SATURATED
+    keep = int(PhotFlag.NEAR_EDGE | PhotFlag.OFF_FRAME | PhotFlag.FEW_SKY_PIXELS
+               | PhotFlag.BLENDED | PhotFlag.CONTAMINATED)
+    flags |= ref_flags & keep
+    nan = np.where(inside, 1.0, np.nan)
+    table = pd.DataFrame({
+        "source_id": ids, "x": x, "y": y, "radius": np.nan, "flux": flux * nan,
+        "flux_err": np.sqrt(var) * nan, "flux_err_cal": np.sqrt(cal) * nan,
+        "bkg": (level if bmap is None else reference["bkg"].to_numpy(float)) * nan,
+        "bkg_err": reference["bkg_err"].to_numpy(float),
+        "bkg_rms": bkg_rms * nan, "n_ap": region.sum(axis=(1, 2)).astype(float),
+        "n_sky": n_sky, "masked_fraction": 1.0 - use.sum(axis=(1, 2)) / np.maximum(
+            region.sum(axis=(1, 2)), 1), "repaired_fraction": repaired,
+        "contamination": reference["contamination"].to_numpy(float), "flags": flags})
+    table.attrs["optimal_correction"] = correction
+    return table
+
+
+def _model_image_stamps(model: SourceModel, px, py) -> np.ndarray:
+    """Every source's modelled light on the given stamps' pixels."""
+    ny = int(max(py.max() + 1, 1))
+    nx = int(max(px.max() + 1, 1))
+    lo_y, lo_x = int(min(py.min(), 0)), int(min(px.min(), 0))
+    shifted = SourceModel(psf=model.psf, x=model.x - lo_x, y=model.y - lo_y, flux=model.flux,
+                          flux_var=model.flux_var, half=model.half)
+    image = _model_image(shifted, (ny - lo_y, nx - lo_x))
+    values, _ = _stamps(image, px - lo_x, py - lo_y)
+    return values

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .apertures import BAD_FLAGS, PhotFlag, PhotometryError
+from .apertures import BAD_FLAGS, COMPARISON_BAD_FLAGS, PhotFlag, PhotometryError
 from .measure import unit_comments
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ def differential_photometry(*, flux: pd.DataFrame, flux_err: pd.DataFrame, good:
                             max_count: int = 10, min_count: int = 2,
                             flux_ratio: tuple[float, float] = (0.2, 5.0),
                             min_good_fraction: float = 0.9, max_excess_scatter: float = 2.0,
+                            comparison_good: pd.DataFrame | None = None,
                             ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Target flux relative to a weighted comparison ensemble.
 
@@ -48,6 +49,10 @@ def differential_photometry(*, flux: pd.DataFrame, flux_err: pd.DataFrame, good:
         error, and whether the measurement is usable (no BAD_FLAGS).
     target : int
         Source id of the target.
+    comparison_good : DataFrame, optional
+        Whether a measurement may serve as a comparison (default ``good``); the
+        light curves pass ``good`` without CONTAMINATED rows, so that no
+        comparison carries a neighbour's light.
     comparisons : sequence of int, optional
         Use these; otherwise chosen automatically (see Notes).
 
@@ -84,10 +89,12 @@ def differential_photometry(*, flux: pd.DataFrame, flux_err: pd.DataFrame, good:
         raise PhotometryError(f"target source {target} is not in the table")
     f, e, g = flux.to_numpy(float), flux_err.to_numpy(float), good.to_numpy(bool)
     ids = np.asarray(flux.columns)
-    g = g & np.isfinite(f) & np.isfinite(e) & (f > 0)
+    valid = np.isfinite(f) & np.isfinite(e) & (f > 0)
+    g_target = g & valid
+    g = (comparison_good.to_numpy(bool) if comparison_good is not None else g) & valid
     col = {sid: i for i, sid in enumerate(ids)}
     t = col[target]
-    target_level = np.nanmedian(np.where(g[:, t], f[:, t], np.nan))
+    target_level = np.nanmedian(np.where(g_target[:, t], f[:, t], np.nan))
     med = np.array([np.nanmedian(np.where(g[:, i], f[:, i], np.nan)) if g[:, i].any() else np.nan
                     for i in range(len(ids))])
     frac = g.mean(axis=0)
@@ -182,7 +189,7 @@ def differential_photometry(*, flux: pd.DataFrame, flux_err: pd.DataFrame, good:
                           .sum(axis=1)) / wsum
         rel = f[:, t] / ens
         rel_err = np.abs(rel) * np.sqrt((e[:, t] / f[:, t]) ** 2 + (ens_err / ens) ** 2)
-    usable_t = g[:, t] & (wsum > 0)
+    usable_t = g_target[:, t] & (wsum > 0)
     scale = np.nanmedian(np.where(usable_t, rel, np.nan)) if usable_t.any() else np.nan
     light = pd.DataFrame({
         "flux": f[:, t], "flux_err": e[:, t], "ensemble": np.where(wsum > 0, ens, np.nan),
@@ -199,6 +206,11 @@ def differential_photometry(*, flux: pd.DataFrame, flux_err: pd.DataFrame, good:
         "weight": weight_of.get(i, 0.0), "status": status[i]}
         for i in sorted(status, key=lambda i: (i not in weight_of, ids[i]))])
     return light, choice
+
+
+def _column(rows: pd.DataFrame, name: str) -> np.ndarray:
+    """A column of per-frame rows, NaN when tables of an older version lack it."""
+    return rows[name].to_numpy() if name in rows else np.full(len(rows), np.nan)
 
 
 def good_mask(flags: pd.Series | np.ndarray) -> np.ndarray:
@@ -255,11 +267,15 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
     for sid, rows in one.groupby("source_id", sort=True):
         per_source[int(sid)] = pd.DataFrame({
             "BMJD": rows["bmjd_tdb"].to_numpy(), "flux": rows["flux"].to_numpy(),
-            "flux_err": rows["flux_err"].to_numpy(), "bkg": rows["bkg"].to_numpy(),
-            "bkg_err": rows["bkg_err"].to_numpy(), "flags": rows["flags"].to_numpy(),
-            "frame": rows["frame"].to_numpy(), "mjd_utc": rows["mjd_utc"].to_numpy(),
-            "airmass": rows["airmass"].to_numpy(), "x": rows["x"].to_numpy(),
-            "y": rows["y"].to_numpy(), "fwhm": rows["fwhm"].to_numpy()})
+            "flux_err": rows["flux_err"].to_numpy(),
+            "flux_err_cal": _column(rows, "flux_err_cal"), "bkg": rows["bkg"].to_numpy(),
+            "bkg_err": rows["bkg_err"].to_numpy(), "bkg_rms": _column(rows, "bkg_rms"),
+            "flags": rows["flags"].to_numpy(), "frame": rows["frame"].to_numpy(),
+            "mjd_utc": rows["mjd_utc"].to_numpy(), "airmass": rows["airmass"].to_numpy(),
+            "x": rows["x"].to_numpy(), "y": rows["y"].to_numpy(),
+            "fwhm": rows["fwhm"].to_numpy(),
+            "repaired_fraction": _column(rows, "repaired_fraction"),
+            "contamination": _column(rows, "contamination")})
     options = dict(comparisons or {})
     options.pop("positions", None)  # resolved to ids with the source list (reference meta)
     listed = {**(listed_ids or {}), **(options.pop("ids", {}) or {})}
@@ -268,15 +284,18 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
                                            "airmass"]].set_index("frame")
     pivot = {c: one.pivot(index="frame", columns="source_id", values=c).loc[frames.index]
              for c in ("flux", "flux_err", "flags")}
-    good = pd.DataFrame(good_mask(pivot["flags"].fillna(int(PhotFlag.OFF_FRAME)).to_numpy()
-                                  .ravel()).reshape(pivot["flags"].shape),
-                        index=pivot["flags"].index, columns=pivot["flags"].columns)
+    flag_values = pivot["flags"].fillna(int(PhotFlag.OFF_FRAME)).to_numpy().astype(np.int64)
+    good = pd.DataFrame((flag_values & int(BAD_FLAGS)) == 0, index=pivot["flags"].index,
+                        columns=pivot["flags"].columns)
+    comparison_good = pd.DataFrame((flag_values & int(COMPARISON_BAD_FLAGS)) == 0,
+                                   index=pivot["flags"].index, columns=pivot["flags"].columns)
     notes = {}
     for _, target in catalog[catalog["name"] != ""].iterrows():
         sid = int(target["source_id"])
         try:
             light, choice = differential_photometry(
-                flux=pivot["flux"], flux_err=pivot["flux_err"], good=good, target=sid,
+                flux=pivot["flux"], flux_err=pivot["flux_err"], good=good,
+                comparison_good=comparison_good, target=sid,
                 comparisons=listed.get(target["name"]), **options)
         except PhotometryError as exc:  # e.g. a target off every frame: rows kept, no ratio
             log.warning("differential light curve of %s not computed: %s", target["name"], exc)
@@ -316,8 +335,11 @@ def write_lightcurves(result: Mapping, *, table: str | Path, directory: str | Pa
         for sid, rows in result["per_source"].items():
             write_table(rows, tmp / f"source_{sid}.csv", comments=[
                 *header, f"source {sid}, aperture {aperture}",
-                "BMJD = BJD_TDB - 2400000.5 at mid-exposure [d]; flux, flux_err [electron]; "
-                "bkg, bkg_err [electron / pix]", *unit_comments([])[1:]])
+                "BMJD = BJD_TDB - 2400000.5 at mid-exposure [d]; flux, flux_err (this "
+                "frame's random noise: the time series' error), flux_err_cal (the masters' "
+                "noise, common to the frames) [electron]; bkg (sky level), bkg_err (its "
+                "error), bkg_rms (per-pixel sky noise) [electron / pix]",
+                *unit_comments([])[1:]])
         for name, (light, choice) in result["differential"].items():
             used = choice[choice["weight"] > 0]
             write_table(light, tmp / f"differential_{name}.csv", comments=[

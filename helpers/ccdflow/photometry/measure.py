@@ -27,14 +27,80 @@ __all__ = ["LONG_UNITS", "PHOTOMETRY_COLUMNS", "FrameData", "align_to_reference"
 
 #: columns of a per-frame photometry table, in order
 PHOTOMETRY_COLUMNS = ["frame", "source_id", "name", "aperture", "radius", "x", "y", "ra_deg",
-                      "dec_deg", "flux", "flux_err", "bkg", "bkg_err", "n_ap", "n_sky",
-                      "masked_fraction", "flags", "fwhm", "mjd_utc", "bjd_tdb", "bmjd_tdb",
-                      "airmass", "exptime_s", "dx", "dy"]
+                      "dec_deg", "flux", "flux_err", "flux_err_cal", "bkg", "bkg_err", "bkg_rms",
+                      "n_ap", "n_sky", "masked_fraction", "repaired_fraction", "contamination",
+                      "flags", "fwhm", "psf_sigma_major", "psf_sigma_minor", "psf_theta",
+                      "mjd_utc", "bjd_tdb", "bmjd_tdb", "airmass", "exptime_s", "dx", "dy"]
+
+#: label of the optimal-photometry rows
+OPTIMAL = "optimal"
 
 
-def aperture_labels(*, radii_px: Sequence[float], radii_fwhm: Sequence[float]) -> list[str]:
-    """Labels of the apertures, in order: ``'8px'``, ``'1.5fwhm'``."""
-    return [f"{r:g}px" for r in radii_px] + [f"{k:g}fwhm" for k in radii_fwhm]
+def aperture_labels(*, radii_px: Sequence[float], radii_fwhm: Sequence[float],
+                    optimal: bool = False) -> list[str]:
+    """Labels of the apertures, in order: ``'8px'``, ``'1.5fwhm'``, then ``'optimal'``."""
+    return ([f"{r:g}px" for r in radii_px] + [f"{k:g}fwhm" for k in radii_fwhm]
+            + ([OPTIMAL] if optimal else []))
+
+
+def _masked_near(mask: np.ndarray, x: np.ndarray, y: np.ndarray, *, half: int) -> np.ndarray:
+    """Whether any masked pixel lies in the (2·half+1)² box around each position."""
+    bad = np.asarray(mask) != 0
+    ny, nx = bad.shape
+    out = np.zeros(len(x), bool)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any() or not bad.any():
+        return out
+    d = np.arange(-half, half + 1)
+    cx = np.floor(x[ok] + 0.5).astype(np.int64)
+    cy = np.floor(y[ok] + 0.5).astype(np.int64)
+    rr = np.clip(cy[:, None, None] + d[None, :, None], 0, ny - 1)
+    cc = np.clip(cx[:, None, None] + d[None, None, :], 0, nx - 1)
+    out[ok] = bad[rr, cc].any(axis=(1, 2))
+    return out
+
+
+def frame_psf(*, data: np.ndarray, background: np.ndarray, mask: np.ndarray, x: np.ndarray,
+              y: np.ndarray, snr: np.ndarray, fwhm: float, kind: str = "gaussian",
+              max_stars: int = 25):
+    """The frame's PSF from the brightest isolated sources of the list (S/N ≥ 30 on the
+    reference, no other source within 4 FWHM, no masked pixel within 2 FWHM).
+
+    Returns the :class:`~ccdflow.photometry.psf.PSFModel`, or None (with the reason)
+    when no star qualifies or the fits fail.
+    """
+    from scipy.spatial import cKDTree
+
+    from .psf import fit_psf
+
+    ny, nx = data.shape
+    finite = np.isfinite(x) & np.isfinite(y)
+    pos = np.column_stack([np.where(finite, x, -1e6), np.where(finite, y, -1e6)])
+    dist = cKDTree(pos).query(pos, k=2)[0][:, 1] if len(pos) > 1 else np.full(len(pos), np.inf)
+    edge = 2 * fwhm + 4
+    ok = (finite & (np.nan_to_num(snr) >= 30) & (dist > 4 * fwhm) & (x > edge)
+          & (x < nx - 1 - edge) & (y > edge) & (y < ny - 1 - edge))
+    bad = np.asarray(mask) != 0
+    if ok.any():
+        r = math.ceil(2 * fwhm)
+        d = np.arange(-r, r + 1)
+        cx = np.floor(x[ok] + 0.5).astype(int)
+        cy = np.floor(y[ok] + 0.5).astype(int)
+        clean = ~bad[cy[:, None, None] + d[None, :, None], cx[:, None, None] + d[None, None, :]
+                     ].any(axis=(1, 2))
+        ok[np.flatnonzero(ok)[~clean]] = False
+    pick = np.flatnonzero(ok)
+    pick = pick[np.argsort(-np.nan_to_num(snr[pick]))][:max_stars]
+    if len(pick) < 3:
+        return None, f"PSF not fitted: {len(pick)} isolated unmasked star(s) above S/N 30"
+    try:
+        model, _ = fit_psf(data=np.asarray(data, float) - background, x=x[pick], y=y[pick],
+                           kind=kind, fwhm_guess=fwhm, mask=bad)
+    except SourceError as exc:
+        return None, f"PSF not fitted: {exc}"
+    return model, (f"PSF ({kind}, {model.n_stars} stars): sigma {model.sigma_major:.3f} x "
+                   f"{model.sigma_minor:.3f} px, theta {model.theta_deg:.1f} deg, "
+                   f"FWHM {model.fwhm:.3f} px")
 
 
 def _site(header, site: Mapping | None) -> tuple[dict | None, str]:
@@ -122,7 +188,10 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
                      source_mask: np.ndarray | None = None, sky_exclude_sources: bool = True,
                      start_mjd_utc: float | None = None, exptime_s: float | None = None,
                      alignment: Alignment | SourceError | None = None,
-                     min_radius_px: float = 2.0,
+                     min_radius_px: float = 2.0, error_cal: np.ndarray | None = None,
+                     psf_model: str = "gaussian", optimal: bool = True,
+                     max_repaired_fraction: float = 0.3, max_contamination: float = 0.01,
+                     subtract_neighbours: bool = False,
                      frame: str = "frame") -> tuple[pd.DataFrame, list[str]]:
     """Every source of the series' list measured in one frame, with times.
 
@@ -164,6 +233,16 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         ``1.5 × FWHM``): an undersampled star (FWHM < 2 px) is not measured in a
         1-px aperture whose flux depends on where the star falls in its pixel.
         Raised radii are noted.
+    error_cal : ndarray, optional
+        ERR_CAL of the calibrated frame (the masters' noise); see
+        :func:`ccdflow.photometry.measure_apertures` for ``flux_err_cal``.
+    psf_model : {'gaussian', 'moffat'}
+        The frame's PSF (:func:`frame_psf`), for repair, neighbour light and
+        optimal photometry.
+    optimal : bool
+        Add Naylor (1998) optimal photometry (aperture ``optimal``).
+    max_repaired_fraction, max_contamination, subtract_neighbours
+        See :func:`ccdflow.photometry.measure_apertures`.
     alignment : Alignment or SourceError, optional
         The transform from the reference (:func:`align_to_reference`, e.g.
         chained from the previous frame), or the error of the caller's attempt
@@ -237,7 +316,10 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         dx = dy = float("nan")
     x, y = xy[:, 0], xy[:, 1]
     if not (flags & PhotFlag.NOT_ALIGNED).any():
-        bright = np.asarray(catalog["snr_ref"].fillna(0) >= recentroid_min_snr)
+        bright = np.array(catalog["snr_ref"].fillna(0) >= recentroid_min_snr, dtype=bool)
+        # a star with masked pixels (a cosmic ray, a bad column) in its centroid window
+        # keeps the aligned position: a centroid of what is left is pulled off the star
+        bright &= ~_masked_near(mask, x, y, half=max(3, math.ceil(2.5 * fwhm)))
         if bright.any():
             cx, cy = recentroid(data=data, background=background, x=x[bright], y=y[bright],
                                 fwhm=fwhm, mask=mask)
@@ -247,20 +329,41 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
             x[bright], y[bright] = cx, cy
 
     map_err = background_rms * math.sqrt(math.pi / 2) / map_box_px if sky == "map" else None
+    psf, psf_note = frame_psf(data=data, background=background, mask=mask, x=x, y=y,
+                              snr=catalog["snr_ref"].to_numpy(float), fwhm=fwhm, kind=psf_model)
+    notes.append(psf_note)
+    dark_subtracted = str(header.get("DARKFILE", "none")).strip().lower() not in ("none", "")
+    use_optimal = optimal and psf is not None
+    if optimal and psf is None:
+        notes.append("no optimal photometry on this frame (no PSF)")
     table = measure_apertures(data=data, error=error, mask=mask, x=x, y=y, radii=radii,
                               annulus=(r_in, r_out), background=sky, background_map=background,
                               background_map_error=map_err, sigma=sky_sigma,
                               min_sky_pixels=min_sky_pixels,
                               sky_mask=source_mask if sky_exclude_sources else None,
-                              source_ids=catalog["source_id"].to_numpy())
+                              source_ids=catalog["source_id"].to_numpy(), error_cal=error_cal,
+                              psf=psf, dark_subtracted=dark_subtracted,
+                              max_repaired_fraction=max_repaired_fraction,
+                              max_contamination=max_contamination,
+                              subtract_neighbours=subtract_neighbours, optimal=use_optimal)
     n = len(catalog)
+    if optimal and not use_optimal:  # rows kept, flux NaN: every frame has the same rows
+        block = table.iloc[int(np.argmax(radii)) * n:(int(np.argmax(radii)) + 1) * n].copy()
+        for column in ("radius", "flux", "flux_err", "flux_err_cal", "repaired_fraction"):
+            block[column] = np.nan
+        block["flags"] = block["flags"].to_numpy() | int(PhotFlag.NO_PSF)
+        table = pd.concat([table, block], ignore_index=True)
+    blocks = len(radii) + (1 if optimal else 0)
     table.insert(0, "frame", frame)
-    table.insert(2, "name", np.tile(catalog["name"].to_numpy(), len(radii)))
-    table.insert(3, "aperture", np.repeat(labels, n))
-    table["flags"] = table["flags"].to_numpy() | np.tile(flags, len(radii))
-    table["ra_deg"] = np.tile(catalog["ra_deg"].to_numpy(), len(radii))
-    table["dec_deg"] = np.tile(catalog["dec_deg"].to_numpy(), len(radii))
+    table.insert(2, "name", np.tile(catalog["name"].to_numpy(), blocks))
+    table.insert(3, "aperture", np.repeat(labels + ([OPTIMAL] if optimal else []), n))
+    table["flags"] = table["flags"].to_numpy() | np.tile(flags, blocks)
+    table["ra_deg"] = np.tile(catalog["ra_deg"].to_numpy(), blocks)
+    table["dec_deg"] = np.tile(catalog["dec_deg"].to_numpy(), blocks)
     table["fwhm"] = fwhm
+    for column, value in (("psf_sigma_major", "sigma_major"), ("psf_sigma_minor", "sigma_minor"),
+                          ("psf_theta", "theta_deg")):
+        table[column] = getattr(psf, value) if psf is not None else float("nan")
 
     # times toward the first target (else the field centre)
     if start_mjd_utc is not None and exptime_s is not None and np.isfinite(
@@ -292,6 +395,10 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
             times.update(bjd_tdb=float(bjd), bmjd_tdb=float(bjd) - 2400000.5)
         notes.append(f"times: mid-exposure; BJD toward {what} (RA {ra:.5f}, Dec {dec:.5f}); "
                      f"{site_note}")
+    correction = getattr(table, "attrs", {}).get("optimal_correction")
+    if use_optimal and correction is not None:
+        notes.append(f"optimal photometry: profile correction {correction:.4f} (largest "
+                     "aperture over optimal flux, median of isolated bright stars)")
     for key, value in times.items():
         table[key] = value
     table["exptime_s"] = (float(exptime_s) if exptime_s is not None else
@@ -302,7 +409,10 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
 LONG_UNITS = {
     "x": "pix (0-based)", "y": "pix (0-based)", "radius": "pix", "ra_deg": "deg (ICRS)",
     "dec_deg": "deg (ICRS)", "flux": "electron", "flux_err": "electron",
-    "bkg": "electron / pix", "bkg_err": "electron / pix", "n_ap": "pix (unmasked)",
+    "flux_err_cal": "electron", "bkg": "electron / pix", "bkg_err": "electron / pix",
+    "bkg_rms": "electron / pix", "n_ap": "pix (unmasked)", "repaired_fraction": "",
+    "contamination": "", "psf_sigma_major": "pix", "psf_sigma_minor": "pix",
+    "psf_theta": "deg (major axis, counter-clockwise from +x)",
     "n_sky": "pix", "fwhm": "pix", "mjd_utc": "d (mid-exposure, UTC)",
     "bjd_tdb": "d (BJD_TDB, mid-exposure)", "bmjd_tdb": "d (BJD_TDB - 2400000.5)",
     "exptime_s": "s", "dx": "pix", "dy": "pix",
@@ -337,6 +447,7 @@ class FrameData:
     background: np.ndarray
     rms: np.ndarray
     source_mask: np.ndarray  #: bool, SRCMASK of the background stage
+    error_cal: np.ndarray | None = None  #: ERR_CAL: the masters' part of ERR (None: older)
 
 
 def load_frame(*, calibrated: str | Path, background: str | Path,
@@ -356,6 +467,8 @@ def load_frame(*, calibrated: str | Path, background: str | Path,
     if cosmics is not None:
         cr = fits.getdata(cosmics, "CRMASK").astype(bool)
         mask[cr] |= np.uint16(MaskBit.COSMIC)
+    cal = product.extras.get("ERR_CAL")
     return FrameData(data=product.data.astype(np.float64), error=product.error.astype(np.float64),
                      mask=mask, header=product.header, background=bkg, rms=rms,
-                     source_mask=sources)
+                     source_mask=sources,
+                     error_cal=None if cal is None else np.asarray(cal, np.float64))
