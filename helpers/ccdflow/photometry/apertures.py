@@ -127,6 +127,15 @@ class SourceModel:
     flux: np.ndarray  #: F̂ (e-), 0 where not fitted
     flux_var: np.ndarray  #: Var(F̂)
     half: int  #: half-width of the stamps the model is rendered on
+    stamps: np.ndarray | None = None  #: unit PSF on each source's box (n, k, k)
+    px: np.ndarray | None = None  #: the boxes' columns (n, k)
+    py: np.ndarray | None = None  #: the boxes' rows (n, k)
+
+    def box(self, half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The PSF stamps and pixel indices cut to a smaller half-width."""
+        c = self.half
+        sl = slice(c - half, c + half + 1)
+        return self.stamps[:, sl, sl], self.px[:, sl], self.py[:, sl]
 
 
 def _overlap(px, py, x, y, r):
@@ -155,10 +164,10 @@ def fit_source_fluxes(*, data: np.ndarray, usable: np.ndarray, sky: np.ndarray,
     """
     from .psf import psf_stamps
 
-    half = math.ceil(radius) + 1
+    half = math.ceil(radius) + 3  # the model reaches 2 px beyond the apertures' boxes
     ok = np.isfinite(x) & np.isfinite(y)
     xs, ys = np.where(ok, x, -1e6), np.where(ok, y, -1e6)
-    p, px, py = psf_stamps(psf, xs, ys, half)
+    p, px, py = psf_stamps(psf, xs, ys, half, subsample=5 if psf.fwhm < 2.5 else 3)
     d, inside = _stamps(data, px, py)
     good, _ = _stamps(usable, px, py, fill=False)
     near = _overlap(px, py, xs, ys, radius) > 0
@@ -175,7 +184,7 @@ def fit_source_fluxes(*, data: np.ndarray, usable: np.ndarray, sky: np.ndarray,
         flux_var = 1.0 / denom
     bad = ~ok | ~np.isfinite(flux) | (denom <= 0)
     return SourceModel(psf=psf, x=x, y=y, flux=np.where(bad, 0.0, flux),
-                       flux_var=np.where(bad, 0.0, flux_var), half=half)
+                       flux_var=np.where(bad, 0.0, flux_var), half=half, stamps=p, px=px, py=py)
 
 
 def _model_image(model: SourceModel, shape, *, exclude: int | None = None) -> np.ndarray:
@@ -187,7 +196,10 @@ def _model_image(model: SourceModel, shape, *, exclude: int | None = None) -> np
     idx = np.flatnonzero(ok)
     if not len(idx):
         return image
-    p, px, py = psf_stamps(model.psf, model.x[idx], model.y[idx], model.half + 2)
+    if model.stamps is not None:
+        p, px, py = model.stamps[idx], model.px[idx], model.py[idx]
+    else:
+        p, px, py = psf_stamps(model.psf, model.x[idx], model.y[idx], model.half + 2)
     ny, nx = shape
     inside = ((py >= 0) & (py < ny))[:, :, None] & ((px >= 0) & (px < nx))[:, None, :]
     flat = (np.clip(py, 0, ny - 1)[:, :, None] * nx + np.clip(px, 0, nx - 1)[:, None, :])
@@ -349,14 +361,17 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
     else:
         sky_pix = None
     rand_var = np.clip(np.nan_to_num(error**2) - err_cal**2, 0.0, None)
+    # the frame's typical per-pixel sky noise (a sparse sample is plenty)
+    sample = rand_var[::7, ::7][~bad_any[::7, ::7]]
+    typical_noise = (float(np.nanmedian(bkg_rms)) if np.isfinite(bkg_rms).any()
+                     else float(np.sqrt(np.median(sample))) if sample.size else 1.0)
     model = None
     model_image = None
     if psf is not None:
         src_sky = level if background != "map" else (
             bmap[np.clip(np.round(pos_y).astype(int), 0, ny - 1),
                  np.clip(np.round(pos_x).astype(int), 0, nx - 1)])
-        src_rms = (np.where(np.isfinite(bkg_rms), bkg_rms, np.nanmedian(np.sqrt(rand_var)))
-                   if background != "map" else np.full(n, float(np.nanmedian(np.sqrt(rand_var)))))
+        src_rms = np.where(np.isfinite(bkg_rms), bkg_rms, typical_noise)
         model = fit_source_fluxes(data=data, usable=~bad_any, sky=np.nan_to_num(src_sky),
                                   sky_rms=np.nan_to_num(src_rms, nan=1.0),
                                   x=np.where(inside, x, np.nan), y=np.where(inside, y, np.nan),
@@ -367,8 +382,7 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
             sky_pix = _local_mean_fill(np.where(bad_any, 0.0, data), bad_any)
         if model_image is not None:
             filled = sky_pix + model_image
-            fill_var = (np.nanmedian(rand_var[~bad_any]) if (~bad_any).any() else 0.0) + np.clip(
-                model_image, 0, None)
+            fill_var = typical_noise**2 + np.clip(model_image, 0, None)
         else:
             filled = _local_mean_fill(np.where(bad_any, 0.0, data), bad_any)
             fill_var = _local_mean_fill(np.where(bad_any, 0.0, rand_var), bad_any)
@@ -397,9 +411,7 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
     spy = np.floor(pos_y + 0.5).astype(np.int64)[:, None] + dgrid[None, :]
     fill_st, _ = _stamps(fill, spx, spy, fill=False)
     if model is not None:
-        from .psf import psf_stamps
-
-        own_p, _, _ = psf_stamps(psf, pos_x, pos_y, half)
+        own_p, _, _ = model.box(half)
         model_st, _ = _stamps(model_image, spx, spy)
     placed = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
     if len(placed) > 1:
@@ -407,11 +419,13 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
 
         tree = cKDTree(np.column_stack([x[placed], y[placed]]))
 
+    everywhere = np.ones_like(ones)
+    saturated_f = saturated.astype(float)
     rows = []
     for radius in radii:
         raw = sums(work, radius)
         n_good = sums(ones, radius)
-        n_all = sums(np.ones_like(ones), radius)
+        n_all = sums(everywhere, radius)
         var_sum = sums(work_var, radius)
         cal_sum = sums(cal_var, radius)
         ov = _overlap(spx, spy, pos_x, pos_y, radius)
@@ -461,7 +475,7 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
             flags[repaired > max_repaired_fraction] |= PhotFlag.MASKED
         else:
             flags[masked_fraction > 0.001] |= PhotFlag.MASKED
-        sat_area = sums(saturated.astype(float), radius)
+        sat_area = sums(saturated_f, radius) if saturated.any() else np.zeros(n)
         flags[sat_area > 0] |= PhotFlag.SATURATED
         flags[np.nan_to_num(contamination) > max_contamination] |= PhotFlag.CONTAMINATED
         rim = max(radius, r_out if background != "map" else radius)
@@ -541,12 +555,10 @@ def _optimal(*, data, rand_var, err_cal, usable, saturated, x, y, inside, ids, p
     isolated, unflagged bright stars) absorbs what the model misses in the wings.
     ``repaired_fraction`` is the share of the weight Σ P²/V lost to masked pixels.
     """
-    from .psf import psf_stamps
-
     n = len(x)
     pos_x, pos_y = np.where(inside, x, 0.0), np.where(inside, y, 0.0)
     half = math.ceil(radius) + 1
-    p, px, py = psf_stamps(psf, pos_x, pos_y, half)
+    p, px, py = model.box(half)
     d, within = _stamps(data, px, py)
     ok, _ = _stamps(usable, px, py, fill=False)
     sat, _ = _stamps(saturated, px, py, fill=False)
@@ -563,7 +575,7 @@ def _optimal(*, data, rand_var, err_cal, usable, saturated, x, y, inside, ids, p
         background = np.nan_to_num(sky)[:, None, None]
         level = sky
     f_est = np.clip(model.flux, 0, None)
-    rms = np.where(np.isfinite(bkg_rms), bkg_rms, np.nanmedian(np.sqrt(rand_var)))
+    rms = np.where(np.isfinite(bkg_rms), bkg_rms, float(np.sqrt(np.median(rand_var[::7, ::7]))))
     v = np.nan_to_num(rms, nan=1.0)[:, None, None] ** 2 + f_est[:, None, None] * p
     with np.errstate(invalid="ignore", divide="ignore"):
         weight_all = np.where(region, p * p / v, 0.0).sum(axis=(1, 2))

@@ -62,7 +62,7 @@ def _masked_near(mask: np.ndarray, x: np.ndarray, y: np.ndarray, *, half: int) -
 
 def frame_psf(*, data: np.ndarray, background: np.ndarray, mask: np.ndarray, x: np.ndarray,
               y: np.ndarray, snr: np.ndarray, fwhm: float, kind: str = "gaussian",
-              max_stars: int = 25):
+              max_stars: int = 15):
     """The frame's PSF from the brightest isolated sources of the list (S/N ≥ 30 on the
     reference, no other source within 4 FWHM, no masked pixel within 2 FWHM).
 

@@ -168,9 +168,41 @@ def _model_stamps(params, px, py, kind, sub):
     return flux[:, None, None] * out / len(sub) ** 2
 
 
+def _gaussian_and_jacobian(params, px, py, sub):
+    """Pixel-integrated (sub-sampled) elliptical Gaussian and its analytic Jacobian in the
+    parameters (flux, x0, y0, log l11, l21, log l22) of the Cholesky factor."""
+    flux, x0, y0 = params[:, 0], params[:, 1], params[:, 2]
+    l11, l21, l22 = np.exp(params[:, 3]), params[:, 4], np.exp(params[:, 5])
+    n, ky, kx = len(params), py.shape[1], px.shape[1]
+    g_sum = np.zeros((n, ky, kx))
+    jac = np.zeros((n, ky, kx, 6))
+    a11, a21, a22 = (v[:, None, None] for v in (l11, l21, l22))
+    norm = 1.0 / (2.0 * math.pi * a11 * a22)
+    for sy in sub:
+        dy = (py + sy - y0[:, None])[:, :, None]
+        for sx in sub:
+            dx = (px + sx - x0[:, None])[:, None, :]
+            u1 = dx / a11
+            u2 = (dy - a21 * u1) / a22
+            g = norm * np.exp(-0.5 * (u1 * u1 + u2 * u2))
+            g_sum += g
+            # ∂q/∂θ = 2(u1 ∂u1 + u2 ∂u2); ∂g = −g/2 ∂q (+ the normalisation's share)
+            jac[..., 1] += g * (u1 / a11 - u2 * a21 / (a11 * a22))  # x0
+            jac[..., 2] += g * (u2 / a22)  # y0
+            jac[..., 3] += g * (u1 * u1 - u2 * a21 * u1 / a22 - 1.0)  # log l11
+            jac[..., 4] += g * (u2 * u1 / a22)  # l21
+            jac[..., 5] += g * (u2 * u2 - 1.0)  # log l22
+    m = len(sub) ** 2
+    g_sum /= m
+    jac /= m
+    jac[..., 0] = g_sum
+    jac[..., 1:] *= flux[:, None, None, None]
+    return flux[:, None, None] * g_sum, jac
+
+
 def fit_psf(*, data: np.ndarray, x: Sequence[float], y: Sequence[float], kind: str = "gaussian",
             fwhm_guess: float = 2.5, fit_shape: int | None = None, mask: np.ndarray | None = None,
-            max_iterations: int = 40) -> tuple[PSFModel, np.ndarray]:
+            max_iterations: int = 25) -> tuple[PSFModel, np.ndarray]:
     """The frame's PSF from the stars at (x, y) (bright, isolated, unsaturated).
 
     Each star's flux, centre and shape (and β for a Moffat) are fitted to its
@@ -234,14 +266,18 @@ def fit_psf(*, data: np.ndarray, x: Sequence[float], y: Sequence[float], kind: s
     lam = np.full(len(idx), 1e-2)
     converged = np.zeros(len(idx), bool)
     for _ in range(max_iterations):
-        base = _model_stamps(p, px, py, kind, sub)
-        jac = np.empty((len(idx), size * size, n_par))
-        for k in range(n_par):
-            dp = steps[k] * np.maximum(np.abs(p[:, k]), 1.0)
-            q = p.copy()
-            q[:, k] += dp
-            jac[:, :, k] = ((_model_stamps(q, px, py, kind, sub) - base) / dp[:, None, None]
-                            ).reshape(len(idx), -1)
+        if kind == "gaussian":
+            base, jac = _gaussian_and_jacobian(p, px, py, sub)
+            jac = jac.reshape(len(idx), -1, n_par)
+        else:
+            base = _model_stamps(p, px, py, kind, sub)
+            jac = np.empty((len(idx), size * size, n_par))
+            for k in range(n_par):
+                dp = steps[k] * np.maximum(np.abs(p[:, k]), 1.0)
+                q = p.copy()
+                q[:, k] += dp
+                jac[:, :, k] = ((_model_stamps(q, px, py, kind, sub) - base)
+                                / dp[:, None, None]).reshape(len(idx), -1)
         w = weight.reshape(len(idx), -1)
         r = (stamp - base).reshape(len(idx), -1)
         jtj = np.einsum("nki,nk,nkj->nij", jac, w, jac)
@@ -255,7 +291,7 @@ def fit_psf(*, data: np.ndarray, x: Sequence[float], y: Sequence[float], kind: s
         trial = p + step
         new_chi2, _ = chi2_of(trial)
         better = np.isfinite(new_chi2) & (new_chi2 < chi2)
-        small = better & (chi2 - new_chi2 < 1e-7 * chi2)
+        small = better & (chi2 - new_chi2 < 1e-6 * chi2)
         p = np.where(better[:, None], trial, p)
         chi2 = np.where(better, new_chi2, chi2)
         lam = np.where(better, lam / 3.0, np.minimum(lam * 5.0, 1e8))
