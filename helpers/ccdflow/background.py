@@ -169,6 +169,7 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
                         dilate_factor: float = 1.0, min_radius_px: float = 2.0,
                         max_radius_px: float = 40.0, saturated_factor: float = 2.0,
                         max_mask_fraction: float = 0.8, max_growth: float = 0.1,
+                        crowded_fraction: float = 0.3,
                         extra_mask: np.ndarray | None = None) -> BackgroundResult:
     """Sky background and RMS of one frame, masking sources iteratively.
 
@@ -205,6 +206,12 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
         more than ``max_growth`` of it: in crowded fields the mask otherwise
         runs away (measured 46 % → 67 % → 82 % → 90 % on M13, the "sky" left
         drifting low), while a converging crowded field grows by < 5 %.
+    crowded_fraction : float
+        With the ``sep`` backend, a map fitted with more than this fraction of the
+        frame masked is fitted by photutils instead: SEP interpolates boxes less
+        than half unmasked in a way that keeps a globular cluster's core light
+        (M13: 35σ above the far field against 22σ with photutils' inverse-distance
+        fill of the nearest good boxes).
     extra_mask : ndarray of bool, optional
         Manual masks (:func:`manual_mask`), always masked.
 
@@ -255,7 +262,7 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
         if mode == "scalar":
             _, med, std = sigma_clipped_stats(clean, mask=used, sigma=sigma, maxiters=maxiters)
             return np.full(data.shape, med, np.float32), np.full(data.shape, std, np.float32)
-        if backend == "sep":
+        if backend == "sep" and used.mean() <= crowded_fraction:
             return _fit_sep(clean, used, box_size=box_size, filter_size=filter_size)
         return _fit_photutils(clean, used, box_size=box_size, filter_size=filter_size,
                               estimator=estimator, sigma=sigma, maxiters=maxiters,

@@ -96,6 +96,9 @@ class NightSpec:
     flat_structure : float
         Scale of the pixel response's structure (vignetting 10 %, dust donuts 3-6 %,
         PRNU 1 % at 1); a night without flats keeps all of it in its photometry.
+    mag_range, mag_slope : (float, float), float
+        Field stars' magnitudes: p(m) ∝ 10^(mag_slope·m) between the two limits (plus
+        three bright stars of 10.3-11.3 mag that saturate the demo camera).
 
     :meth:`realworld` gives the night of a small robotic telescope (issue 12).
     """
@@ -134,6 +137,8 @@ class NightSpec:
     local_utc_offset_hours: float | None = None
     wcs: bool = True
     flat_structure: float = 1.0
+    mag_range: tuple[float, float] = (13.0, 19.5)
+    mag_slope: float = 0.3
 
     @classmethod
     def realworld(cls, *, flip: bool = False, n_science: int = 140, nx: int = 650,
@@ -325,10 +330,11 @@ def _cosmics(
 
 def _star_list(rng: np.random.Generator, spec: NightSpec) -> pd.DataFrame:
     n = spec.stars
-    # magnitudes with p(m) ∝ 10^(0.3 m) between 13 and 19.5 (more faint stars) ...
-    lo, hi, a = 13.0, 19.5, 0.3 * np.log(10)
+    # magnitudes with p(m) ∝ 10^(slope·m) between the limits (more faint stars) ...
+    (lo, hi), a = spec.mag_range, spec.mag_slope * np.log(10)
     u = rng.uniform(size=n)
-    mag = np.log(np.exp(a * lo) + u * (np.exp(a * hi) - np.exp(a * lo))) / a
+    mag = (np.log(np.exp(a * lo) + u * (np.exp(a * hi) - np.exp(a * lo))) / a if a > 0
+           else lo + u * (hi - lo))
     # ... plus a few bright ones that saturate the detector
     mag[:3] = rng.uniform(10.3, 11.3, size=3)
     margin = 24

@@ -319,19 +319,29 @@ def stale_if_incomplete(*stages):
     def check(wildcards):
         for stage in stages:
             directory = batch_dir(stage, wildcards.night, wildcards.batch)
+            if not directory.is_dir():
+                continue
             stamp = directory / ".snakemake_timestamp"
+            missing = missing_products(
+                directory,
+                frames=get_batch_frame_names(wildcards),
+                suffix=PRODUCT_SUFFIX[stage],
+            )
+            if not missing:
+                continue
             if stamp.exists() and stamp.stat().st_mtime > 0:
-                missing = missing_products(
-                    directory,
-                    frames=get_batch_frame_names(wildcards),
-                    suffix=PRODUCT_SUFFIX[stage],
+                logger.warning(
+                    f"ccdflow: {directory} lacks {', '.join(missing)}: "
+                    "the batch is marked stale and will be remade"
                 )
-                if missing:
-                    logger.warning(
-                        f"ccdflow: {directory} lacks {', '.join(missing)}: "
-                        "the batch is marked stale and will be remade"
-                    )
-                    os.utime(stamp, (0, 0))
+                os.utime(stamp, (0, 0))
+            elif not stamp.exists() and directory.stat().st_mtime > 0:
+                # a job killed while it wrote the batch: no timestamp, no summary
+                logger.warning(
+                    f"ccdflow: {directory} was left incomplete by a killed job: "
+                    "the batch will be remade"
+                )
+                os.utime(directory, (0, 0))
         return []
 
     return check

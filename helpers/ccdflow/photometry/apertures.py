@@ -156,11 +156,14 @@ def _stamps(image, px, py, fill=0.0):
 
 def fit_source_fluxes(*, data: np.ndarray, usable: np.ndarray, sky: np.ndarray,
                       sky_rms: np.ndarray, x: np.ndarray, y: np.ndarray, psf,
-                      radius: float) -> SourceModel:
+                      radius: float, iterations: int = 5) -> SourceModel:
     """PSF amplitude of every source from its usable pixels within ``radius`` (weighted
     linear least squares, the variance from the model: sky + source photons).
 
-    ``sky`` and ``sky_rms`` are per source (its local level and per-pixel noise).
+    Blended sources are fitted together: each pass fits every source to the data
+    minus the other sources' current model (``iterations`` Jacobi passes converge to
+    the joint least-squares fluxes of a group).  ``sky`` and ``sky_rms`` are per
+    source (its local level and per-pixel noise).
     """
     from .psf import psf_stamps
 
@@ -172,19 +175,33 @@ def fit_source_fluxes(*, data: np.ndarray, usable: np.ndarray, sky: np.ndarray,
     good, _ = _stamps(usable, px, py, fill=False)
     near = _overlap(px, py, xs, ys, radius) > 0
     use = good & inside & near
-    resid = np.where(use, d - sky[:, None, None], 0.0)
     pu = np.where(use, p, 0.0)
+    flux = np.zeros(len(x))
+    others = np.zeros_like(p)
+    model = SourceModel(psf=psf, x=x, y=y, flux=flux, flux_var=np.zeros(len(x)), half=half,
+                        stamps=p, px=px, py=py)
     with np.errstate(invalid="ignore", divide="ignore"):
-        f0 = (pu * resid).sum(axis=(1, 2)) / (pu * pu).sum(axis=(1, 2))
-        var = np.where(use, sky_rms[:, None, None] ** 2
-                       + np.clip(np.nan_to_num(f0)[:, None, None], 0, None) * p, 1.0)
-        w = np.where(use, 1.0 / var, 0.0)
-        denom = (w * pu * pu).sum(axis=(1, 2))
-        flux = (w * pu * resid).sum(axis=(1, 2)) / denom
-        flux_var = 1.0 / denom
-    bad = ~ok | ~np.isfinite(flux) | (denom <= 0)
-    return SourceModel(psf=psf, x=x, y=y, flux=np.where(bad, 0.0, flux),
-                       flux_var=np.where(bad, 0.0, flux_var), half=half, stamps=p, px=px, py=py)
+        for k in range(max(1, iterations)):
+            resid = np.where(use, d - sky[:, None, None] - others, 0.0)
+            f0 = (pu * resid).sum(axis=(1, 2)) / (pu * pu).sum(axis=(1, 2))
+            var = np.where(use, sky_rms[:, None, None] ** 2
+                           + np.clip(np.nan_to_num(f0)[:, None, None], 0, None) * p, 1.0)
+            w = np.where(use, 1.0 / var, 0.0)
+            denom = (w * pu * pu).sum(axis=(1, 2))
+            new = (w * pu * resid).sum(axis=(1, 2)) / denom
+            bad = ~ok | ~np.isfinite(new) | (denom <= 0)
+            new = np.where(bad, 0.0, new)
+            converged = np.allclose(new, flux, rtol=1e-4, atol=1e-3 * np.nanmedian(
+                np.sqrt(np.where(bad, np.nan, 1.0 / denom))) if (~bad).any() else 1.0)
+            flux = new
+            model.flux = flux
+            if converged or k == iterations - 1:
+                break
+            image = _model_image(model, data.shape)
+            others, _ = _stamps(image, px, py)
+            others = others - flux[:, None, None] * p
+    model.flux_var = np.where(bad, 0.0, 1.0 / denom)
+    return model
 
 
 def _model_image(model: SourceModel, shape, *, exclude: int | None = None) -> np.ndarray:

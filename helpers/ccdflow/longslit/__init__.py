@@ -1,0 +1,1 @@
+"""Long-slit spectroscopy: the sky along the slit's warp (issue 15)."""
