@@ -21,8 +21,10 @@ model); above ``max_repaired_fraction`` it is MASKED (unusable).  Without a PSF
 model a filled pixel is the mean of its unmasked 5×5 neighbours.  SATURATED
 pixels are not filled: they count zero, leave the area, and the row is unusable.
 
-*Neighbour light.*  ``contamination`` is the light of the other sources of the
-list inside the aperture (their fitted fluxes × the PSF) over the star's own;
+*Neighbour light.*  ``contamination`` is the light of the other sources inside
+the aperture (their fitted fluxes × the PSF) over the star's own: the sources of
+the list, and the stars it lacks that the PSF-matched residual of the list's model
+reveals (:func:`find_hidden_neighbours`: close pairs detection left as one);
 above ``max_contamination`` the row is CONTAMINATED (usable, but never a
 comparison star).  ``subtract_neighbours`` removes that modelled light from
 the flux (its error added).
@@ -77,7 +79,8 @@ from .sky import SKY_VARIANCE_FACTOR, annulus_statistics
 
 __all__ = ["BAD_FLAGS", "COMPARISON_BAD_FLAGS", "CORRECTED_BITS", "FILL_BITS",
            "SKY_VARIANCE_FACTOR", "PhotFlag", "PhotometryError", "SourceModel",
-           "annulus_statistics", "fit_source_fluxes", "measure_apertures"]
+           "annulus_statistics", "find_hidden_neighbours", "fit_source_fluxes",
+           "measure_apertures"]
 
 
 class PhotometryError(ValueError):
@@ -154,34 +157,60 @@ def _stamps(image, px, py, fill=0.0):
     return np.where(inside, values, fill), inside
 
 
+def _render(psf, x, y, px, py, subsample):
+    """Unit PSF at (x, y) integrated over the pixels of the given boxes (n, k, k)."""
+    from .psf import _subsample
+
+    sub = _subsample(subsample)
+    total = np.zeros((len(x), py.shape[1], px.shape[1]))
+    for sy in sub:
+        dy = (py + sy - y[:, None])[:, :, None]
+        for sx in sub:
+            dx = (px + sx - x[:, None])[:, None, :]
+            total += psf.value(dx, dy)
+    return total / len(sub) ** 2
+
+
 def fit_source_fluxes(*, data: np.ndarray, usable: np.ndarray, sky: np.ndarray,
                       sky_rms: np.ndarray, x: np.ndarray, y: np.ndarray, psf,
-                      radius: float, iterations: int = 5) -> SourceModel:
+                      radius: float, iterations: int = 6, recentre_above: float = 0.01,
+                      max_shift: float = 1.0) -> SourceModel:
     """PSF amplitude of every source from its usable pixels within ``radius`` (weighted
     linear least squares, the variance from the model: sky + source photons).
 
     Blended sources are fitted together: each pass fits every source to the data
-    minus the other sources' current model (``iterations`` Jacobi passes converge to
-    the joint least-squares fluxes of a group).  ``sky`` and ``sky_rms`` are per
-    source (its local level and per-pixel noise).
+    minus the other sources' current model (Jacobi passes converge to the joint
+    least-squares fit of a group).  A source whose neighbours put more than
+    ``recentre_above`` of its light into its fitting region also has its centre fitted
+    (Gauss–Newton, at most ``max_shift`` px from where it was given), as DAOPHOT's
+    ALLSTAR recentres stars in a group: a neighbour pulls a centroid off a star, and a
+    star modelled off its centre leaves its neighbour's light misjudged.  ``sky`` and
+    ``sky_rms`` are per source (its local level and per-pixel noise); ``x, y`` of the
+    result are the fitted centres.
     """
-    from .psf import psf_stamps
-
     half = math.ceil(radius) + 3  # the model reaches 2 px beyond the apertures' boxes
+    sub_n = 5 if psf.fwhm < 2.5 else 3
     ok = np.isfinite(x) & np.isfinite(y)
-    xs, ys = np.where(ok, x, -1e6), np.where(ok, y, -1e6)
-    p, px, py = psf_stamps(psf, xs, ys, half, subsample=5 if psf.fwhm < 2.5 else 3)
+    x0 = np.where(ok, x, -1e6).astype(float)
+    y0 = np.where(ok, y, -1e6).astype(float)
+    xs, ys = x0.copy(), y0.copy()
+    d_grid = np.arange(-half, half + 1)
+    px = np.floor(xs + 0.5).astype(np.int64)[:, None] + d_grid[None, :]
+    py = np.floor(ys + 0.5).astype(np.int64)[:, None] + d_grid[None, :]
+    p = _render(psf, xs, ys, px, py, sub_n)
     d, inside = _stamps(data, px, py)
     good, _ = _stamps(usable, px, py, fill=False)
-    near = _overlap(px, py, xs, ys, radius) > 0
+    near = _overlap(px, py, x0, y0, radius) > 0  # the region stays where it was given
     use = good & inside & near
-    pu = np.where(use, p, 0.0)
     flux = np.zeros(len(x))
     others = np.zeros_like(p)
+    movable = np.zeros(len(x), bool)
     model = SourceModel(psf=psf, x=x, y=y, flux=flux, flux_var=np.zeros(len(x)), half=half,
                         stamps=p, px=px, py=py)
+    h = 0.05
     with np.errstate(invalid="ignore", divide="ignore"):
         for k in range(max(1, iterations)):
+            pu = np.where(use, p, 0.0)
             resid = np.where(use, d - sky[:, None, None] - others, 0.0)
             f0 = (pu * resid).sum(axis=(1, 2)) / (pu * pu).sum(axis=(1, 2))
             var = np.where(use, sky_rms[:, None, None] ** 2
@@ -191,17 +220,157 @@ def fit_source_fluxes(*, data: np.ndarray, usable: np.ndarray, sky: np.ndarray,
             new = (w * pu * resid).sum(axis=(1, 2)) / denom
             bad = ~ok | ~np.isfinite(new) | (denom <= 0)
             new = np.where(bad, 0.0, new)
-            converged = np.allclose(new, flux, rtol=1e-4, atol=1e-3 * np.nanmedian(
+            moved = False
+            if k >= 1 and movable.any():
+                idx = np.flatnonzero(movable & ~bad & (new > 0))
+                if len(idx):
+                    # Gauss–Newton on (flux, x, y) of the recentred sources
+                    gx = (_render(psf, xs[idx] + h, ys[idx], px[idx], py[idx], sub_n)
+                          - _render(psf, xs[idx] - h, ys[idx], px[idx], py[idx], sub_n)) / (2 * h)
+                    gy = (_render(psf, xs[idx], ys[idx] + h, px[idx], py[idx], sub_n)
+                          - _render(psf, xs[idx], ys[idx] - h, px[idx], py[idx], sub_n)) / (2 * h)
+                    fi = flux[idx] if (flux[idx] > 0).all() else np.maximum(new[idx], 1.0)
+                    jac = np.stack([pu[idx], fi[:, None, None] * gx, fi[:, None, None] * gy],
+                                   axis=-1)
+                    jac = np.where(use[idx][..., None], jac, 0.0).reshape(len(idx), -1, 3)
+                    r = (resid[idx] - fi[:, None, None] * pu[idx]).reshape(len(idx), -1)
+                    ww = w[idx].reshape(len(idx), -1)
+                    jtj = np.einsum("nki,nk,nkj->nij", jac, ww, jac)
+                    jtr = np.einsum("nki,nk,nk->ni", jac, ww, r)
+                    try:
+                        step = np.linalg.solve(jtj + 1e-9 * np.eye(3)[None], jtr[..., None])[..., 0]
+                    except np.linalg.LinAlgError:
+                        step = np.zeros((len(idx), 3))
+                    step = np.nan_to_num(step)
+                    step[:, 1:] = np.clip(step[:, 1:], -0.5, 0.5)
+                    nx_ = np.clip(xs[idx] + step[:, 1], x0[idx] - max_shift, x0[idx] + max_shift)
+                    ny_ = np.clip(ys[idx] + step[:, 2], y0[idx] - max_shift, y0[idx] + max_shift)
+                    xs[idx], ys[idx] = nx_, ny_
+                    p[idx] = _render(psf, xs[idx], ys[idx], px[idx], py[idx], sub_n)
+                    new[idx] = fi + step[:, 0]
+                    moved = bool(np.abs(step[:, 1:]).max() > 1e-3)
+            converged = not moved and np.allclose(new, flux, rtol=1e-4, atol=1e-3 * np.nanmedian(
                 np.sqrt(np.where(bad, np.nan, 1.0 / denom))) if (~bad).any() else 1.0)
             flux = new
             model.flux = flux
-            if converged or k == iterations - 1:
+            if (converged and k >= 1) or k == iterations - 1:
                 break
+            model.stamps = p
             image = _model_image(model, data.shape)
             others, _ = _stamps(image, px, py)
             others = others - flux[:, None, None] * p
+            if k == 0 and recentre_above > 0:
+                own = (np.where(use, p, 0.0) * np.clip(flux, 0, None)[:, None, None]).sum(
+                    axis=(1, 2))
+                foreign = np.where(use, np.clip(others, 0, None), 0.0).sum(axis=(1, 2))
+                movable = ok & (flux > 0) & (foreign > recentre_above * own)
     model.flux_var = np.where(bad, 0.0, 1.0 / denom)
+    # boxes centred on the pixel of each final centre (a recentred star may have moved)
+    npx = np.floor(xs + 0.5).astype(np.int64)[:, None] + d_grid[None, :]
+    npy = np.floor(ys + 0.5).astype(np.int64)[:, None] + d_grid[None, :]
+    shifted = (npx[:, half] != px[:, half]) | (npy[:, half] != py[:, half])
+    if shifted.any():
+        px, py = npx, npy
+        p[shifted] = _render(psf, xs[shifted], ys[shifted], px[shifted], py[shifted], sub_n)
+    model.stamps, model.px, model.py = p, px, py
+    model.x = np.where(ok, xs, x)
+    model.y = np.where(ok, ys, y)
     return model
+
+
+def find_hidden_neighbours(*, residual: np.ndarray, variance: np.ndarray, model: SourceModel,
+                           radius: float, nsigma: float = 5.0, min_fraction: float = 0.005,
+                           avoid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stars the source list lacks, found in the residual of its PSF model (DAOPHOT's
+    second pass): around every source, the PSF-matched filter of ``residual`` (frame
+    − sky − model) above ``nsigma`` × its noise, a local maximum at least one FWHM
+    from every listed source and brighter than ``min_fraction`` of the source whose
+    neighbourhood it is in.  Close pairs that detection left as one segment are the
+    usual find: their light is not the star's, and the model then holds it.
+
+    ``avoid`` marks pixels near which nothing is searched (saturated stars, whose
+    model leaves structured residuals).
+
+    Returns
+    -------
+    x, y : ndarray
+        Positions (0-based) of the hidden stars: the matched filter's peak, refined
+        to a fraction of a pixel by a parabola through it and its neighbours.
+    """
+    from scipy.spatial import cKDTree
+
+    from .psf import psf_stamps
+
+    psf = model.psf
+    fwhm = psf.fwhm
+    hk = max(1, math.ceil(1.0 * fwhm))
+    kernel, _, _ = psf_stamps(psf, np.zeros(1), np.zeros(1), hk)
+    kernel = kernel[0]
+    k2 = float((kernel**2).sum())
+    reach = math.ceil(radius + fwhm)
+    ok = np.flatnonzero(np.isfinite(model.x) & np.isfinite(model.y) & (model.flux > 0))
+    if not len(ok) or reach + hk > model.half + 20:
+        return np.zeros(0), np.zeros(0)
+    d = np.arange(-(reach + hk), reach + hk + 1)
+    cx = np.floor(model.x[ok] + 0.5).astype(np.int64)
+    cy = np.floor(model.y[ok] + 0.5).astype(np.int64)
+    px, py = cx[:, None] + d[None, :], cy[:, None] + d[None, :]
+    r_st, inside = _stamps(residual, px, py)
+    v_st, _ = _stamps(variance, px, py, fill=np.inf)
+    r_st = np.where(inside, r_st, 0.0)
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    win = sliding_window_view(r_st, (2 * hk + 1, 2 * hk + 1), axis=(1, 2))
+    amp = np.einsum("nijab,ab->nij", win, kernel) / k2  # PSF amplitude centred on a pixel
+    vwin = sliding_window_view(np.where(inside, v_st, np.inf), (2 * hk + 1, 2 * hk + 1),
+                               axis=(1, 2))
+    with np.errstate(invalid="ignore", over="ignore"):
+        sigma_amp = np.sqrt(np.einsum("nijab,ab->nij", vwin, kernel**2)) / k2
+        snr = amp / sigma_amp
+    snr = np.nan_to_num(snr, nan=0.0, posinf=0.0, neginf=0.0)
+    # local maxima above threshold, away from the stamp's border
+    pad = np.pad(snr, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    centre = pad[:, 1:-1, 1:-1]
+    peak = np.ones(snr.shape, bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                peak &= centre >= pad[:, 1 + dy:pad.shape[1] - 1 + dy,
+                                     1 + dx:pad.shape[2] - 1 + dx]
+    inner = np.arange(-reach, reach + 1)
+    gy, gx = np.meshgrid(inner, inner, indexing="ij")
+    near = gx**2 + gy**2 <= (radius + fwhm) ** 2
+    hit = peak & (snr > nsigma) & near[None] & (
+        amp > min_fraction * model.flux[ok][:, None, None])
+    src, iy, ix = np.nonzero(hit)
+    if not len(src):
+        return np.zeros(0), np.zeros(0)
+
+    def vertex(lo, mid, hi):  # offset of a parabola's vertex through three samples
+        with np.errstate(invalid="ignore", divide="ignore"):
+            off = 0.5 * (lo - hi) / (lo - 2 * mid + hi)
+        return np.clip(np.nan_to_num(off), -0.5, 0.5)
+
+    ap = np.pad(amp, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    mid = ap[src, iy + 1, ix + 1]
+    hx = cx[src] + inner[ix] + vertex(ap[src, iy + 1, ix], mid, ap[src, iy + 1, ix + 2])
+    hy = cy[src] + inner[iy] + vertex(ap[src, iy, ix + 1], mid, ap[src, iy + 2, ix + 1])
+    if avoid is not None and avoid.any():
+        ny, nx = avoid.shape
+        keep = ~avoid[np.clip(np.round(hy).astype(int), 0, ny - 1),
+                      np.clip(np.round(hx).astype(int), 0, nx - 1)]
+        hx, hy = hx[keep], hy[keep]
+        if not len(hx):
+            return hx, hy
+    listed = np.column_stack([model.x[ok], model.y[ok]])
+    far = cKDTree(listed).query(np.column_stack([hx, hy]))[0] >= fwhm
+    hx, hy = hx[far].astype(float), hy[far].astype(float)
+    if not len(hx):
+        return hx, hy
+    # one per star: peaks found from several listed neighbours' stamps are the same
+    pixel = np.round(hx).astype(np.int64) * 1_000_003 + np.round(hy).astype(np.int64)
+    _, first = np.unique(pixel, return_index=True)
+    return hx[first], hy[first]
 
 
 def _model_image(model: SourceModel, shape, *, exclude: int | None = None) -> np.ndarray:
@@ -384,16 +553,54 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
                      else float(np.sqrt(np.median(sample))) if sample.size else 1.0)
     model = None
     model_image = None
+    n_hidden = 0
     if psf is not None:
         src_sky = level if background != "map" else (
             bmap[np.clip(np.round(pos_y).astype(int), 0, ny - 1),
                  np.clip(np.round(pos_x).astype(int), 0, nx - 1)])
         src_rms = np.where(np.isfinite(bkg_rms), bkg_rms, typical_noise)
-        model = fit_source_fluxes(data=data, usable=~bad_any, sky=np.nan_to_num(src_sky),
-                                  sky_rms=np.nan_to_num(src_rms, nan=1.0),
-                                  x=np.where(inside, x, np.nan), y=np.where(inside, y, np.nan),
-                                  psf=psf, radius=max(radii))
+        xs_in, ys_in = np.where(inside, x, np.nan), np.where(inside, y, np.nan)
+        fit = dict(data=data, usable=~bad_any, psf=psf, radius=max(radii),
+                   recentre_above=0.1 if subtract_neighbours else 0.0)
+        model = fit_source_fluxes(sky=np.nan_to_num(src_sky),
+                                  sky_rms=np.nan_to_num(src_rms, nan=1.0), x=xs_in, y=ys_in,
+                                  **fit)
         model_image = _model_image(model, data.shape)
+        # stars the list lacks (unresolved by detection) in the residual: added to the
+        # model, so that their light counts as neighbour light and fills masked pixels
+        sky_level = (np.asarray(background_map, np.float64) if background_map is not None
+                     else float(np.nanmedian(src_sky)))
+        residual = np.where(bad_any, 0.0, data - sky_level - model_image)
+        avoid = None
+        if saturated.any():  # a saturated star's model leaves structured residuals
+            from scipy import ndimage
+
+            reach_sat = max(2, math.ceil(2 * psf.fwhm))
+            avoid = ndimage.binary_dilation(saturated, iterations=reach_sat)
+        hidden_x, hidden_y = find_hidden_neighbours(
+            residual=residual, variance=typical_noise**2 + np.clip(model_image, 0, None),
+            model=model, radius=max(radii), avoid=avoid)
+        if len(hidden_x):
+            hidden_sky = (bmap[hidden_y.astype(int), hidden_x.astype(int)]
+                          if background == "map" else np.full(len(hidden_x),
+                                                              float(np.nanmedian(src_sky))))
+            everything = fit_source_fluxes(
+                sky=np.concatenate([np.nan_to_num(src_sky), hidden_sky]),
+                sky_rms=np.concatenate([np.nan_to_num(src_rms, nan=1.0),
+                                        np.full(len(hidden_x), typical_noise)]),
+                x=np.concatenate([xs_in, hidden_x]), y=np.concatenate([ys_in, hidden_y]),
+                **fit)
+            model_image = _model_image(everything, data.shape)
+            model = SourceModel(psf=psf, x=everything.x[:n], y=everything.y[:n],
+                                flux=everything.flux[:n], flux_var=everything.flux_var[:n],
+                                half=everything.half, stamps=everything.stamps[:n],
+                                px=everything.px[:n], py=everything.py[:n])
+        n_hidden = len(hidden_x)
+        if subtract_neighbours:  # apertures on the recentred stars of blends
+            moved = inside & np.isfinite(model.x) & np.isfinite(model.y)
+            x = np.where(moved, model.x, x)
+            y = np.where(moved, model.y, y)
+            pos_x, pos_y = np.where(inside, x, 0.0), np.where(inside, y, 0.0)
     if repair and fill.any():
         if sky_pix is None:
             sky_pix = _local_mean_fill(np.where(bad_any, 0.0, data), bad_any)
@@ -526,6 +733,7 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
                              max_contamination=max_contamination,
                              subtract_neighbours=subtract_neighbours))
     table = pd.concat(rows, ignore_index=True)
+    table.attrs["hidden_neighbours"] = n_hidden
     if optimal:
         table.attrs["optimal_correction"] = rows[-1].attrs.get("optimal_correction")
     return table

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .align import Alignment, _guard_centroids, align_frame
 from .apertures import BAD_FLAGS, PhotFlag, PhotometryError, measure_apertures
-from .detect import SourceError, recentroid
+from .detect import SourceError, refine_centres
 from .targets import _wcs, sky_coord
 
 log = logging.getLogger(__name__)
@@ -41,23 +41,6 @@ def aperture_labels(*, radii_px: Sequence[float], radii_fwhm: Sequence[float],
     """Labels of the apertures, in order: ``'8px'``, ``'1.5fwhm'``, then ``'optimal'``."""
     return ([f"{r:g}px" for r in radii_px] + [f"{k:g}fwhm" for k in radii_fwhm]
             + ([OPTIMAL] if optimal else []))
-
-
-def _masked_near(mask: np.ndarray, x: np.ndarray, y: np.ndarray, *, half: int) -> np.ndarray:
-    """Whether any masked pixel lies in the (2·half+1)² box around each position."""
-    bad = np.asarray(mask) != 0
-    ny, nx = bad.shape
-    out = np.zeros(len(x), bool)
-    ok = np.isfinite(x) & np.isfinite(y)
-    if not ok.any() or not bad.any():
-        return out
-    d = np.arange(-half, half + 1)
-    cx = np.floor(x[ok] + 0.5).astype(np.int64)
-    cy = np.floor(y[ok] + 0.5).astype(np.int64)
-    rr = np.clip(cy[:, None, None] + d[None, :, None], 0, ny - 1)
-    cc = np.clip(cx[:, None, None] + d[None, None, :], 0, nx - 1)
-    out[ok] = bad[rr, cc].any(axis=(1, 2))
-    return out
 
 
 def frame_psf(*, data: np.ndarray, background: np.ndarray, mask: np.ndarray, x: np.ndarray,
@@ -317,12 +300,11 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
     x, y = xy[:, 0], xy[:, 1]
     if not (flags & PhotFlag.NOT_ALIGNED).any():
         bright = np.array(catalog["snr_ref"].fillna(0) >= recentroid_min_snr, dtype=bool)
-        # a star with masked pixels (a cosmic ray, a bad column) in its centroid window
-        # keeps the aligned position: a centroid of what is left is pulled off the star
-        bright &= ~_masked_near(mask, x, y, half=max(3, math.ceil(2.5 * fwhm)))
         if bright.any():
-            cx, cy = recentroid(data=data, background=background, x=x[bright], y=y[bright],
-                                fwhm=fwhm, mask=mask)
+            # windowed centroids; PSF-fitted centres for stars with masked pixels near
+            # them (a cosmic ray, a bad column; L.A.Cosmic sometimes takes a bright core)
+            cx, cy = refine_centres(data=data, background=background, x=x[bright],
+                                    y=y[bright], fwhm=fwhm, mask=mask)
             cx, cy = _guard_centroids(x[bright], y[bright], cx, cy,
                                       snr=catalog["snr_ref"].to_numpy(float)[bright], fwhm=fwhm)
             x, y = x.copy(), y.copy()
@@ -346,6 +328,7 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
                               max_repaired_fraction=max_repaired_fraction,
                               max_contamination=max_contamination,
                               subtract_neighbours=subtract_neighbours, optimal=use_optimal)
+    measured = dict(table.attrs)
     n = len(catalog)
     if optimal and not use_optimal:  # rows kept, flux NaN: every frame has the same rows
         block = table.iloc[int(np.argmax(radii)) * n:(int(np.argmax(radii)) + 1) * n].copy()
@@ -395,7 +378,11 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
             times.update(bjd_tdb=float(bjd), bmjd_tdb=float(bjd) - 2400000.5)
         notes.append(f"times: mid-exposure; BJD toward {what} (RA {ra:.5f}, Dec {dec:.5f}); "
                      f"{site_note}")
-    correction = getattr(table, "attrs", {}).get("optimal_correction")
+    hidden = measured.get("hidden_neighbours", 0)
+    if hidden:
+        notes.append(f"{hidden} star(s) missing from the source list found in the residual of "
+                     "its PSF model: their light counts as neighbour light")
+    correction = measured.get("optimal_correction")
     if use_optimal and correction is not None:
         notes.append(f"optimal photometry: profile correction {correction:.4f} (largest "
                      "aperture over optimal flux, median of isolated bright stars)")
