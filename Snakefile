@@ -1,4 +1,4 @@
-# ccdflow: raw CCD frames -> calibrated images -> photometry.
+# ccdflow: raw CCD frames -> calibrated images -> photometry (and long-slit spectra).
 # Run the demo night:      snakemake --cores all
 # Your own night:          snakemake --cores all --config raw_dir=PATH instrument=NAME
 from snakemake.utils import min_version
@@ -18,6 +18,7 @@ include: "workflow/rules/inventory.smk"
 include: "workflow/rules/calibration.smk"
 include: "workflow/rules/frames.smk"
 include: "workflow/rules/photometry.smk"
+include: "workflow/rules/spectra.smk"
 include: "workflow/rules/qc.smk"
 
 

@@ -42,7 +42,7 @@ SUMMARY = "batch-summary.tsv"
 
 #: file ending of each per-frame stage's product
 PRODUCT_SUFFIX = {"calibrated": ".fits", "background": ".fits", "cosmics": ".fits",
-                  "sources": ".ecsv", "photometry": ".csv"}
+                  "sources": ".ecsv", "photometry": ".csv", "spectra": ".fits"}
 
 
 class BatchError(ValueError):

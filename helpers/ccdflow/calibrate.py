@@ -261,6 +261,7 @@ def make_master_flat(*, paths: Sequence[str | Path], detector: Mapping, bias: Pr
                      memory_limit_mb: float = 2000, min_frames: int = 3,
                      norm_fraction: float = 0.5, low: float = 0.5, high: float = 1.5,
                      outlier_fraction: float = 0.1, floor: float = 0.2,
+                     dispersion_axis: str | None = None,
                      scratch_dir: str | Path | None = None, threads: int = 1) -> Product:
     """Combine flats into a normalised master flat with low/outlier pixels masked.
 
@@ -271,6 +272,11 @@ def make_master_flat(*, paths: Sequence[str | Path], detector: Mapping, bias: Pr
     are still divided there down to ``floor``, recorded as ``FLATFLOR``); ``BAD``:
     response > ``high`` or deviating from a 5-pixel running median by more
     than ``outlier_fraction``; ``NONFINITE``/``BADCAL`` as for every master.
+
+    With ``dispersion_axis`` ('x' or 'y': a spectroscopic flat), the combined flat is
+    also divided by the lamp's smooth spectrum along the dispersion
+    (:func:`ccdflow.longslit.flat.lamp_spectrum`) before it is renormalised and
+    thresholded: it then carries the pixel response and the slit function only.
 
     Notes
     -----
@@ -301,11 +307,19 @@ def make_master_flat(*, paths: Sequence[str | Path], detector: Mapping, bias: Pr
 
     result = _combine(paths, load, combine=combine or {}, memory_limit_mb=memory_limit_mb,
                       scratch_dir=scratch_dir, noise_model=model, threads=threads)
+    if dispersion_axis is not None:
+        from .longslit.flat import lamp_spectrum
+
+        lamp = lamp_spectrum(result.data, axis=dispersion_axis)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            result.data = (result.data / lamp).astype(np.float32)
+            result.error = (result.error / lamp).astype(np.float32)
     norm = central_level(result.data, fraction=norm_fraction)
     result.data /= norm
     result.error /= norm
     params = {"combine": {**COMBINE_DEFAULTS, **(combine or {})}, "norm_fraction": norm_fraction,
-              "low": low, "high": high, "outlier_fraction": outlier_fraction, "floor": floor}
+              "low": low, "high": high, "outlier_fraction": outlier_fraction, "floor": floor,
+              "dispersion_axis": dispersion_axis}
     header = provenance_header(step="master_flat", inputs=paths, params=params)
     header["IMAGETYP"] = "MASTER FLAT"
     for i, level in enumerate(scales, start=1):
@@ -322,7 +336,66 @@ def make_master_flat(*, paths: Sequence[str | Path], detector: Mapping, bias: Pr
     product.mask[outlier] |= np.uint16(MaskBit.BAD)
     header["NLOWFLAT"] = (int((flat < low).sum()), "pixels below the low threshold")
     header["FLATFLOR"] = (floor, "science not divided below this response (BAD)")
+    if dispersion_axis is not None:
+        header["FLATSPEC"] = (dispersion_axis, "lamp spectrum removed along this axis")
     header["NOUTFLAT"] = (int(outlier.sum()), "local outliers flagged BAD")
+    return product
+
+
+def make_master_arc(*, paths: Sequence[str | Path], detector: Mapping, bias: Product | None,
+                    dark: Product | None, combine: Mapping | None = None,
+                    memory_limit_mb: float = 2000, min_frames: int = 1,
+                    scratch_dir: str | Path | None = None, threads: int = 1) -> Product:
+    """Combine arc-lamp frames of one night and setup into a master arc (e-).
+
+    Each arc is bias- (and dark-) corrected and scaled to the first arc's
+    exposure time; several are combined with rejection (cosmic rays).  A single
+    arc is the master itself, its error ``√(RN² + max(S, 0))``.  The master
+    gives the warp model (:func:`ccdflow.longslit.warp.warp_from_arc`); its
+    absolute level does not matter.
+    """
+    _check_count(paths, min_frames, "arc")
+    t_bias = float(bias.header.get("EXPTIME", 0.0)) if bias is not None else 0.0
+    frames = [read_raw_frame(p, detector=detector) for p in paths[:1]]
+    exptimes = [f.exptime_s for f in frames]
+    read_noise = [f.read_noise_e for f in frames]
+    t_ref = exptimes[0]
+
+    def electrons(frame):
+        dark_e, _ = _dark_term(dark, frame.exptime_s, t_bias)
+        data = frame.data - (bias.data if bias is not None else 0.0) - dark_e
+        return np.where(_missing(frame), np.nan, data)
+
+    def load(path):
+        frame = read_raw_frame(path, detector=detector)
+        exptimes.append(frame.exptime_s)
+        read_noise.append(frame.read_noise_e)
+        scale = t_ref / frame.exptime_s if frame.exptime_s > 0 else 1.0
+        return electrons(frame) * scale
+
+    if len(paths) == 1:
+        data = electrons(frames[0]).astype(np.float32)
+        error = np.sqrt(read_noise[0] ** 2 + np.clip(np.nan_to_num(data), 0, None))
+        mask = np.where(np.isfinite(data), 0, MaskBit.NONFINITE).astype(np.uint16)
+        header = provenance_header(step="master_arc", inputs=paths,
+                                   params={"combine": "single frame"})
+        header["NCOMBINE"] = (1, "frames combined")
+        product = Product(data=np.nan_to_num(data), error=error.astype(np.float32), mask=mask,
+                          header=header)
+    else:
+        exptimes.clear()
+        read_noise.clear()
+        result = _combine(paths, load, combine=combine or {}, memory_limit_mb=memory_limit_mb,
+                          scratch_dir=scratch_dir, threads=threads,
+                          noise_model=lambda: (max(read_noise) ** 2, 1.0))
+        header = provenance_header(step="master_arc", inputs=paths,
+                                   params={"combine": {**COMBINE_DEFAULTS, **(combine or {})}})
+        product = _master_product(result, fill=0.0, header=header,
+                                  unit_note="electron: arc lamp, bias subtracted")
+    product.header["IMAGETYP"] = "MASTER ARC"
+    product.header["EXPTIME"] = (t_ref, "[s] arcs scaled to this exposure")
+    if bias is not None:
+        product.mask |= bias.mask
     return product
 
 

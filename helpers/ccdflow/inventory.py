@@ -65,19 +65,19 @@ __all__ = [
     "read_inventory",
 ]
 
-FRAME_TYPES = ("bias", "dark", "flat", "science", "unknown", "rejected")
+FRAME_TYPES = ("bias", "dark", "flat", "arc", "science", "unknown", "rejected")
 COMPRESSION = (".fz", ".gz", ".bz2")
 COLUMNS = [
     "frame", "file", "type", "rule", "reason", "filter", "exptime_s", "object", "instrument",
     "readout", "binning", "shape", "n_ext", "date_obs", "mjd_obs", "night", "night_source",
-    "group", "size_bytes",
+    "group", "size_bytes", "mode",
 ]
 _STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND", "XTENSION",
                "PCOUNT", "GCOUNT", "BZERO", "BSCALE", "EXTNAME", "EXTVER", "CHECKSUM", "DATASUM",
                "", "COMMENT", "HISTORY"}
 _MJD0 = datetime(1858, 11, 17, tzinfo=UTC)
 #: version of what a header-cache row holds (2: files are checked for completeness)
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3
 
 
 class InventoryError(ValueError):
@@ -232,6 +232,17 @@ def _test(value: Any, test: Mapping[str, Any]) -> bool:
         if "max" in test and number > test["max"]:
             return False
     return True
+
+
+def observing_mode(*, header: Mapping, profile: Mapping) -> str:
+    """The frame's observing mode: the first of the profile's ``modes`` rules whose
+    conditions all hold, else the profile's ``mode`` (default ``imaging``)."""
+    keywords = profile.get("keywords", {})
+    for rule in profile.get("modes", []):
+        values = {name: _value_for(name, header, keywords) for name in rule["when"]}
+        if all(_test(values[name], test) for name, test in rule["when"].items()):
+            return rule["mode"]
+    return str(profile.get("mode", "imaging"))
 
 
 def classify(*, header: Mapping, profile: Mapping) -> tuple[str, str]:
@@ -432,6 +443,7 @@ def _describe(path: Path, relpath: Path, profile: Mapping) -> dict[str, Any]:
         n_ext=n_ext, date_obs=stamp.isoformat(timespec="milliseconds")[:23] if stamp else "",
         mjd_obs=(stamp - _MJD0).total_seconds() / 86400.0 if stamp else None,
         night=night or "", night_source=night_source if night else "", group=group,
+        mode=observing_mode(header=header, profile=profile),
     )
     return row
 
@@ -444,15 +456,21 @@ def _read_frames_table(path: str | Path) -> pd.DataFrame:
     missing = {"file", "type"} - set(table.columns)
     if missing:
         raise InventoryError(f"frames table {path} lacks column(s) {sorted(missing)}")
-    unknown_cols = set(table.columns) - {"file", "type", "filter", "night"}
+    unknown_cols = set(table.columns) - {"file", "type", "filter", "night", "mode"}
     if unknown_cols:
         raise InventoryError(f"frames table {path} has unknown column(s) {sorted(unknown_cols)}; "
-                             "allowed: file, type, filter, night")
-    bad = table.loc[~table["type"].isin(["bias", "dark", "flat", "science", "rejected"])]
+                             "allowed: file, type, filter, night, mode")
+    if "mode" in table:
+        bad_modes = table.loc[~table["mode"].isin(["", "imaging", "spectroscopy"])]
+        if len(bad_modes):
+            row = bad_modes.iloc[0]
+            raise InventoryError(f"frames table {path}: mode {row['mode']!r} for {row['file']!r} "
+                                 "is not imaging or spectroscopy")
+    bad = table.loc[~table["type"].isin(["bias", "dark", "flat", "arc", "science", "rejected"])]
     if len(bad):
         row = bad.iloc[0]
         raise InventoryError(f"frames table {path}: type {row['type']!r} for {row['file']!r} is "
-                             "not one of bias, dark, flat, science, rejected")
+                             "not one of bias, dark, flat, arc, science, rejected")
     if "night" in table:
         nights = table["night"]
         bad_nights = nights[(nights != "") & ~nights.str.match(r"^\d{4}-\d{2}-\d{2}$")]
@@ -558,6 +576,7 @@ def build_inventory(*, raw_dir: str | Path, profile: Mapping,
     for col in ("filter", "object", "instrument", "readout", "binning", "shape", "date_obs",
                 "night", "night_source", "group", "rule", "reason"):
         table[col] = table[col].fillna("").astype(str)
+    table["mode"] = table["mode"].fillna("imaging").replace("", "imaging").astype(str)
     if frames_table:
         overrides = _read_frames_table(frames_table)
         for _, over in overrides.iterrows():
@@ -572,7 +591,7 @@ def build_inventory(*, raw_dir: str | Path, profile: Mapping,
                 hit &= ~broken
             table.loc[hit, "type"] = over["type"]
             table.loc[hit, "rule"] = f"frames table {Path(frames_table).name}"
-            for col in ("filter", "night"):
+            for col in ("filter", "night", "mode"):
                 if over.get(col, ""):
                     table.loc[hit, col] = over[col]
                     if col == "night":
@@ -596,6 +615,8 @@ def read_inventory(path: str | Path) -> pd.DataFrame:
     """Read ``inventory.csv`` back with the right types ("" stays "" in text columns)."""
     table = pd.read_csv(path, dtype={c: str for c in COLUMNS if c not in _NUMERIC},
                         keep_default_na=False, na_values={c: [""] for c in _NUMERIC})
+    if "mode" not in table:  # an inventory of an older version: all imaging
+        table["mode"] = "imaging"
     missing = set(COLUMNS) - set(table.columns)
     if missing:
         raise InventoryError(f"{path} is not an inventory table (missing {sorted(missing)})")

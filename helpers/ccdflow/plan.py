@@ -1,7 +1,10 @@
 """Which raw frames make which master, and which masters calibrate which science frame.
 
-A *calibration set* is the frames of one type (and filter, for flats) in one
-calibration group and night.  A science frame uses the set of its own group
+A *calibration set* is the frames of one type (and filter, for flats and arcs)
+in one calibration group and night.  Flats taken in spectroscopic mode form
+``specflat`` sets (normalised along the dispersion, never used for imaging, and
+the only flats a spectroscopic frame uses); arcs (``arc``) give a spectroscopic
+frame its warp model.  A science frame uses the set of its own group
 and night; when that night has none, the set of the nearest night (by mean
 observation time) within ``max_age_days``; when there is none, planning fails
 with a message naming the frames and the missing type, unless that step is
@@ -25,6 +28,8 @@ log = logging.getLogger(__name__)
 __all__ = ["CalibrationSets", "calibration_sets", "plan_calibrations", "safe_name"]
 
 KINDS = ("bias", "dark", "flat")
+#: set types keyed by filter (or grating) as well as night and group
+FILTERED = ("flat", "specflat", "arc")
 
 
 def safe_name(text: str) -> str:
@@ -50,7 +55,7 @@ class CalibrationSets:
         """Rows of the set of one type, night, group (and filter, for flats)."""
         t = self.table
         sel = (t["kind"] == kind) & (t["night"] == night) & (t["group"] == group)
-        if kind == "flat":
+        if kind in FILTERED:
             sel &= t["filter_slug"] == safe_name(filter)
         return t[sel]
 
@@ -59,7 +64,7 @@ class CalibrationSets:
         """Set of the same night, else the nearest in time within ``max_age_days``."""
         t = self.table
         sel = (t["kind"] == kind) & (t["group"] == group)
-        if kind == "flat":
+        if kind in FILTERED:
             sel &= t["filter_slug"] == safe_name(filter)
         cands = t[sel]
         if cands.empty:
@@ -74,28 +79,33 @@ class CalibrationSets:
 
 def calibration_sets(inventory: pd.DataFrame, *, min_frames: Mapping[str, int],
                      bias_from_shortest_dark: bool = False) -> CalibrationSets:
-    """Group the inventory's bias, dark and flat frames into calibration sets.
+    """Group the inventory's bias, dark, flat and arc frames into calibration sets.
 
-    Sets with fewer than ``min_frames[kind]`` frames are dropped (logged, and
+    Flats of spectroscopic mode are ``specflat`` sets.  Sets with fewer than
+    ``min_frames[kind]`` frames (specflat: the flats' minimum) are dropped (logged, and
     listed in ``dropped``): a science frame then falls back to another night.
     """
-    frames = inventory[inventory["type"].isin(KINDS)].copy()
+    frames = inventory[inventory["type"].isin((*KINDS, "arc"))].copy()
+    if "mode" in frames:
+        spec_flat = (frames["type"] == "flat") & (frames["mode"] == "spectroscopy")
+        frames.loc[spec_flat, "type"] = "specflat"
     if bias_from_shortest_dark:
         darks = frames["type"] == "dark"
         shortest = frames[darks].groupby(["night", "group"])["exptime_s"].transform("min")
         is_bias = darks & (frames["exptime_s"] == shortest.reindex(frames.index))
         frames.loc[is_bias.fillna(False), "type"] = "bias"
-    frames["filter"] = frames["filter"].where(frames["type"] == "flat", "")
+    frames["filter"] = frames["filter"].where(frames["type"].isin(FILTERED), "")
     rows, dropped = [], []
     for (kind, night, group, filt), grp in frames.groupby(["type", "night", "group", "filter"],
                                                           sort=True):
         grp = grp.sort_values("file")
         label = f"{kind} {night} {group}" + (f" {filt}" if filt else "")
-        if len(grp) < min_frames.get(kind, 1):
+        need = int(min_frames.get("flat" if kind == "specflat" else kind, 1))
+        if len(grp) < need:
             dropped.append(f"{label}: {len(grp)} frame(s) ({', '.join(grp['file'])}), "
-                           f"minimum {min_frames.get(kind, 1)}")
+                           f"minimum {need}")
             log.warning("calibration set %s dropped: %d frame(s), minimum %d", label, len(grp),
-                        min_frames.get(kind, 1))
+                        need)
             continue
         rows.append({"kind": kind, "night": night, "group": group, "filter": filt,
                      "filter_slug": safe_name(filt), "n_frames": len(grp),
@@ -128,8 +138,10 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
     Returns
     -------
     DataFrame
-        frame, file, night, group, filter, mjd_obs, and per type ``<type>_night``
-        (empty when skipped), ``<type>_age_d`` (days; 0 for the same night),
+        frame, file, night, group, filter, mjd_obs, mode (imaging or spectroscopy),
+        and per type (bias, dark, flat, arc) ``<type>_night`` (empty when skipped;
+        arc: spectroscopic frames only, the flat of a spectroscopic frame is a
+        specflat set), ``<type>_age_d`` (days; 0 for the same night),
         plus ``note`` naming masters taken from another night.
     """
     steps = set(steps)
@@ -141,18 +153,23 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
     science = science[~unusable]
     rows, missing = [], {}
     for _, sci in science.iterrows():
+        mode = str(sci.get("mode", "imaging") or "imaging")
         row = {"frame": sci["frame"], "file": sci["file"], "night": sci["night"],
-               "group": sci["group"], "filter": sci["filter"], "mjd_obs": sci["mjd_obs"]}
+               "group": sci["group"], "filter": sci["filter"], "mjd_obs": sci["mjd_obs"],
+               "mode": mode}
         notes = []
-        for kind in KINDS:
+        for kind in (*KINDS, "arc"):
             row[f"{kind}_night"], row[f"{kind}_age_d"] = "", float("nan")
-            if kind not in steps:
+            wanted = mode == "spectroscopy" if kind == "arc" else kind in steps
+            if not wanted:
                 continue
-            best = sets.nearest(kind=kind, group=sci["group"], mjd=sci["mjd_obs"],
+            set_kind = "specflat" if kind == "flat" and mode == "spectroscopy" else kind
+            best = sets.nearest(kind=set_kind, group=sci["group"], mjd=sci["mjd_obs"],
                                 night=sci["night"], filter=sci["filter"],
                                 max_age_days=max_age_days)
             if best is None:
-                what = kind + (f" in filter {sci['filter'] or 'none'}" if kind == "flat" else "")
+                what = ("spectroscopic flat" if set_kind == "specflat" else kind) + (
+                    f" in filter {sci['filter'] or 'none'}" if set_kind in FILTERED else "")
                 missing.setdefault(what, []).append(sci["file"])
                 continue
             row[f"{kind}_night"] = best["night"]
@@ -167,7 +184,8 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
                  for what, files in missing.items()]
         raise CalibrationError("calibration plan: " + "; ".join(parts) +
                                " (add calibrations, raise calibration.max_calibration_age_days,"
-                               " or list the type in calibration.skip)")
-    columns = ["frame", "file", "night", "group", "filter", "mjd_obs"] + [
-        f"{k}_{c}" for k in KINDS for c in ("night", "age_d")] + ["note"]
+                               " or list the type in calibration.skip; a spectroscopic frame"
+                               " always needs an arc)")
+    columns = ["frame", "file", "night", "group", "filter", "mjd_obs", "mode"] + [
+        f"{k}_{c}" for k in (*KINDS, "arc") for c in ("night", "age_d")] + ["note"]
     return pd.DataFrame(rows, columns=columns)

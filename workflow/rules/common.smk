@@ -110,7 +110,9 @@ def state():
 
 
 def master_path(kind, night, group, filt=""):
-    name = f"flat_{safe_name(filt)}.fits" if kind == "flat" else f"{kind}.fits"
+    """Master of a type (bias, dark; flat, specflat, arc, warp, specbpm per filter)."""
+    per_filter = ("flat", "specflat", "arc", "warp", "specbpm")
+    name = f"{kind}_{safe_name(filt)}.fits" if kind in per_filter else f"{kind}.fits"
     return MASTERS / night / group / name
 
 
@@ -156,24 +158,34 @@ def get_dark_inputs(wildcards):
     return {"bias": _nearest_master("bias", wildcards, "dark")} if "bias" in STEPS else {}
 
 
-def get_flat_inputs(wildcards):
-    out = {}
-    if "bias" in STEPS:
-        out["bias"] = _nearest_master("bias", wildcards, "flat", wildcards.filt)
-    if "dark" in STEPS and SUBTRACT_DARK:
-        # flats are short: a missing dark is not fatal
-        dark = _nearest_master("dark", wildcards, "flat", wildcards.filt, required=False)
-        if dark is not None:
-            out["dark"] = dark
-    return out
+def get_lamp_inputs(of_kind):
+    """Bias (and dark) of a flat, spectroscopic flat or arc set."""
+
+    def inner(wildcards):
+        out = {}
+        if "bias" in STEPS:
+            out["bias"] = _nearest_master("bias", wildcards, of_kind, wildcards.filt)
+        if "dark" in STEPS and SUBTRACT_DARK:
+            # lamp exposures are short: a missing dark is not fatal
+            dark = _nearest_master("dark", wildcards, of_kind, wildcards.filt, required=False)
+            if dark is not None:
+                out["dark"] = dark
+        return out
+
+    return inner
+
+
+get_flat_inputs = get_lamp_inputs("flat")
 
 
 def _plan_masters(row):
-    """All masters the plan names for a science frame (the dark also for hot pixels)."""
+    """All masters the plan names for a science frame (the dark also for hot pixels;
+    a spectroscopic frame's flat is its spectroscopic flat)."""
     out = {}
     for kind in ("bias", "dark", "flat"):
         if row[f"{kind}_night"]:
-            out[kind] = str(master_path(kind, row[f"{kind}_night"], row["group"], row["filter"]))
+            made = "specflat" if kind == "flat" and row["mode"] == "spectroscopy" else kind
+            out[kind] = str(master_path(made, row[f"{kind}_night"], row["group"], row["filter"]))
     return out
 
 
@@ -185,13 +197,14 @@ def _applied_masters(row):
     return masters
 
 
-def _plan_rows(night, group, filt):
-    """Plan rows of one night, calibration group and filter (any spelling of the filter)."""
+def _plan_rows(night, group, filt, mode="imaging"):
+    """Plan rows of one night, calibration group, filter (any spelling) and mode."""
     _, _, plan = state()
     return plan[
         (plan["night"] == night)
         & (plan["group"] == group)
         & (plan["filter"].map(safe_name) == safe_name(filt))
+        & (plan["mode"] == mode)
     ]
 
 
@@ -203,10 +216,21 @@ def get_bpm_inputs(wildcards):
     return out
 
 
+def get_spectra_bpm_inputs(wildcards):
+    """Masters of a spectroscopic setup (no series hot-pixel map: sky lines stay put)."""
+    rows = _plan_rows(wildcards.night, wildcards.group, wildcards.filt, mode="spectroscopy")
+    row = rows.iloc[0]
+    return {"reference": str(RAW_DIR / row["file"]), **_plan_masters(row)}
+
+
 def get_hotpix_raw(wildcards):
     """Raw science frames of a night and calibration group (every filter), in time order."""
     _, _, plan = state()
-    rows = plan[(plan["night"] == wildcards.night) & (plan["group"] == wildcards.group)]
+    rows = plan[
+        (plan["night"] == wildcards.night)
+        & (plan["group"] == wildcards.group)
+        & (plan["mode"] == "imaging")
+    ]
     return [str(RAW_DIR / f) for f in rows.sort_values(["mjd_obs", "file"])["file"]]
 
 
@@ -267,13 +291,13 @@ def _megapixels(shape):
     return ny * nx / 1e6
 
 
-@functools.lru_cache(maxsize=4)
-def _frames(path, mtime_ns):
-    """Per science frame: plan row, field (OBJECT), series and batch."""
+@functools.lru_cache(maxsize=8)
+def _frames(path, mtime_ns, mode):
+    """Per science frame of one observing mode: plan row, field (OBJECT), series, batch."""
     inventory, _, plan = _state(path, mtime_ns)
     objects = inventory.set_index("frame")["object"]
     shapes = inventory.set_index("frame")["shape"]
-    table = plan.reset_index(drop=True)
+    table = plan[plan["mode"] == mode].reset_index(drop=True)
     table["field"] = [str(objects.get(f, "") or "") for f in table["frame"]]
     table["megapixels"] = [_megapixels(shapes.get(f, "")) for f in table["frame"]]
     table["series"] = [
@@ -284,10 +308,13 @@ def _frames(path, mtime_ns):
     return table.set_index("frame", drop=False)
 
 
-def frame_table():
-    """Per science frame: plan columns, field, series '{field}_{filter}' and batch."""
+def frame_table(mode="imaging"):
+    """Per science frame of a mode: plan columns, field, series '{field}_{filter}', batch.
+
+    Imaging frames (the default) take the imaging chain; spectroscopic ones the
+    long-slit branch (spectra.smk)."""
     path = checkpoints.inventory_scan.get().output.table
-    return _frames(str(path), os.stat(path).st_mtime_ns)
+    return _frames(str(path), os.stat(path).st_mtime_ns, mode)
 
 
 def batch_dir(stage, night=None, batch=None):
@@ -295,8 +322,8 @@ def batch_dir(stage, night=None, batch=None):
     return RESULTS / stage / (night or "{night}") / (batch or "{batch}")
 
 
-def _batch_rows(wildcards):
-    frames = frame_table()
+def _batch_rows(wildcards, mode="imaging"):
+    frames = frame_table(mode)
     rows = frames[(frames["night"] == wildcards.night) & (frames["batch"] == wildcards.batch)]
     if rows.empty:
         raise WorkflowError(f"no frames in batch {wildcards.night}/{wildcards.batch}")
@@ -307,7 +334,7 @@ def get_batch_frame_names(wildcards):
     return list(_batch_rows(wildcards)["frame"])
 
 
-def stale_if_incomplete(*stages):
+def stale_if_incomplete(*stages, mode="imaging"):
     """Input function giving no input: it checks this job's own batch directories.
 
     A finished batch directory missing some of its frames' products (deleted by
@@ -324,7 +351,7 @@ def stale_if_incomplete(*stages):
             stamp = directory / ".snakemake_timestamp"
             missing = missing_products(
                 directory,
-                frames=get_batch_frame_names(wildcards),
+                frames=list(_batch_rows(wildcards, mode)["frame"]),
                 suffix=PRODUCT_SUFFIX[stage],
             )
             if not missing:
@@ -356,11 +383,11 @@ def get_batch_times(wildcards):
     }
 
 
-def get_batch_runtime(minutes_per_frame):
+def get_batch_runtime(minutes_per_frame, mode="imaging"):
     """Runtime (min) of a batch job: 5 min + minutes_per_frame per frame."""
 
     def runtime(wildcards):
-        return int(5 + minutes_per_frame * len(_batch_rows(wildcards)))
+        return int(5 + minutes_per_frame * len(_batch_rows(wildcards, mode)))
 
     return runtime
 
@@ -517,6 +544,7 @@ def get_final_outputs(wildcards):
     stages = [*CHAIN_STAGES, *(["photometry"] if PHOT["enabled"] else [])]
     series = sorted(set(frames["series"])) if PHOT["enabled"] else []
     return [
+        *get_spectra_outputs(),
         RESULTS / "inventory.csv",
         RESULTS / "calibration_plan.csv",
         *[batch_dir(s, n, b) for s in stages for n, b in zip(batches.night, batches.batch)],
@@ -532,3 +560,53 @@ def get_detector_flat_filters(wildcards):
     inventory = state()[0].set_index("file")
     return {f: inventory.loc[Path(f).relative_to(RAW_DIR).as_posix(), "filter"]
             for f in get_detector_inputs(wildcards)["flats"]}
+
+
+# ---- long-slit spectroscopy (spectra.smk) ----
+
+SPEC = config["spectroscopy"]
+DISPERSION_AXIS = (
+    PROFILE["spectroscopy"]["dispersion_axis"]
+    if SPEC["dispersion_axis"] == "profile"
+    else SPEC["dispersion_axis"]
+)
+SPEC_COSMICS = COSMICS_OPTIONS if SPEC["cosmics"] else None
+
+
+def _spectra_masters(row):
+    """Masters of one spectroscopic frame: bias, dark, its spectroscopic flat, bpm, warp."""
+    masters = _applied_masters(row)
+    masters["bpm"] = str(master_path("specbpm", row["night"], row["group"], row["filter"]))
+    masters["warp"] = str(master_path("warp", row["arc_night"], row["group"], row["filter"]))
+    return masters
+
+
+def get_spectra_frames(wildcards):
+    """Per spectroscopic frame of the batch: name, raw path and its masters."""
+    return [
+        {"frame": row["frame"], "raw": str(RAW_DIR / row["file"]), **_spectra_masters(row)}
+        for _, row in _batch_rows(wildcards, "spectroscopy").iterrows()
+    ]
+
+
+def get_spectra_inputs(wildcards):
+    frames = get_spectra_frames(wildcards)
+    masters = sorted({v for f in frames for k, v in f.items() if k not in ("frame", "raw")})
+    return {"raw": [f["raw"] for f in frames], "masters": masters}
+
+
+def get_spectra_outputs():
+    """Spectra batch directories, their QC figures and the warp models' figures."""
+    frames = frame_table("spectroscopy")
+    if frames.empty:
+        return []
+    batches = frames.drop_duplicates(["night", "batch"])
+    warps = frames.drop_duplicates(["arc_night", "group", "filter"])
+    out = [batch_dir("spectra", n, b) for n, b in zip(batches.night, batches.batch)]
+    if SPEC["qc_figures"]:
+        out += [RESULTS / "qc" / "spectra" / n / b for n, b in zip(batches.night, batches.batch)]
+    out += [
+        RESULTS / "qc" / n / f"warp_{g}_{safe_name(f)}.png"
+        for n, g, f in zip(warps.arc_night, warps.group, warps["filter"])
+    ]
+    return out

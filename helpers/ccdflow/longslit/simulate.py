@@ -42,12 +42,14 @@ __all__ = ["LongslitSpec", "effective_pixel", "simulate_longslit", "sky_counts"]
 
 @dataclass(frozen=True)
 class LongslitSpec:
-    """What to simulate (defaults: a CI-sized night of 1024 × 200 px frames)."""
+    """What to simulate (defaults: a CI-sized night of 1024 × 256 px frames)."""
 
     nx: int = 1024  #: pixels along the dispersion
-    ny: int = 200  #: pixels along the slit
+    ny: int = 256  #: pixels along the slit
     overscan_cols: int = 16
     n_bias: int = 5
+    n_dark: int = 3  #: darks of the science exposure time (0: none)
+    dark_current_e_per_s: float = 0.002
     n_flat: int = 5
     n_arc: int = 3
     n_science: int = 4
@@ -192,15 +194,16 @@ def simulate_longslit(*, out_dir: str | Path, spec: LongslitSpec | None = None) 
     cosmic_rows = []
     start = pd.Timestamp(f"{spec.night}T20:00:00")
     counter: dict[str, int] = {}
-    schedule = ([("bias", 0.0)] * spec.n_bias + [("flat", 5.0)] * spec.n_flat
+    schedule = ([("bias", 0.0)] * spec.n_bias + [("dark", spec.science_exptime_s)] * spec.n_dark
+                + [("flat", 5.0)] * spec.n_flat
                 + [("arc", 10.0)] * spec.n_arc + [("science", spec.science_exptime_s)]
                 * spec.n_science)
     t = start
     pattern = 2.0 * np.sin(np.arange(spec.nx + spec.overscan_cols) / 50.0)[None, :]
     for kind, exptime in schedule:
         counter[kind] = counter.get(kind, 0) + 1
-        stem = {"bias": "bias", "flat": "flat_G600", "arc": "arc_G600",
-                "science": "SN-SIM_G600"}[kind] + f"_{counter[kind]:03d}"
+        stem = {"bias": "bias", "dark": f"dark_{exptime:.0f}s", "flat": "flat_G600",
+                "arc": "arc_G600", "science": "SN-SIM_G600"}[kind] + f"_{counter[kind]:03d}"
         electrons = np.zeros((spec.ny, spec.nx))
         if kind == "flat":
             electrons = lamp * slit * (1 - 0.05 * (counter[kind] - 1))
@@ -208,6 +211,7 @@ def simulate_longslit(*, out_dir: str | Path, spec: LongslitSpec | None = None) 
             electrons = arc * slit
         elif kind == "science":
             electrons = (sky + obj) * slit
+        electrons = electrons + spec.dark_current_e_per_s * exptime
         cx = cy = ce = np.zeros(0)
         if kind == "science":
             cx, cy, ce = _cosmics(rng, spec, exptime)
@@ -222,13 +226,13 @@ def simulate_longslit(*, out_dir: str | Path, spec: LongslitSpec | None = None) 
             0, spec.read_noise_e / spec.gain_e_per_adu, data.shape)
         adu = np.clip(np.round(data), 0, 65535).astype(np.uint16)
         header = fits.Header()
-        header["IMAGETYP"] = {"bias": "Bias Frame", "flat": "Flat Field", "arc": "Arc Lamp",
-                              "science": "Light Frame"}[kind]
+        header["IMAGETYP"] = {"bias": "Bias Frame", "dark": "Dark Frame", "flat": "Flat Field",
+                              "arc": "Arc Lamp", "science": "Light Frame"}[kind]
         header["OBSMODE"] = ("SPECTROSCOPY", "long-slit spectroscopy")
         header["INSTRUME"] = "ccdflow-sim-spectrograph"
-        header["OBJECT"] = {"bias": "bias", "flat": "lamp flat", "arc": "HeNeAr",
+        header["OBJECT"] = {"bias": "bias", "dark": "dark", "flat": "lamp flat", "arc": "HeNeAr",
                             "science": "SN-SIM"}[kind]
-        header["FILTER"] = ("G600" if kind != "bias" else "", "grating")
+        header["FILTER"] = ("G600" if kind not in ("bias", "dark") else "", "grating")
         header["GRATING"] = "G600"
         header["EXPTIME"] = exptime
         header["DATE-OBS"] = t.strftime("%Y-%m-%dT%H:%M:%S.%f")[:23]
