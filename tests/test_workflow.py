@@ -416,3 +416,55 @@ def test_killed_run_resumes_with_identical_results(tiny_demo, tmp_path):
     # 3) plain `snakemake` (the default profile reruns incomplete jobs) finishes
     snakemake(tmp_path, "--cores", "2", config=config)
     assert assert_same_results(tiny_demo / "results", tmp_path / "results") > 80
+
+
+def test_long_slit_night_beside_an_imaging_night(tmp_path):
+    # one raw directory with an imaging night and a long-slit night (its own bias, dark,
+    # lamp flats, arcs): the spectra branch runs, and every imaging product is identical
+    # to a run on the imaging night alone
+    import shutil
+
+    from ccdflow.longslit.simulate import LongslitSpec, simulate_longslit
+
+    simulate_night(out_dir=tmp_path / "img", spec=SMALL_SPEC)
+    spec = replace(LongslitSpec(), nx=512, ny=160, n_science=2)
+    simulate_longslit(out_dir=tmp_path / "ls", spec=spec)
+    for name, parts in (("mixed", ("img", "ls")), ("alone", ("img",))):
+        for part in parts:
+            shutil.copytree(tmp_path / part / "raw", tmp_path / name / "raw" / part)
+    demo = str(ROOT / "config" / "instruments" / "demo.yaml")
+    for name in ("mixed", "alone"):
+        snakemake(tmp_path / name, "--cores", "2", "--config", "raw_dir=raw",
+                  "results_dir=out", f"instrument={demo}")
+    out = tmp_path / "mixed" / "out"
+    inventory = pd.read_csv(out / "inventory.csv", keep_default_na=False)
+    assert (inventory["type"] == "arc").sum() == spec.n_arc
+    assert set(inventory.loc[inventory["file"].str.startswith("ls/") & (inventory["type"] ==
+                                                                         "science"), "mode"]) \
+        == {"spectroscopy"}
+    night = spec.night
+    spectra = sorted((out / "spectra" / night).glob("*/*.fits"))
+    assert [p.stem for p in spectra] == ["SN-SIM_G600_001", "SN-SIM_G600_002"]
+    for path in spectra:
+        with fits.open(path) as hdul:
+            assert [h.name for h in hdul][1:] == ["SCI", "ERR", "MASK", "SKY", "SKY_ERR",
+                                                  "SKYSUB", "EFFPIX"]
+            # calibrated with the spectroscopic flat: INPUT cards name it and the warp
+            inputs = {v for k, v in hdul[0].header.items() if k.startswith("INPUT")}
+            assert {"specflat_G600.fits", "warp_G600.fits", "specbpm_G600.fits"} <= inputs
+        spectrum = pd.read_csv(path.with_name(path.stem + "_1d.csv"), comment="#")
+        truth = pd.read_csv(tmp_path / "ls" / "truth" / "trace.csv")["flux_e"]
+        # the master flat is normalised to 1 in the centre: the flux is the truth times
+        # the slit function's level there (~1), to a few per cent
+        assert np.median(spectrum["flux"] / truth) == pytest.approx(1.0, abs=0.05)
+        assert (out / "qc" / "spectra" / night / path.parent.name / f"{path.stem}.png").is_file()
+    warp_figures = list((out / "qc" / night).glob("warp_*_G600.png"))
+    assert len(warp_figures) == 1
+    masters = {p.name for p in (out / "masters" / night).rglob("*.fits")}
+    assert {"bias.fits", "dark.fits", "specflat_G600.fits", "arc_G600.fits", "warp_G600.fits",
+            "specbpm_G600.fits"} == masters
+    alone = tmp_path / "alone" / "out"
+    compared = sum(assert_same_results(alone / stage, out / stage)
+                   for stage in ("calibrated", "background", "cosmics", "sources", "photometry",
+                                 "lightcurves"))
+    assert compared > 30

@@ -55,8 +55,7 @@ def _gray():
     """Grey scale with masked (NaN) pixels in blue, so they are not read as stars."""
     import matplotlib
 
-    cmap = matplotlib.colormaps["gray"].copy()
-    cmap.set_bad("tab:blue")
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="tab:blue")
     return cmap
 
 

@@ -32,7 +32,7 @@ def plot_warp(*, warp: str | Path, arc: str | Path, out: str | Path, title: str 
     pts = model.points
     used = pts["used"].to_numpy(bool)
     plt = _pyplot()
-    fig = plt.figure(figsize=(11, 7))
+    fig = plt.figure(figsize=(11, 7), layout="constrained")
     grid = fig.add_gridspec(2, 2, height_ratios=[1.3, 1])
     ax = fig.add_subplot(grid[0, :])
     lo, hi = _zscale(image)
@@ -53,7 +53,6 @@ def plot_warp(*, warp: str | Path, arc: str | Path, out: str | Path, title: str 
         ax.set_ylim(-lim, lim)
         ax.set_xlabel(label)
         ax.set_ylabel("traced − model (px)")
-    fig.tight_layout()
     _save(fig, out)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,7 +60,12 @@ def find_trace(*, data: np.ndarray, mask: np.ndarray | None = None, rows: Sequen
     ``rows=[lo, hi]``: the trace lies in that band of rows (its centre and width
     from the band, fitted the same way inside it).
     """
-    image = np.asarray(data, float)
+    with warnings.catch_warnings():  # rows or bins left empty by the mask are NaN, by design
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _find_trace(np.asarray(data, float), mask, rows, n_bins, order)
+
+
+def _find_trace(image, mask, rows, n_bins, order) -> Trace:
     ny, nx = image.shape
     bad = np.zeros(image.shape, bool) if mask is None else np.asarray(mask, bool)
     bad |= ~np.isfinite(image)
@@ -155,10 +161,105 @@ class SkyModel:
     rejected: np.ndarray  #: bool map of the samples rejected as outliers
 
 
-def _basis(x_eff: np.ndarray, knots: np.ndarray):
-    from scipy.interpolate import BSpline
+class _BandedDesign:
+    """Rows of the sky's design matrix as a band: each pixel touches ``4·p`` consecutive
+    coefficients (4 cubic B-splines × ``p`` powers of the slit position), so the normal
+    matrix is banded (bandwidth ``4p − 1``) and is accumulated, solved and inverted
+    (its band only) in O(samples + coefficients) instead of as a sparse product."""
 
-    return BSpline.design_matrix(np.clip(x_eff, knots[3], knots[-4]), knots, 3).tocsr()
+    def __init__(self, x_eff: np.ndarray, slit: np.ndarray, knots: np.ndarray, powers: int):
+        from scipy.interpolate import BSpline
+
+        basis = BSpline.design_matrix(np.clip(x_eff, knots[3], knots[-4]), knots, 3).tocsr()
+        basis.sort_indices()
+        counts = np.diff(basis.indptr)
+        n = len(x_eff)
+        if n and np.all(counts == 4):
+            first = basis.indices[::4].astype(np.int64)
+            values = basis.data.reshape(n, 4)
+        else:  # rows with fewer stored values: place them in a window of 4
+            rows = np.repeat(np.arange(n), counts)
+            first = np.full(n, np.iinfo(np.int64).max)
+            np.minimum.at(first, rows, basis.indices)
+            first = np.minimum(first, len(knots) - 8)  # a full window of 4 always exists
+            values = np.zeros((n, 4))
+            values[rows, basis.indices - first[rows]] = basis.data
+        self.p = powers
+        self.width = 4 * powers
+        self.n_coef = (len(knots) - 4) * powers
+        self.first = first * powers  # coefficients ordered (spline k, power j) -> k·p + j
+        if powers == 1:
+            self.values = np.ascontiguousarray(values)
+        else:
+            scale = slit[:, None] ** np.arange(powers)[None, :]
+            self.values = (values[:, :, None] * scale[:, None, :]).reshape(n, self.width)
+        self._pairs = np.triu_indices(self.width)
+
+    def subset(self, rows: np.ndarray) -> _BandedDesign:
+        """The design of some of the rows (the samples that are fitted)."""
+        import copy
+
+        out = copy.copy(self)
+        out.first, out.values = self.first[rows], self.values[rows]
+        return out
+
+    def evaluate(self, coef: np.ndarray) -> np.ndarray:
+        idx = self.first[:, None] + np.arange(self.width)[None, :]
+        return np.einsum("ij,ij->i", self.values, coef[idx])
+
+    def normal_band(self, weights: np.ndarray, data: np.ndarray):
+        """Upper band ``ab[u + i − j, j] = N_ij`` (scipy's layout) and the right side."""
+        u = self.width - 1
+        ab = np.zeros((u + 1, self.n_coef))
+        weighted = self.values * weights[:, None]
+        for ai, bi in zip(*self._pairs, strict=True):
+            ab[u - (bi - ai)] += np.bincount(self.first + bi,
+                                             weights=weighted[:, ai] * self.values[:, bi],
+                                             minlength=self.n_coef)
+        rhs = np.zeros(self.n_coef)
+        for ai in range(self.width):
+            rhs += np.bincount(self.first + ai, weights=weighted[:, ai] * data,
+                               minlength=self.n_coef)
+        return ab, rhs
+
+    def variance(self, cov_band: np.ndarray) -> np.ndarray:
+        """``b·C·bᵀ`` per row from the band of the covariance (``cov_band[i, d] = C_{i,i+d}``)."""
+        out = np.zeros(len(self.first))
+        for ai in range(self.width):
+            for bi in range(ai, self.width):
+                c = cov_band[self.first + ai, bi - ai]
+                out += (1.0 if ai == bi else 2.0) * self.values[:, ai] * self.values[:, bi] * c
+        return out
+
+
+def _band_of_inverse(ab: np.ndarray) -> np.ndarray:
+    """The band of the inverse of a banded SPD matrix (upper layout ``ab``).
+
+    With ``N = UᵀU`` (banded Cholesky), ``U·C = U⁻ᵀ`` is lower triangular, so for
+    ``j ≥ i``: ``C_ij = (δ_ij/U_ii − Σ_{k=i+1}^{i+u} U_ik C_kj)/U_ii``, computed from the
+    last row up and needing only the band (Takahashi et al. 1973).  Returns
+    ``band[i, d] = C_{i, i+d}``, d = 0..u.
+    """
+    from scipy.linalg import cholesky_banded
+
+    u = ab.shape[0] - 1
+    chol = cholesky_banded(ab, lower=False)
+    n = ab.shape[1]
+    band = np.zeros((n + u, u + 1))  # padded: rows past n stay 0
+    d = np.arange(1, u + 1)
+    # window W[d, e] = C_{i+d, i+e}, d, e = 1..u, read from the band (symmetric); rows
+    # past the end are the zero padding, and U_{i,i+d} = 0 there
+    lo = np.minimum.outer(d, d)
+    step = np.abs(np.subtract.outer(d, d))
+    padded = np.zeros((u + 1, n + u))
+    padded[:, :n] = chol
+    for i in range(n - 1, -1, -1):
+        uii = chol[u, i]
+        uik = padded[u - d, i + d]  # U_{i, i+d}
+        off = -(uik @ band[i + lo, step]) / uii  # C_{i, i+e}
+        band[i, 1:] = off
+        band[i, 0] = (1.0 / uii - uik @ off) / uii
+    return band[:n]
 
 
 def fit_sky(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, effpix: np.ndarray,
@@ -195,8 +296,7 @@ def fit_sky(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, effpix: np
     The sky's error at a pixel is ``b(x_eff)ᵀ·C·b(x_eff)`` with ``C`` the inverse of
     the weighted normal matrix (×(y − y_c) terms for ``slit_order`` > 0).
     """
-    from scipy import sparse
-    from scipy.sparse.linalg import spsolve
+    from scipy.linalg import solveh_banded
 
     data = np.asarray(data, float)
     err = np.asarray(error, float)
@@ -223,55 +323,34 @@ def fit_sky(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, effpix: np
     yc = (ny - 1) / 2.0
     slit = (yy - yc) / max(ny / 2.0, 1.0)
 
-    def design(x_eff, s):
-        b = _basis(x_eff, knots)
-        blocks = [b] + [b.multiply(s[:, None] ** j).tocsr() for j in range(1, slit_order + 1)]
-        return sparse.hstack(blocks).tocsr() if slit_order else b
-
-    a_all = design(xe, slit[use])
+    ok = np.isfinite(effpix)
+    design_all = _BandedDesign(effpix[ok], slit[ok], knots, slit_order + 1)
+    design = design_all.subset(np.flatnonzero(use[ok]))
     v = data[use]
     var_data = err[use] ** 2
     keep = np.ones(len(v), bool)
     rn2 = read_noise_e**2
     model_v = np.full(len(v), np.median(v))
-    coef = None
     for _ in range(iterations):
         var = var_data * (np.abs(model_v) + rn2) / (np.abs(v) + rn2)
         var = np.clip(var, 1e-6, None)
         w = np.where(keep, 1.0 / var, 0.0)
-        wa = a_all.multiply(w[:, None]).tocsr()
-        normal = (a_all.T @ wa).tocsc()
-        rhs = wa.T @ v
+        ab, rhs = design.normal_band(w, v)
         # a tiny ridge keeps knots without samples (masked columns) solvable
-        normal = normal + sparse.identity(normal.shape[0], format="csc") * 1e-10 * (
-            normal.diagonal().max())
-        coef = spsolve(normal, rhs)
-        model_v = a_all @ coef
+        ab[-1] += 1e-10 * ab[-1].max()
+        coef = solveh_banded(ab, rhs)
+        model_v = design.evaluate(coef)
         resid = (v - model_v) / np.sqrt(var)
         new = np.abs(resid) <= nsigma
         if np.array_equal(new, keep):
             break
         keep = new
     chi2 = float(np.sum(resid[keep] ** 2) / max(keep.sum() - len(coef), 1))
-    # the model everywhere, and its error from the coefficients' covariance
-    ok = np.isfinite(effpix)
-    a_pix = design(effpix[ok], slit[ok])
+    # the model everywhere, and its error from the band of the coefficients' covariance
     sky = np.full(data.shape, np.nan)
-    sky[ok] = a_pix @ coef
-    cov = np.linalg.inv(normal.toarray())
-    a_pix = a_pix.tocsr()
-    rows = np.repeat(np.arange(a_pix.shape[0]), np.diff(a_pix.indptr))
-    # b C bᵀ per pixel from its nonzero basis values (4 per spline block)
-    per = np.diff(a_pix.indptr)
-    width = int(per.max()) if len(per) else 0
-    idx = np.zeros((a_pix.shape[0], width), np.int64)
-    val = np.zeros((a_pix.shape[0], width))
-    pos = np.arange(len(rows)) - np.repeat(a_pix.indptr[:-1], per)
-    idx[rows, pos] = a_pix.indices
-    val[rows, pos] = a_pix.data
-    var_pix = np.einsum("pi,pj,pij->p", val, val, cov[idx[:, :, None], idx[:, None, :]])
+    sky[ok] = design_all.evaluate(coef)
     sky_err = np.full(data.shape, np.nan)
-    sky_err[ok] = np.sqrt(np.clip(var_pix, 0, None))
+    sky_err[ok] = np.sqrt(np.clip(design_all.variance(_band_of_inverse(ab)), 0, None))
     rejected = np.zeros(data.shape, bool)
     rejected[use] = ~keep
     log.info("sky: %d samples, %d knots (every %.2f eff. px), %d rejected, chi2_red %.3f",
