@@ -311,32 +311,43 @@ def test_extracted_flux_equals_truth_within_its_errors(night, reduced):
 
 # ---- cosmic rays on spectra ----
 
-def test_cosmic_rays_on_spectra_found_and_never_on_sky_line_cores(night, reduced):
-    # ≥ 95 % of the injected cosmic-ray pixels above 5σ flagged; flags on sky-line cores
-    # (lines > 20σ, within one line sigma of the centre) only next to a true cosmic ray
-    mask = reduced["planes"]["MASK"]
-    cosmic = (mask & np.uint16(MaskBit.COSMIC)) != 0
-    rays = night.cosmics[night.cosmics["frame"] == night.frame(0)]
-    noise = night.noise(0)
-    xs, ys = rays["x"].astype(int).to_numpy(), rays["y"].astype(int).to_numpy()
-    strong = rays["electrons"].to_numpy() > 5 * noise[ys, xs]
-    recall = cosmic[ys[strong], xs[strong]].mean()
-    assert strong.sum() > 50
-    assert recall >= 0.95
+def test_cosmic_rays_on_spectra_found_and_never_on_sky_line_cores(night):
+    # ≥ 95 % of the injected cosmic-ray pixels above 5σ flagged over the night's frames.
+    # No flag on a sky-line core (lines > 20σ, within one line sigma of the centre) that
+    # the data do not justify: L.A.Cosmic flags pure noise peaks above its sigclip
+    # (4.5σ: ~1 per 262k-pixel frame, wherever they fall), but a flag on a core whose
+    # pixel is < 4σ above the true sky would be the sky model's fault (P-Cygni residuals).
     x_eff = night.warp.effpix()
     sigma = night.meta["line_sigma_px"]
-    core = np.zeros(mask.shape, bool)
+    core = np.zeros(x_eff.shape, bool)
     for centre, flux in night.meta["sky_lines"]:
         peak = flux / (np.sqrt(2 * np.pi) * sigma)
         if peak > 20 * np.sqrt(night.spec.sky_continuum_e + RN**2):
             core |= np.abs(x_eff - centre) < sigma
-    near_ray = np.zeros(mask.shape, bool)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            near_ray[np.clip(ys + dy, 0, mask.shape[0] - 1),
-                     np.clip(xs + dx, 0, mask.shape[1] - 1)] = True
     assert core.sum() > 1000
-    assert not (cosmic & core & ~near_ray).any()
+    found, injected = 0, 0
+    for k in range(len(night.files["SN-SIM"])):
+        product = night.calibrated(k)
+        result = reduce_spectrum(product=product, warp=night.warp, axis="x",
+                                 trace={"rows": "auto"}, sky={}, extraction={},
+                                 cosmics={"method": "lacosmic"})
+        cosmic = (result["planes"]["MASK"] & np.uint16(MaskBit.COSMIC)) != 0
+        rays = night.cosmics[night.cosmics["frame"] == night.frame(k)]
+        noise = night.noise(k)
+        xs, ys = rays["x"].astype(int).to_numpy(), rays["y"].astype(int).to_numpy()
+        strong = rays["electrons"].to_numpy() > 5 * noise[ys, xs]
+        found += int(cosmic[ys[strong], xs[strong]].sum())
+        injected += int(strong.sum())
+        near_ray = np.zeros(cosmic.shape, bool)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                near_ray[np.clip(ys + dy, 0, cosmic.shape[0] - 1),
+                         np.clip(xs + dx, 0, cosmic.shape[1] - 1)] = True
+        excess = (product.data - night.sky_truth(k)) / noise
+        unjustified = cosmic & core & ~near_ray & (excess < 4)
+        assert not unjustified.any(), (night.frame(k), np.argwhere(unjustified))
+    assert injected > 300
+    assert found / injected >= 0.95
 
 
 # ---- the batch and its products ----
