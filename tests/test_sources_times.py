@@ -109,6 +109,20 @@ def test_mid_exposure_and_barycentric_times():
     # the barycentric correction is at most ~8.3 min and TDB − UTC ≈ 69 s in 2026
     assert abs(table["bjd_tdb"].iloc[0] - mid.jd) * 86400 < 8.4 * 60 + 70
     assert 1.0 <= table["airmass"].iloc[0] < 3.0
+    # over a day (25 times): BJD within 5 µs of astropy with its IERS tables and topocentric
+    # TDB (ccdflow: UT1 = UTC, no polar motion; 0.6 µs doubles), airmass within 1e-3 of AltAz
+    from astropy.coordinates import AltAz
+
+    night = mid + np.linspace(0, 1, 25) * u.day
+    ours = barycentric_times(times=night, ra_deg=157.5, dec_deg=20.1, site=site)
+    tn = Time(night, location=loc)
+    target = SkyCoord(157.5 * u.deg, 20.1 * u.deg)
+    theirs = (tn.tdb + tn.light_travel_time(target, kind="barycentric")).mjd
+    np.testing.assert_allclose((ours["bmjd_tdb"] - theirs) * 86400, 0, atol=5e-6)
+    alt = target.transform_to(AltAz(obstime=tn, location=loc)).alt.deg
+    up = alt > 10
+    np.testing.assert_allclose(ours["airmass"][up], 1 / np.sin(np.radians(alt[up])), atol=1e-3)
+    assert ours["airmass"][~up].isna().sum() == (alt <= 0).sum()
     with pytest.raises(TimeError, match="frame: no exposure time"):
         mid_exposure(header={"DATE-OBS": "2026-03-15T03:00:00"})
     with pytest.raises(TimeError, match="no start time"):

@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from astropy.stats import sigma_clipped_stats
-from scipy.ndimage import median_filter
 
 from .ccd import CalibrationError, RawFrame, parse_section, read_raw_frame
 from .combine import combine_frames
@@ -73,6 +71,8 @@ def central_level(image: np.ndarray, *, fraction: float = 0.5,
         bad |= np.asarray(mask[centre], dtype=bool)
     if bad.all():
         return float("nan")
+    from astropy.stats import sigma_clipped_stats
+
     return float(sigma_clipped_stats(region, mask=bad, sigma=3.0)[1])
 
 
@@ -330,6 +330,8 @@ def make_master_flat(*, paths: Sequence[str | Path], detector: Mapping, bias: Pr
     product.mask[~np.isfinite(flat)] |= np.uint16(MaskBit.NONFINITE)
     product.mask[flat < low] |= np.uint16(MaskBit.LOW_FLAT)
     product.mask[flat > high] |= np.uint16(MaskBit.BAD)
+    from scipy.ndimage import median_filter
+
     smooth = median_filter(np.where(np.isfinite(flat), flat, 1.0), size=5, mode="nearest")
     with np.errstate(invalid="ignore", divide="ignore"):
         outlier = np.abs(flat / smooth - 1.0) > outlier_fraction
@@ -552,6 +554,8 @@ def _box_levels(image: np.ndarray, mask: np.ndarray, box: int):
             if values.size < box * box // 2:
                 levels.append(np.nan)
             else:
+                from astropy.stats import sigma_clipped_stats
+
                 levels.append(sigma_clipped_stats(values, sigma=2.5, maxiters=10)[1])
             xs.append(x0 + (box - 1) / 2)
             ys.append(y0 + (box - 1) / 2)

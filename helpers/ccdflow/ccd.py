@@ -17,9 +17,6 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
-from astropy.stats import sigma_clipped_stats
-
-from .inventory import image_hdus, merged_header
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +34,58 @@ _SECTION = re.compile(r"^\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]$")
 
 class CalibrationError(ValueError):
     """A frame cannot be calibrated; the message names the file and the problem."""
+
+
+#: FITS keywords describing a data unit, not the observation
+STRUCTURAL_KEYWORDS = {
+    "SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND", "XTENSION", "PCOUNT",
+    "GCOUNT", "BZERO", "BSCALE", "EXTNAME", "EXTVER", "CHECKSUM", "DATASUM", "", "COMMENT",
+    "HISTORY"}
+
+
+def image_hdus(hdul: fits.HDUList) -> list:
+    """HDUs holding an image of two or more non-empty axes (the amplifiers)."""
+    out = []
+    for hdu in hdul:
+        naxis = int(hdu.header.get("NAXIS", 0))
+        if hdu.is_image and naxis >= 2 and all(
+                int(hdu.header.get(f"NAXIS{i}", 0)) > 0 for i in range(1, naxis + 1)):
+            out.append(hdu)
+    return out
+
+
+def merged_header(primary: fits.Header, first: fits.Header) -> fits.Header:
+    """Copy of the first image header overlaid with the primary's non-structural cards.
+
+    Keywords of a multi-extension or tile-compressed file then all show in one
+    header (the primary's global values win).
+    """
+    merged = first.copy()
+    if first is not primary:
+        for card in primary.cards:
+            if card.keyword not in STRUCTURAL_KEYWORDS:
+                merged[card.keyword] = (card.value, card.comment)
+    return merged
+
+
+def clipped_stats(values: np.ndarray, *, axis: int | None = None, sigma: float = 3.0,
+                  maxiters: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, median, std) after iterative σ-clipping about the median, as
+    ``astropy.stats.sigma_clipped_stats`` with its defaults (std with ddof 0, values
+    outside ``median ± sigma·std`` dropped until none is or ``maxiters``; NaN ignored);
+    numpy only, so a job reading raw frames does not import astropy.stats."""
+    data = np.array(values, dtype=np.float64)
+    for _ in range(maxiters):
+        with np.errstate(invalid="ignore"):
+            med = np.nanmedian(data, axis=axis, keepdims=True)
+            std = np.nanstd(data, axis=axis, keepdims=True)
+            out = (data < med - sigma * std) | (data > med + sigma * std)
+        if not out.any():
+            break
+        data[out] = np.nan
+    with np.errstate(invalid="ignore"):
+        return (np.nanmean(data, axis=axis), np.nanmedian(data, axis=axis),
+                np.nanstd(data, axis=axis))
 
 
 def parse_section(text: str) -> tuple[slice, slice, bool, bool]:
@@ -113,12 +162,12 @@ def fit_overscan(strip: np.ndarray, *, function: str = "median", order: int = 1,
     if function == "median":
         return np.nanmedian(strip, axis=1)
     if function == "mean":
-        _, median, std = sigma_clipped_stats(strip, axis=1, sigma=3.0)
+        _, median, std = clipped_stats(strip, axis=1, sigma=3.0)
         lo, hi = median - 3 * std, median + 3 * std
         keep = (strip >= lo[:, None]) & (strip <= hi[:, None])
         return np.nansum(np.where(keep, strip, 0.0), axis=1) / np.maximum(keep.sum(axis=1), 1)
     if function == "constant":
-        return np.full(strip.shape[0], sigma_clipped_stats(strip, sigma=3.0)[0])
+        return np.full(strip.shape[0], clipped_stats(strip, sigma=3.0)[0])
     if function in ("legendre", "chebyshev"):
         kind = np.polynomial.Legendre if function == "legendre" else np.polynomial.Chebyshev
         rows = np.arange(strip.shape[0], dtype=float)

@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 from astropy.io import fits
 
+from .ccd import image_hdus, merged_header
 from .integrity import FitsIntegrityError, check_fits_file
 from .times import parse_iso_utc
 
@@ -72,9 +73,6 @@ COLUMNS = [
     "readout", "binning", "shape", "n_ext", "date_obs", "mjd_obs", "night", "night_source",
     "group", "size_bytes", "mode",
 ]
-_STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND", "XTENSION",
-               "PCOUNT", "GCOUNT", "BZERO", "BSCALE", "EXTNAME", "EXTVER", "CHECKSUM", "DATASUM",
-               "", "COMMENT", "HISTORY"}
 _MJD0 = datetime(1858, 11, 17, tzinfo=UTC)
 #: version of what a header-cache row holds (2: files are checked for completeness)
 _CACHE_FORMAT = 3
@@ -133,31 +131,6 @@ def frame_names(files: Iterable[str | Path]) -> list[str]:
         f"{b}-{hashlib.sha1(p.as_posix().encode()).hexdigest()[:6]}" if counts[b] > 1 else b
         for b, p in zip(base, paths, strict=True)
     ]
-
-
-def image_hdus(hdul: fits.HDUList) -> list:
-    """HDUs holding an image of two or more non-empty axes (the amplifiers)."""
-    out = []
-    for hdu in hdul:
-        naxis = int(hdu.header.get("NAXIS", 0))
-        if hdu.is_image and naxis >= 2 and all(
-                int(hdu.header.get(f"NAXIS{i}", 0)) > 0 for i in range(1, naxis + 1)):
-            out.append(hdu)
-    return out
-
-
-def merged_header(primary: fits.Header, first: fits.Header) -> fits.Header:
-    """Copy of the first image header overlaid with the primary's non-structural cards.
-
-    Keywords of a multi-extension or tile-compressed file then all show in one
-    header (the primary's global values win).
-    """
-    merged = first.copy()
-    if first is not primary:
-        for card in primary.cards:
-            if card.keyword not in _STRUCTURAL:
-                merged[card.keyword] = (card.value, card.comment)
-    return merged
 
 
 def read_frame_header(path: str | Path) -> tuple[fits.Header, int, tuple[int, int]]:

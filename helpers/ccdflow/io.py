@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported by the functions that need it
+    import pandas as pd
 
 __all__ = ["atomic_path", "job_logging", "write_table"]
 
@@ -69,7 +70,10 @@ def job_logging(log_path: str | Path | None, *, level: int = logging.INFO
                 ) -> Callable[[], None]:
     """Send ``logging`` and warnings of a workflow job to its log file (and stderr).
 
-    Returns a function that detaches the handlers (tests use it).
+    Returns a function that detaches the handlers (tests use it).  With the
+    environment variable ``CCDFLOW_PROFILE`` set, the job runs under cProfile and
+    writes ``<log>.prof`` (``python -m pstats``) when it ends: how a developer finds
+    where a stage's time goes.
     """
     root = logging.getLogger()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
@@ -102,6 +106,12 @@ def job_logging(log_path: str | Path | None, *, level: int = logging.INFO
             handler.flush()
 
     atexit.register(report_duration)
+    if log_path and os.environ.get("CCDFLOW_PROFILE"):
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        atexit.register(lambda: profiler.dump_stats(f"{log_path}.prof"))
 
     def detach() -> None:
         atexit.unregister(report_duration)

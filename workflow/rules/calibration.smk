@@ -15,6 +15,8 @@ rule calibration_plan:
         software=SOFTWARE,
     log:
         LOGS / "calibration_plan.log",
+    # off the critical path: the masters and frames go first
+    priority: -10
     threads: 1
     resources:
         mem_mb=1000,
@@ -38,7 +40,7 @@ rule master_bias:
         software=SOFTWARE,
     log:
         LOGS / "masters" / "{night}" / "{group}" / "bias.log",
-    threads: 2
+    threads: master_threads
     resources:
         mem_mb=CAL["memory_limit_mb"] + 1500,
         runtime=60,
@@ -63,7 +65,7 @@ rule master_dark:
         software=SOFTWARE,
     log:
         LOGS / "masters" / "{night}" / "{group}" / "dark.log",
-    threads: 2
+    threads: master_threads
     resources:
         mem_mb=CAL["memory_limit_mb"] + 1500,
         runtime=60,
@@ -88,7 +90,7 @@ rule master_flat:
         software=SOFTWARE,
     log:
         LOGS / "masters" / "{night}" / "{group}" / "flat_{filt}.log",
-    threads: 2
+    threads: master_threads
     resources:
         mem_mb=CAL["memory_limit_mb"] + 1500,
         runtime=60,
@@ -152,6 +154,8 @@ rule detector_report:
         software=SOFTWARE,
     log:
         LOGS / "reports" / "{night}" / "{group}" / "detector.log",
+    # off the critical path: the masters and frames go first
+    priority: -10
     threads: 1
     resources:
         mem_mb=2000,

@@ -154,6 +154,12 @@ def get_master_raw(kind):
     return inner
 
 
+def master_threads(wildcards, input):
+    """Threads of a master's combination: 2 for large sets (the row blocks are combined
+    in parallel), 1 for small ones, so a short night's masters run side by side."""
+    return 2 if input.size_mb > 400 else 1
+
+
 def get_dark_inputs(wildcards):
     return {"bias": _nearest_master("bias", wildcards, "dark")} if "bias" in STEPS else {}
 
