@@ -84,7 +84,7 @@ def _science(job):
     ccd = _process(path, **masters)
     ccd.write(out / f"{Path(path).stem}_cal.fits", overwrite=True)
     data = ccd.data
-    threshold = detect_threshold(data, nsigma=2.0, sigma_clip=SigmaClip(3.0))
+    threshold = detect_threshold(data, n_sigma=2.0, sigma_clip=SigmaClip(3.0))
     segm = detect_sources(data, threshold, n_pixels=10)
     mask = segm.make_source_mask(size=11) if segm is not None else None
     bkg = Background2D(data, (64, 64), filter_size=(3, 3), sigma_clip=SigmaClip(3.0),
