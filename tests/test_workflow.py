@@ -31,6 +31,20 @@ def test_dry_run_lists_demo_jobs(tmp_path):
     assert "demo_simulate" in text and "inventory_scan" in text
 
 
+def test_dry_run_after_the_inventory_lists_the_whole_dag(tmp_path):
+    # with the inventory made, `-n` evaluates every rule's input functions, threads and
+    # resources before any master exists (a threads function once failed only here)
+    simulate_night(out_dir=tmp_path / "night", spec=SMALL_SPEC)
+    config = ["--config", f"raw_dir={tmp_path / 'night' / 'raw'}", "results_dir=out",
+              f"instrument={ROOT / 'config' / 'instruments' / 'demo.yaml'}"]
+    snakemake(tmp_path, "--cores", "1", "--until", "inventory_scan", *config)
+    out = snakemake(tmp_path, "-n", "--cores", "2", *config)
+    text = out.stdout + out.stderr
+    for rule in ("master_bias", "master_dark", "master_flat", "frames_reduce",
+                 "measure_photometry", "qc_night"):
+        assert rule in text, rule
+
+
 def test_demo_night_end_to_end_then_up_to_date(tiny_demo):
     tmp_path = tiny_demo
     results = tmp_path / "results"

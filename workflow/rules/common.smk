@@ -156,8 +156,10 @@ def get_master_raw(kind):
 
 def master_threads(wildcards, input):
     """Threads of a master's combination: 2 for large sets (the row blocks are combined
-    in parallel), 1 for small ones, so a short night's masters run side by side."""
-    return 2 if input.size_mb > 400 else 1
+    in parallel), 1 for small ones, so a short night's masters run side by side. Sized
+    from the raw frames (they exist; a master input may not yet, in a dry run)."""
+    size_mb = sum(os.path.getsize(f) for f in input.raw if os.path.exists(f)) / 1e6
+    return 2 if size_mb > 400 else 1
 
 
 def get_dark_inputs(wildcards):
