@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from .ccd import CalibrationError
@@ -61,20 +62,31 @@ class CalibrationSets:
 
     def nearest(self, *, kind: str, group: str, mjd: float, night: str, filter: str = "",
                 max_age_days: float) -> pd.Series | None:
-        """Set of the same night, else the nearest in time within ``max_age_days``."""
-        t = self.table
-        sel = (t["kind"] == kind) & (t["group"] == group)
-        if kind in FILTERED:
-            sel &= t["filter_slug"] == safe_name(filter)
-        cands = t[sel]
-        if cands.empty:
+        """Set of the same night, else the nearest in time within ``max_age_days``.
+
+        The candidates of each (type, group, filter) are found once and kept: a plan
+        asks this for every science frame and type (30,000 calls for 10,000 frames).
+        """
+        key = (kind, group, safe_name(filter) if kind in FILTERED else "")
+        cache = self.__dict__.setdefault("_candidates", {})
+        if key not in cache:
+            t = self.table
+            sel = (t["kind"] == kind) & (t["group"] == group)
+            if kind in FILTERED:
+                sel &= t["filter_slug"] == key[2]
+            rows = t[sel]
+            cache[key] = ([row for _, row in rows.iterrows()],
+                          rows["night"].to_numpy(str) if len(rows) else np.zeros(0, str),
+                          rows["mjd"].to_numpy(float))
+        rows, nights, mjds = cache[key]
+        if not rows:
             return None
-        same = cands[cands["night"] == night]
-        if not same.empty:
-            return same.iloc[0]
-        age = (cands["mjd"] - mjd).abs()
-        best = age.idxmin()
-        return cands.loc[best] if age[best] <= max_age_days else None
+        same = np.flatnonzero(nights == night)
+        if same.size:
+            return rows[same[0]]
+        age = np.abs(mjds - mjd)
+        best = int(np.argmin(age))
+        return rows[best] if age[best] <= max_age_days else None
 
 
 def calibration_sets(inventory: pd.DataFrame, *, min_frames: Mapping[str, int],
