@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from astropy.io import fits
+from scipy.ndimage import binary_dilation
 
 from ccdflow.calibrate import (
     calibrate_science,
@@ -317,6 +318,8 @@ def test_cosmic_rays_on_spectra_found_and_never_on_sky_line_cores(night):
     # the data do not justify: L.A.Cosmic flags pure noise peaks above its sigclip
     # (4.5σ: ~1 per 262k-pixel frame, wherever they fall), but a flag on a core whose
     # pixel is < 4σ above the true sky would be the sky model's fault (P-Cygni residuals).
+    # L.A.Cosmic grows each detection into its 8 neighbours at a lower threshold, so a
+    # flag next to an injected ray or next to a flagged ≥ 4σ noise peak is justified too.
     x_eff = night.warp.effpix()
     sigma = night.meta["line_sigma_px"]
     core = np.zeros(x_eff.shape, bool)
@@ -338,13 +341,12 @@ def test_cosmic_rays_on_spectra_found_and_never_on_sky_line_cores(night):
         strong = rays["electrons"].to_numpy() > 5 * noise[ys, xs]
         found += int(cosmic[ys[strong], xs[strong]].sum())
         injected += int(strong.sum())
-        near_ray = np.zeros(cosmic.shape, bool)
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                near_ray[np.clip(ys + dy, 0, cosmic.shape[0] - 1),
-                         np.clip(xs + dx, 0, cosmic.shape[1] - 1)] = True
         excess = (product.data - night.sky_truth(k)) / noise
-        unjustified = cosmic & core & ~near_ray & (excess < 4)
+        seeds = np.zeros(cosmic.shape, bool)
+        seeds[ys, xs] = True
+        seeds |= cosmic & (excess >= 4)
+        justified = binary_dilation(seeds, structure=np.ones((3, 3), bool))
+        unjustified = cosmic & core & ~justified & (excess < 4)
         assert not unjustified.any(), (night.frame(k), np.argwhere(unjustified))
     assert injected > 300
     assert found / injected >= 0.95
