@@ -18,8 +18,12 @@ module          what it holds
 ``targets``     reference-frame choice and the series' source list with the named
                 targets (:func:`build_reference`, :func:`reference_catalog`)
 ``sky``         clipped annulus statistics (:func:`annulus_statistics`)
-``apertures``   aperture sums with repair, neighbour light, two errors, optimal
-                photometry, flags (:func:`measure_apertures`, :class:`PhotFlag`)
+``flags``       a row's flags and the mask bits photometry acts on (:class:`PhotFlag`)
+``model``       the frame's source model: joint PSF fit, hidden neighbours, rendering
+                (:func:`fit_source_fluxes`, :func:`model_sources`)
+``apertures``   aperture sums with repair, neighbour light, two errors
+                (:func:`measure_apertures`)
+``optimal``     Naylor (1998) optimal photometry (:func:`optimal_photometry`)
 ``measure``     one frame's photometry of the source list with times
                 (:func:`frame_photometry`), frame I/O (:func:`load_frame`)
 ``lightcurves`` per-source and differential light curves (:func:`build_lightcurves`)

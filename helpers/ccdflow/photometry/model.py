@@ -1,0 +1,403 @@
+"""The frame's source model: every source's PSF-fitted flux (blends fitted jointly,
+recentred where a neighbour pulls them), the stars the list lacks found in the
+model's residual, and the model rendered on the frame or on stamps.
+
+Photometry uses it to fill masked pixels, to measure neighbour light in each
+aperture, and to weight optimal photometry.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["SourceModel", "cut_stamps", "find_hidden_neighbours", "fit_source_fluxes",
+           "model_image", "model_on_stamps", "model_sources", "neighbour_variance",
+           "overlap_fraction", "render_psf"]
+
+
+@dataclass
+class SourceModel:
+    """Every source's PSF-fitted flux and the frame's PSF (for repair and neighbours)."""
+
+    psf: object  #: :class:`ccdflow.photometry.psf.PSFModel`
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray  #: F̂ (e-), 0 where not fitted
+    flux_var: np.ndarray  #: Var(F̂)
+    half: int  #: half-width of the stamps the model is rendered on
+    stamps: np.ndarray | None = None  #: unit PSF on each source's box (n, k, k)
+    px: np.ndarray | None = None  #: the boxes' columns (n, k)
+    py: np.ndarray | None = None  #: the boxes' rows (n, k)
+
+    def box(self, half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The PSF stamps and pixel indices cut to a smaller half-width."""
+        c = self.half
+        sl = slice(c - half, c + half + 1)
+        return self.stamps[:, sl, sl], self.px[:, sl], self.py[:, sl]
+
+
+def overlap_fraction(px, py, x, y, r):
+    """Approximate fraction of each pixel inside a circle of radius ``r`` (a linear ramp
+    across the boundary; used for fractions and error terms, not for the sums)."""
+    d = np.hypot(px[:, None, :] - x[:, None, None], py[:, :, None] - y[:, None, None])
+    r = np.asarray(r, float)
+    r = r[:, None, None] if r.ndim else r
+    return np.clip(r - d + 0.5, 0.0, 1.0)
+
+
+def cut_stamps(image, px, py, fill=0.0):
+    ny, nx = image.shape
+    inside = ((py >= 0) & (py < ny))[:, :, None] & ((px >= 0) & (px < nx))[:, None, :]
+    values = image[np.clip(py, 0, ny - 1)[:, :, None], np.clip(px, 0, nx - 1)[:, None, :]]
+    return np.where(inside, values, fill), inside
+
+
+def render_psf(psf, x, y, px, py, subsample):
+    """Unit PSF at (x, y) integrated over the pixels of the given boxes (n, k, k)."""
+    from .psf import _subsample
+
+    sub = _subsample(subsample)
+    total = np.zeros((len(x), py.shape[1], px.shape[1]))
+    for sy in sub:
+        dy = (py + sy - y[:, None])[:, :, None]
+        for sx in sub:
+            dx = (px + sx - x[:, None])[:, None, :]
+            total += psf.value(dx, dy)
+    return total / len(sub) ** 2
+
+
+def fit_source_fluxes(*, data: np.ndarray, usable: np.ndarray, sky: np.ndarray,
+                      sky_rms: np.ndarray, x: np.ndarray, y: np.ndarray, psf,
+                      radius: float, iterations: int = 6, recentre_above: float = 0.01,
+                      max_shift: float = 1.0) -> SourceModel:
+    """PSF amplitude of every source from its usable pixels within ``radius`` (weighted
+    linear least squares, the variance from the model: sky + source photons).
+
+    Blended sources are fitted together: each pass fits every source to the data
+    minus the other sources' current model (Jacobi passes converge to the joint
+    least-squares fit of a group).  A source whose neighbours put more than
+    ``recentre_above`` of its light into its fitting region also has its centre fitted
+    (Gauss–Newton, at most ``max_shift`` px from where it was given), as DAOPHOT's
+    ALLSTAR recentres stars in a group: a neighbour pulls a centroid off a star, and a
+    star modelled off its centre leaves its neighbour's light misjudged.  ``sky`` and
+    ``sky_rms`` are per source (its local level and per-pixel noise); ``x, y`` of the
+    result are the fitted centres.
+    """
+    half = math.ceil(radius) + 3  # the model reaches 2 px beyond the apertures' boxes
+    sub_n = 5 if psf.fwhm < 2.5 else 3
+    ok = np.isfinite(x) & np.isfinite(y)
+    x0 = np.where(ok, x, -1e6).astype(float)
+    y0 = np.where(ok, y, -1e6).astype(float)
+    xs, ys = x0.copy(), y0.copy()
+    d_grid = np.arange(-half, half + 1)
+    px = np.floor(xs + 0.5).astype(np.int64)[:, None] + d_grid[None, :]
+    py = np.floor(ys + 0.5).astype(np.int64)[:, None] + d_grid[None, :]
+    p = render_psf(psf, xs, ys, px, py, sub_n)
+    d, inside = cut_stamps(data, px, py)
+    good, _ = cut_stamps(usable, px, py, fill=False)
+    near = overlap_fraction(px, py, x0, y0, radius) > 0  # the region stays where it was given
+    use = good & inside & near
+    flux = np.zeros(len(x))
+    others = np.zeros_like(p)
+    movable = np.zeros(len(x), bool)
+    model = SourceModel(psf=psf, x=x, y=y, flux=flux, flux_var=np.zeros(len(x)), half=half,
+                        stamps=p, px=px, py=py)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for k in range(max(1, iterations)):
+            pu = np.where(use, p, 0.0)
+            resid = np.where(use, d - sky[:, None, None] - others, 0.0)
+            f0 = (pu * resid).sum(axis=(1, 2)) / (pu * pu).sum(axis=(1, 2))
+            var = np.where(use, sky_rms[:, None, None] ** 2
+                           + np.clip(np.nan_to_num(f0)[:, None, None], 0, None) * p, 1.0)
+            w = np.where(use, 1.0 / var, 0.0)
+            denom = (w * pu * pu).sum(axis=(1, 2))
+            new = (w * pu * resid).sum(axis=(1, 2)) / denom
+            bad = ~ok | ~np.isfinite(new) | (denom <= 0)
+            new = np.where(bad, 0.0, new)
+            moved = False
+            if k >= 1 and movable.any():
+                idx = np.flatnonzero(movable & ~bad & (new > 0))
+                if len(idx):
+                    fi = flux[idx] if (flux[idx] > 0).all() else np.maximum(new[idx], 1.0)
+                    step = _recentre_step(psf=psf, x=xs[idx], y=ys[idx], px=px[idx],
+                                          py=py[idx], sub_n=sub_n, flux=fi, unit=pu[idx],
+                                          resid=resid[idx], weight=w[idx], use=use[idx])
+                    xs[idx] = np.clip(xs[idx] + step[:, 1], x0[idx] - max_shift,
+                                      x0[idx] + max_shift)
+                    ys[idx] = np.clip(ys[idx] + step[:, 2], y0[idx] - max_shift,
+                                      y0[idx] + max_shift)
+                    p[idx] = render_psf(psf, xs[idx], ys[idx], px[idx], py[idx], sub_n)
+                    new[idx] = fi + step[:, 0]
+                    moved = bool(np.abs(step[:, 1:]).max() > 1e-3)
+            converged = not moved and np.allclose(new, flux, rtol=1e-4, atol=1e-3 * np.nanmedian(
+                np.sqrt(np.where(bad, np.nan, 1.0 / denom))) if (~bad).any() else 1.0)
+            flux = new
+            model.flux = flux
+            if (converged and k >= 1) or k == iterations - 1:
+                break
+            model.stamps = p
+            image = model_image(model, data.shape)
+            others, _ = cut_stamps(image, px, py)
+            others = others - flux[:, None, None] * p
+            if k == 0 and recentre_above > 0:
+                own = (np.where(use, p, 0.0) * np.clip(flux, 0, None)[:, None, None]).sum(
+                    axis=(1, 2))
+                foreign = np.where(use, np.clip(others, 0, None), 0.0).sum(axis=(1, 2))
+                movable = ok & (flux > 0) & (foreign > recentre_above * own)
+    model.flux_var = np.where(bad, 0.0, 1.0 / denom)
+    # boxes centred on the pixel of each final centre (a recentred star may have moved)
+    npx = np.floor(xs + 0.5).astype(np.int64)[:, None] + d_grid[None, :]
+    npy = np.floor(ys + 0.5).astype(np.int64)[:, None] + d_grid[None, :]
+    shifted = (npx[:, half] != px[:, half]) | (npy[:, half] != py[:, half])
+    if shifted.any():
+        px, py = npx, npy
+        p[shifted] = render_psf(psf, xs[shifted], ys[shifted], px[shifted], py[shifted], sub_n)
+    model.stamps, model.px, model.py = p, px, py
+    model.x = np.where(ok, xs, x)
+    model.y = np.where(ok, ys, y)
+    return model
+
+
+def _recentre_step(*, psf, x, y, px, py, sub_n, flux, unit, resid, weight, use,
+                   h: float = 0.05) -> np.ndarray:
+    """One Gauss–Newton step on (flux, x, y) of the given sources (rows: the step;
+    shifts clipped to ±0.5 px), the PSF's derivatives by central differences."""
+    def at(dx, dy):
+        return render_psf(psf, x + dx, y + dy, px, py, sub_n)
+
+    gx = (at(h, 0.0) - at(-h, 0.0)) / (2 * h)
+    gy = (at(0.0, h) - at(0.0, -h)) / (2 * h)
+    n = len(x)
+    jac = np.stack([unit, flux[:, None, None] * gx, flux[:, None, None] * gy], axis=-1)
+    jac = np.where(use[..., None], jac, 0.0).reshape(n, -1, 3)
+    r = (resid - flux[:, None, None] * unit).reshape(n, -1)
+    ww = weight.reshape(n, -1)
+    jtj = np.einsum("nki,nk,nkj->nij", jac, ww, jac)
+    jtr = np.einsum("nki,nk,nk->ni", jac, ww, r)
+    try:
+        step = np.linalg.solve(jtj + 1e-9 * np.eye(3)[None], jtr[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        step = np.zeros((n, 3))
+    step = np.nan_to_num(step)
+    step[:, 1:] = np.clip(step[:, 1:], -0.5, 0.5)
+    return step
+
+
+def model_sources(*, data: np.ndarray, usable: np.ndarray, saturated: np.ndarray, psf,
+                  x: np.ndarray, y: np.ndarray, sky: np.ndarray, sky_rms: np.ndarray,
+                  sky_map: np.ndarray | None, typical_noise: float, radius: float,
+                  recentre: bool) -> tuple[SourceModel, np.ndarray, int]:
+    """The frame's source model: the listed sources fitted jointly
+    (:func:`fit_source_fluxes`), then the stars the list lacks that the model's
+    residual reveals (:func:`find_hidden_neighbours`) fitted with them.
+
+    Parameters
+    ----------
+    data, usable, saturated : ndarray
+        The frame (e-), its usable pixels, its saturated pixels.
+    x, y : ndarray
+        Listed sources (NaN: not on the frame).
+    sky, sky_rms : ndarray
+        Each listed source's local sky level and per-pixel noise (finite).
+    sky_map : ndarray, optional
+        The sky per pixel (else the median of ``sky``), for the residual and the
+        hidden stars' sky.
+    typical_noise : float
+        The frame's per-pixel sky noise (the hidden stars' ``sky_rms``).
+    radius : float
+        Fitting radius (the largest aperture).
+    recentre : bool
+        Recentre sources their neighbours pull (``recentre_above`` 0.1) or not.
+
+    Returns
+    -------
+    model : SourceModel
+        The listed sources (fitted centres and fluxes).
+    image : ndarray
+        Every modelled source's light on the frame, hidden stars included.
+    n_hidden : int
+        Stars found in the residual.
+    """
+    n = len(x)
+    fit = dict(data=data, usable=usable, psf=psf, radius=radius,
+               recentre_above=0.1 if recentre else 0.0)
+    model = fit_source_fluxes(sky=sky, sky_rms=sky_rms, x=x, y=y, **fit)
+    image = model_image(model, data.shape)
+    sky_level = sky_map if sky_map is not None else float(np.nanmedian(sky))
+    residual = np.where(usable, data - sky_level - image, 0.0)
+    avoid = None
+    if saturated.any():  # a saturated star's model leaves structured residuals
+        from scipy import ndimage
+
+        avoid = ndimage.binary_dilation(saturated, iterations=max(2, math.ceil(2 * psf.fwhm)))
+    hidden_x, hidden_y = find_hidden_neighbours(
+        residual=residual, variance=typical_noise**2 + np.clip(image, 0, None), model=model,
+        radius=radius, avoid=avoid)
+    if not len(hidden_x):
+        return model, image, 0
+    hidden_sky = (sky_map[hidden_y.astype(int), hidden_x.astype(int)] if sky_map is not None
+                  else np.full(len(hidden_x), float(np.nanmedian(sky))))
+    everything = fit_source_fluxes(
+        sky=np.concatenate([sky, hidden_sky]),
+        sky_rms=np.concatenate([sky_rms, np.full(len(hidden_x), typical_noise)]),
+        x=np.concatenate([x, hidden_x]), y=np.concatenate([y, hidden_y]), **fit)
+    model = SourceModel(psf=psf, x=everything.x[:n], y=everything.y[:n],
+                        flux=everything.flux[:n], flux_var=everything.flux_var[:n],
+                        half=everything.half, stamps=everything.stamps[:n],
+                        px=everything.px[:n], py=everything.py[:n])
+    return model, model_image(everything, data.shape), len(hidden_x)
+
+
+def find_hidden_neighbours(*, residual: np.ndarray, variance: np.ndarray, model: SourceModel,
+                           radius: float, nsigma: float = 5.0, min_fraction: float = 0.005,
+                           avoid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stars the source list lacks, found in the residual of its PSF model (DAOPHOT's
+    second pass): around every source, the PSF-matched filter of ``residual`` (frame
+    − sky − model) above ``nsigma`` × its noise, a local maximum at least one FWHM
+    from every listed source and brighter than ``min_fraction`` of the source whose
+    neighbourhood it is in.  Close pairs that detection left as one segment are the
+    usual find: their light is not the star's, and the model then holds it.
+
+    ``avoid`` marks pixels near which nothing is searched (saturated stars, whose
+    model leaves structured residuals).
+
+    Returns
+    -------
+    x, y : ndarray
+        Positions (0-based) of the hidden stars: the matched filter's peak, refined
+        to a fraction of a pixel by a parabola through it and its neighbours.
+    """
+    from scipy.spatial import cKDTree
+
+    from .psf import psf_stamps
+
+    psf = model.psf
+    fwhm = psf.fwhm
+    hk = max(1, math.ceil(1.0 * fwhm))
+    kernel, _, _ = psf_stamps(psf, np.zeros(1), np.zeros(1), hk)
+    kernel = kernel[0]
+    k2 = float((kernel**2).sum())
+    reach = math.ceil(radius + fwhm)
+    ok = np.flatnonzero(np.isfinite(model.x) & np.isfinite(model.y) & (model.flux > 0))
+    if not len(ok) or reach + hk > model.half + 20:
+        return np.zeros(0), np.zeros(0)
+    d = np.arange(-(reach + hk), reach + hk + 1)
+    cx = np.floor(model.x[ok] + 0.5).astype(np.int64)
+    cy = np.floor(model.y[ok] + 0.5).astype(np.int64)
+    px, py = cx[:, None] + d[None, :], cy[:, None] + d[None, :]
+    r_st, inside = cut_stamps(residual, px, py)
+    v_st, _ = cut_stamps(variance, px, py, fill=np.inf)
+    r_st = np.where(inside, r_st, 0.0)
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    win = sliding_window_view(r_st, (2 * hk + 1, 2 * hk + 1), axis=(1, 2))
+    amp = np.einsum("nijab,ab->nij", win, kernel) / k2  # PSF amplitude centred on a pixel
+    vwin = sliding_window_view(np.where(inside, v_st, np.inf), (2 * hk + 1, 2 * hk + 1),
+                               axis=(1, 2))
+    with np.errstate(invalid="ignore", over="ignore"):
+        sigma_amp = np.sqrt(np.einsum("nijab,ab->nij", vwin, kernel**2)) / k2
+        snr = amp / sigma_amp
+    snr = np.nan_to_num(snr, nan=0.0, posinf=0.0, neginf=0.0)
+    # local maxima above threshold, away from the stamp's border
+    pad = np.pad(snr, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    centre = pad[:, 1:-1, 1:-1]
+    peak = np.ones(snr.shape, bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                peak &= centre >= pad[:, 1 + dy:pad.shape[1] - 1 + dy,
+                                     1 + dx:pad.shape[2] - 1 + dx]
+    inner = np.arange(-reach, reach + 1)
+    gy, gx = np.meshgrid(inner, inner, indexing="ij")
+    near = gx**2 + gy**2 <= (radius + fwhm) ** 2
+    hit = peak & (snr > nsigma) & near[None] & (
+        amp > min_fraction * model.flux[ok][:, None, None])
+    src, iy, ix = np.nonzero(hit)
+    if not len(src):
+        return np.zeros(0), np.zeros(0)
+
+    def vertex(lo, mid, hi):  # offset of a parabola's vertex through three samples
+        with np.errstate(invalid="ignore", divide="ignore"):
+            off = 0.5 * (lo - hi) / (lo - 2 * mid + hi)
+        return np.clip(np.nan_to_num(off), -0.5, 0.5)
+
+    ap = np.pad(amp, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    mid = ap[src, iy + 1, ix + 1]
+    hx = cx[src] + inner[ix] + vertex(ap[src, iy + 1, ix], mid, ap[src, iy + 1, ix + 2])
+    hy = cy[src] + inner[iy] + vertex(ap[src, iy, ix + 1], mid, ap[src, iy + 2, ix + 1])
+    if avoid is not None and avoid.any():
+        ny, nx = avoid.shape
+        keep = ~avoid[np.clip(np.round(hy).astype(int), 0, ny - 1),
+                      np.clip(np.round(hx).astype(int), 0, nx - 1)]
+        hx, hy = hx[keep], hy[keep]
+        if not len(hx):
+            return hx, hy
+    listed = np.column_stack([model.x[ok], model.y[ok]])
+    far = cKDTree(listed).query(np.column_stack([hx, hy]))[0] >= fwhm
+    hx, hy = hx[far].astype(float), hy[far].astype(float)
+    if not len(hx):
+        return hx, hy
+    # one per star: peaks found from several listed neighbours' stamps are the same
+    pixel = np.round(hx).astype(np.int64) * 1_000_003 + np.round(hy).astype(np.int64)
+    _, first = np.unique(pixel, return_index=True)
+    return hx[first], hy[first]
+
+
+def model_image(model: SourceModel, shape, *, exclude: int | None = None) -> np.ndarray:
+    """All sources' PSF light (e-) on the frame."""
+    from .psf import psf_stamps
+
+    image = np.zeros(shape)
+    ok = (model.flux != 0) & np.isfinite(model.x) & np.isfinite(model.y)
+    idx = np.flatnonzero(ok)
+    if not len(idx):
+        return image
+    if model.stamps is not None:
+        p, px, py = model.stamps[idx], model.px[idx], model.py[idx]
+    else:
+        p, px, py = psf_stamps(model.psf, model.x[idx], model.y[idx], model.half + 2)
+    ny, nx = shape
+    inside = ((py >= 0) & (py < ny))[:, :, None] & ((px >= 0) & (px < nx))[:, None, :]
+    flat = (np.clip(py, 0, ny - 1)[:, :, None] * nx + np.clip(px, 0, nx - 1)[:, None, :])
+    np.add.at(image.ravel(), flat[inside], (model.flux[idx, None, None] * p)[inside])
+    return image
+
+
+def model_on_stamps(model: SourceModel, px, py) -> np.ndarray:
+    """Every source's modelled light on the given stamps' pixels."""
+    ny = int(max(py.max() + 1, 1))
+    nx = int(max(px.max() + 1, 1))
+    lo_y, lo_x = int(min(py.min(), 0)), int(min(px.min(), 0))
+    shifted = SourceModel(psf=model.psf, x=model.x - lo_x, y=model.y - lo_y, flux=model.flux,
+                          flux_var=model.flux_var, half=model.half)
+    image = model_image(shifted, (ny - lo_y, nx - lo_x))
+    values, _ = cut_stamps(image, px - lo_x, py - lo_y)
+    return values
+
+
+def neighbour_variance(model: SourceModel, x, y, radius, placed) -> np.ndarray:
+    """Variance of the modelled neighbour light in each aperture: Σ_j (C_ij)² Var(F̂_j)
+    with C_ij the share of source j's light in source i's aperture (Gaussian-radius
+    approximation of the PSF's encircled energy at the pair's distance)."""
+    from scipy.spatial import cKDTree
+
+    out = np.zeros(len(x))
+    if len(placed) < 2:
+        return out
+    sigma = model.psf.fwhm / 2.3548
+    reach = radius + 5 * sigma
+    tree = cKDTree(np.column_stack([x[placed], y[placed]]))
+    for i, j in tree.query_pairs(reach):
+        a, b = placed[i], placed[j]
+        d = math.hypot(x[a] - x[b], y[a] - y[b])
+        # fraction of a Gaussian at distance d inside a circle of radius r (≈, 1-D)
+        share = 0.5 * (math.erf((radius - d) / (math.sqrt(2) * sigma))
+                       + math.erf((radius + d) / (math.sqrt(2) * sigma)))
+        share *= 1 - math.exp(-radius * radius / (2 * sigma * sigma))
+        out[a] += share**2 * model.flux_var[b]
+        out[b] += share**2 * model.flux_var[a]
+    return out
+
