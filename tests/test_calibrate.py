@@ -18,7 +18,13 @@ from ccdflow.calibrate import (
     make_master_dark,
     make_master_flat,
 )
-from ccdflow.ccd import CalibrationError, fit_overscan, parse_section, read_raw_frame
+from ccdflow.ccd import (
+    CalibrationError,
+    fit_overscan,
+    overscan_level_noise,
+    parse_section,
+    read_raw_frame,
+)
 from ccdflow.masks import MaskBit
 from ccdflow.products import read_product, write_product
 from ccdflow.simulate import render_gaussian_stars
@@ -166,6 +172,49 @@ def _amp(data, detsec, biassec="[5:6,1:4]", datasec="[1:4,1:4]", gain=2.0):
     header = fits.Header({"DETSEC": detsec, "BIASSEC": biassec, "DATASEC": datasec,
                           "GAIN": gain, "CCDSUM": "1 1"})
     return fits.ImageHDU(data.astype(np.uint16), header=header)
+
+
+@pytest.mark.parametrize(("function", "n_cols"), [("median", 4), ("median", 25),
+                                                  ("mean", 4), ("constant", 4),
+                                                  ("legendre", 4)])
+def test_overscan_level_noise_matches_monte_carlo(rng, function, n_cols):
+    # the level's scatter over 400 strips of 200 rows (σ = 10 ADU and a row pattern the
+    # column differences ignore) against the formula: within 10 % (the Monte Carlo's own
+    # error is ~1/√(2·400·200) per row level, negligible; the formula's σ from 200·(n−1)
+    # differences ~3 %)
+    rows = 200
+    pattern = 5 * np.sin(np.arange(rows) / 7.0)[:, None]
+    levels, predicted = [], []
+    for _ in range(400):
+        strip = 1000 + pattern + rng.normal(0, 10, (rows, n_cols))
+        levels.append(fit_overscan(strip, function=function, order=1) - 1000 - pattern[:, 0])
+        predicted.append(overscan_level_noise(strip, function=function, order=1))
+    # a line along the rows leaves the same pattern residual in every strip: removed
+    levels = np.asarray(levels)
+    measured = np.std(levels - levels.mean(axis=0))
+    assert measured == pytest.approx(np.median(predicted), rel=0.1), (measured, predicted[0])
+
+
+def test_per_row_overscan_noise_enters_err_and_header(tmp_path, rng):
+    # 4 overscan columns, read noise 10 ADU, gain 2: the per-row median adds
+    # 2·10·√0.298 = 10.9 e- per row; ERR² = RN² + level² + signal
+    data = rng.normal(500, 10, (64, 68))  # a bias level of 500 ADU only
+    path = tmp_path / "frame.fits"
+    header = fits.Header({"EXPTIME": 10.0, "BIASSEC": "[65:68,1:64]", "TRIMSEC": "[1:64,1:64]"})
+    fits.PrimaryHDU(data.astype(np.float32), header=header).writeto(path)
+    det = {"gain_e_per_adu": 2.0, "read_noise_e": 20.0, "saturation_adu": 65535,
+           "overscan": {"from": "biassec", "function": "median"}, "trim": {"from": "trimsec"}}
+    frame = read_raw_frame(path, detector=det)
+    assert frame.overscan_noise_e == pytest.approx(2 * 10 * np.sqrt(0.2982), rel=0.15)
+    product = calibrate_science(path=path, detector=det, bias=None, dark=None, flat=None,
+                                bad_pixel_mask=None)
+    assert product.header["OVSCNOIS"] == pytest.approx(frame.overscan_noise_e, abs=1e-3)
+    expected = np.sqrt(20.0**2 + frame.overscan_noise_e**2 + np.clip(product.data, 0, None))
+    np.testing.assert_allclose(product.error, expected, rtol=1e-4)
+    constant = {**det, "overscan": {"from": "biassec", "function": "constant"}}
+    # one level from all 4 × 64 overscan pixels: 2·10/√256 = 1.25 e-
+    assert read_raw_frame(path, detector=constant).overscan_noise_e == pytest.approx(1.25,
+                                                                                     rel=0.15)
 
 
 def test_multi_amplifier_mosaic_by_detsec(tmp_path):

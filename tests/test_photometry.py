@@ -139,3 +139,30 @@ def test_annulus_statistics_equal_photutils_aperture_stats(rng):
     np.testing.assert_allclose(mean, ref.mean, rtol=1e-12)
     np.testing.assert_allclose(std, ref.std, rtol=1e-12)
     np.testing.assert_array_equal(n, ref.center_aper_area.value)
+
+
+def test_row_correlation_equals_the_chord_areas(rng):
+    # Σ_rows (a_r² − a_r) against a brute-force area per row (1000 sub-rows), and the
+    # variance it predicts for an aperture sum of row-correlated noise (Monte Carlo)
+    from ccdflow.photometry.apertures import row_correlation
+
+    y = np.array([20.0, 20.37, 20.5])
+    for radius in (2.7, 6.0):
+        sub = (np.arange(1000) + 0.5) / 1000 - 0.5
+        brute = []
+        for yc in y:
+            rows = np.arange(0, 41)
+            a = np.array([np.mean(2 * np.sqrt(np.clip(radius**2 - (r + sub - yc) ** 2, 0,
+                                                      None))) for r in rows])
+            brute.append(np.sum(a * a - a))
+        np.testing.assert_allclose(row_correlation(y, radius), brute, rtol=1e-3)
+    # a level of σ = 5 e- per row, white noise of 0: the sum's variance is σ²·Σ a_r²,
+    # of which σ²·Σ a_r is the per-pixel part ERR carries
+    sigma, radius = 5.0, 4.0
+    image_rows = rng.normal(0, sigma, (4000, 41))
+    data = np.repeat(image_rows[:, :, None], 41, axis=2)
+    yy, xx = np.mgrid[0:41, 0:41]
+    inside = np.hypot(xx - 20, yy - 20) <= radius  # pixel centres: a_r = pixels per row
+    sums = (data * inside[None]).sum(axis=(1, 2))
+    a = inside.sum(axis=1)
+    assert sums.var() == pytest.approx(sigma**2 * np.sum(a * a), rel=0.06)

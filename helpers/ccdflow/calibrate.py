@@ -36,6 +36,7 @@ from .products import Product, provenance_header
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "HOT_DARK_IMAGES",
     "calibrate_science",
     "central_level",
     "central_region",
@@ -401,6 +402,10 @@ def make_master_arc(*, paths: Sequence[str | Path], detector: Mapping, bias: Pro
     return product
 
 
+#: the hot-pixel map's dark-rate images, carried by the bad-pixel mask
+HOT_DARK_IMAGES = ("HOTDARK", "HOTDARK_ERR")
+
+
 def make_bad_pixel_mask(*, shape: tuple[int, int], detector: Mapping,
                         masters: Sequence[Product | None] = (),
                         hot_pixels: np.ndarray | None = None) -> np.ndarray:
@@ -409,15 +414,17 @@ def make_bad_pixel_mask(*, shape: tuple[int, int], detector: Mapping,
     ``detector`` keys: ``bad_columns`` (1-based x), ``bad_rows`` (1-based y),
     ``bad_pixels`` (list of 1-based ``[x, y]``) and ``bad_regions`` (IRAF
     sections) — all in trimmed-frame coordinates.  ``hot_pixels`` (a boolean
-    map, :func:`ccdflow.hotpixels.hot_pixel_map` for cameras without darks) is
-    OR-ed in as HOT.
+    map, or the uint16 mask of :func:`ccdflow.hotpixels.write_hot_pixel_map` for
+    cameras without darks) is OR-ed in: True as HOT, a mask's own bits as they are.
     """
     mask = np.zeros(shape, np.uint16)
     if hot_pixels is not None:
         if np.shape(hot_pixels) != tuple(shape):
             raise CalibrationError(f"hot-pixel map has shape {np.shape(hot_pixels)}, "
                                    f"expected {shape}")
-        mask[np.asarray(hot_pixels, bool)] |= np.uint16(MaskBit.HOT)
+        hot_pixels = np.asarray(hot_pixels)
+        mask |= (np.where(hot_pixels, np.uint16(MaskBit.HOT), np.uint16(0))
+                 if hot_pixels.dtype == bool else hot_pixels.astype(np.uint16))
     for master in masters:
         if master is None:
             continue
@@ -449,7 +456,8 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
                       bad_pixel_mask: np.ndarray | None, illumination: Product | None = None,
                       params: Mapping[str, Any] | None = None,
                       master_names: Mapping[str, str] | None = None,
-                      flat_floor: float = 0.2) -> Product:
+                      flat_floor: float = 0.2,
+                      hot_dark: Mapping[str, np.ndarray] | None = None) -> Product:
     """Calibrate one science frame to electrons with ERR, ERR_CAL and MASK (see the module
     docstring).
 
@@ -472,6 +480,12 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
         pixel is BAD (and LOW_FLAT) and left undivided.  LOW_FLAT pixels above
         the floor (response below the flat's ``low``) are divided: their values
         are corrected, with a larger ERR.
+    hot_dark : mapping, optional
+        ``HOTDARK`` and ``HOTDARK_ERR`` (e-/s) of the series' hot-pixel map
+        (:func:`ccdflow.hotpixels.hot_pixel_rates`), used when no master dark is:
+        ``rate × EXPTIME`` is subtracted at HOT pixels that have a rate (its error
+        in ERR_CAL); a HOT pixel without one becomes BAD.  ``HOTCORR`` counts
+        the corrected pixels.
 
     Returns
     -------
@@ -494,12 +508,17 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
     dark_e, dark_err = _dark_term(dark, frame.exptime_s, t_bias)
     collected = raw - b
     # random (this frame's) and calibration (the masters', common to all frames) variance
-    var = frame.read_noise_e**2 + np.clip(collected, 0, None)
+    var = frame.read_noise_e**2 + frame.overscan_noise_e**2 + np.clip(collected, 0, None)
     var_cal = np.square(sb) + np.square(dark_err)
     signal = collected - dark_e
     mask = np.zeros(shape, np.uint16)
     if bad_pixel_mask is not None:
         mask |= bad_pixel_mask
+    n_hot_corrected = 0
+    if dark is None and hot_dark and "HOTDARK" in hot_dark:
+        signal, var_cal, mask, n_hot_corrected = _series_dark(
+            signal=signal, var_cal=var_cal, mask=mask, hot_dark=hot_dark,
+            exptime_s=frame.exptime_s, where=path)
     if flat is not None:
         floor = float(flat_floor)
         low_bit = (flat.mask & np.uint16(MaskBit.LOW_FLAT)) != 0
@@ -530,11 +549,14 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
     header["FLATFILE"] = (names.get("flat", "none") if flat is not None else "none", "master flat")
     header["BPMFILE"] = (names.get("bpm", "none"), "bad-pixel mask")
     header["NHOTPIX"] = (int((mask & np.uint16(MaskBit.HOT) != 0).sum()), "pixels flagged HOT")
+    header["HOTCORR"] = (n_hot_corrected, "HOT pixels corrected with the series' dark rates")
     header["ILLUMFIL"] = (names.get("illumination", "none") if illumination is not None
                           else "none", "illumination correction")
     header["GAINORIG"] = (frame.gains[0], "[e-/ADU] gain applied (first amplifier)")
     header["GAIN"] = (1.0, "[e-/e-] data are in electrons")
     header["RDNOISE"] = (frame.read_noise_e, "[e-] read noise")
+    header["OVSCNOIS"] = (round(frame.overscan_noise_e, 3),
+                          "[e-] 1 sigma of the overscan level of a row")
     header["SATURATE"] = (round(frame.saturation_e, 1), "[e-] saturation after overscan")
     header["BUNIT"] = "electron"
     for i, note in enumerate(frame.notes, start=1):
@@ -542,6 +564,23 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
     return Product(data=sci.astype(np.float32), error=np.sqrt(var).astype(np.float32),
                    mask=mask, header=header,
                    extras={"ERR_CAL": np.sqrt(var_cal * np.ones(shape)).astype(np.float32)})
+
+
+def _series_dark(*, signal, var_cal, mask, hot_dark, exptime_s, where):
+    """Subtract the series' dark charge at HOT pixels that have a rate; the others BAD."""
+    rate = np.asarray(hot_dark["HOTDARK"], np.float64)
+    if rate.shape != signal.shape:
+        raise CalibrationError(f"{where}: the hot-pixel rates are {rate.shape[1]}x{rate.shape[0]}"
+                               f", the frame {signal.shape[1]}x{signal.shape[0]}")
+    rate_err = np.asarray(hot_dark.get("HOTDARK_ERR", np.zeros_like(rate)), np.float64)
+    hot = (mask & np.uint16(MaskBit.HOT)) != 0
+    rated = hot & np.isfinite(rate) & np.isfinite(rate_err)
+    t = float(exptime_s) if np.isfinite(exptime_s) else 0.0
+    signal = np.where(rated, signal - np.nan_to_num(rate) * t, signal)
+    var_cal = var_cal + np.where(rated, np.square(np.nan_to_num(rate_err) * t), 0.0)
+    mask = mask.copy()
+    mask[hot & ~rated] |= np.uint16(MaskBit.BAD)
+    return signal, var_cal, mask, int(rated.sum())
 
 
 def _box_levels(image: np.ndarray, mask: np.ndarray, box: int):

@@ -8,6 +8,7 @@ mirrored; its pixels are flipped when placed in the mosaic.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,7 @@ __all__ = [
     "RawFrame",
     "detector_constant",
     "fit_overscan",
+    "overscan_level_noise",
     "parse_section",
     "read_raw_frame",
 ]
@@ -187,6 +189,41 @@ def fit_overscan(strip: np.ndarray, *, function: str = "median", order: int = 1,
                      f"chebyshev, got {function!r}")
 
 
+#: variance of the median of n unit normal deviates (n ≤ 10; π/2n beyond)
+_MEDIAN_VARIANCE = {1: 1.0, 2: 0.5, 3: 0.4487, 4: 0.2982, 5: 0.2868, 6: 0.2147, 7: 0.2104,
+                    8: 0.1682, 9: 0.1661, 10: 0.1378}
+
+
+def overscan_level_noise(strip: np.ndarray, *, function: str = "median",
+                         order: int = 1) -> float:
+    """1σ noise (ADU) of the overscan level :func:`fit_overscan` subtracts from a row.
+
+    The pixel noise σ comes from differences of neighbouring overscan columns in a
+    row (robust, free of any row structure; of neighbouring rows for a single
+    column); then the median's noise for a per-row median of n columns (tabulated
+    for n ≤ 10, ``√(π/2n)·σ`` beyond), σ/√n for a per-row mean, σ/√(n·rows) for
+    one constant, and the per-row median's noise × √((order+1)/rows) for a fit
+    along the rows.  The
+    level is common to a whole row: a per-row level from a few columns adds noise
+    correlated along the rows that no per-pixel error fully describes.
+    """
+    strip = np.asarray(strip, dtype=np.float64)
+    rows, n = strip.shape
+    diff = np.diff(strip, axis=1) if n > 1 else np.diff(strip, axis=0)
+    diff = diff[np.isfinite(diff)]
+    if diff.size < 2:
+        return 0.0
+    sigma = 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / math.sqrt(2)
+    per_row_median = sigma * math.sqrt(_MEDIAN_VARIANCE.get(n, math.pi / (2 * n)))
+    if function == "median":
+        return per_row_median
+    if function == "mean":
+        return sigma / math.sqrt(n)
+    if function == "constant":
+        return sigma / math.sqrt(n * rows)
+    return per_row_median * math.sqrt(min(1.0, (order + 1) / rows))
+
+
 @dataclass
 class RawFrame:
     """A raw frame in electrons, overscan-corrected and trimmed (all amplifiers mosaicked)."""
@@ -201,6 +238,8 @@ class RawFrame:
     saturation_e: float  #: lowest saturation level over amplifiers, in electrons
     gains: list[float] = field(default_factory=list)  #: e-/ADU per amplifier
     notes: list[str] = field(default_factory=list)  #: what was done, for logs and headers
+    #: 1σ (e-) of the overscan level subtracted from each row (largest over amplifiers)
+    overscan_noise_e: float = 0.0
 
 
 def _section_from(kind: str, cfg: Mapping, header: Mapping, shape: tuple[int, int], *,
@@ -305,7 +344,8 @@ def read_raw_frame(path: str | Path, *, detector: Mapping, exptime_keywords: Seq
     return RawFrame(data=data, saturated=sat, nonfinite=nonfinite, no_data=no_data,
                     header=merged, exptime_s=exptime, read_noise_e=rn,
                     saturation_e=min(p["saturation_e"] for p in pieces),
-                    gains=[p["gain"] for p in pieces], notes=notes)
+                    gains=[p["gain"] for p in pieces], notes=notes,
+                    overscan_noise_e=max(p.get("overscan_noise_e", 0.0) for p in pieces))
 
 
 def _pixels(path: Path, hdu) -> np.ndarray:
@@ -348,8 +388,16 @@ def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool
                               niterate=int(over_cfg.get("niterate", 3)),
                               reject_sigma=float(over_cfg.get("reject_sigma", 3.0)))
         level[rows] = fitted
-        notes.append(f"overscan {over_cfg.get('function', 'median')} of columns "
-                     f"{cols.start + skip + 1}-{cols.stop}, mean {np.nanmean(fitted):.2f} ADU")
+        function = over_cfg.get("function", "median")
+        noise_e = gain * overscan_level_noise(strip, function=function,
+                                              order=int(over_cfg.get("order", 1)))
+        notes.append(f"overscan {function} of columns "
+                     f"{cols.start + skip + 1}-{cols.stop}, mean {np.nanmean(fitted):.2f} ADU, "
+                     f"noise {noise_e:.2f} e-/row")
+        rn_amp = detector_constant(detector.get("read_noise_e", {"keyword": "RDNOISE"}),
+                                   [header, primary], name="read noise (e-)", where=where)
+        if noise_e > 0.25 * rn_amp:
+            _warn_overscan(where, function, strip.shape[1], noise_e, rn_amp)
     else:
         notes.append("overscan: none (profile says the camera has none)")
     trim = _section_from("trim", trim_cfg, header, raw.shape, where=where, what="trim")
@@ -358,7 +406,7 @@ def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool
     sat_e = (sat_adu - float(np.nanmedian(level[rows]))) * gain
     out = {"data": data.astype(np.float32), "saturated": saturated[rows, cols],
            "nonfinite": nonfinite[rows, cols], "gain": gain, "saturation_e": sat_e,
-           "notes": notes}
+           "notes": notes, "overscan_noise_e": noise_e if over is not None else 0.0}
     if multi:
         detsec = header.get("DETSEC")
         if not detsec:
@@ -366,6 +414,21 @@ def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool
         out["detsec"] = parse_section(detsec)
         out["binning"] = _binning(header if "CCDSUM" in header else primary)
     return out
+
+
+_OVERSCAN_WARNED: set[tuple] = set()
+
+
+def _warn_overscan(where: str, function: str, n_cols: int, noise_e: float, rn_e: float) -> None:
+    """Say once per process that a per-row overscan level adds row noise."""
+    key = (function, n_cols)
+    if key in _OVERSCAN_WARNED:
+        return
+    _OVERSCAN_WARNED.add(key)
+    log.warning("%s: the overscan %s of %d column(s) adds %.1f e- of noise to every row "
+                "(%.2f x the read noise; in ERR, but correlated along each row): "
+                "detector.overscan.function legendre (a fit along the rows) or constant "
+                "averages it away", where, function, n_cols, noise_e, noise_e / rn_e)
 
 
 def _mosaic(pieces: list[dict], *, where: str):

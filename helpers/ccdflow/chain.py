@@ -128,7 +128,9 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
         product = calibrate_science(
             path=item["raw"], detector=detector,
             bias=masters.get(item.get("bias")), dark=masters.get(item.get("dark")),
-            flat=masters.get(item.get("flat")), bad_pixel_mask=masters.get(item.get("bpm")),
+            flat=masters.get(item.get("flat")),
+            bad_pixel_mask=bpm[0] if (bpm := masters.get(item.get("bpm"))) is not None else None,
+            hot_dark=bpm[1] if bpm is not None else None,
             illumination=masters.get(item.get("illumination")),
             params={"steps": list(steps), "subtract_dark": subtract_dark,
                     "flat_floor": flat_floor},
@@ -191,14 +193,16 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
 
 def _read_masters(frames: Sequence[Mapping[str, str]]) -> dict[str, Any]:
     """Every master the batch's frames name, read once."""
-    from .products import read_mask, read_product
+    from .calibrate import HOT_DARK_IMAGES
+    from .products import read_mask, read_mask_images, read_product
 
     out: dict[str, Any] = {}
     for item in frames:
         for kind in ("bias", "dark", "flat", "illumination", "bpm"):
             path = item.get(kind)
             if path and path not in out:
-                out[path] = read_mask(path) if kind == "bpm" else read_product(path)
+                out[path] = ((read_mask(path), read_mask_images(path, HOT_DARK_IMAGES))
+                             if kind == "bpm" else read_product(path))
     return out
 
 

@@ -19,12 +19,23 @@ cosmic ray hits one frame, a drifting star sits on a pixel for a few.
 The map is OR-ed into the bad-pixel mask of the night's calibration group
 (:func:`ccdflow.calibrate.make_bad_pixel_mask`) when no dark is subtracted, so
 every calibrated frame's MASK carries it as ``HOT``.
+
+*The series as its own dark.*  A hot pixel's dark charge is measured from the
+same frames (:func:`hot_pixel_rates`): its excess over the ring in each frame per
+second of exposure, the median over the frames (a star or a cosmic ray sits on
+the pixel in a few of them), with the error ``1.253·σ_rob/√N``.  Calibration then
+subtracts ``rate × EXPTIME`` at HOT pixels, as a master dark would, and the
+pixel is measured (its ERR_CAL holds the rate's error) rather than filled.  A
+pixel whose excess varies more than ``max_instability`` × its noise from frame
+to frame (random-telegraph pixels), or that was saturated in most frames, gets
+no rate: it is HOT and BAD, and photometry fills it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -33,7 +44,8 @@ from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HotPixelError", "hot_pixel_candidates", "hot_pixel_map", "write_hot_pixel_map"]
+__all__ = ["HotPixelError", "hot_pixel_candidates", "hot_pixel_map", "hot_pixel_rates",
+           "write_hot_pixel_map"]
 
 _RING = np.ones((5, 5), bool)
 _RING[1:4, 1:4] = False
@@ -121,7 +133,7 @@ def hot_pixel_map(*, paths: Sequence[str | Path], detector: Mapping, max_frames:
         raise HotPixelError(f"persistence must be in (0, 1], got {persistence}")
     if not paths:
         raise HotPixelError("no science frames for a hot-pixel map")
-    votes, used, skipped, shape = None, 0, [], None
+    votes, used, skipped, shape, read = None, 0, [], None, []
     for path in _spread(list(paths), max_frames):
         try:
             frame = read_raw_frame(path, detector=detector)
@@ -137,6 +149,7 @@ def hot_pixel_map(*, paths: Sequence[str | Path], detector: Mapping, max_frames:
         votes += hot_pixel_candidates(data=frame.data, read_noise_e=frame.read_noise_e,
                                       nsigma=nsigma, mask=frame.nonfinite | frame.no_data)
         used += 1
+        read.append(path)
     if votes is None:
         raise HotPixelError("hot-pixel map: no frame could be read: " + "; ".join(skipped))
     if used < min_frames:
@@ -145,22 +158,111 @@ def hot_pixel_map(*, paths: Sequence[str | Path], detector: Mapping, max_frames:
         hot = np.zeros(shape, bool)
     else:
         hot = votes >= math.ceil(persistence * used)
-    info = {"n_frames": used, "n_hot": int(hot.sum()), "skipped": skipped}
+    info = {"n_frames": used, "n_hot": int(hot.sum()), "skipped": skipped, "frames": read}
     log.info("hot-pixel map from %d frames: %d HOT pixels (%.3f %% of the frame)", used,
              info["n_hot"], 100.0 * hot.mean())
     return hot, info
 
 
+def _ring_median_at(values: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Median of the 16 pixels of the 5×5 box's outer ring around each (y, x), edges
+    repeated (as ``median_filter(mode='nearest')``)."""
+    ny, nx = values.shape
+    dy, dx = np.nonzero(_RING)
+    ry = np.clip(ys[:, None] + dy[None, :] - 2, 0, ny - 1)
+    rx = np.clip(xs[:, None] + dx[None, :] - 2, 0, nx - 1)
+    return np.median(values[ry, rx], axis=1)
+
+
+def hot_pixel_rates(*, paths: Sequence[str | Path], detector: Mapping, hot: np.ndarray,
+                    max_instability: float = 2.0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Dark rate (e-/s) of each HOT pixel from the science frames themselves.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        The frames the map was made from (read-only).
+    detector : mapping
+        The profile's detector section.
+    hot : ndarray of bool
+        The HOT map (:func:`hot_pixel_map`).
+    max_instability : float
+        A pixel whose frame-to-frame excess scatters more than this × its noise
+        (robust) gets no rate (NaN): it is filled, not corrected.
+
+    Returns
+    -------
+    rate, rate_err : ndarray
+        e-/s at HOT pixels with a stable rate, NaN elsewhere.
+    info : dict
+        ``n_rated``, ``n_unstable`` and ``n_frames``.
+    """
+    from .ccd import read_raw_frame
+
+    ys, xs = np.nonzero(hot)
+    rate = np.full(hot.shape, np.nan, np.float32)
+    rate_err = np.full(hot.shape, np.nan, np.float32)
+    if not len(ys):
+        return rate, rate_err, {"n_rated": 0, "n_unstable": 0, "n_frames": 0}
+    per_s, noise_s = [], []
+    for path in paths:
+        try:
+            frame = read_raw_frame(path, detector=detector)
+        except Exception:  # already logged by the map
+            continue
+        if frame.data.shape != hot.shape or not frame.exptime_s > 0:
+            continue
+        values = np.nan_to_num(np.asarray(frame.data, np.float64))
+        around = _ring_median_at(values, ys, xs)
+        excess = values[ys, xs] - around
+        sigma = np.sqrt(np.clip(around, 0, None) + np.clip(excess, 0, None)
+                        + float(frame.read_noise_e) ** 2)
+        unusable = frame.saturated[ys, xs] | frame.nonfinite[ys, xs] | frame.no_data[ys, xs]
+        per_s.append(np.where(unusable, np.nan, excess / frame.exptime_s))
+        noise_s.append(sigma / frame.exptime_s)
+    if len(per_s) < 3:
+        return rate, rate_err, {"n_rated": 0, "n_unstable": 0, "n_frames": len(per_s)}
+    k = np.asarray(per_s)
+    sig = np.asarray(noise_s)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no rate
+        median = np.nanmedian(k, axis=0)
+        n = np.isfinite(k).sum(axis=0)
+        spread = 1.4826 * np.nanmedian(np.abs(k - median), axis=0)
+        instability = 1.4826 * np.nanmedian(np.abs(k - median) / sig, axis=0)
+    stable = (n >= max(3, len(per_s) // 2)) & (instability <= max_instability)
+    rate[ys[stable], xs[stable]] = median[stable]
+    rate_err[ys[stable], xs[stable]] = 1.2533 * spread[stable] / np.sqrt(n[stable])
+    info = {"n_rated": int(stable.sum()), "n_unstable": int((~stable).sum()),
+            "n_frames": len(per_s)}
+    log.info("hot-pixel dark rates from %d frames: %d HOT pixels corrected, %d unstable or "
+             "saturated (left to be filled)", len(per_s), info["n_rated"], info["n_unstable"])
+    return rate, rate_err, info
+
+
 def write_hot_pixel_map(path: str | Path, *, paths: Sequence[str | Path], detector: Mapping,
-                        **options) -> dict:
-    """:func:`hot_pixel_map` written as a mask product (HOT bits) with ``NHOTPIX``,
-    ``NFRAMES`` and the frames used in its provenance; returns the info."""
+                        correct: bool = True, max_instability: float = 2.0, **options) -> dict:
+    """:func:`hot_pixel_map` written as a mask product (HOT bits; HOT and BAD for a pixel
+    without a stable rate) with ``NHOTPIX``, ``NFRAMES`` and the frames used in its
+    provenance, and (``correct``) the HOTDARK and HOTDARK_ERR images of
+    :func:`hot_pixel_rates` (e-/s); returns the info."""
     from .masks import MaskBit
     from .products import write_mask
 
     hot, info = hot_pixel_map(paths=paths, detector=detector, **options)
     mask = np.where(hot, np.uint16(MaskBit.HOT), np.uint16(0))
-    write_mask(path, mask, inputs=paths, step="hot_pixel_map", params=options,
+    images, cards = {}, {}
+    if correct:
+        rate, rate_err, rated = hot_pixel_rates(paths=info["frames"], detector=detector, hot=hot,
+                                                max_instability=max_instability)
+        mask[hot & ~np.isfinite(rate)] |= np.uint16(MaskBit.BAD)
+        images = {"HOTDARK": rate, "HOTDARK_ERR": rate_err}
+        cards = {"NHOTRATE": (rated["n_rated"], "HOT pixels with a dark rate from the series"),
+                 "NHOTBAD": (rated["n_unstable"], "HOT pixels without one (BAD, filled)")}
+        info.update(rated)
+    write_mask(path, mask, inputs=paths, step="hot_pixel_map",
+               params={**options, "correct": correct, "max_instability": max_instability},
                cards={"NHOTPIX": (info["n_hot"], "pixels flagged HOT from the science frames"),
-                      "NFRAMES": (info["n_frames"], "science frames that voted")})
+                      "NFRAMES": (info["n_frames"], "science frames that voted"), **cards},
+               images=images)
     return info

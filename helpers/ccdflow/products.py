@@ -24,8 +24,8 @@ from . import __version__
 from .io import atomic_path
 from .masks import header_cards
 
-__all__ = ["Product", "param_hash", "provenance_header", "read_mask", "read_product",
-           "write_mask", "write_product"]
+__all__ = ["Product", "param_hash", "provenance_header", "read_mask", "read_mask_images",
+           "read_product", "write_mask", "write_product"]
 
 _DROP = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "BZERO", "BSCALE",
          "XTENSION", "PCOUNT", "GCOUNT", "EXTNAME", "CHECKSUM", "DATASUM", "BUNIT", "BLANK"}
@@ -112,20 +112,31 @@ def read_product(path: str | Path) -> Product:
 
 def write_mask(path: str | Path, mask: np.ndarray, *, inputs: Iterable[str | Path], step: str,
                params: Mapping[str, Any] | None = None,
-               cards: Mapping[str, tuple[Any, str]] | None = None) -> None:
+               cards: Mapping[str, tuple[Any, str]] | None = None,
+               images: Mapping[str, np.ndarray] | None = None) -> None:
     """Write a bit mask (uint16) as primary (provenance) + MASK, atomically;
-    ``cards`` ({keyword: (value, comment)}) go into the primary header."""
+    ``cards`` ({keyword: (value, comment)}) go into the primary header, ``images``
+    ({EXTNAME: array}) after MASK (float32, e.g. the hot pixels' HOTDARK rates)."""
     header = provenance_header(step=step, inputs=inputs, params=params or {})
     for key, card in (cards or {}).items():
         header[key] = card
     hdu = fits.ImageHDU(np.asarray(mask, np.uint16), name="MASK")
     for key, value, comment in header_cards():
         hdu.header[key] = (value, comment)
+    extra = [fits.ImageHDU(np.asarray(image, np.float32), name=name)
+             for name, image in (images or {}).items()]
     with atomic_path(path) as tmp:
-        fits.HDUList([fits.PrimaryHDU(header=header), hdu]).writeto(tmp)
+        fits.HDUList([fits.PrimaryHDU(header=header), hdu, *extra]).writeto(tmp)
 
 
 def read_mask(path: str | Path) -> np.ndarray:
     """Read the MASK extension of a mask or product file."""
     with fits.open(path, mode="readonly", memmap=False) as hdul:
         return hdul["MASK"].data.astype(np.uint16)
+
+
+def read_mask_images(path: str | Path, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """The float images of a mask file that it has among ``names`` (e.g. HOTDARK)."""
+    with fits.open(path, mode="readonly", memmap=False) as hdul:
+        present = {hdu.name for hdu in hdul}
+        return {name: hdul[name].data.astype(np.float64) for name in names if name in present}

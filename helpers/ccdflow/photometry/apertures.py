@@ -10,7 +10,8 @@ photutils' ``aperture_photometry(method='exact')``)::
     flux_err_cal² = Σ_ap ERR_CAL²
 
 *Repair, don't discard.*  Pixels the calibration corrected (HOT where a dark was
-subtracted, LOW_FLAT above the floor) are measured with their larger ERR.
+subtracted or the series' own hot-pixel dark rates, LOW_FLAT above the floor)
+are measured with their larger ERR.
 Pixels with no usable value (COSMIC, BAD, NONFINITE, NO_DATA, BADCAL, and HOT
 when no dark was subtracted) are filled with the sky map plus the PSF model of
 every source near them, each source's flux F̂ fitted to its unmasked pixels;
@@ -104,7 +105,7 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
                       error_cal: np.ndarray | None = None, psf=None, repair: bool = True,
                       dark_subtracted: bool = True, max_repaired_fraction: float = 0.3,
                       max_contamination: float = 0.01, subtract_neighbours: bool = False,
-                      optimal: bool = False) -> pd.DataFrame:
+                      optimal: bool = False, row_noise_e: float = 0.0) -> pd.DataFrame:
     """Aperture (and optionally optimal) photometry of sources at ``(x, y)`` (0-based).
 
     Parameters
@@ -149,7 +150,13 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
         Remove the modelled light of the other sources from each aperture.
     optimal : bool
         Also Naylor (1998) optimal photometry with the PSF (needs ``psf``): rows
-        with ``radius`` NaN after the apertures (see :func:`_optimal`).
+        with ``radius`` NaN after the apertures (see
+        :func:`ccdflow.photometry.optimal.optimal_photometry`).
+    row_noise_e : float
+        1σ (e-) of a level common to each row (a per-row overscan level, header
+        OVSCNOIS): ERR holds it per pixel, the aperture sum also gets its
+        correlation along the rows, ``σ_row²·Σ_rows (a_r² − a_r)`` with a_r
+        the aperture's area in row r.
 
     Returns
     -------
@@ -202,7 +209,8 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
             y = np.where(moved, model.y, y)
     frame = _repaired_frame(data=data, rand_var=rand_var, err_cal=err_cal, fill=fill,
                             saturated=saturated, repair=repair, image=image,
-                            typical_noise=typical_noise, sky_pixels=sky.pixels(background_map))
+                            typical_noise=typical_noise, sky_pixels=sky.pixels(background_map),
+                            model_rel_error=model.rel_error if model is not None else 0.0)
     geometry = _Geometry.build(x=x, y=y, inside=inside, ids=ids, reach=max(radii),
                                fill=fill, model=model, image=image)
     rows = [_radius_rows(radius=radius, frame=frame, geometry=geometry, sky=sky,
@@ -210,7 +218,7 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
                          max_repaired_fraction=max_repaired_fraction,
                          max_contamination=max_contamination,
                          subtract_neighbours=subtract_neighbours,
-                         min_sky_pixels=min_sky_pixels)
+                         min_sky_pixels=min_sky_pixels, row_noise_e=row_noise_e)
             for radius in radii]
     if optimal:
         mapped = sky.level is None
@@ -221,9 +229,11 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
             bmap=sky.map if mapped else None, sky_var=None if mapped else sky.var,
             bkg_rms=sky.rms, n_sky=sky.n, reference=rows[int(np.argmax(radii))],
             max_repaired_fraction=max_repaired_fraction, max_contamination=max_contamination,
-            subtract_neighbours=subtract_neighbours))
+            subtract_neighbours=subtract_neighbours, row_noise_e=row_noise_e))
     table = pd.concat(rows, ignore_index=True)
     table.attrs["hidden_neighbours"] = n_hidden
+    if model is not None:
+        table.attrs["psf_model_error"] = model.rel_error
     if optimal:
         table.attrs["optimal_correction"] = rows[-1].attrs.get("optimal_correction")
     return table
@@ -336,7 +346,7 @@ class _Frame:
 
 
 def _repaired_frame(*, data, rand_var, err_cal, fill, saturated, repair, image, typical_noise,
-                    sky_pixels) -> _Frame:
+                    sky_pixels, model_rel_error: float = 0.0) -> _Frame:
     """Fill pixels without a usable value from the sky (``sky_pixels``: the map, the
     annuli's median level, or else the mean of the neighbours) plus the sources' model,
     or with the mean of their neighbours without a model; saturated pixels count zero."""
@@ -346,7 +356,9 @@ def _repaired_frame(*, data, rand_var, err_cal, fill, saturated, repair, image, 
             if sky_pixels is None:
                 sky_pixels = _local_mean_fill(np.where(bad_any, 0.0, data), bad_any)
             filled = sky_pixels + image
-            fill_var = typical_noise**2 + np.clip(image, 0, None)
+            # sky and photon noise of the model, and the PSF model's own error
+            fill_var = (typical_noise**2 + np.clip(image, 0, None)
+                        + (model_rel_error * image) ** 2)
         else:
             filled = _local_mean_fill(np.where(bad_any, 0.0, data), bad_any)
             fill_var = _local_mean_fill(np.where(bad_any, 0.0, rand_var), bad_any)
@@ -406,7 +418,7 @@ class _Geometry:
 
 def _radius_rows(*, radius, frame: _Frame, geometry: _Geometry, sky: _Sky, model, repair,
                  shape, r_out, max_repaired_fraction, max_contamination, subtract_neighbours,
-                 min_sky_pixels) -> pd.DataFrame:
+                 min_sky_pixels, row_noise_e=0.0) -> pd.DataFrame:
     """One row per source for one aperture radius."""
     import sep
 
@@ -431,6 +443,8 @@ def _radius_rows(*, radius, frame: _Frame, geometry: _Geometry, sky: _Sky, model
         bkg_var_total = n_good**2 * sky.var
     flux = sums(frame.work) - bkg * n_good
     flux_var = sums(frame.work_var) + bkg_var_total
+    if row_noise_e > 0:
+        flux_var = flux_var + row_noise_e**2 * row_correlation(g.pos_y, radius)
     repaired = np.zeros(n)
     contamination = np.full(n, np.nan)
     if repair and model is not None:
@@ -476,6 +490,23 @@ def _radius_rows(*, radius, frame: _Frame, geometry: _Geometry, sky: _Sky, model
         "bkg_rms": sky.rms * nan, "n_ap": n_good, "n_sky": sky.n,
         "masked_fraction": masked_fraction, "repaired_fraction": repaired,
         "contamination": contamination * nan, "flags": flags})
+
+
+def row_correlation(y: np.ndarray, radius: float) -> np.ndarray:
+    """``Σ_rows (a_r² − a_r)`` of circles of ``radius`` centred on rows ``y``: a_r is
+    the circle's area in pixel row r (exact chord integral), so that a level common
+    to each row, of variance σ², adds σ² times this to an aperture sum beyond the
+    per-pixel variance already in ERR."""
+    y = np.asarray(y, float)
+    reach = math.ceil(radius) + 1
+    rows = np.floor(y + 0.5)[:, None] + np.arange(-reach, reach + 1)[None, :]
+
+    def integral(u):  # ∫ 2√(r² − u²) du from 0 to u, u clipped to [−r, r]
+        u = np.clip(u, -radius, radius)
+        return u * np.sqrt(radius**2 - u**2) + radius**2 * np.arcsin(u / radius)
+
+    area = integral(rows + 0.5 - y[:, None]) - integral(rows - 0.5 - y[:, None])
+    return (area**2 - area).sum(axis=1)
 
 
 def _radius_flags(*, radius, geometry: _Geometry, shape, touched, repaired, masked_fraction,

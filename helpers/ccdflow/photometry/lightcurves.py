@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .apertures import BAD_FLAGS, COMPARISON_BAD_FLAGS, PhotFlag, PhotometryError
-from .measure import unit_comments
+from .measure import OPTIMAL, unit_comments
 
 log = logging.getLogger(__name__)
 
@@ -94,83 +94,33 @@ def differential_photometry(*, flux: pd.DataFrame, flux_err: pd.DataFrame, good:
     g = (comparison_good.to_numpy(bool) if comparison_good is not None else g) & valid
     col = {sid: i for i, sid in enumerate(ids)}
     t = col[target]
-    target_level = np.nanmedian(np.where(g_target[:, t], f[:, t], np.nan))
     med = np.array([np.nanmedian(np.where(g[:, i], f[:, i], np.nan)) if g[:, i].any() else np.nan
                     for i in range(len(ids))])
-    frac = g.mean(axis=0)
-    status = {}
     if comparisons:
         missing = [c for c in comparisons if c not in col]
         if missing:
             raise PhotometryError(f"comparison source(s) {missing} are not in the source list")
         chosen = [col[c] for c in comparisons if c != target]
-        for i in chosen:
-            status[i] = "listed"
+        status = dict.fromkeys(chosen, "listed")
     else:
-        usable = [i for i in range(len(ids)) if i != t and frac[i] >= min_good_fraction
-                  and np.isfinite(med[i])]
-        if not np.isfinite(target_level):
-            raise PhotometryError(f"target {target} has no usable measurement")
-        if len(usable) < min_count and min_good_fraction > FALLBACK_GOOD_FRACTION:
-            relaxed = [i for i in range(len(ids)) if i != t and np.isfinite(med[i])
-                       and frac[i] >= FALLBACK_GOOD_FRACTION]
-            if len(relaxed) > len(usable):
-                log.warning("target %s: %d comparison candidate(s) usable in %.0f %% of the "
-                            "frames; taking the %d usable in %.0f %%", target, len(usable),
-                            100 * min_good_fraction, len(relaxed),
-                            100 * FALLBACK_GOOD_FRACTION)
-                usable = relaxed
-        ratio = {i: med[i] / target_level for i in usable}
-        chosen = [i for i in usable if flux_ratio[0] <= ratio[i] <= flux_ratio[1]]
-        if len(chosen) < min_count:
-            chosen = sorted(usable, key=lambda i: abs(math.log(ratio[i])) if ratio[i] > 0
-                            else math.inf)[:max(min_count, 3 * max_count)]
-        chosen = sorted(chosen, key=lambda i: abs(math.log(ratio[i])))[:3 * max_count]
-        for i in range(len(ids)):
-            if i != t and i not in chosen:
-                status[i] = ("flagged in too many frames" if frac[i] < min_good_fraction
-                             else "brightness unlike the target")
+        target_level = np.nanmedian(np.where(g_target[:, t], f[:, t], np.nan))
+        chosen, status = _candidates(g=g, med=med, target=target, t=t,
+                                     target_level=target_level, max_count=max_count,
+                                     min_count=min_count, flux_ratio=flux_ratio,
+                                     min_good_fraction=min_good_fraction)
     if len(chosen) < 1:
+        frac = g.mean(axis=0)
         best = sorted((frac[i], ids[i]) for i in range(len(ids)) if i != t)[::-1][:5]
         raise PhotometryError(
             f"no usable comparison star for target {target}: {len(ids) - 1} other source(s), "
             f"none usable in {100 * min(min_good_fraction, FALLBACK_GOOD_FRACTION):.0f} % of "
             "the frames (best: " + ", ".join(f"source {int(s)} {100 * v:.0f} %"
                                                for v, s in best) + ")")
-
-    def scatter_of(members):
-        out = {}
-        for i in members:
-            others = [j for j in members if j != i] or [i]
-            norm = np.where(g[:, others], f[:, others] / med[others], np.nan)
-            n_valid = np.isfinite(norm).sum(axis=1)
-            # frames where no other member is usable have no ensemble (NaN, no warning)
-            ens = np.where(n_valid > 0, np.nansum(norm, axis=1) / np.maximum(n_valid, 1),
-                           np.nan)
-            ens_var = np.nansum(np.where(g[:, others], (e[:, others] / med[others]) ** 2, 0),
-                                axis=1) / np.maximum(g[:, others].sum(axis=1), 1) ** 2
-            rel = np.where(g[:, i], f[:, i] / med[i], np.nan) / ens
-            expected = np.nanmedian(np.sqrt(np.where(g[:, i], (e[:, i] / f[:, i]) ** 2, np.nan)
-                                            + ens_var / ens**2))
-            out[i] = (_robust_std(rel / np.nanmedian(rel)), float(expected))
-        return out
-
     members = list(chosen)
     if not comparisons:
-        while len(members) > min_count:
-            sc = scatter_of(members)
-            excess = {i: s / x if x > 0 else math.inf for i, (s, x) in sc.items()}
-            worst = max(excess, key=excess.get)
-            if excess[worst] <= max_excess_scatter:
-                break
-            status[worst] = f"variable: scatter {excess[worst]:.1f}x expected"
-            members.remove(worst)
-        sc = scatter_of(members)
-        members = sorted(members, key=lambda i: sc[i][0])
-        for i in members[max_count:]:
-            status[i] = "not among the lowest-scatter stars"
-        members = members[:max_count]
-    sc = scatter_of(members)
+        members = _prune(members, f=f, e=e, g=g, med=med, status=status, min_count=min_count,
+                         max_count=max_count, max_excess_scatter=max_excess_scatter)
+    sc = _scatter_of(members, f=f, e=e, g=g, med=med)
     weights = np.array([1.0 / max(sc[i][0], 1e-12) ** 2 if np.isfinite(sc[i][0]) else 1.0
                         for i in members])
     if len(members) == 1 or not np.isfinite(weights).all():
@@ -178,7 +128,89 @@ def differential_photometry(*, flux: pd.DataFrame, flux_err: pd.DataFrame, good:
     weights = weights / weights.sum()
     for i in members:
         status.setdefault(i, "used")
+    light = _ensemble_ratio(f=f, e=e, g=g, med=med, t=t, members=members, weights=weights,
+                            target_usable=g_target[:, t], index=flux.index)
+    weight_of = dict(zip(members, weights, strict=True))
+    choice = pd.DataFrame([{
+        "source_id": int(ids[i]), "median_flux": med[i],
+        "scatter": sc.get(i, (np.nan, np.nan))[0],
+        "expected": sc.get(i, (np.nan, np.nan))[1],
+        "weight": weight_of.get(i, 0.0), "status": status[i]}
+        for i in sorted(status, key=lambda i: (i not in weight_of, ids[i]))])
+    return light, choice
 
+
+def _candidates(*, g, med, target, t, target_level, max_count, min_count, flux_ratio,
+                min_good_fraction) -> tuple[list[int], dict[int, str]]:
+    """Automatic comparison candidates (column indices) and why each other star is not."""
+    n = g.shape[1]
+    frac = g.mean(axis=0)
+    usable = [i for i in range(n) if i != t and frac[i] >= min_good_fraction
+              and np.isfinite(med[i])]
+    if not np.isfinite(target_level):
+        raise PhotometryError(f"target {target} has no usable measurement")
+    if len(usable) < min_count and min_good_fraction > FALLBACK_GOOD_FRACTION:
+        relaxed = [i for i in range(n) if i != t and np.isfinite(med[i])
+                   and frac[i] >= FALLBACK_GOOD_FRACTION]
+        if len(relaxed) > len(usable):
+            log.warning("target %s: %d comparison candidate(s) usable in %.0f %% of the "
+                        "frames; taking the %d usable in %.0f %%", target, len(usable),
+                        100 * min_good_fraction, len(relaxed), 100 * FALLBACK_GOOD_FRACTION)
+            usable = relaxed
+    ratio = {i: med[i] / target_level for i in usable}
+    chosen = [i for i in usable if flux_ratio[0] <= ratio[i] <= flux_ratio[1]]
+    if len(chosen) < min_count:
+        chosen = sorted(usable, key=lambda i: abs(math.log(ratio[i])) if ratio[i] > 0
+                        else math.inf)[:max(min_count, 3 * max_count)]
+    chosen = sorted(chosen, key=lambda i: abs(math.log(ratio[i])))[:3 * max_count]
+    status = {i: ("flagged in too many frames" if frac[i] < min_good_fraction
+                  else "brightness unlike the target")
+              for i in range(n) if i != t and i not in chosen}
+    return chosen, status
+
+
+def _scatter_of(members, *, f, e, g, med) -> dict[int, tuple[float, float]]:
+    """Each member's robust scatter against the ensemble of the others, and the scatter
+    its errors (and the others' ensemble error) predict."""
+    out = {}
+    for i in members:
+        others = [j for j in members if j != i] or [i]
+        norm = np.where(g[:, others], f[:, others] / med[others], np.nan)
+        n_valid = np.isfinite(norm).sum(axis=1)
+        # frames where no other member is usable have no ensemble (NaN, no warning)
+        ens = np.where(n_valid > 0, np.nansum(norm, axis=1) / np.maximum(n_valid, 1), np.nan)
+        ens_var = np.nansum(np.where(g[:, others], (e[:, others] / med[others]) ** 2, 0),
+                            axis=1) / np.maximum(g[:, others].sum(axis=1), 1) ** 2
+        rel = np.where(g[:, i], f[:, i] / med[i], np.nan) / ens
+        expected = np.nanmedian(np.sqrt(np.where(g[:, i], (e[:, i] / f[:, i]) ** 2, np.nan)
+                                        + ens_var / ens**2))
+        out[i] = (_robust_std(rel / np.nanmedian(rel)), float(expected))
+    return out
+
+
+def _prune(members, *, f, e, g, med, status, min_count, max_count,
+           max_excess_scatter) -> list[int]:
+    """Drop the worst variable (scatter over expected above ``max_excess_scatter``) until
+    none is left or ``min_count`` remain, then keep the ``max_count`` lowest-scatter
+    stars; ``status`` says why each dropped star went."""
+    members = list(members)
+    while len(members) > min_count:
+        sc = _scatter_of(members, f=f, e=e, g=g, med=med)
+        excess = {i: s / x if x > 0 else math.inf for i, (s, x) in sc.items()}
+        worst = max(excess, key=excess.get)
+        if excess[worst] <= max_excess_scatter:
+            break
+        status[worst] = f"variable: scatter {excess[worst]:.1f}x expected"
+        members.remove(worst)
+    sc = _scatter_of(members, f=f, e=e, g=g, med=med)
+    members = sorted(members, key=lambda i: sc[i][0])
+    for i in members[max_count:]:
+        status[i] = "not among the lowest-scatter stars"
+    return members[:max_count]
+
+
+def _ensemble_ratio(*, f, e, g, med, t, members, weights, target_usable, index) -> pd.DataFrame:
+    """The target over the weighted ensemble per frame, normalised to median 1."""
     gm = g[:, members]
     w = np.where(gm, weights, 0.0)
     wsum = w.sum(axis=1)
@@ -189,23 +221,14 @@ def differential_photometry(*, flux: pd.DataFrame, flux_err: pd.DataFrame, good:
                           .sum(axis=1)) / wsum
         rel = f[:, t] / ens
         rel_err = np.abs(rel) * np.sqrt((e[:, t] / f[:, t]) ** 2 + (ens_err / ens) ** 2)
-    usable_t = g_target[:, t] & (wsum > 0)
+    usable_t = target_usable & (wsum > 0)
     scale = np.nanmedian(np.where(usable_t, rel, np.nan)) if usable_t.any() else np.nan
-    light = pd.DataFrame({
+    return pd.DataFrame({
         "flux": f[:, t], "flux_err": e[:, t], "ensemble": np.where(wsum > 0, ens, np.nan),
         "ensemble_err": np.where(wsum > 0, ens_err, np.nan),
         "rel_flux": np.where(wsum > 0, rel / scale, np.nan),
         "rel_flux_err": np.where(wsum > 0, rel_err / scale, np.nan),
-        "n_comparisons": gm.sum(axis=1), "usable": usable_t}, index=flux.index)
-    weight_of = dict(zip(members, weights, strict=True))
-    all_sc = {**scatter_of(members)}
-    choice = pd.DataFrame([{
-        "source_id": int(ids[i]), "median_flux": med[i],
-        "scatter": all_sc.get(i, (np.nan, np.nan))[0],
-        "expected": all_sc.get(i, (np.nan, np.nan))[1],
-        "weight": weight_of.get(i, 0.0), "status": status[i]}
-        for i in sorted(status, key=lambda i: (i not in weight_of, ids[i]))])
-    return light, choice
+        "n_comparisons": gm.sum(axis=1), "usable": usable_t}, index=index)
 
 
 def _column(rows: pd.DataFrame, name: str) -> np.ndarray:
@@ -231,7 +254,10 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
         The series' source list; named rows are the targets.
     aperture : str, optional
         Aperture label of the per-source and differential light curves
-        (default: the first aperture of the tables).
+        (default: the first aperture of the tables); ``'best'``: per target, the
+        circular aperture whose differential light curve has the lowest robust
+        point-to-point scatter (as EXOTIC chooses; the scatter of every aperture
+        in the notes), per-source light curves in the first.
     comparisons : mapping, optional
         ``ids`` (per target name, a list of source ids) and the keyword
         arguments of :func:`differential_photometry`.
@@ -245,8 +271,9 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
     dict
         ``long`` (all rows, time-ordered), ``aperture``, ``per_source``
         ({source_id: DataFrame with BMJD, flux, flux_err, bkg, bkg_err,
-        flags, …}), ``differential`` ({target name: (light curve, choice)}) and
-        ``notes`` ({target name: why its differential light curve is empty}).
+        flags, …}), ``differential`` ({target name: (light curve, choice)}),
+        ``target_apertures`` ({target name: aperture label}) and ``notes``
+        ({target name: the aperture chosen, or why its light curve is empty}).
     """
     if not tables:
         log.warning("no frame of the series was measured: empty light curves")
@@ -259,10 +286,112 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
         return {"long": long, "aperture": aperture or "", "per_source": {}, "differential": {},
                 "notes": {}}
     labels = list(dict.fromkeys(next(t for t in tables if len(t))["aperture"]))
-    aperture = aperture or labels[0]
+    best = aperture == BEST
+    aperture = labels[0] if (best or not aperture) else aperture
     if aperture not in labels:
-        raise PhotometryError(f"lightcurve_aperture {aperture!r} is not one of {labels}")
+        raise PhotometryError(f"lightcurve_aperture {aperture!r} is not one of {labels} "
+                              f"or {BEST!r}")
     one = long[long["aperture"] == aperture]
+    per_source = _per_source(one)
+    options = dict(comparisons or {})
+    options.pop("positions", None)  # resolved to ids with the source list (reference meta)
+    listed = {**(listed_ids or {}), **(options.pop("ids", {}) or {})}
+    # 'best' chooses among the circular apertures, whose errors hold every term; the
+    # optimal rows' errors omit the frame's PSF-model mismatch (name it to use it)
+    candidates = [lab for lab in labels if lab != OPTIMAL] or labels
+    by_label = {label: _Pivot.of(long[long["aperture"] == label])
+                for label in (candidates if best else [aperture])}
+    differential, notes, chosen = {}, {}, {}
+    for _, target in catalog[catalog["name"] != ""].iterrows():
+        name, sid = target["name"], int(target["source_id"])
+        curves = {label: _differential(pivot, sid=sid, name=name,
+                                       comparisons=listed.get(name), options=options)
+                  for label, pivot in by_label.items()}
+        label = _lowest_scatter(curves) if best else aperture
+        light, choice, note = curves[label]
+        if best:
+            scatter = ", ".join(f"{k} {_p2p(c[0]):.5f}" for k, c in curves.items())
+            note = "; ".join(filter(None, [note, f"aperture {label}: lowest point-to-point "
+                                                 f"scatter of rel_flux ({scatter})"]))
+            log.info("differential light curve of %s: %s", name, note)
+        if note:
+            notes[name] = note
+        chosen[name] = label
+        differential[name] = (light, choice)
+    return {"long": long, "aperture": aperture, "per_source": per_source,
+            "differential": differential, "notes": notes, "target_apertures": chosen}
+
+
+#: ``lightcurve_aperture`` value choosing, per target, the aperture whose differential
+#: light curve has the lowest point-to-point scatter (as EXOTIC chooses its aperture)
+BEST = "best"
+
+
+def _p2p(light: pd.DataFrame) -> float:
+    """Robust point-to-point scatter of a differential light curve's usable rel_flux
+    (√2-normalised; a transit or a trend barely enters it)."""
+    ok = light["usable"].to_numpy(bool) & np.isfinite(light["rel_flux"].to_numpy(float))
+    values = light["rel_flux"].to_numpy(float)[ok]
+    if values.size < 5:
+        return float("inf")
+    return _robust_std(np.diff(values)) / math.sqrt(2)
+
+
+def _lowest_scatter(curves: Mapping[str, tuple]) -> str:
+    """The label whose light curve scatters least (the first on ties and failures)."""
+    scatter = {label: _p2p(c[0]) for label, c in curves.items()}
+    return min(scatter, key=lambda k: (scatter[k], list(curves).index(k)))
+
+
+class _Pivot:
+    """One aperture's rows as frames × sources: flux, errors, usability, times."""
+
+    def __init__(self, frames, flux, flux_err, flags, good, comparison_good):
+        self.frames, self.flux, self.flux_err, self.flags = frames, flux, flux_err, flags
+        self.good, self.comparison_good = good, comparison_good
+
+    @classmethod
+    def of(cls, one: pd.DataFrame) -> _Pivot:
+        frames = one.drop_duplicates("frame")[["frame", "mjd_utc", "bjd_tdb", "bmjd_tdb",
+                                               "airmass"]].set_index("frame")
+        pivot = {c: one.pivot(index="frame", columns="source_id", values=c).loc[frames.index]
+                 for c in ("flux", "flux_err", "flags")}
+        flag_values = pivot["flags"].fillna(int(PhotFlag.OFF_FRAME)).to_numpy().astype(np.int64)
+        index, columns = pivot["flags"].index, pivot["flags"].columns
+        good = pd.DataFrame((flag_values & int(BAD_FLAGS)) == 0, index=index, columns=columns)
+        comparison_good = pd.DataFrame((flag_values & int(COMPARISON_BAD_FLAGS)) == 0,
+                                       index=index, columns=columns)
+        return cls(frames, pivot["flux"], pivot["flux_err"], pivot["flags"], good,
+                   comparison_good)
+
+
+def _differential(pivot: _Pivot, *, sid: int, name: str, comparisons, options) -> tuple:
+    """One target's differential light curve in one aperture: (light curve, choice,
+    note); a target that cannot be measured keeps its rows with rel_flux NaN."""
+    note = ""
+    try:
+        light, choice = differential_photometry(
+            flux=pivot.flux, flux_err=pivot.flux_err, good=pivot.good,
+            comparison_good=pivot.comparison_good, target=sid, comparisons=comparisons,
+            **options)
+    except PhotometryError as exc:  # e.g. a target off every frame: rows kept, no ratio
+        log.warning("differential light curve of %s not computed: %s", name, exc)
+        note = f"differential photometry not computed: {exc}"
+        nan = np.full(len(pivot.frames), np.nan)
+        light = pd.DataFrame({
+            "flux": pivot.flux[sid].to_numpy(), "flux_err": pivot.flux_err[sid].to_numpy(),
+            "ensemble": nan, "ensemble_err": nan, "rel_flux": nan, "rel_flux_err": nan,
+            "n_comparisons": 0, "usable": False}, index=pivot.frames.index)
+        choice = pd.DataFrame(columns=["source_id", "median_flux", "scatter", "expected",
+                                       "weight", "status"])
+    light = pivot.frames.join(light)
+    light.insert(0, "source_id", sid)
+    light["flags"] = pivot.flags[sid].to_numpy()
+    return light.reset_index(), choice, note
+
+
+def _per_source(one: pd.DataFrame) -> dict[int, pd.DataFrame]:
+    """Every source's light curve in one aperture."""
     per_source = {}
     for sid, rows in one.groupby("source_id", sort=True):
         per_source[int(sid)] = pd.DataFrame({
@@ -276,44 +405,7 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
             "fwhm": rows["fwhm"].to_numpy(),
             "repaired_fraction": _column(rows, "repaired_fraction"),
             "contamination": _column(rows, "contamination")})
-    options = dict(comparisons or {})
-    options.pop("positions", None)  # resolved to ids with the source list (reference meta)
-    listed = {**(listed_ids or {}), **(options.pop("ids", {}) or {})}
-    differential = {}
-    frames = one.drop_duplicates("frame")[["frame", "mjd_utc", "bjd_tdb", "bmjd_tdb",
-                                           "airmass"]].set_index("frame")
-    pivot = {c: one.pivot(index="frame", columns="source_id", values=c).loc[frames.index]
-             for c in ("flux", "flux_err", "flags")}
-    flag_values = pivot["flags"].fillna(int(PhotFlag.OFF_FRAME)).to_numpy().astype(np.int64)
-    good = pd.DataFrame((flag_values & int(BAD_FLAGS)) == 0, index=pivot["flags"].index,
-                        columns=pivot["flags"].columns)
-    comparison_good = pd.DataFrame((flag_values & int(COMPARISON_BAD_FLAGS)) == 0,
-                                   index=pivot["flags"].index, columns=pivot["flags"].columns)
-    notes = {}
-    for _, target in catalog[catalog["name"] != ""].iterrows():
-        sid = int(target["source_id"])
-        try:
-            light, choice = differential_photometry(
-                flux=pivot["flux"], flux_err=pivot["flux_err"], good=good,
-                comparison_good=comparison_good, target=sid,
-                comparisons=listed.get(target["name"]), **options)
-        except PhotometryError as exc:  # e.g. a target off every frame: rows kept, no ratio
-            log.warning("differential light curve of %s not computed: %s", target["name"], exc)
-            notes[target["name"]] = f"differential photometry not computed: {exc}"
-            nan = np.full(len(frames), np.nan)
-            light = pd.DataFrame({
-                "flux": pivot["flux"][sid].to_numpy(),
-                "flux_err": pivot["flux_err"][sid].to_numpy(),
-                "ensemble": nan, "ensemble_err": nan, "rel_flux": nan, "rel_flux_err": nan,
-                "n_comparisons": 0, "usable": False}, index=frames.index)
-            choice = pd.DataFrame(columns=["source_id", "median_flux", "scatter", "expected",
-                                           "weight", "status"])
-        light = frames.join(light)
-        light.insert(0, "source_id", int(target["source_id"]))
-        light["flags"] = pivot["flags"][int(target["source_id"])].to_numpy()
-        differential[target["name"]] = (light.reset_index(), choice)
-    return {"long": long, "aperture": aperture, "per_source": per_source,
-            "differential": differential, "notes": notes}
+    return per_source
 
 
 def write_lightcurves(result: Mapping, *, table: str | Path, directory: str | Path,
@@ -342,9 +434,10 @@ def write_lightcurves(result: Mapping, *, table: str | Path, directory: str | Pa
                 *unit_comments([])[1:]])
         for name, (light, choice) in result["differential"].items():
             used = choice[choice["weight"] > 0]
+            label = result.get("target_apertures", {}).get(name, aperture)
             write_table(light, tmp / f"differential_{name}.csv", comments=[
                 *header, f"target {name} (source {int(light['source_id'].iloc[0])}), "
-                f"aperture {aperture}", *([result["notes"][name]] if name in result.get(
+                f"aperture {label}", *([result["notes"][name]] if name in result.get(
                     "notes", {}) else []),
                 "comparisons (source_id:weight): " + " ".join(
                     f"{int(r.source_id)}:{r.weight:.4f}" for r in used.itertuples()),
@@ -353,7 +446,7 @@ def write_lightcurves(result: Mapping, *, table: str | Path, directory: str | Pa
                 "flux, flux_err [electron]; ensemble dimensionless; times [d]"])
             write_table(choice, tmp / f"comparisons_{name}.csv",
                         comments=[*header, f"comparison choice for target {name}, aperture "
-                                  f"{aperture}; scatter and expected are relative (robust std)"])
+                                  f"{label}; scatter and expected are relative (robust std)"])
         if directory.exists():
             shutil.rmtree(directory)
         tmp.rename(directory)

@@ -243,8 +243,6 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
     notes : list of str
         How the frame was aligned and timed (written as comments).
     """
-    from ..times import barycentric_times, mid_exposure
-
     if not radii_px and not radii_fwhm:
         raise PhotometryError("no aperture: give photometry.radii_px and/or radii_fwhm")
     notes = []
@@ -252,6 +250,59 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
     if catalog.empty:
         notes.append(f"empty source list: {reference_meta.get('note') or 'no sources'}")
         return pd.DataFrame(columns=PHOTOMETRY_COLUMNS), notes
+    sizes = _aperture_sizes(meta=meta, reference_meta=reference_meta, radii_px=radii_px,
+                            radii_fwhm=radii_fwhm, annulus=annulus, sky=sky,
+                            min_radius_px=min_radius_px, notes=notes, frame=frame)
+    if sizes is None:
+        return pd.DataFrame(columns=PHOTOMETRY_COLUMNS), notes
+    fwhm, radii, (r_in, r_out) = sizes
+    wcs = _wcs(header)
+    x, y, flags, (dx, dy) = _positions(
+        data=data, mask=mask, background=background, sources=sources, catalog=catalog,
+        reference_meta=reference_meta, wcs=wcs, fwhm=fwhm, alignment=alignment,
+        max_shift_px=max_shift_px, recentroid_min_snr=recentroid_min_snr, notes=notes,
+        frame=frame)
+    map_err = background_rms * math.sqrt(math.pi / 2) / map_box_px if sky == "map" else None
+    psf, psf_note = frame_psf(data=data, background=background, mask=mask, x=x, y=y,
+                              snr=catalog["snr_ref"].to_numpy(float), fwhm=fwhm, kind=psf_model)
+    notes.append(psf_note)
+    # HOT pixels hold corrected values where a dark, or the series' own dark rates
+    # (HOTCORR), were subtracted; otherwise they are filled
+    dark_subtracted = (str(header.get("DARKFILE", "none")).strip().lower() not in ("none", "")
+                       or int(header.get("HOTCORR", 0) or 0) > 0)
+    use_optimal = optimal and psf is not None
+    if optimal and psf is None:
+        notes.append("no optimal photometry on this frame (no PSF)")
+    table = measure_apertures(data=data, error=error, mask=mask, x=x, y=y, radii=radii,
+                              annulus=(r_in, r_out), background=sky, background_map=background,
+                              background_map_error=map_err, sigma=sky_sigma,
+                              min_sky_pixels=min_sky_pixels,
+                              sky_mask=source_mask if sky_exclude_sources else None,
+                              source_ids=catalog["source_id"].to_numpy(), error_cal=error_cal,
+                              psf=psf, dark_subtracted=dark_subtracted,
+                              max_repaired_fraction=max_repaired_fraction,
+                              max_contamination=max_contamination,
+                              subtract_neighbours=subtract_neighbours, optimal=use_optimal,
+                              row_noise_e=float(header.get("OVSCNOIS", 0.0) or 0.0))
+    attrs = dict(table.attrs)
+    table = _label_rows(table, catalog=catalog, labels=labels, radii=radii, optimal=optimal,
+                        use_optimal=use_optimal, flags=flags, fwhm=fwhm, psf=psf, frame=frame)
+    times = _frame_times(header=header, catalog=catalog, wcs=wcs, site=site,
+                         start_mjd_utc=start_mjd_utc, exptime_s=exptime_s, notes=notes,
+                         frame=frame)
+    _note_model(attrs, use_optimal=use_optimal, notes=notes)
+    for key, value in times.items():
+        table[key] = value
+    table["exptime_s"] = (float(exptime_s) if exptime_s is not None else
+                          float(header.get("EXPTIME", header.get("EXPOSURE", float("nan")))))
+    table["dx"], table["dy"] = dx, dy
+    return table[PHOTOMETRY_COLUMNS], notes
+
+
+def _aperture_sizes(*, meta, reference_meta, radii_px, radii_fwhm, annulus, sky, min_radius_px,
+                    notes, frame) -> tuple[float, list[float], tuple[float, float]] | None:
+    """This frame's FWHM (else the reference's), aperture radii (floored at
+    ``min_radius_px``) and annulus radii in px; None when no FWHM can size them."""
     fwhm = float(meta.get("fwhm_px", float("nan")))
     if not np.isfinite(fwhm):
         fwhm = float(reference_meta["fwhm_px"])
@@ -261,7 +312,7 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
                      "the FWHM cannot be sized, no photometry (radii_px with an annulus in px "
                      "would measure the targets)")
         log.warning("%s: %s", frame, notes[-1])
-        return pd.DataFrame(columns=PHOTOMETRY_COLUMNS), notes
+        return None
     radii = [float(r) for r in radii_px] + [k * fwhm for k in radii_fwhm]
     if min(radii) < min_radius_px:  # an undersampled PSF: a 1-px aperture is all pixel phase
         notes.append(f"aperture radii {', '.join(f'{r:.2f}' for r in radii)} px raised to at "
@@ -274,13 +325,18 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
     if sky != "map" and r_in < max(radii):
         raise PhotometryError(f"annulus inner radius {r_in:.1f} px is inside the largest "
                               f"aperture {max(radii):.1f} px: raise photometry.annulus.inner")
+    return fwhm, radii, (r_in, r_out)
 
+
+def _positions(*, data, mask, background, sources, catalog, reference_meta, wcs, fwhm,
+               alignment, max_shift_px, recentroid_min_snr, notes, frame):
+    """The list's positions on this frame (aligned, bright stars re-centroided), the
+    rows' position flags, and the shift (dx, dy) of the reference's centre."""
     ref_xy = catalog[["x_ref", "y_ref"]].to_numpy(float)
     flags = np.zeros(len(catalog), np.int64)
     flags[~np.isfinite(ref_xy).all(axis=1)] |= PhotFlag.NO_POSITION
     if "no_star" in catalog:
         flags[catalog["no_star"].fillna(False).to_numpy(bool)] |= PhotFlag.NO_STAR
-    wcs = _wcs(header)
     try:
         if isinstance(alignment, SourceError):  # the caller's attempt failed: say why
             raise alignment
@@ -296,39 +352,40 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         xy, where = _unaligned_positions(catalog, wcs)
         notes.append(f"not aligned ({exc}); positions {where}")
         log.warning("%s: %s", frame, notes[-1])
-        dx = dy = float("nan")
+        return xy[:, 0], xy[:, 1], flags, (float("nan"), float("nan"))
     x, y = xy[:, 0], xy[:, 1]
-    if not (flags & PhotFlag.NOT_ALIGNED).any():
-        bright = np.array(catalog["snr_ref"].fillna(0) >= recentroid_min_snr, dtype=bool)
-        if bright.any():
-            # windowed centroids; PSF-fitted centres for stars with masked pixels near
-            # them (a cosmic ray, a bad column; L.A.Cosmic sometimes takes a bright core)
-            cx, cy = refine_centres(data=data, background=background, x=x[bright],
-                                    y=y[bright], fwhm=fwhm, mask=mask)
-            cx, cy = _guard_centroids(x[bright], y[bright], cx, cy,
-                                      snr=catalog["snr_ref"].to_numpy(float)[bright], fwhm=fwhm)
-            x, y = x.copy(), y.copy()
-            x[bright], y[bright] = cx, cy
+    bright = np.array(catalog["snr_ref"].fillna(0) >= recentroid_min_snr, dtype=bool)
+    if bright.any():
+        # windowed centroids; PSF-fitted centres for stars with masked pixels near
+        # them (a cosmic ray, a bad column; L.A.Cosmic sometimes takes a bright core)
+        cx, cy = refine_centres(data=data, background=background, x=x[bright], y=y[bright],
+                                fwhm=fwhm, mask=mask)
+        cx, cy = _guard_centroids(x[bright], y[bright], cx, cy,
+                                  snr=catalog["snr_ref"].to_numpy(float)[bright], fwhm=fwhm)
+        x, y = x.copy(), y.copy()
+        x[bright], y[bright] = cx, cy
+    return x, y, flags, (dx, dy)
 
-    map_err = background_rms * math.sqrt(math.pi / 2) / map_box_px if sky == "map" else None
-    psf, psf_note = frame_psf(data=data, background=background, mask=mask, x=x, y=y,
-                              snr=catalog["snr_ref"].to_numpy(float), fwhm=fwhm, kind=psf_model)
-    notes.append(psf_note)
-    dark_subtracted = str(header.get("DARKFILE", "none")).strip().lower() not in ("none", "")
-    use_optimal = optimal and psf is not None
-    if optimal and psf is None:
-        notes.append("no optimal photometry on this frame (no PSF)")
-    table = measure_apertures(data=data, error=error, mask=mask, x=x, y=y, radii=radii,
-                              annulus=(r_in, r_out), background=sky, background_map=background,
-                              background_map_error=map_err, sigma=sky_sigma,
-                              min_sky_pixels=min_sky_pixels,
-                              sky_mask=source_mask if sky_exclude_sources else None,
-                              source_ids=catalog["source_id"].to_numpy(), error_cal=error_cal,
-                              psf=psf, dark_subtracted=dark_subtracted,
-                              max_repaired_fraction=max_repaired_fraction,
-                              max_contamination=max_contamination,
-                              subtract_neighbours=subtract_neighbours, optimal=use_optimal)
-    measured = dict(table.attrs)
+
+def _note_model(attrs: Mapping, *, use_optimal: bool, notes: list[str]) -> None:
+    """Say what the source model found (hidden stars, optimal profile correction)."""
+    hidden = attrs.get("hidden_neighbours", 0)
+    if hidden:
+        notes.append(f"{hidden} star(s) missing from the source list found in the residual of "
+                     "its PSF model: their light counts as neighbour light")
+    if attrs.get("psf_model_error"):
+        notes.append(f"PSF model error {100 * attrs['psf_model_error']:.1f} % of the modelled "
+                     "light per pixel (in the variance of filled pixels)")
+    correction = attrs.get("optimal_correction")
+    if use_optimal and correction is not None:
+        notes.append(f"optimal photometry: profile correction {correction:.4f} (largest "
+                     "aperture over optimal flux, median of isolated bright stars)")
+
+
+def _label_rows(table, *, catalog, labels, radii, optimal, use_optimal, flags, fwhm, psf,
+                frame) -> pd.DataFrame:
+    """The catalog's names, coordinates and flags, aperture labels and PSF on the rows;
+    a frame without a PSF keeps its optimal rows (flux NaN, NO_PSF)."""
     n = len(catalog)
     if optimal and not use_optimal:  # rows kept, flux NaN: every frame has the same rows
         block = table.iloc[int(np.argmax(radii)) * n:(int(np.argmax(radii)) + 1) * n].copy()
@@ -347,8 +404,15 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
     for column, value in (("psf_sigma_major", "sigma_major"), ("psf_sigma_minor", "sigma_minor"),
                           ("psf_theta", "theta_deg")):
         table[column] = getattr(psf, value) if psf is not None else float("nan")
+    return table
 
-    # times toward the first target (else the field centre)
+
+def _frame_times(*, header, catalog, wcs, site, start_mjd_utc, exptime_s, notes,
+                 frame) -> dict[str, float]:
+    """Mid-exposure MJD (UTC), BJD/BMJD (TDB) toward the first target (else the field
+    centre) and the header's airmass."""
+    from ..times import barycentric_times, mid_exposure
+
     if start_mjd_utc is not None and exptime_s is not None and np.isfinite(
             [start_mjd_utc, exptime_s]).all():
         from astropy import units as u
@@ -363,35 +427,22 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
              "airmass": float(header["AIRMASS"]) if "AIRMASS" in header else float("nan")}
     if pointing is None:
         notes.append("no coordinates for BJD (no target, WCS or RA/DEC): bjd_tdb left empty")
+        return times
+    ra, dec, what = pointing
+    if where is not None:
+        times.update(barycentric_times(times=mid, ra_deg=ra, dec_deg=dec,
+                                       site=where).iloc[0].to_dict())
     else:
-        ra, dec, what = pointing
-        if where is not None:
-            times.update(barycentric_times(times=mid, ra_deg=ra, dec_deg=dec,
-                                           site=where).iloc[0].to_dict())
-        else:
-            from astropy import units as u
-            from astropy.coordinates import EarthLocation, SkyCoord
+        from astropy import units as u
+        from astropy.coordinates import EarthLocation, SkyCoord
 
-            geocentre = EarthLocation.from_geocentric(0, 0, 0, unit=u.m)  # error ≤ 21 ms
-            bjd = (mid.tdb + mid.light_travel_time(SkyCoord(ra * u.deg, dec * u.deg),
-                                                   location=geocentre)).jd
-            times.update(bjd_tdb=float(bjd), bmjd_tdb=float(bjd) - 2400000.5)
-        notes.append(f"times: mid-exposure; BJD toward {what} (RA {ra:.5f}, Dec {dec:.5f}); "
-                     f"{site_note}")
-    hidden = measured.get("hidden_neighbours", 0)
-    if hidden:
-        notes.append(f"{hidden} star(s) missing from the source list found in the residual of "
-                     "its PSF model: their light counts as neighbour light")
-    correction = measured.get("optimal_correction")
-    if use_optimal and correction is not None:
-        notes.append(f"optimal photometry: profile correction {correction:.4f} (largest "
-                     "aperture over optimal flux, median of isolated bright stars)")
-    for key, value in times.items():
-        table[key] = value
-    table["exptime_s"] = (float(exptime_s) if exptime_s is not None else
-                          float(header.get("EXPTIME", header.get("EXPOSURE", float("nan")))))
-    table["dx"], table["dy"] = dx, dy
-    return table[PHOTOMETRY_COLUMNS], notes
+        geocentre = EarthLocation.from_geocentric(0, 0, 0, unit=u.m)  # error ≤ 21 ms
+        bjd = (mid.tdb + mid.light_travel_time(SkyCoord(ra * u.deg, dec * u.deg),
+                                               location=geocentre)).jd
+        times.update(bjd_tdb=float(bjd), bmjd_tdb=float(bjd) - 2400000.5)
+    notes.append(f"times: mid-exposure; BJD toward {what} (RA {ra:.5f}, Dec {dec:.5f}); "
+                 f"{site_note}")
+    return times
 
 LONG_UNITS = {
     "x": "pix (0-based)", "y": "pix (0-based)", "radius": "pix", "ra_deg": "deg (ICRS)",

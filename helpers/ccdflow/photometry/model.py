@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = ["SourceModel", "cut_stamps", "find_hidden_neighbours", "fit_source_fluxes",
            "model_image", "model_on_stamps", "model_sources", "neighbour_variance",
-           "overlap_fraction", "render_psf"]
+           "overlap_fraction", "psf_model_error", "render_psf"]
 
 
 @dataclass
@@ -31,6 +31,9 @@ class SourceModel:
     stamps: np.ndarray | None = None  #: unit PSF on each source's box (n, k, k)
     px: np.ndarray | None = None  #: the boxes' columns (n, k)
     py: np.ndarray | None = None  #: the boxes' rows (n, k)
+    #: the PSF model's own error per pixel, as a fraction of the modelled light
+    #: (:func:`psf_model_error`; 0 when the model fits its stars within their noise)
+    rel_error: float = 0.0
 
     def box(self, half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The PSF stamps and pixel indices cut to a smaller half-width."""
@@ -237,6 +240,8 @@ def model_sources(*, data: np.ndarray, usable: np.ndarray, saturated: np.ndarray
         residual=residual, variance=typical_noise**2 + np.clip(image, 0, None), model=model,
         radius=radius, avoid=avoid)
     if not len(hidden_x):
+        model.rel_error = psf_model_error(data=data, usable=usable, model=model, image=image,
+                                          sky=sky, sky_rms=sky_rms)
         return model, image, 0
     hidden_sky = (sky_map[hidden_y.astype(int), hidden_x.astype(int)] if sky_map is not None
                   else np.full(len(hidden_x), float(np.nanmedian(sky))))
@@ -248,7 +253,49 @@ def model_sources(*, data: np.ndarray, usable: np.ndarray, saturated: np.ndarray
                         flux=everything.flux[:n], flux_var=everything.flux_var[:n],
                         half=everything.half, stamps=everything.stamps[:n],
                         px=everything.px[:n], py=everything.py[:n])
-    return model, model_image(everything, data.shape), len(hidden_x)
+    image = model_image(everything, data.shape)
+    model.rel_error = psf_model_error(data=data, usable=usable, model=model, image=image,
+                                      sky=sky, sky_rms=sky_rms)
+    return model, image, len(hidden_x)
+
+
+def psf_model_error(*, data: np.ndarray, usable: np.ndarray, model: SourceModel,
+                    image: np.ndarray, sky: np.ndarray, sky_rms: np.ndarray,
+                    min_snr: float = 50.0, core: float = 0.02) -> float:
+    """The PSF model's error per pixel as a fraction ε of the modelled light: what a
+    filled pixel's value misses beyond photon and sky noise.
+
+    Over the core pixels (unit PSF above ``core``) of the sources fitted at S/N above
+    ``min_snr``, with r the residual (data − sky − model of every source) and v its
+    noise (sky variance + modelled photons)::
+
+        ε² = median over stars of  Σ (r² − v) / Σ (F̂ P)²       (0 if negative)
+
+    An undersampled or mis-shaped PSF leaves ε of several per cent; a model that fits
+    its stars to their noise leaves ε ≈ 0, and a filled pixel's variance is then sky
+    + photons only.
+    """
+    if model.stamps is None or not len(model.flux):
+        return 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = model.flux / np.sqrt(model.flux_var)
+    pick = np.flatnonzero(np.isfinite(snr) & (snr > min_snr) & np.isfinite(model.x))
+    if len(pick) < 3:
+        return 0.0
+    p, px, py = model.stamps[pick], model.px[pick], model.py[pick]
+    d, inside = cut_stamps(data, px, py)
+    ok, _ = cut_stamps(usable, px, py, fill=False)
+    m, _ = cut_stamps(image, px, py)
+    use = inside & ok & (p > core)
+    r = d - sky[pick][:, None, None] - m
+    v = sky_rms[pick][:, None, None] ** 2 + np.clip(m, 0, None)
+    own = model.flux[pick][:, None, None] * p
+    excess = np.where(use, r * r - v, 0.0).sum(axis=(1, 2))
+    scale = np.where(use, own * own, 0.0).sum(axis=(1, 2))
+    good = scale > 0
+    if good.sum() < 3:
+        return 0.0
+    return float(np.sqrt(max(float(np.median(excess[good] / scale[good])), 0.0)))
 
 
 def find_hidden_neighbours(*, residual: np.ndarray, variance: np.ndarray, model: SourceModel,

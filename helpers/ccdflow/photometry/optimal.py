@@ -15,7 +15,7 @@ __all__ = ["optimal_photometry"]
 
 def optimal_photometry(*, data, rand_var, err_cal, usable, saturated, x, y, inside, ids, psf, model,
              radius, sky, bmap, sky_var, bkg_rms, n_sky, reference, max_repaired_fraction,
-             max_contamination, subtract_neighbours) -> pd.DataFrame:
+             max_contamination, subtract_neighbours, row_noise_e=0.0) -> pd.DataFrame:
     """Naylor (1998) optimal photometry with the frame's PSF.
 
     Over the usable pixels within ``radius`` of each star (masked ones simply get no
@@ -64,6 +64,9 @@ def optimal_photometry(*, data, rand_var, err_cal, usable, saturated, x, y, insi
         wsum = w.sum(axis=(1, 2))
         var = (w * w * rv).sum(axis=(1, 2))
         var = var + (wsum**2 * sky_var if sky_var is not None else 0.0)
+        if row_noise_e > 0:  # a level common to each row: Σ_r (Σ_row W)² − Σ W²
+            var = var + row_noise_e**2 * ((w.sum(axis=2) ** 2).sum(axis=1)
+                                          - (w * w).sum(axis=(1, 2)))
         cal = (w * w * cv).sum(axis=(1, 2))
         repaired = np.where(weight_all > 0, 1.0 - norm / weight_all, 0.0)
     # profile correction from isolated, unflagged bright stars
