@@ -355,3 +355,34 @@ def test_low_flat_pixels_flagged_where_they_are_divided_above_the_floor(cal_mast
     assert ((with_flat.mask[dead] & MaskBit.BAD) != 0).all()
     # ERR_CAL is the masters' part of ERR: every pixel's random part stays positive
     assert (with_flat.extras["ERR_CAL"] <= with_flat.error).all()
+
+
+
+def test_series_dark_of_the_wrong_shape_names_the_frame(cal_masters):
+    # hot-pixel rates made for another detector shape: one line naming the frame; rates
+    # are used only without a master dark (a dark's own HOT map wins)
+    det = cal_masters["detector"]
+    path = cal_masters["files"]("science", "V")[0]
+    shape = cal_masters["bias"].data.shape
+    hot = np.zeros(shape, np.uint16)
+    hot[5, 5] = MaskBit.HOT
+    wrong = {"HOTDARK": np.ones((10, 10)), "HOTDARK_ERR": np.zeros((10, 10))}
+    with pytest.raises(CalibrationError, match=rf"{path.name}: the hot-pixel rates are 10x10, "
+                                               rf"the frame {shape[1]}x{shape[0]}"):
+        calibrate_science(path=path, detector=det, bias=cal_masters["bias"], dark=None,
+                          flat=None, bad_pixel_mask=hot, hot_dark=wrong)
+    rates = {"HOTDARK": np.full(shape, 2.0), "HOTDARK_ERR": np.full(shape, 0.1)}
+    with_dark = calibrate_science(path=path, detector=det, bias=cal_masters["bias"],
+                                  dark=cal_masters["dark"], flat=None, bad_pixel_mask=hot,
+                                  hot_dark=rates)
+    assert with_dark.header["HOTCORR"] == 0
+    without = calibrate_science(path=path, detector=det, bias=cal_masters["bias"], dark=None,
+                                flat=None, bad_pixel_mask=hot, hot_dark=rates)
+    plain = calibrate_science(path=path, detector=det, bias=cal_masters["bias"], dark=None,
+                              flat=None, bad_pixel_mask=hot)
+    t = float(without.header["EXPTIME"])
+    assert without.header["HOTCORR"] == 1
+    assert plain.data[5, 5] - without.data[5, 5] == pytest.approx(2.0 * t, rel=1e-5)
+    assert (plain.data[6, 6] == without.data[6, 6])  # only HOT pixels are corrected
+    assert without.extras["ERR_CAL"][5, 5] == pytest.approx(np.hypot(
+        plain.extras["ERR_CAL"][5, 5], 0.1 * t), rel=1e-4)

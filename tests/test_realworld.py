@@ -199,6 +199,13 @@ def test_real_world_night_gives_a_transit_light_curve(night, tmp_path):
     assert fits.getheader(hot_map, 0)["NHOTPIX"] > 100
     calibrated = sorted(results.glob("calibrated/*/*/*.fits"))
     assert fits.getheader(calibrated[0], 0)["NHOTPIX"] >= fits.getheader(hot_map, 0)["NHOTPIX"]
+    # ... and the series' own dark rates, carried by the bad-pixel mask, corrected there
+    bpm = next(results.glob("masters/*/*/bpm_*.fits"))
+    with fits.open(bpm) as hdul:
+        assert {"MASK", "HOTDARK", "HOTDARK_ERR"} <= {h.name for h in hdul}
+    rated = fits.getheader(hot_map, 0)["NHOTRATE"]
+    assert rated >= 0.8 * fits.getheader(hot_map, 0)["NHOTPIX"]
+    assert fits.getheader(calibrated[0], 0)["HOTCORR"] == rated
     # detections are stars, and every frame is aligned (drift, flip, clouds)
     sources = pd.concat(pd.read_csv(p, sep="\t") for p in results.glob("sources/*/*/*.tsv"))
     assert (sources["n_sources"] < 150).all()  # not a thousand hot pixels
