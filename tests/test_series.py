@@ -507,6 +507,8 @@ def test_best_aperture_is_the_quietest_per_target(rng, tmp_path):
     assert "aperture tight: lowest point-to-point scatter" in best["notes"]["T"]
     light, _ = best["differential"]["T"]
     assert 0.007 < np.std(np.diff(light["rel_flux"])) / np.sqrt(2) < 0.02
+    # the target's detrending covariates travel with its light curve
+    assert {"airmass", "x", "y", "fwhm", "bkg"} <= set(light.columns)
     named = build_lightcurves(tables=tables, catalog=catalog, aperture="wide")
     assert named["target_apertures"] == {"T": "wide"}
     write_lightcurves(best, table=tmp_path / "long.csv", directory=tmp_path / "lc")

@@ -346,9 +346,10 @@ def _lowest_scatter(curves: Mapping[str, tuple]) -> str:
 class _Pivot:
     """One aperture's rows as frames × sources: flux, errors, usability, times."""
 
-    def __init__(self, frames, flux, flux_err, flags, good, comparison_good):
+    def __init__(self, frames, flux, flux_err, flags, good, comparison_good, covariates):
         self.frames, self.flux, self.flux_err, self.flags = frames, flux, flux_err, flags
         self.good, self.comparison_good = good, comparison_good
+        self.covariates = covariates  #: {column: frames × sources} for detrending
 
     @classmethod
     def of(cls, one: pd.DataFrame) -> _Pivot:
@@ -361,8 +362,10 @@ class _Pivot:
         good = pd.DataFrame((flag_values & int(BAD_FLAGS)) == 0, index=index, columns=columns)
         comparison_good = pd.DataFrame((flag_values & int(COMPARISON_BAD_FLAGS)) == 0,
                                        index=index, columns=columns)
+        covariates = {c: one.pivot(index="frame", columns="source_id", values=c)
+                      .loc[frames.index] for c in DETREND_COLUMNS if c in one}
         return cls(frames, pivot["flux"], pivot["flux_err"], pivot["flags"], good,
-                   comparison_good)
+                   comparison_good, covariates)
 
 
 def _differential(pivot: _Pivot, *, sid: int, name: str, comparisons, options) -> tuple:
@@ -387,7 +390,14 @@ def _differential(pivot: _Pivot, *, sid: int, name: str, comparisons, options) -
     light = pivot.frames.join(light)
     light.insert(0, "source_id", sid)
     light["flags"] = pivot.flags[sid].to_numpy()
+    for column, values in pivot.covariates.items():  # the target's, for detrending
+        light[column] = values[sid].to_numpy()
     return light.reset_index(), choice, note
+
+
+#: the target's per-frame quantities a differential light curve carries for detrending
+#: (AstroImageJ's X(IJ), Y(IJ), Width, Sky/Pixel; EXOTIC's airmass is there already)
+DETREND_COLUMNS = ("x", "y", "fwhm", "bkg")
 
 
 def _per_source(one: pd.DataFrame) -> dict[int, pd.DataFrame]:
@@ -443,7 +453,9 @@ def write_lightcurves(result: Mapping, *, table: str | Path, directory: str | Pa
                     f"{int(r.source_id)}:{r.weight:.4f}" for r in used.itertuples()),
                 "ensemble = sum w_i f_i/median(f_i) / sum w_i over usable comparisons; "
                 "rel_flux = flux / ensemble, normalised to median 1 over usable frames",
-                "flux, flux_err [electron]; ensemble dimensionless; times [d]"])
+                "flux, flux_err [electron]; ensemble dimensionless; times [d]; x, y "
+                "[pix, 0-based], fwhm [pix], bkg [electron / pix]: the target's, for "
+                "detrending"])
             write_table(choice, tmp / f"comparisons_{name}.csv",
                         comments=[*header, f"comparison choice for target {name}, aperture "
                                   f"{label}; scatter and expected are relative (robust std)"])
