@@ -151,6 +151,27 @@ def _pulls_against_truth(results, truth, night) -> np.ndarray:
     return np.asarray(out)
 
 
+def test_written_hot_pixel_map_with_and_without_rates(night, tmp_path):
+    # correct (default): MASK + HOTDARK + HOTDARK_ERR, NHOTRATE + NHOTBAD = NHOTPIX, and
+    # every unrated HOT pixel also BAD; correct: false: the mask alone, nothing BAD
+    from ccdflow.hotpixels import write_hot_pixel_map
+
+    truth = load_truth(night)
+    paths = [night / "raw" / f for f in truth.frames["file"]][:20]
+    info = write_hot_pixel_map(tmp_path / "hot.fits", paths=paths, detector=DETECTOR)
+    with fits.open(tmp_path / "hot.fits") as hdul:
+        names = [h.name for h in hdul]
+        head, mask, rate = hdul[0].header, hdul["MASK"].data, hdul["HOTDARK"].data
+    assert names == ["PRIMARY", "MASK", "HOTDARK", "HOTDARK_ERR"]
+    assert head["NHOTRATE"] + head["NHOTBAD"] == head["NHOTPIX"] == info["n_hot"]
+    hot = (mask & 4) != 0
+    assert (((mask & 1) != 0) == (hot & ~np.isfinite(rate))).all()
+    write_hot_pixel_map(tmp_path / "plain.fits", paths=paths, detector=DETECTOR, correct=False)
+    with fits.open(tmp_path / "plain.fits") as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "MASK"]
+        assert ((hdul["MASK"].data & 1) == 0).all() and "NHOTRATE" not in hdul[0].header
+
+
 def _fit_transit(lc, transit):
     """Depth, mid-time and their 1σ errors of a trapezoid of the true shape (duration,
     ingress) times a line, weighted by rel_flux_err (errors scaled by √χ²_red ≥ 1)."""
