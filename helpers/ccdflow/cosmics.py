@@ -78,13 +78,16 @@ def detect_cosmic_rays(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray 
         bad |= np.asarray(mask, bool)
     if bad.all():
         raise CosmicsError("every pixel is masked: nothing to search")
-    clean = np.where(bad, 0.0, data).astype(np.float32)
-    var = np.where(bad, np.nanmedian(error[~bad]) ** 2, error.astype(np.float64) ** 2)
-    bkg = None if background is None else np.where(bad, 0.0, background).astype(np.float32)
+    clean = np.where(bad, np.float32(0.0), data)
+    # ERR² in float32 (the float32 square of a float32 is the float64 one rounded)
+    var = np.square(error)
+    var[bad] = np.nanmedian(error[~bad]) ** 2
+    bkg = (None if background is None
+           else np.where(bad, np.float32(0.0), np.asarray(background, np.float32)))
     if method == "lacosmic":
         from .lacosmic import lacosmic_mask
 
-        crmask = lacosmic_mask(data=clean, inmask=bad, inbkg=bkg, invar=var.astype(np.float32),
+        crmask = lacosmic_mask(data=clean, inmask=bad, inbkg=bkg, invar=var,
                                sigclip=sigclip, sigfrac=sigfrac, objlim=objlim,
                                readnoise=float(read_noise_e), satlevel=float(saturation_e),
                                niter=niter)
@@ -92,7 +95,7 @@ def detect_cosmic_rays(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray 
         import astroscrappy
 
         crmask, _ = astroscrappy.detect_cosmics(
-            clean, inmask=bad, inbkg=bkg, invar=var.astype(np.float32), sigclip=sigclip,
+            clean, inmask=bad, inbkg=bkg, invar=var, sigclip=sigclip,
             sigfrac=sigfrac, objlim=objlim, gain=1.0, readnoise=float(read_noise_e),
             satlevel=float(saturation_e), niter=niter, sepmed=sepmed, cleantype="meanmask",
             psffwhm=psffwhm, verbose=False)
