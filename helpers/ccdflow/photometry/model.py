@@ -239,21 +239,18 @@ def model_sources(*, data: np.ndarray, usable: np.ndarray, saturated: np.ndarray
     hidden_x, hidden_y = find_hidden_neighbours(
         residual=residual, variance=typical_noise**2 + np.clip(image, 0, None), model=model,
         radius=radius, avoid=avoid)
-    if not len(hidden_x):
-        model.rel_error = psf_model_error(data=data, usable=usable, model=model, image=image,
-                                          sky=sky, sky_rms=sky_rms)
-        return model, image, 0
-    hidden_sky = (sky_map[hidden_y.astype(int), hidden_x.astype(int)] if sky_map is not None
-                  else np.full(len(hidden_x), float(np.nanmedian(sky))))
-    everything = fit_source_fluxes(
-        sky=np.concatenate([sky, hidden_sky]),
-        sky_rms=np.concatenate([sky_rms, np.full(len(hidden_x), typical_noise)]),
-        x=np.concatenate([x, hidden_x]), y=np.concatenate([y, hidden_y]), **fit)
-    model = SourceModel(psf=psf, x=everything.x[:n], y=everything.y[:n],
-                        flux=everything.flux[:n], flux_var=everything.flux_var[:n],
-                        half=everything.half, stamps=everything.stamps[:n],
-                        px=everything.px[:n], py=everything.py[:n])
-    image = model_image(everything, data.shape)
+    if len(hidden_x):
+        hidden_sky = (sky_map[hidden_y.astype(int), hidden_x.astype(int)]
+                      if sky_map is not None else np.full(len(hidden_x), float(np.nanmedian(sky))))
+        everything = fit_source_fluxes(
+            sky=np.concatenate([sky, hidden_sky]),
+            sky_rms=np.concatenate([sky_rms, np.full(len(hidden_x), typical_noise)]),
+            x=np.concatenate([x, hidden_x]), y=np.concatenate([y, hidden_y]), **fit)
+        model = SourceModel(psf=psf, x=everything.x[:n], y=everything.y[:n],
+                            flux=everything.flux[:n], flux_var=everything.flux_var[:n],
+                            half=everything.half, stamps=everything.stamps[:n],
+                            px=everything.px[:n], py=everything.py[:n])
+        image = model_image(everything, data.shape)
     model.rel_error = psf_model_error(data=data, usable=usable, model=model, image=image,
                                       sky=sky, sky_rms=sky_rms)
     return model, image, len(hidden_x)
