@@ -341,11 +341,15 @@ def read_raw_frame(path: str | Path, *, detector: Mapping, exptime_keywords: Seq
     else:
         data, sat, nonfinite, no_data = _mosaic(pieces, where=str(path))
     notes = [n for p in pieces for n in p["notes"]]
+    overscan_noise = max(p["overscan_noise_e"] for p in pieces)
+    if overscan_noise > 0.25 * rn:
+        _warn_overscan(str(path), detector.get("overscan", {}).get("function", "median"),
+                       max(p["overscan_columns"] for p in pieces), overscan_noise, rn)
     return RawFrame(data=data, saturated=sat, nonfinite=nonfinite, no_data=no_data,
                     header=merged, exptime_s=exptime, read_noise_e=rn,
                     saturation_e=min(p["saturation_e"] for p in pieces),
                     gains=[p["gain"] for p in pieces], notes=notes,
-                    overscan_noise_e=max(p.get("overscan_noise_e", 0.0) for p in pieces))
+                    overscan_noise_e=overscan_noise)
 
 
 def _pixels(path: Path, hdu) -> np.ndarray:
@@ -377,27 +381,23 @@ def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool
     saturated = raw >= sat_adu
     over = _section_from("overscan", over_cfg, header, raw.shape, where=where, what="overscan")
     level = np.zeros(raw.shape[0])
+    noise_e, n_over = 0.0, 0
     if over is not None:
         rows, cols = over
         skip = int(over_cfg.get("skip_columns", 0))
         strip = raw[rows, cols.start + skip: cols.stop]
         if strip.shape[1] < 1:
             raise CalibrationError(f"{where}: no overscan columns left after skip_columns={skip}")
-        fitted = fit_overscan(strip, function=over_cfg.get("function", "median"),
-                              order=int(over_cfg.get("order", 1)),
+        function, order = over_cfg.get("function", "median"), int(over_cfg.get("order", 1))
+        fitted = fit_overscan(strip, function=function, order=order,
                               niterate=int(over_cfg.get("niterate", 3)),
                               reject_sigma=float(over_cfg.get("reject_sigma", 3.0)))
         level[rows] = fitted
-        function = over_cfg.get("function", "median")
-        noise_e = gain * overscan_level_noise(strip, function=function,
-                                              order=int(over_cfg.get("order", 1)))
+        noise_e = gain * overscan_level_noise(strip, function=function, order=order)
+        n_over = strip.shape[1]
         notes.append(f"overscan {function} of columns "
                      f"{cols.start + skip + 1}-{cols.stop}, mean {np.nanmean(fitted):.2f} ADU, "
                      f"noise {noise_e:.2f} e-/row")
-        rn_amp = detector_constant(detector.get("read_noise_e", {"keyword": "RDNOISE"}),
-                                   [header, primary], name="read noise (e-)", where=where)
-        if noise_e > 0.25 * rn_amp:
-            _warn_overscan(where, function, strip.shape[1], noise_e, rn_amp)
     else:
         notes.append("overscan: none (profile says the camera has none)")
     trim = _section_from("trim", trim_cfg, header, raw.shape, where=where, what="trim")
@@ -406,7 +406,7 @@ def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool
     sat_e = (sat_adu - float(np.nanmedian(level[rows]))) * gain
     out = {"data": data.astype(np.float32), "saturated": saturated[rows, cols],
            "nonfinite": nonfinite[rows, cols], "gain": gain, "saturation_e": sat_e,
-           "notes": notes, "overscan_noise_e": noise_e if over is not None else 0.0}
+           "notes": notes, "overscan_noise_e": noise_e, "overscan_columns": n_over}
     if multi:
         detsec = header.get("DETSEC")
         if not detsec:
