@@ -52,7 +52,8 @@ from scipy.special import expit, ndtr
 
 from . import __version__
 
-__all__ = ["NightSpec", "Truth", "load_truth", "main", "simulate_night", "sky_model"]
+__all__ = ["NightSpec", "Truth", "cosmic_ray_hits", "load_truth", "main", "simulate_night",
+           "sky_model"]
 
 ADC_MAX = 65535
 ZERO_POINT_MAG = 22.5  # magnitude giving 1 e-/s
@@ -302,10 +303,13 @@ def _flats(rng: np.random.Generator, spec: NightSpec) -> dict[str, np.ndarray]:
     return flats
 
 
-def _cosmics(
-    rng: np.random.Generator, spec: NightSpec, exptime_s: float
+def cosmic_ray_hits(
+    rng: np.random.Generator, spec, exptime_s: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cosmic-ray hits: short straight tracks; returns (x, y, electrons) per pixel."""
+    """Cosmic-ray hits: short straight tracks; returns (x, y, electrons) per pixel.
+
+    ``spec`` is any simulator spec with ``nx``, ``ny`` and ``cosmic_rate_per_mpix_s``
+    (the imaging night's and the long-slit night's)."""
     n = rng.poisson(spec.cosmic_rate_per_mpix_s * exptime_s * spec.nx * spec.ny / 1e6)
     xs, ys, es = [], [], []
     for _ in range(n):
@@ -638,7 +642,7 @@ def _simulate_into(root: Path, spec: NightSpec) -> None:
                                            "x": xs, "y": ys, "flux_e": flux, "fwhm_px": fwhm}))
         electrons = electrons + dark * exptime
         if exptime > 0:
-            cx, cy, ce = _cosmics(rng, spec, exptime)
+            cx, cy, ce = cosmic_ray_hits(rng, spec, exptime)
             np.add.at(electrons, (cy, cx), ce)
             cr_rows.append(pd.DataFrame({"frame": stem, "x": cx, "y": cy, "electrons": ce}))
         raw = _to_adu(rng, spec, electrons, level, drift, pattern)

@@ -37,6 +37,8 @@ import pandas as pd
 from astropy.io import fits
 from scipy.special import erf
 
+from ..simulate import cosmic_ray_hits
+
 __all__ = ["LongslitSpec", "effective_pixel", "simulate_longslit", "sky_counts"]
 
 
@@ -138,23 +140,6 @@ def _pixel_edges_in_e(spec):
     return effective_pixel(x - 0.5, y, spec), effective_pixel(x + 0.5, y, spec)
 
 
-def _cosmics(rng, spec, exptime):
-    n = rng.poisson(spec.cosmic_rate_per_mpix_s * exptime * spec.nx * spec.ny / 1e6)
-    hits = {}
-    for _ in range(n):
-        length = rng.geometric(0.45)
-        angle = rng.uniform(0, np.pi)
-        x0, y0 = rng.uniform(0, spec.nx - 1), rng.uniform(0, spec.ny - 1)
-        for t in np.linspace(0, length - 1, 3 * length):
-            px = int(np.clip(round(x0 + t * np.cos(angle)), 0, spec.nx - 1))
-            py = int(np.clip(round(y0 + t * np.sin(angle)), 0, spec.ny - 1))
-            hits.setdefault((py, px), rng.lognormal(np.log(1500.0), 0.5))
-    if not hits:
-        return np.zeros(0, int), np.zeros(0, int), np.zeros(0)
-    (ys, xs), e = zip(*hits.keys(), strict=True), list(hits.values())
-    return np.array(xs), np.array(ys), np.array(e)
-
-
 def simulate_longslit(*, out_dir: str | Path, spec: LongslitSpec | None = None) -> Path:
     """Write a simulated long-slit night and its truth into ``out_dir`` (must not exist)."""
     spec = spec or LongslitSpec()
@@ -214,7 +199,7 @@ def simulate_longslit(*, out_dir: str | Path, spec: LongslitSpec | None = None) 
         electrons = electrons + spec.dark_current_e_per_s * exptime
         cx = cy = ce = np.zeros(0)
         if kind == "science":
-            cx, cy, ce = _cosmics(rng, spec, exptime)
+            cx, cy, ce = cosmic_ray_hits(rng, spec, exptime)
             cosmic_rows.append(pd.DataFrame({"frame": stem, "x": cx, "y": cy, "electrons": ce}))
         noisy = rng.poisson(np.clip(electrons, 0, None)).astype(float)
         if len(cx):
