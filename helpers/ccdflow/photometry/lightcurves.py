@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,15 @@ def _robust_std(values: np.ndarray) -> float:
 #: those usable in this fraction are taken (a differential light curve comes out whenever
 #: two or more other stars are measured in 80 % of the frames)
 FALLBACK_GOOD_FRACTION = 0.8
+
+#: ``lightcurve_aperture`` value choosing, per target, the aperture whose differential
+#: light curve has the lowest point-to-point scatter (as EXOTIC chooses its aperture)
+BEST = "best"
+
+
+#: the target's per-frame quantities a differential light curve carries for detrending
+#: (AstroImageJ's X(IJ), Y(IJ), Width, Sky/Pixel; EXOTIC's airmass is there already)
+DETREND_COLUMNS = ("x", "y", "fwhm", "bkg")
 
 
 def differential_photometry(*, flux: pd.DataFrame, flux_err: pd.DataFrame, good: pd.DataFrame,
@@ -322,11 +332,6 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
             "differential": differential, "notes": notes, "target_apertures": chosen}
 
 
-#: ``lightcurve_aperture`` value choosing, per target, the aperture whose differential
-#: light curve has the lowest point-to-point scatter (as EXOTIC chooses its aperture)
-BEST = "best"
-
-
 def _p2p(light: pd.DataFrame) -> float:
     """Robust point-to-point scatter of a differential light curve's usable rel_flux
     (√2-normalised; a transit or a trend barely enters it)."""
@@ -343,13 +348,17 @@ def _lowest_scatter(curves: Mapping[str, tuple]) -> str:
     return min(scatter, key=lambda k: (scatter[k], list(curves).index(k)))
 
 
+@dataclass
 class _Pivot:
     """One aperture's rows as frames × sources: flux, errors, usability, times."""
 
-    def __init__(self, frames, flux, flux_err, flags, good, comparison_good, covariates):
-        self.frames, self.flux, self.flux_err, self.flags = frames, flux, flux_err, flags
-        self.good, self.comparison_good = good, comparison_good
-        self.covariates = covariates  #: {column: frames × sources} for detrending
+    frames: pd.DataFrame  #: per frame: mjd_utc, bjd_tdb, bmjd_tdb, airmass
+    flux: pd.DataFrame
+    flux_err: pd.DataFrame
+    flags: pd.DataFrame
+    good: pd.DataFrame  #: no BAD_FLAGS
+    comparison_good: pd.DataFrame  #: no COMPARISON_BAD_FLAGS
+    covariates: dict  #: {column: frames × sources} for detrending
 
     @classmethod
     def of(cls, one: pd.DataFrame) -> _Pivot:
@@ -393,11 +402,6 @@ def _differential(pivot: _Pivot, *, sid: int, name: str, comparisons, options) -
     for column, values in pivot.covariates.items():  # the target's, for detrending
         light[column] = values[sid].to_numpy()
     return light.reset_index(), choice, note
-
-
-#: the target's per-frame quantities a differential light curve carries for detrending
-#: (AstroImageJ's X(IJ), Y(IJ), Width, Sky/Pixel; EXOTIC's airmass is there already)
-DETREND_COLUMNS = ("x", "y", "fwhm", "bkg")
 
 
 def _per_source(one: pd.DataFrame) -> dict[int, pd.DataFrame]:
