@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 WORKER = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 from astropy.io import fits
 cfg = json.loads(sys.argv[1])
@@ -47,8 +47,9 @@ else:
                          threads=cfg["threads"], **kw).data
 wall = time.perf_counter() - t0
 np.save(cfg["out"], data[:: max(1, data.shape[0] // 256), :: max(1, data.shape[1] // 256)])
-print(json.dumps({"wall_s": wall,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: the latter carries the parent's peak across fork + exec
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"wall_s": wall, "peak_rss_mb": hwm / 1024}))
 """
 
 

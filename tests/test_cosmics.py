@@ -97,3 +97,23 @@ def test_fast_lacosmic_equals_astroscrappy_on_the_same_inputs(cal_masters):
         n_true += int(true_cr.sum())
     assert n_flagged > 20 and n_true > 20 and min(agree) >= 0.99
     print(f"lacosmic {seconds['lacosmic']:.2f} s, astroscrappy {seconds['astroscrappy']:.2f} s")
+
+
+def test_lacosmic_seeds_in_strips_equal_the_whole_frame(cal_science_v):
+    # the first iteration's seeds are found strip by strip (a strip's temporaries instead of
+    # a frame's): every pixel's Laplacian and 5×5 variance minimum see the same pixels
+    # whatever the strip height, frame edges included, so the seeds must be identical
+    from ccdflow.lacosmic import _Frame
+
+    _, p = cal_science_v
+    bad = (p.mask != 0) | ~np.isfinite(p.data)
+    clean = np.where(bad, 0.0, p.data).astype(np.float32)
+    var = np.square(p.error.astype(np.float32))
+    var[bad] = np.median(var[~bad])
+    frame = _Frame(clean, var, None, bad, 4.5, 0.3, 5.0)
+    whole = frame.seeds(None, strip_rows=clean.shape[0])
+    assert len(whole[0]) > 50  # stars and cosmic rays pass the cheap bound
+    for rows in (1, 3, 7, 64, 256):
+        got = frame.seeds(None, strip_rows=rows)
+        np.testing.assert_array_equal(got[0], whole[0])
+        np.testing.assert_array_equal(got[1], whole[1])

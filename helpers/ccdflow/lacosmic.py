@@ -185,17 +185,16 @@ class _Frame:
         return np.where(f < F32(0.01), F32(0.01), f)
 
     # ---- seeds and one iteration
-    def seeds(self, region: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Good pixels whose S can exceed sigclip (S_ub > sigclip): the whole frame, or
-        the pixels of ``region`` (rows, cols)."""
+    def seeds(self, region: np.ndarray | None, *,
+              strip_rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """Good pixels whose S can exceed sigclip (S_ub > sigclip): the whole frame (in
+        strips of ``strip_rows`` rows, so that its float temporaries are a strip's, not a
+        frame's), or the pixels of ``region`` (rows, cols)."""
         if region is None:
-            s = _laplace_rebin(self.clean)
-            low = ndimage.minimum_filter(self.var, size=5, mode="nearest")
-            if self.bkg is not None:
-                low = low + self.bkg
-            low = np.where(low < F32(1e-5), F32(1e-5), low)
-            rows, cols = np.nonzero((s / (F32(2.0) * np.sqrt(low)) > self.sigclip) & self.good)
-            return rows, cols
+            found = [self._strip_seeds(y0, min(y0 + strip_rows, self.ny))
+                     for y0 in range(0, self.ny, strip_rows)]
+            return (np.concatenate([r for r, _ in found]),
+                    np.concatenate([c for _, c in found]))
         rows, cols = region
         keep = self.good[rows, cols]
         rows, cols = rows[keep], cols[keep]
@@ -205,6 +204,21 @@ class _Frame:
         low = np.where(low < F32(1e-5), F32(1e-5), low).astype(F32)
         ok = self._laplace(rows, cols) / (F32(2.0) * np.sqrt(low)) > self.sigclip
         return rows[ok], cols[ok]
+
+    def _strip_seeds(self, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Seeds in rows y0..y1−1, from a slab with 2 rows above and below: the Laplacian
+        reaches 1 row, the 5×5 minimum 2, so the strip's rows see exactly what they see
+        in the whole frame (the frame's own edges keep their rules: the slab's row 0 is
+        the frame's when y0 = 0, and ``nearest`` repeats the same edge rows)."""
+        a, b = max(0, y0 - 2), min(self.ny, y1 + 2)
+        s = _laplace_rebin(self.clean[a:b])[y0 - a: y1 - a]
+        low = ndimage.minimum_filter(self.var[a:b], size=5, mode="nearest")[y0 - a: y1 - a]
+        if self.bkg is not None:
+            low = low + self.bkg[y0:y1]
+        low = np.where(low < F32(1e-5), F32(1e-5), low)
+        rows, cols = np.nonzero((s / (F32(2.0) * np.sqrt(low)) > self.sigclip)
+                                & self.good[y0:y1])
+        return rows + y0, cols
 
     def detect(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One iteration's cosmic-ray pixels (rows, cols), given every pixel that can
@@ -340,6 +354,7 @@ def lacosmic_mask(*, data: np.ndarray, inmask: np.ndarray | None = None,
         rows, cols = np.nonzero(sat)
         probe = _Frame(clean, var, None, np.zeros((ny, nx), bool), sigclip, sigfrac, objlim)
         keep = probe._median(probe.cpad, rows, cols, 2) > F32(satlevel / 10.0)
+        del probe  # its padded copies of the frame
         sat[:] = False
         sat[rows[keep], cols[keep]] = True
     mask = np.asarray(dilate5(sat.view(np.uint8), 2), bool) | np.asarray(dilate3(mask), bool)
