@@ -558,14 +558,17 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
     names = master_names or {}
     header = provenance_header(step="calibrate_science", inputs=[path], params=params or {},
                                base=frame.header)
-    header["BIASFILE"] = (names.get("bias", "none") if bias is not None else "none", "master bias")
-    header["DARKFILE"] = (names.get("dark", "none") if dark is not None else "none", "master dark")
-    header["FLATFILE"] = (names.get("flat", "none") if flat is not None else "none", "master flat")
-    header["BPMFILE"] = (names.get("bpm", "none"), "bad-pixel mask")
+    for key, kind, used, comment in (("BIASFILE", "bias", bias, "master bias"),
+                                     ("DARKFILE", "dark", dark, "master dark"),
+                                     ("FLATFILE", "flat", flat, "master flat"),
+                                     ("BPMFILE", "bpm", True, "bad-pixel mask")):
+        header[key] = _file_card(names.get(kind, "none") if used is not None else "none",
+                                 comment)
     header["NHOTPIX"] = (int((mask & np.uint16(MaskBit.HOT) != 0).sum()), "pixels flagged HOT")
-    header["HOTCORR"] = (n_hot_corrected, "HOT pixels corrected with the series' dark rates")
-    header["ILLUMFIL"] = (names.get("illumination", "none") if illumination is not None
-                          else "none", "illumination correction")
+    header["HOTCORR"] = (n_hot_corrected, "HOT pixels corrected with the series' dark")
+    header["ILLUMFIL"] = _file_card(names.get("illumination", "none")
+                                    if illumination is not None else "none",
+                                    "illumination correction")
     header["GAINORIG"] = (frame.gains[0], "[e-/ADU] gain applied (first amplifier)")
     header["GAIN"] = (1.0, "[e-/e-] data are in electrons")
     header["RDNOISE"] = (frame.read_noise_e, "[e-] read noise")
@@ -581,6 +584,13 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
                else np.full(shape, np.sqrt(var_cal), np.float32))
     return Product(data=sci.astype(np.float32), error=error, mask=mask, header=header,
                    extras={"ERR_CAL": err_cal})
+
+
+def _file_card(path: str, comment: str) -> str | tuple[str, str]:
+    """A file keyword's value with its comment when both fit one card; a longer path
+    (results/masters/<night>/<setup>/…) is kept whole on CONTINUE cards without the
+    comment, instead of astropy truncating the comment with a warning on every frame."""
+    return (path, comment) if len(path) + len(comment) <= 63 else path
 
 
 def _series_dark(*, signal, var_cal, mask, hot_dark, exptime_s, where):
