@@ -227,6 +227,11 @@ def test_real_world_night_gives_a_transit_light_curve(night, tmp_path):
     rated = fits.getheader(hot_map, 0)["NHOTRATE"]
     assert rated >= 0.8 * fits.getheader(hot_map, 0)["NHOTPIX"]
     assert fits.getheader(calibrated[0], 0)["HOTCORR"] == rated
+    # no biases or flats: the gain is checked on consecutive science frames (the
+    # profile's gain 1 is the camera's here; tests/test_detector.py has a wrong one)
+    report = pd.read_csv(next(results.glob("reports/*/*/detector.csv")))
+    assert report["method"].iloc[0] == "science pairs" and bool(report["gain_agrees"].iloc[0])
+    assert abs(report["gain_measured"].iloc[0] - 1.0) <= 3 * report["gain_err"].iloc[0]
     # detections are stars, and every frame is aligned (drift, flip, clouds)
     sources = pd.concat(pd.read_csv(p, sep="\t") for p in results.glob("sources/*/*/*.tsv"))
     assert (sources["n_sources"] < 150).all()  # not a thousand hot pixels

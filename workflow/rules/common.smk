@@ -256,26 +256,42 @@ def get_illumination_inputs(wildcards):
     return {"raw": [str(RAW_DIR / f) for f in files], **_applied_masters(rows.iloc[0])}
 
 
+def _has_gain_pairs(night, group):
+    """Whether a night and group has two biases and a flat set (the photon-transfer pairs)."""
+    t = state()[1].table
+    grp = t[(t["night"] == night) & (t["group"] == group)]
+    biases = grp[grp["kind"] == "bias"]
+    flats = grp[(grp["kind"] == "flat") & (grp["n_frames"] >= 2)]
+    return not biases.empty and int(biases.iloc[0]["n_frames"]) >= 2 and not flats.empty
+
+
 def get_detector_reports():
-    _, sets, _ = state()
-    t = sets.table
-    out = []
-    for (night, group), grp in t.groupby(["night", "group"]):
-        biases = grp[grp["kind"] == "bias"]
-        flats = grp[(grp["kind"] == "flat") & (grp["n_frames"] >= 2)]
-        if not biases.empty and int(biases.iloc[0]["n_frames"]) >= 2 and not flats.empty:
-            out.append(RESULTS / "reports" / night / group / "detector.csv")
-    return out
+    """A gain check per night and group: from bias and flat pairs, else (nights without
+    them, when an overscan gives the zero level) from consecutive imaging science frames."""
+    from ccdflow.detector import has_overscan
+
+    _, sets, plan = state()
+    groups = set(zip(sets.table["night"], sets.table["group"]))
+    imaging = plan[plan["mode"] == "imaging"].groupby(["night", "group"]).size()
+    if not has_overscan(PROFILE["detector"]):
+        imaging = imaging.iloc[:0]
+    groups |= {key for key, n in imaging.items() if n >= 2}
+    return [RESULTS / "reports" / night / group / "detector.csv"
+            for night, group in sorted(groups)
+            if _has_gain_pairs(night, group) or imaging.get((night, group), 0) >= 2]
 
 
 def get_detector_inputs(wildcards):
+    if not _has_gain_pairs(wildcards.night, wildcards.group):
+        return {"bias": [], "flats": [], "series": get_hotpix_raw(wildcards)}
     inventory, sets, _ = state()
     bias = sets.files(kind="bias", night=wildcards.night, group=wildcards.group)[:2]
     t = sets.table
     flats = t[(t["kind"] == "flat") & (t["night"] == wildcards.night)
               & (t["group"] == wildcards.group)]
     files = [f for fl in flats["files"] for f in fl]
-    return {"bias": [str(RAW_DIR / f) for f in bias], "flats": [str(RAW_DIR / f) for f in files]}
+    return {"bias": [str(RAW_DIR / f) for f in bias], "flats": [str(RAW_DIR / f) for f in files],
+            "series": []}
 
 
 COSMICS_ON = config["cosmics"]["enabled"] and PROFILE["cosmics"]["enabled"]

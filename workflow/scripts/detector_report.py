@@ -1,4 +1,5 @@
-"""Rule detector_report: gain and read noise measured from bias and flat pairs."""
+"""Rule detector_report: gain (and read noise) measured from bias and flat pairs, or from
+consecutive science frames on a night without them."""
 
 import pandas as pd
 
@@ -11,6 +12,7 @@ row = check_gain_report(
     flat_filters=snakemake.params.flat_filters,
     detector=snakemake.params.detector,
     warn_fraction=snakemake.params.warn_fraction,
+    series_paths=snakemake.input.series,
 )
 write_table(pd.DataFrame([{"night": snakemake.wildcards.night,
                            "group": snakemake.wildcards.group, **row}]), snakemake.output.report)
