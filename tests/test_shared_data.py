@@ -73,7 +73,7 @@ def _sky_flatness(product, box=128):
     """RMS (fraction) of star-rejected sky levels in box×box cells, each over the median."""
     import numpy as np
 
-    from ccdflow.calibrate import _box_levels
+    from ccdflow.calibrate.illumination import _box_levels
 
     levels, _, _ = _box_levels(product.data, product.mask != 0, box)
     levels = levels / np.nanmedian(levels)

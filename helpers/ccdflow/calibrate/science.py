@@ -1,0 +1,198 @@
+"""Calibrated science frames: electrons, their error and a bit mask.
+
+Units: every master is in electrons (bias, e-), electrons per second (dark
+rate, e-/s) or dimensionless (flat, median 1 in the central region).  Each
+master carries an ``EXPTIME`` keyword: 0 for a true bias, or the exposure of
+the short darks used as bias (``bias_from_shortest_dark``), so that dark
+current is scaled by ``t_science − t_bias``.
+
+Calibrated science, per pixel::
+
+    S = (R − B − D·(t − t_B)) / F
+    Var(S) = [RN² + max(R − B, 0)] / F²                                 (this frame)
+           + [σ_B² + ((t − t_B)·σ_D)²] / F² + S²·(σ_F / F)²            (ERR_CAL²)
+
+with ``R`` the overscan-corrected, trimmed raw frame in electrons.  The
+Poisson term uses the collected charge ``R − B`` (signal plus dark current).
+ERR is the square root of the whole; ERR_CAL of the masters' part, which is
+the same in every frame calibrated with the same masters (a time series of a
+star on fixed pixels does not scatter by it).
+"""
+
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..ccd import CalibrationError, read_raw_frame
+from ..masks import MaskBit
+from ..products import Product, provenance_header
+from .masters import _dark_term
+
+
+def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | None,
+                      dark: Product | None, flat: Product | None,
+                      bad_pixel_mask: np.ndarray | None, illumination: Product | None = None,
+                      params: Mapping[str, Any] | None = None,
+                      master_names: Mapping[str, str] | None = None,
+                      flat_floor: float = 0.2,
+                      hot_dark: Mapping[str, np.ndarray] | None = None) -> Product:
+    """Calibrate one science frame to electrons with ERR, ERR_CAL and MASK (see the module
+    docstring).
+
+    Parameters
+    ----------
+    path : path
+        Raw science frame (read-only).
+    detector : mapping
+        The profile's ``detector`` section.
+    bias, dark, flat : Product or None
+        Masters; None skips that step (recorded in the header).
+    bad_pixel_mask : ndarray of uint16, optional
+        From :func:`make_bad_pixel_mask`; ORed into MASK.
+    illumination : Product, optional
+        From :func:`make_illumination_model`: SCI and ERR are divided by it.
+    params, master_names : mapping, optional
+        Recorded as provenance (``BIASFILE``/``DARKFILE``/``FLATFILE``/``BPMFILE``).
+    flat_floor : float
+        The flat is divided wherever its response is at least this; below it the
+        pixel is BAD (and LOW_FLAT) and left undivided.  LOW_FLAT pixels above
+        the floor (response below the flat's ``low``) are divided: their values
+        are corrected, with a larger ERR.
+    hot_dark : mapping, optional
+        ``HOTDARK`` and ``HOTDARK_ERR`` (e-/s) of the series' hot-pixel map
+        (:func:`ccdflow.hotpixels.hot_pixel_rates`), used when no master dark is:
+        ``rate × EXPTIME`` is subtracted at HOT pixels that have a rate (its error
+        in ERR_CAL); a HOT pixel without one becomes BAD.  ``HOTCORR`` counts
+        the corrected pixels.
+
+    Returns
+    -------
+    Product
+        SCI (e-), ERR (total 1σ: read noise, photons of everything collected incl.
+        dark charge, and the masters' noise), ERR_CAL (the masters' part of ERR:
+        bias, dark and flat errors, common to every frame of the night; the
+        random part of a pixel is √(ERR² − ERR_CAL²)) and MASK.
+    """
+    frame = read_raw_frame(path, detector=detector)
+    shape = frame.data.shape
+    for name, master in (("bias", bias), ("dark", dark), ("flat", flat)):
+        if master is not None and master.data.shape != shape:
+            raise CalibrationError(f"{path}: master {name} is {master.data.shape[1]}x"
+                                   f"{master.data.shape[0]}, the frame {shape[1]}x{shape[0]}")
+    # in place where it can be (a 4k² frame is 134 MB per float64 plane): the same
+    # operations in the same order as the formulas in the module docstring
+    collected = frame.data.astype(np.float64)  # R, then R − B
+    t_bias = float(bias.header.get("EXPTIME", 0.0)) if bias is not None else 0.0
+    if bias is not None:
+        collected -= bias.data
+    # random (this frame's) and calibration (the masters', common to all frames) variance
+    var = np.clip(collected, 0, None)
+    var += frame.read_noise_e**2 + frame.overscan_noise_e**2
+    var_cal = np.square(bias.error) if bias is not None else 0.0
+    dark_e, dark_err = _dark_term(dark, frame.exptime_s, t_bias)
+    if dark is not None:
+        var_cal = var_cal + np.square(dark_err)
+        collected -= dark_e
+    del dark_e, dark_err
+    signal = collected  # R − B − D·(t − t_B)
+    mask = np.zeros(shape, np.uint16)
+    if bad_pixel_mask is not None:
+        mask |= bad_pixel_mask
+    n_hot_corrected = 0
+    if dark is None and hot_dark and "HOTDARK" in hot_dark:
+        signal, var_cal, mask, n_hot_corrected = _series_dark(
+            signal=signal, var_cal=var_cal, mask=mask, hot_dark=hot_dark,
+            exptime_s=frame.exptime_s, where=path)
+    if flat is not None:
+        floor = float(flat_floor)
+        low_bit = (flat.mask & np.uint16(MaskBit.LOW_FLAT)) != 0
+        usable = np.isfinite(flat.data) & (flat.data >= floor) & (flat.data > 0)
+        f = np.where(usable, flat.data, 1.0)  # never divide by 0; those pixels are BAD
+        sf = np.where(usable, flat.error, 0.0)
+        sci = signal
+        sci /= f
+        f2 = f**2
+        var /= f2
+        var_cal = (var_cal / f2).astype(np.float64)  # + a float64 term, as written
+        rel = (sf / f) ** 2
+        del f, sf, f2
+        var_cal += sci**2 * rel
+        del rel
+        mask[~usable] |= np.uint16(MaskBit.LOW_FLAT | MaskBit.BAD)
+        mask[low_bit & usable] |= np.uint16(MaskBit.LOW_FLAT)
+    else:
+        sci = signal
+    if illumination is not None:
+        sci /= illumination.data
+        i2 = np.square(illumination.data)
+        var /= i2
+        var_cal = var_cal / i2
+        del i2
+    var += var_cal  # ERR is the total; ERR_CAL its masters' part
+    mask[frame.saturated] |= np.uint16(MaskBit.SATURATED)
+    mask[frame.no_data] |= np.uint16(MaskBit.NO_DATA)
+    nonfinite = frame.nonfinite | ~np.isfinite(sci) | ~np.isfinite(var)
+    mask[nonfinite] |= np.uint16(MaskBit.NONFINITE)
+    names = master_names or {}
+    header = provenance_header(step="calibrate_science", inputs=[path], params=params or {},
+                               base=frame.header)
+    for key, kind, used, comment in (("BIASFILE", "bias", bias, "master bias"),
+                                     ("DARKFILE", "dark", dark, "master dark"),
+                                     ("FLATFILE", "flat", flat, "master flat"),
+                                     ("BPMFILE", "bpm", True, "bad-pixel mask")):
+        header[key] = _file_card(names.get(kind, "none") if used is not None else "none",
+                                 comment)
+    header["NHOTPIX"] = (int((mask & np.uint16(MaskBit.HOT) != 0).sum()), "pixels flagged HOT")
+    header["HOTCORR"] = (n_hot_corrected, "HOT pixels corrected with the series' dark")
+    header["ILLUMFIL"] = _file_card(names.get("illumination", "none")
+                                    if illumination is not None else "none",
+                                    "illumination correction")
+    header["GAINORIG"] = (frame.gains[0], "[e-/ADU] gain applied (first amplifier)")
+    header["GAIN"] = (1.0, "[e-/e-] data are in electrons")
+    header["RDNOISE"] = (frame.read_noise_e, "[e-] read noise")
+    header["OVSCNOIS"] = (round(frame.overscan_noise_e, 3),
+                          "[e-] 1 sigma of the overscan level of a row")
+    header["SATURATE"] = (round(frame.saturation_e, 1), "[e-] saturation after overscan")
+    header["BUNIT"] = "electron"
+    for i, note in enumerate(frame.notes, start=1):
+        header[f"CCDFNT{i:02d}"] = note[:68]
+    error = np.sqrt(var, out=var).astype(np.float32)
+    del var
+    err_cal = (np.sqrt(var_cal, dtype=np.float64).astype(np.float32) if np.ndim(var_cal)
+               else np.full(shape, np.sqrt(var_cal), np.float32))
+    return Product(data=sci.astype(np.float32), error=error, mask=mask, header=header,
+                   extras={"ERR_CAL": err_cal})
+
+
+def _file_card(path: str, comment: str) -> str | tuple[str, str]:
+    """A file keyword's value with its comment when both fit one card; a longer path
+    (results/masters/<night>/<setup>/…) is kept whole on CONTINUE cards without the
+    comment, instead of astropy truncating the comment with a warning on every frame."""
+    return (path, comment) if len(path) + len(comment) <= 63 else path
+
+
+def _series_dark(*, signal, var_cal, mask, hot_dark, exptime_s, where):
+    """Subtract the series' dark charge at HOT pixels that have a rate; the others BAD."""
+    rate = np.asarray(hot_dark["HOTDARK"], np.float64)
+    if rate.shape != signal.shape:
+        raise CalibrationError(f"{where}: the hot-pixel rates are {rate.shape[1]}x{rate.shape[0]}"
+                               f", the frame {signal.shape[1]}x{signal.shape[0]}")
+    rate_err = np.asarray(hot_dark.get("HOTDARK_ERR", np.zeros_like(rate)), np.float64)
+    hot = (mask & np.uint16(MaskBit.HOT)) != 0
+    rated = hot & np.isfinite(rate) & np.isfinite(rate_err)
+    t = float(exptime_s) if np.isfinite(exptime_s) else 0.0
+    signal = np.where(rated, signal - np.nan_to_num(rate) * t, signal)
+    var_cal = var_cal + np.where(rated, np.square(np.nan_to_num(rate_err) * t), 0.0)
+    mask = mask.copy()
+    mask[hot & ~rated] |= np.uint16(MaskBit.BAD)
+    return signal, var_cal, mask, int(rated.sum())
+
+
+def trimmed_shape(path: str | Path, *, detector: Mapping) -> tuple[int, int]:
+    """Shape ``(ny, nx)`` of a raw frame after overscan removal, trimming and mosaicking."""
+    return read_raw_frame(path, detector=detector).data.shape
