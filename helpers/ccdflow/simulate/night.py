@@ -1,0 +1,304 @@
+"""Raw frames and truth of a whole night: the schedule, headers, digitisation and
+:func:`simulate_night`."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+
+from .. import __version__
+from .scene import (
+    _airmass,
+    _bias_pattern,
+    _dark_rate,
+    _flats,
+    _sexagesimal,
+    _star_list,
+    _wcs,
+    cosmic_ray_hits,
+    render_gaussian_stars,
+    sky_model,
+    transit_factor,
+)
+from .spec import FIELD, PIXEL_SCALE_ARCSEC, SITE, NightSpec
+
+
+def _schedule(spec: NightSpec):
+    """Frames of the night in time order: (kind, filter, exptime, start time)."""
+    from astropy.time import Time, TimeDelta
+
+    night = Time(f"{spec.night}T00:00:00", scale="utc")
+    rows = []
+
+    def block(kind, filt, exptime, start_hours_after_0h_next_day, count, step_s):
+        start = night + TimeDelta((24 + start_hours_after_0h_next_day) * 3600.0, format="sec")
+        for i in range(count):
+            rows.append((kind, filt, exptime, start + TimeDelta(i * step_s, format="sec")))
+
+    block("bias", "", 0.0, 0.6, spec.n_bias, 30.0)
+    for k, filt in enumerate(spec.filters):  # evening twilight, one filter after the other
+        block("flat", filt, None, 1.75 + 0.25 * k, spec.n_flat, 45.0)
+    cadence = spec.science_exptime_s + spec.overhead_s
+    t_hours = 3.0
+    for filt, count in spec.science:
+        block("science", filt, spec.science_exptime_s, t_hours, count, cadence)
+        t_hours += count * cadence / 3600.0 + 0.05
+    # darks before dawn (05:40 local, 12:40 UTC): same night by the local-noon rule
+    block("dark", "", spec.dark_exptime_s, 12.67, spec.n_dark, spec.dark_exptime_s + 20.0)
+    return rows
+
+
+def _header(spec: NightSpec, kind: str, filt: str, exptime: float, start, airmass: float | None,
+            dx: float, dy: float) -> fits.Header:
+    h = fits.Header()
+    imagetyp = {"bias": "Bias Frame", "dark": "Dark Frame", "flat": "Flat Field",
+                "science": "Light Frame"}[kind]
+    nx_raw = spec.nx + spec.overscan_cols
+    h["IMAGETYP"] = (imagetyp, "Type of image")
+    h["OBJECT"] = {"bias": "Bias", "dark": "Dark", "flat": f"Sky flat {filt}",
+                   "science": FIELD["name"]}[kind]
+    h["EXPTIME"] = (float(exptime), "[s] Exposure time")
+    h["EXPOSURE"] = (float(exptime), "[s] Exposure time")
+    if spec.local_utc_offset_hours is None:
+        h["DATE-OBS"] = (start.isot, "UTC start of exposure")
+    else:  # local time with its offset, the UTC start as a time of day (robotic telescopes)
+        from astropy.time import TimeDelta
+
+        off = spec.local_utc_offset_hours
+        local = (start + TimeDelta(off * 3600.0, format="sec")).isot
+        sign, hours = ("-" if off < 0 else "+"), abs(off)
+        h["DATE-OBS"] = (f"{local}{sign}{int(hours):02d}{round(60 * (hours % 1)):02d}",
+                         "local start, UTC offset")
+        h["UT-OBS"] = (start.isot.split("T")[1], "UTC start (time of day)")
+    h["MJD-OBS"] = (round(start.mjd, 8), "MJD (UTC) at start of exposure")
+    if filt:
+        h["FILTER"] = (filt, "Filter used")
+    h["GAIN"] = (spec.gain_e_per_adu, "[e-/ADU] Detector gain")
+    h["RDNOISE"] = (spec.read_noise_e, "[e-] Read noise")
+    h["SATURATE"] = (spec.adc_max, "[ADU] Saturation level")
+    h["BIASSEC"] = (f"[{spec.nx + 5}:{nx_raw},1:{spec.ny}]", "Overscan section")
+    h["TRIMSEC"] = (f"[1:{spec.nx},1:{spec.ny}]", "Section of useful data")
+    h["DATASEC"] = (f"[1:{spec.nx},1:{spec.ny}]", "Light-sensitive section")
+    h["CCDSUM"] = ("1 1", "Binning")
+    h["XBINNING"] = 1
+    h["YBINNING"] = 1
+    h["READOUTM"] = ("Normal", "Readout mode")
+    h["CCD-TEMP"] = (-20.0, "[C] Detector temperature")
+    h["INSTRUME"] = ("ccdflow-sim CCD", "Simulated camera")
+    h["TELESCOP"] = ("Demo 0.6m", "Telescope")
+    h["OBSERVAT"] = SITE["name"]
+    h["SITELAT"] = (SITE["lat_deg"], "[deg] Site latitude")
+    h["SITELONG"] = (SITE["lon_deg"], "[deg] Site longitude, east positive")
+    h["SITEELEV"] = (SITE["height_m"], "[m] Site elevation")
+    if kind == "science":
+        ra, dec = _sexagesimal(FIELD["ra_deg"], FIELD["dec_deg"])
+        h["RA"], h["DEC"] = ra, dec
+        h["OBJCTRA"], h["OBJCTDEC"] = ra.replace(":", " "), dec.replace(":", " ")
+        h["EQUINOX"] = 2000.0
+        h["AIRMASS"] = (round(float(airmass), 4), "Airmass at start")
+        if spec.wcs:
+            h.update(_wcs(spec, dx, dy).to_header())
+    h["SIMULATE"] = (True, "Frame made by ccdflow.simulate")
+    h["SIMSEED"] = (spec.seed, "Simulator seed")
+    h["SIMVERS"] = (__version__, "ccdflow version of the simulator")
+    return h
+
+
+def _to_adu(rng: np.random.Generator, spec: NightSpec, electrons: np.ndarray, level: float,
+            drift: np.ndarray, pattern: np.ndarray) -> np.ndarray:
+    """Add Poisson + read noise to collected charge and digitise with the overscan strip."""
+    noisy = rng.poisson(np.clip(electrons, 0, None)).astype(np.float64)
+    noisy += rng.normal(0.0, spec.read_noise_e, size=noisy.shape)
+    data = level + drift[:, np.newaxis] + pattern + noisy / spec.gain_e_per_adu
+    over = level + drift[:, np.newaxis] + rng.normal(
+        0.0, spec.read_noise_e / spec.gain_e_per_adu, size=(spec.ny, spec.overscan_cols))
+    raw = np.hstack([data, over])
+    return np.clip(np.round(raw), 0, spec.adc_max).astype(np.uint16)
+
+
+def simulate_night(*, out_dir: str | Path, spec: NightSpec | None = None) -> Path:
+    """Write a simulated night to ``out_dir/raw`` and its truth to ``out_dir/truth``.
+
+    The whole night is built in a temporary directory beside ``out_dir`` and
+    moved into place at the end, so an interrupted run leaves nothing behind.
+    Raw files are made read-only, as an archive's would be.
+
+    Parameters
+    ----------
+    out_dir : path
+        Destination; must not exist yet (or be empty).
+    spec : NightSpec, optional
+        What to simulate; ``NightSpec()`` by default.
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+    """
+    spec = spec or NightSpec()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"out_dir {out_dir} exists and is not empty")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        _simulate_into(tmp, spec)
+        tmp.chmod(0o755)  # mkdtemp made it private
+        if out_dir.exists():
+            out_dir.rmdir()
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _simulate_into(root: Path, spec: NightSpec) -> None:
+    from astropy.time import Time
+
+    raw_dir, truth_dir = root / "raw", root / "truth"
+    raw_dir.mkdir()
+    truth_dir.mkdir()
+    seeds = np.random.SeedSequence(spec.seed)
+    static_rng = np.random.default_rng(seeds.spawn(1)[0])
+    pattern = _bias_pattern(static_rng, spec.ny, spec.nx)
+    dark = _dark_rate(static_rng, spec)
+    flats = _flats(static_rng, spec)
+    stars = _star_list(static_rng, spec)
+
+    schedule = _schedule(spec)
+    frame_rngs = [np.random.default_rng(s) for s in seeds.spawn(len(schedule) + 1)[1:]]
+    sci_times = Time([t for kind, _, _, t in schedule if kind == "science"])
+    airmass = _airmass(sci_times, spec) if len(sci_times) else []
+    first_filter = spec.science[0][0]
+    first_block = [t.mjd for kind, f, _, t in schedule if kind == "science" and f == first_filter]
+    span = first_block[-1] - first_block[0] if len(first_block) > 1 else 0.05
+    transit = {"t0_mjd": float(np.mean([first_block[0], first_block[-1]])),
+               "duration_d": 0.45 * span, "ingress_d": 0.15 * 0.45 * span,
+               "depth": spec.transit_depth}
+    sci_first, sci_last = sci_times.mjd.min(), sci_times.mjd.max()
+
+    frames, star_rows, cr_rows, drifts = [], [], [], []
+    counters: dict[str, int] = {}
+    i_sci = 0
+    for i, (kind, filt, exptime, start) in enumerate(schedule):
+        rng = frame_rngs[i]
+        key = f"{kind}_{filt}" if filt else kind
+        counters[key] = counters.get(key, 0) + 1
+        if kind == "dark":
+            prefix = f"dark_{int(exptime)}s"
+        else:
+            prefix = {"bias": "bias", "flat": f"flat_{filt}",
+                      "science": f"{FIELD['name']}_{filt}"}[kind]
+        stem = f"{prefix}_{counters[key]:03d}"
+        level = spec.bias_level_adu + 2.0 * math.sin(i / 7.0) + rng.normal(0, 0.5)
+        rows = np.arange(spec.ny)
+        drift = (1.5 * np.sin(2 * np.pi * rows / rng.uniform(250, 600) + rng.uniform(0, 6.3))
+                 + rng.normal(0.0, 0.4, size=spec.ny))
+        info = {"frame": stem, "file": f"{stem}.fits", "type": kind, "filter": filt,
+                "bias_level_adu": level, "sky_level_e": 0.0, "sky_gx": 0.0, "sky_gy": 0.0,
+                "fwhm_px": np.nan, "dx_px": 0.0, "dy_px": 0.0, "airmass": np.nan}
+        electrons = np.zeros((spec.ny, spec.nx))
+        am, dx, dy = None, 0.0, 0.0
+        if kind == "flat":
+            # twilight: the level falls, the exposure is chosen to keep it near flat_level
+            target_adu = spec.flat_level_adu * (1.0 - 0.06 * (counters[key] - 1))
+            exptime = float(round(1.0 + 1.2 * (counters[key] - 1), 2))
+            rate = target_adu * spec.gain_e_per_adu / exptime
+            n_fs = max(1, round(20 * spec.nx * spec.ny / 2**20))  # 20 per megapixel
+            fstars = render_gaussian_stars(
+                shape=electrons.shape, x=rng.uniform(0, spec.nx, n_fs),
+                y=rng.uniform(0, spec.ny, n_fs), flux=10 ** rng.uniform(3.5, 4.7, n_fs),
+                fwhm=3.0)
+            electrons = flats[filt] * (rate * exptime + fstars)
+            info["sky_level_e"] = rate * exptime
+        elif kind == "science":
+            u = (start.mjd - sci_first) / max(sci_last - sci_first, 1e-9)
+            if spec.fwhm_px is None:
+                fwhm = float(np.clip(2.8 + 0.5 * math.sin(2 * math.pi * 1.3 * u + 0.4)
+                                     + rng.normal(0, 0.08), 2.0, 5.0))
+            else:
+                fwhm = float(np.clip(spec.fwhm_px * (1 + 0.08 * math.sin(2 * math.pi * u))
+                                     + rng.normal(0, 0.03), 0.8 * spec.fwhm_px,
+                                     1.5 * spec.fwhm_px))
+            dx = spec.drift_px[0] * u + rng.normal(0, 0.15)
+            dy = spec.drift_px[1] * u + rng.normal(0, 0.15)
+            t_mid = start.mjd + exptime / 2 / 86400.0
+            fac = np.ones(len(stars))
+            fac[stars["is_target"].to_numpy()] = transit_factor(
+                np.array([t_mid]), t0=transit["t0_mjd"], duration_d=transit["duration_d"],
+                ingress_d=transit["ingress_d"], depth=transit["depth"])[0]
+            transparency = 1.0
+            if spec.cloud_fraction and rng.random() < spec.cloud_fraction:
+                transparency = float(rng.uniform(0.7, 0.9))
+            extinction = 10 ** (-0.4 * spec.extinction_mag_per_airmass * float(airmass[i_sci]))
+            flux = stars["flux_e_per_s"].to_numpy() * exptime * fac * transparency * extinction
+            flipped = spec.flip_at is not None and u > spec.flip_at
+            if flipped:  # 180° about the frame centre, then the drift
+                xs = (spec.nx - 1) - stars["x0"].to_numpy() + dx
+                ys = (spec.ny - 1) - stars["y0"].to_numpy() + dy
+            else:
+                xs, ys = stars["x0"].to_numpy() + dx, stars["y0"].to_numpy() + dy
+            info.update(transparency=transparency, flipped=flipped, extinction=extinction)
+            sky_level = spec.sky_rate_e_per_s * exptime * (1.0 + 0.6 * u)
+            gx, gy = 0.08 + 0.02 * u, -0.04
+            sky = sky_model(level_e=sky_level, gx=gx, gy=gy, shape=electrons.shape)
+            electrons = flats[filt] * (sky + render_gaussian_stars(
+                shape=electrons.shape, x=xs, y=ys, flux=flux, fwhm=fwhm))
+            am = float(airmass[i_sci])
+            i_sci += 1
+            info.update(sky_level_e=sky_level, sky_gx=gx, sky_gy=gy, fwhm_px=fwhm,
+                        dx_px=dx, dy_px=dy, airmass=am)
+            star_rows.append(pd.DataFrame({"frame": stem, "star_id": stars["star_id"],
+                                           "x": xs, "y": ys, "flux_e": flux, "fwhm_px": fwhm}))
+        electrons = electrons + dark * exptime
+        if exptime > 0:
+            cx, cy, ce = cosmic_ray_hits(rng, spec, exptime)
+            np.add.at(electrons, (cy, cx), ce)
+            cr_rows.append(pd.DataFrame({"frame": stem, "x": cx, "y": cy, "electrons": ce}))
+        raw = _to_adu(rng, spec, electrons, level, drift, pattern)
+        header = _header(spec, kind, filt, exptime, start, am, dx, dy)
+        hdu = fits.PrimaryHDU(data=raw, header=header)
+        path = raw_dir / info["file"]
+        hdu.writeto(path)
+        path.chmod(0o444)
+        info.update(exptime_s=float(exptime), date_obs=start.isot,
+                    mjd_mid=start.mjd + exptime / 2 / 86400.0,
+                    n_saturated=int((raw[:, : spec.nx] == spec.adc_max).sum()))
+        frames.append(info)
+        drifts.append(drift)
+
+    def write_image(name: str, data: np.ndarray, unit: str) -> None:
+        fits.PrimaryHDU(data=data.astype(np.float32),
+                        header=fits.Header([("BUNIT", unit)])).writeto(truth_dir / name)
+
+    write_image("bias_pattern_adu.fits", pattern, "adu")
+    write_image("dark_rate_e_per_s.fits", dark, "electron/s")
+    for filt, flat in flats.items():
+        write_image(f"flat_{filt}.fits", flat, "")
+    write_image("row_drift_adu.fits", np.array(drifts), "adu")
+    pd.DataFrame(frames).to_csv(truth_dir / "frames.csv", index=False)
+    stars.to_csv(truth_dir / "stars.csv", index=False)
+    pd.concat(star_rows).to_csv(truth_dir / "star_frames.csv", index=False)
+    pd.concat(cr_rows).to_csv(truth_dir / "cosmics.csv", index=False)
+    meta = {
+        "spec": {**asdict(spec), "filters": list(spec.filters),
+                 "science": [list(s) for s in spec.science]},
+        "gain_e_per_adu": spec.gain_e_per_adu, "read_noise_e": spec.read_noise_e,
+        "saturate_adu": spec.adc_max, "trimsec": f"[1:{spec.nx},1:{spec.ny}]",
+        "biassec": f"[{spec.nx + 5}:{spec.nx + spec.overscan_cols},1:{spec.ny}]",
+        "site": SITE, "field": FIELD, "pixel_scale_arcsec": PIXEL_SCALE_ARCSEC,
+        "transit": {**transit, "star_id": 0}, "ccdflow_version": __version__,
+        "pixel_convention": "0-based (x, y) of the trimmed area; pixel i spans i-0.5..i+0.5",
+    }
+    (truth_dir / "truth.json").write_text(json.dumps(meta, indent=2))
+
+
