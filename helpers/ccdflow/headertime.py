@@ -1,0 +1,161 @@
+"""When a frame was taken and on which night, from the date keywords cameras write.
+
+The exposure start in UTC (:func:`_parse_time`: ISO dates with or without a UTC
+offset, a date plus a time keyword, a time of day on the day of another keyword, MJD
+or JD), the hours from UTC to local time (the profile's, an offset a date keyword
+carries, or the site's longitude) and the observing night: the date of the evening on
+which it began (:func:`observing_night`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .times import parse_iso_utc
+
+__all__ = ["observing_night"]
+
+_MJD0 = datetime(1858, 11, 17, tzinfo=UTC)
+
+
+def _first(header: Mapping, keywords: Sequence[str]) -> Any:
+    for key in keywords:
+        value = header.get(key)
+        if value is not None and not (isinstance(value, str) and not value.strip()):
+            return value.strip() if isinstance(value, str) else value
+    return None
+
+
+def _as_float(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if np.isfinite(out) else None
+
+
+_CLOCK = re.compile(r"^\d{1,2}:\d{2}(:\d{2}(\.\d*)?)?$")
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _clock_on_day(clock: str, anchor: datetime, keyword: str) -> datetime:
+    """A UTC time of day on the UTC day within 12 h of ``anchor``."""
+    stamp = parse_iso_utc(f"{anchor.date().isoformat()}T{clock.strip()}", keyword)
+    if stamp - anchor > timedelta(hours=12):
+        stamp -= timedelta(days=1)
+    elif anchor - stamp > timedelta(hours=12):
+        stamp += timedelta(days=1)
+    return stamp
+
+
+def _parse_time(header: Mapping, keywords: Mapping[str, Sequence[str]]
+                ) -> tuple[datetime | None, list[str]]:
+    """UTC start of the exposure, and notes on keywords that could not be used.
+
+    The ``date_obs`` keywords are tried in the profile's order:
+
+    * a date and time: a UTC offset in it is applied (local time with
+      ``-0700`` becomes UTC);
+    * a date alone: completed with the first ``time_obs`` keyword;
+    * a time of day alone (``UT-OBS = '01:33:43.317'``): put on the UTC day of
+      the next date keyword of the list (or DATE-OBS, DATE) within 12 h of it;
+    * a value that is none of these is noted and the next keyword tried.
+
+    Then ``mjd_obs``, then ``jd``.
+    """
+    primary = list(keywords.get("date_obs", [])) or ["DATE-OBS", "DATE"]
+    notes: list[str] = []
+    for i, key in enumerate(primary):
+        value = _first(header, [key])
+        if not isinstance(value, str):
+            continue
+        try:
+            if _CLOCK.match(value):
+                anchors = dict.fromkeys([*primary[i + 1:], "DATE-OBS", "DATE"])
+                anchor = next((t for t in (_day_of(header, k) for k in anchors if k != key)
+                               if t is not None), None)
+                if anchor is None:
+                    notes.append(f"{key} = {value!r} is a time of day and no date keyword "
+                                 "gives its day")
+                    continue
+                return _clock_on_day(value, anchor, key), notes
+            if _DAY.match(value):
+                clock = _first(header, keywords.get("time_obs", []))
+                if isinstance(clock, str) and _CLOCK.match(clock):
+                    return parse_iso_utc(f"{value}T{clock}", key), notes
+            return parse_iso_utc(value, key), notes
+        except ValueError as exc:
+            notes.append(str(exc))
+    mjd = _as_float(_first(header, keywords.get("mjd_obs", [])))
+    if mjd is None:
+        jd = _as_float(_first(header, keywords.get("jd", [])))
+        mjd = jd - 2400000.5 if jd is not None else None
+    return (_MJD0 + timedelta(days=mjd) if mjd is not None else None), notes
+
+
+def _day_of(header: Mapping, key: str) -> datetime | None:
+    """The UTC instant a date keyword gives (a date alone: its noon UTC), or None."""
+    value = _first(header, [key])
+    if not isinstance(value, str) or _CLOCK.match(value):
+        return None
+    try:
+        if _DAY.match(value):
+            return parse_iso_utc(f"{value}T12:00:00", key)
+        return parse_iso_utc(value, key)
+    except ValueError:
+        return None
+
+
+def observing_night(utc: datetime, *, utc_offset_hours: float) -> str:
+    """Date (YYYY-MM-DD) of the evening on which the night of ``utc`` began.
+
+    The night runs from local noon to the next local noon, local time being
+    ``utc + utc_offset_hours``.
+    """
+    local = utc + timedelta(hours=utc_offset_hours)
+    return (local - timedelta(hours=12)).date().isoformat()
+
+
+def _utc_offset(header: Mapping, profile: Mapping) -> float:
+    """Hours from UTC to local time: the profile's, else the offset a date keyword carries
+    (``DATE-OBS = '2017-12-19T18:33:43-0700'``), else longitude / 15 (east positive)."""
+    night = profile.get("night", {})
+    if night.get("utc_offset_hours") is not None:
+        return float(night["utc_offset_hours"])
+    for key in profile.get("keywords", {}).get("date_obs", []) or ["DATE-OBS"]:
+        value = _first(header, [key])
+        if isinstance(value, str):
+            try:
+                offset = datetime.fromisoformat(value.strip().replace(" ", "T")).utcoffset()
+            except ValueError:
+                continue
+            if offset is not None:
+                return offset.total_seconds() / 3600.0
+    lon = _as_float(_first(header, profile.get("keywords", {}).get("longitude", [])))
+    if lon is None:
+        lon = _as_float(profile.get("site", {}).get("longitude_deg"))
+    if lon is None:
+        return 0.0
+    return ((lon + 180.0) % 360.0 - 180.0) / 15.0
+
+
+def _night_from_filename(path: Path, night_cfg: Mapping) -> str | None:
+    regex = night_cfg.get("filename_regex")
+    if not regex:
+        return None
+    match = re.search(regex, path.name)
+    if not match:
+        return None
+    try:
+        return datetime.strptime(match.group(1), night_cfg.get("filename_date_format", "%Y%m%d")
+                                 ).date().isoformat()
+    except ValueError:
+        return None
