@@ -12,6 +12,7 @@ module          what it holds
 ==============  =================================================================
 ``detect``      per-frame detections (segmentation), FWHM, re-centroiding, the
                 sources stage's ECSV product (:func:`frame_sources`)
+``shapes``      which detections are stars: sharpness/roundness tests (:func:`star_shapes`)
 ``daofind``     DAOFIND sharpness/roundness in numpy (equal to DAOStarFinder)
 ``psf``         the frame's PSF (elliptical Gaussian or Moffat) and its stamps
 ``align``       frame-to-reference transform (:func:`frame_offset`, affine refinement)
@@ -25,7 +26,9 @@ module          what it holds
                 (:func:`measure_apertures`)
 ``optimal``     Naylor (1998) optimal photometry (:func:`optimal_photometry`)
 ``measure``     one frame's photometry of the source list with times
-                (:func:`frame_photometry`), frame I/O (:func:`load_frame`)
+                (:func:`frame_photometry`)
+``frameio``     a frame's products read for photometry (:func:`load_frame`), the CSV
+                read back and its unit comments
 ``lightcurves`` per-source and differential light curves (:func:`build_lightcurves`)
 ==============  =================================================================
 
@@ -44,7 +47,6 @@ from .apertures import (
     measure_apertures,
 )
 from .detect import (
-    SHAPE_LIMITS,
     SOURCE_COLUMNS,
     SourceError,
     detect_stars,
@@ -54,25 +56,20 @@ from .detect import (
     read_sources,
     recentroid,
     refine_centres,
-    shape_rejections,
-    star_shapes,
     write_sources,
 )
+from .frameio import LONG_UNITS, FrameData, load_frame, read_photometry, unit_comments
 from .lightcurves import build_lightcurves, differential_photometry, good_mask, write_lightcurves
 from .measure import (
-    LONG_UNITS,
     OPTIMAL,
     PHOTOMETRY_COLUMNS,
-    FrameData,
     align_to_reference,
     aperture_labels,
     frame_photometry,
     frame_psf,
-    load_frame,
-    read_photometry,
-    unit_comments,
 )
 from .psf import PSF_KINDS, PSFModel, fit_psf, psf_stamps
+from .shapes import SHAPE_LIMITS, shape_rejections, star_shapes
 from .targets import (
     build_reference,
     choose_reference,

@@ -73,7 +73,7 @@ from .model import (
     overlap_fraction,
 )
 from .optimal import optimal_photometry
-from .sky import SKY_VARIANCE_FACTOR, annulus_statistics
+from .sky import SKY_VARIANCE_FACTOR, _local_sky, _Sky, annulus_statistics
 
 __all__ = ["BAD_FLAGS", "COMPARISON_BAD_FLAGS", "CORRECTED_BITS", "FILL_BITS",
            "SKY_VARIANCE_FACTOR", "PhotFlag", "PhotometryError", "SourceModel",
@@ -275,62 +275,6 @@ def _pixel_classes(bits: np.ndarray, data: np.ndarray, *,
         fill = ((b & fill_bits) != 0) & ~saturated
     fill |= ~np.isfinite(data) & ~saturated
     return fill, saturated
-
-
-@dataclass
-class _Sky:
-    """The local sky: an annulus level per source, or a map."""
-
-    level: np.ndarray | None  #: per source (annulus modes), None for 'map'
-    var: np.ndarray | None  #: Var(level) per source (annulus modes)
-    rms: np.ndarray  #: per-pixel clipped rms of each annulus (NaN for 'map')
-    n: np.ndarray  #: usable annulus pixels per source
-    map: np.ndarray | None = None  #: BKG ('map')
-    map_err: np.ndarray | None = None  #: its per-pixel error ('map')
-
-    def pixels(self, background_map: np.ndarray | None) -> np.ndarray | float | None:
-        """The sky under a filled pixel: the background map, else the annuli's median
-        level, else None."""
-        if background_map is not None:
-            return np.asarray(background_map, np.float64)
-        if self.level is not None and np.isfinite(self.level).any():
-            return float(np.nanmedian(self.level))
-        return None
-
-    def at_sources(self, x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> np.ndarray:
-        """The sky level at each source (the map at its pixel in 'map' mode)."""
-        if self.level is not None:
-            return self.level
-        ny, nx = self.map.shape
-        return self.map[np.clip(np.round(np.where(inside, y, 0.0)).astype(int), 0, ny - 1),
-                        np.clip(np.round(np.where(inside, x, 0.0)).astype(int), 0, nx - 1)]
-
-
-def _local_sky(*, data, bad, sky_mask, x, y, annulus, background, background_map,
-               background_map_error, sigma, min_sky_pixels) -> _Sky:
-    """Clipped annulus statistics per source (sources' pixels left out while enough
-    remain), or the background map."""
-    n = len(x)
-    if background == "map":
-        bmap = np.asarray(background_map, np.float64)
-        berr = (np.zeros_like(bmap) if background_map_error is None
-                else np.asarray(background_map_error, np.float64))
-        return _Sky(level=None, var=None, rms=np.full(n, np.nan), n=np.zeros(n), map=bmap,
-                    map_err=berr)
-    r_in, r_out = annulus
-    stats = annulus_statistics(data=data, mask=bad | (sky_mask if sky_mask is not None
-                                                      else False),
-                               x=x, y=y, r_in=r_in, r_out=r_out, sigma=sigma)
-    if sky_mask is not None and (stats[3] < min_sky_pixels).any():
-        whole = annulus_statistics(data=data, mask=bad, x=x, y=y, r_in=r_in, r_out=r_out,
-                                   sigma=sigma)
-        use = stats[3] >= min_sky_pixels
-        stats = tuple(np.where(use, a, w) for a, w in zip(stats, whole, strict=True))
-    median, mean, spread, n_sky = stats
-    level = {"annulus-median": median, "annulus-mean": mean,
-             "annulus-mode": 2.5 * median - 1.5 * mean}[background]
-    var = SKY_VARIANCE_FACTOR[background] * spread**2 / np.maximum(n_sky, 1)
-    return _Sky(level=level, var=var, rms=spread, n=n_sky)
 
 
 @dataclass

@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .shapes import SHAPE_LIMITS, shape_rejections, star_shapes
+
 log = logging.getLogger(__name__)
 
-__all__ = ["SHAPE_LIMITS", "SOURCE_COLUMNS", "SourceError", "detect_stars", "estimate_fwhm",
+__all__ = ["SOURCE_COLUMNS", "SourceError", "detect_stars", "estimate_fwhm",
            "fit_gaussian_prf", "frame_sources", "masked_near", "read_sources", "recentroid",
-           "refine_centres", "shape_rejections", "star_shapes", "write_sources"]
+           "refine_centres", "write_sources"]
 
 
 SOURCE_COLUMNS = ["source_id", "x", "y", "flux", "peak", "fwhm", "area", "snr",
@@ -37,92 +39,6 @@ class SourceError(ValueError):
 
 
 #: FWHM (px) of the DAOFIND kernel of the shape test.  A small kernel keeps
-#: undersampled stars apart from single-pixel spikes: on simulated frames
-#: (tests/test_sources_times.py) stars of FWHM 1.5-4 px have sharpness 0.4-0.87
-#: and hot pixels 1.01 and above.
-SHAPE_KERNEL_FWHM = 1.5
-
-#: default acceptance of the shape test: DAOFIND sharpness and |roundness|
-SHAPE_LIMITS = {"sharpness_min": 0.05, "sharpness_max": 0.95, "roundness_max": 1.0,
-                "peak_fraction_max": 0.7}
-
-
-def star_shapes(*, data: np.ndarray, x: Sequence[float], y: Sequence[float],
-                mask: np.ndarray | None = None,
-                kernel_fwhm: float = SHAPE_KERNEL_FWHM) -> pd.DataFrame:
-    """DAOFIND sharpness and roundness (Stetson 1987) at given positions.
-
-    The numbers of photutils' :class:`~photutils.detection.DAOStarFinder` run at
-    the positions (``xycoords``) on background-subtracted ``data``
-    (:func:`ccdflow.photometry.daofind.daofind_shapes`, equal to it to the last
-    bit in tests/test_sources_times.py, without importing photutils or
-    convolving the whole frame).  ``sharpness`` is (peak − mean of the kernel
-    footprint) over the kernel-convolved peak: ~1 or more for a single hot
-    pixel, lower for a star the wider it is; ``roundness1`` (symmetry) and
-    ``roundness2`` (marginal Gaussian fits) are 0 for a round source and ±1 or
-    beyond for a line (a cosmic-ray track, a bleed trail).  Masked pixels count
-    as 0 (``mask``), as the caller's background-subtracted frame has them.
-
-    Returns
-    -------
-    DataFrame
-        ``sharpness, roundness1, roundness2`` per input position (NaN where a
-        marginal fit has no positive amplitude).
-    """
-    from .daofind import daofind_shapes
-
-    x = np.asarray(x, float)
-    y = np.asarray(y, float)
-    out = pd.DataFrame(np.nan, index=np.arange(len(x)),
-                       columns=["sharpness", "roundness1", "roundness2"])
-    finite = np.isfinite(x) & np.isfinite(y)
-    if not finite.any():
-        return out
-    image = np.asarray(data, float)
-    if mask is not None:
-        image = np.where(np.asarray(mask) != 0, 0.0, image)
-    sharp, round1, round2 = daofind_shapes(data=image, x=x[finite], y=y[finite],
-                                           fwhm=kernel_fwhm)
-    out.loc[finite, "sharpness"] = sharp
-    out.loc[finite, "roundness1"] = round1
-    out.loc[finite, "roundness2"] = round2
-    return out
-
-
-def shape_rejections(shapes: pd.DataFrame, *, exempt: np.ndarray | None = None,
-                     sharpness_min: float = SHAPE_LIMITS["sharpness_min"],
-                     sharpness_max: float = SHAPE_LIMITS["sharpness_max"],
-                     roundness_max: float = SHAPE_LIMITS["roundness_max"],
-                     peak_fraction_max: float = SHAPE_LIMITS["peak_fraction_max"],
-                     ) -> np.ndarray:
-    """Why each source is not a star: ``"sharp"`` (a spike: hot pixel, cosmic-ray
-    residue: sharpness above ``sharpness_max``, or more than ``peak_fraction_max``
-    of the segment's flux in its brightest pixel, which a star of FWHM ≥ 1.5 px
-    never has: ≤ 0.39 of its total, ~0.5 of an isophotal segment), ``"flat"``
-    (sharpness below ``sharpness_min``), ``"elongated"`` (|roundness1| or
-    |roundness2| above ``roundness_max``), or ``""``.
-
-    ``shapes`` holds ``sharpness, roundness1, roundness2`` (:func:`star_shapes`)
-    and, for the peak test, ``peak`` and ``flux``.  NaN shapes (a neighbour
-    within the kernel, the edge) pass those tests; ``exempt`` sources (masked
-    or saturated pixels, whose cores are zeroed) pass all.
-    """
-    sharp = shapes["sharpness"].to_numpy(float)
-    round1 = np.abs(shapes["roundness1"].to_numpy(float))
-    round2 = np.abs(shapes["roundness2"].to_numpy(float))
-    reason = np.full(len(shapes), "", dtype=object)
-    with np.errstate(invalid="ignore"):
-        reason[np.maximum(round1, round2) > roundness_max] = "elongated"
-        reason[sharp < sharpness_min] = "flat"
-        reason[sharp > sharpness_max] = "sharp"
-        if "peak" in shapes and "flux" in shapes:
-            peak, flux = shapes["peak"].to_numpy(float), shapes["flux"].to_numpy(float)
-            reason[peak > peak_fraction_max * flux] = "sharp"
-    if exempt is not None:
-        reason[np.asarray(exempt, bool)] = ""
-    return reason
-
-
 def detect_stars(*, data: np.ndarray, background: np.ndarray, rms: np.ndarray,
                  mask: np.ndarray | None = None, nsigma: float = 5.0, npixels: int = 5,
                  deblend: bool = True, shape_limits: Mapping[str, float] | None = None,

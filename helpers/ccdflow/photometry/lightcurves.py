@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from .apertures import BAD_FLAGS, COMPARISON_BAD_FLAGS, PhotFlag, PhotometryError
-from .measure import OPTIMAL, unit_comments
+from .frameio import unit_comments
+from .measure import OPTIMAL
 
 log = logging.getLogger(__name__)
 

@@ -6,23 +6,19 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .align import Alignment, _guard_centroids, align_frame
-from .apertures import BAD_FLAGS, PhotFlag, PhotometryError, measure_apertures
+from .apertures import PhotFlag, PhotometryError, measure_apertures
 from .detect import SourceError, refine_centres
 from .targets import _wcs, sky_coord
 
 log = logging.getLogger(__name__)
 
 
-__all__ = ["LONG_UNITS", "PHOTOMETRY_COLUMNS", "FrameData", "align_to_reference",
-           "aperture_labels", "frame_photometry", "load_frame", "read_photometry",
-           "unit_comments"]
+__all__ = ["PHOTOMETRY_COLUMNS", "align_to_reference", "aperture_labels", "frame_photometry"]
 
 
 #: columns of a per-frame photometry table, in order
@@ -443,70 +439,3 @@ def _frame_times(*, header, catalog, wcs, site, start_mjd_utc, exptime_s, notes,
     notes.append(f"times: mid-exposure; BJD toward {what} (RA {ra:.5f}, Dec {dec:.5f}); "
                  f"{site_note}")
     return times
-
-LONG_UNITS = {
-    "x": "pix (0-based)", "y": "pix (0-based)", "radius": "pix", "ra_deg": "deg (ICRS)",
-    "dec_deg": "deg (ICRS)", "flux": "electron", "flux_err": "electron",
-    "flux_err_cal": "electron", "bkg": "electron / pix", "bkg_err": "electron / pix",
-    "bkg_rms": "electron / pix", "n_ap": "pix (unmasked)", "repaired_fraction": "",
-    "contamination": "", "psf_sigma_major": "pix", "psf_sigma_minor": "pix",
-    "psf_theta": "deg (major axis, counter-clockwise from +x)",
-    "n_sky": "pix", "fwhm": "pix", "mjd_utc": "d (mid-exposure, UTC)",
-    "bjd_tdb": "d (BJD_TDB, mid-exposure)", "bmjd_tdb": "d (BJD_TDB - 2400000.5)",
-    "exptime_s": "s", "dx": "pix", "dy": "pix",
-}
-
-
-def unit_comments(columns: Sequence[str]) -> list[str]:
-    """Comment lines documenting the units of ``columns``."""
-    lines = ["units: " + ", ".join(f"{c} [{LONG_UNITS[c]}]" for c in columns
-                                   if c in LONG_UNITS)]
-    lines.append("flags: " + ", ".join(f"{int(f)}={f.name}" for f in PhotFlag)
-                 + "; rows with any of " + "|".join(f.name for f in PhotFlag
-                                                    if f & BAD_FLAGS) + " are not usable")
-    return lines
-
-
-def read_photometry(path: str | Path) -> pd.DataFrame:
-    """Read a per-frame photometry CSV (comment lines skipped, empty names kept as '')."""
-    table = pd.read_csv(path, comment="#", dtype={"name": str})  # all-empty: not float
-    table["name"] = table["name"].fillna("").astype(str)
-    return table
-
-
-@dataclass
-class FrameData:
-    """A calibrated frame with its background and the cosmic rays OR-ed into its mask."""
-
-    data: np.ndarray
-    error: np.ndarray
-    mask: np.ndarray
-    header: object
-    background: np.ndarray
-    rms: np.ndarray
-    source_mask: np.ndarray  #: bool, SRCMASK of the background stage
-    error_cal: np.ndarray | None = None  #: ERR_CAL: the masters' part of ERR (None: older)
-
-
-def load_frame(*, calibrated: str | Path, background: str | Path,
-               cosmics: str | Path | None = None) -> FrameData:
-    """Read the products of one frame; cosmic-ray pixels get MaskBit.COSMIC."""
-    from astropy.io import fits
-
-    from ..masks import MaskBit
-    from ..products import read_product
-
-    product = read_product(calibrated)
-    with fits.open(background, memmap=False) as hdul:
-        bkg = hdul["BKG"].data.astype(np.float64)
-        rms = hdul["BKG_RMS"].data.astype(np.float64)
-        sources = hdul["SRCMASK"].data != 0
-    mask = product.mask.copy()
-    if cosmics is not None:
-        cr = fits.getdata(cosmics, "CRMASK").astype(bool)
-        mask[cr] |= np.uint16(MaskBit.COSMIC)
-    cal = product.extras.get("ERR_CAL")
-    return FrameData(data=product.data.astype(np.float64), error=product.error.astype(np.float64),
-                     mask=mask, header=product.header, background=bkg, rms=rms,
-                     source_mask=sources,
-                     error_cal=None if cal is None else np.asarray(cal, np.float64))
