@@ -99,6 +99,31 @@ def test_flags_and_off_frame_rows_are_kept(field, rng):
     assert table.loc[5, "flags"] & PhotFlag.BLENDED
 
 
+def test_a_saturated_hot_pixel_is_a_defect_not_a_saturated_star(field, rng):
+    # a hot pixel that fills its well in every exposure (SATURATED and, in the bad-pixel
+    # mask, HOT|BAD) in a star's aperture is filled like a bad pixel: the row stays
+    # usable (REPAIRED), its flux within the errors of the truth; the same pixel without
+    # the defect bits is a saturated star and the row is unusable
+    x, y, flux, truth = field
+    image = rng.poisson(truth) + rng.normal(0, RN, truth.shape)
+    k = int(np.argmax(flux))
+    hot = (round(y[k]) + 2, round(x[k]) + 1)  # in the wing, inside 5 px
+    image[hot] = 65535.0
+    error = np.sqrt(truth + RN**2)
+    kw = dict(data=image, error=error, x=x, y=y, radii=[5.0], annulus=(12.0, 20.0))
+    mask = np.zeros(truth.shape, np.uint16)
+    mask[hot] = MaskBit.SATURATED | MaskBit.HOT | MaskBit.BAD
+    row = measure_apertures(mask=mask, **kw).set_index("source_id").loc[k]
+    flags = int(row["flags"])
+    assert not flags & PhotFlag.SATURATED and flags & PhotFlag.REPAIRED
+    assert 0 < row["repaired_fraction"] < 0.3
+    # the fill is the PSF model's (or neighbours') value: the flux stays within 4σ
+    assert abs(row["flux"] - flux[k]) < 4 * row["flux_err"], (row["flux"], flux[k])
+    mask[hot] = MaskBit.SATURATED
+    row = measure_apertures(mask=mask, **kw).set_index("source_id").loc[k]
+    assert int(row["flags"]) & PhotFlag.SATURATED
+
+
 def test_inputs_not_mutated_and_bad_arguments(field, rng):
     x, y, _, truth = field
     image = rng.poisson(truth).astype(float)

