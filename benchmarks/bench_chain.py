@@ -43,19 +43,9 @@ def timed(fn):
     return time.perf_counter() - start, out
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS since it started (VmHWM).  ``getrusage``'s ru_maxrss is not
-    that: Linux carries the parent's high-water mark across fork + exec, so a child
-    spawned by a parent holding 4k² frames reported the parent's peak (4.3 GB at 4k²
-    before stop 19; 2.1 GB is the job's own)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def _chain_child(raw, work, detector, queue):
+    # peak RSS from VmHWM: getrusage's ru_maxrss carries the parent's peak across spawn
+    # (4.3 GB reported at 4k² before stop 19, the job's own 2.1 GB)
     from ccdflow.chain import reduce_batch
 
     item = {"raw": str(raw), **{k: str(work / f"m_{k}.fits") for k in ("bias", "dark", "flat",
@@ -68,6 +58,8 @@ def _chain_child(raw, work, detector, queue):
                      steps=["bias", "dark", "flat"], subtract_dark=True, background={},
                      cosmics={}, detect={}, out_dirs=out)
         seconds.append(time.perf_counter() - start)
+    from ccdflow.io import peak_rss_mb
+
     queue.put((seconds[-1], peak_rss_mb()))
 
 

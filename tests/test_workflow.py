@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -68,6 +69,11 @@ def test_demo_night_end_to_end_then_up_to_date(tiny_demo):
     # the masters' long paths go on CONTINUE cards: no header warning in any log
     for log in (results / "logs").rglob("*.log"):
         assert "Card is too long" not in log.read_text(), log
+    # every job reports its own peak memory (VmHWM), which sizes resources.mem_mb
+    for log in (results / "logs" / "frames").rglob("*.log"):
+        peaks = re.findall(r"job seconds after imports: [\d.]+; since the process started: "
+                           r"[\d.]+; peak RSS (\d+) MB", log.read_text())
+        assert peaks and 50 < int(peaks[-1]) < 2000, (log, peaks)
     for frame in science["frame"]:
         with fits.open(product(results, "background", frame)) as hdul:
             assert hdul["BKG"].data.shape == (128, 128) and hdul[0].header["BKGITER"] >= 0

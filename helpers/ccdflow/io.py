@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pandas is imported by the functions that need it
     import pandas as pd
 
-__all__ = ["atomic_path", "job_logging", "write_table"]
+__all__ = ["atomic_path", "job_logging", "peak_rss_mb", "write_table"]
 
 
 @contextmanager
@@ -66,6 +66,20 @@ def _process_age() -> float:
         return float("nan")
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB since it started (Linux ``VmHWM``; NaN
+    elsewhere).  Not ``getrusage``'s ru_maxrss, which Linux carries from the parent across
+    fork + exec: a Snakemake job would report Snakemake's own peak."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        pass
+    return float("nan")
+
+
 def job_logging(log_path: str | Path | None, *, level: int = logging.INFO
                 ) -> Callable[[], None]:
     """Send ``logging`` and warnings of a workflow job to its log file (and stderr).
@@ -99,9 +113,9 @@ def job_logging(log_path: str | Path | None, *, level: int = logging.INFO
 
     def report_duration() -> None:  # benchmarks/bench_overhead.py sums these lines
         since_start = _process_age()
-        logging.getLogger("ccdflow").info(
-            "job seconds after imports: %.3f; since the process started: %.3f",
-            time.perf_counter() - started, since_start)
+        logging.getLogger("ccdflow").info(  # the peak sizes resources.mem_mb on a cluster
+            "job seconds after imports: %.3f; since the process started: %.3f; peak RSS "
+            "%.0f MB", time.perf_counter() - started, since_start, peak_rss_mb())
         for handler in handlers:
             handler.flush()
 

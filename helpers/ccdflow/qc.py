@@ -32,6 +32,9 @@ __all__ = ["night_conditions", "night_figures", "plot_background_sample", "plot_
            "plot_lightcurves", "plot_masters"]
 
 _DPI = 90
+#: images wider than this (either axis) are shown binned: a panel is ~400 px wide, and
+#: matplotlib resampling a 4k² frame for it took ~1 GB per panel
+_DISPLAY_PX = 1024
 
 
 def _pyplot():
@@ -57,6 +60,27 @@ def _gray():
 
     cmap = matplotlib.colormaps["gray"].with_extremes(bad="tab:blue")
     return cmap
+
+
+def _for_display(image: np.ndarray, *, max_px: int = _DISPLAY_PX
+                 ) -> tuple[np.ndarray, int, tuple[float, float, float, float]]:
+    """The image binned by the smallest integer factor that brings both axes to
+    ``max_px`` or fewer (NaN-aware block means; a block all NaN stays NaN), the factor,
+    and the imshow ``extent`` that keeps the axes in the frame's pixel coordinates."""
+    import warnings
+
+    ny, nx = image.shape
+    extent = (-0.5, nx - 0.5, -0.5, ny - 0.5)
+    factor = max(1, -(-max(ny, nx) // max_px))
+    if factor == 1:
+        return image, 1, extent
+    by, bx = -(-ny // factor), -(-nx // factor)
+    padded = np.full((by * factor, bx * factor), np.nan)
+    padded[:ny, :nx] = image
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
+        binned = np.nanmean(padded.reshape(by, factor, bx, factor), axis=(1, 3))
+    return binned, factor, (-0.5, bx * factor - 0.5, -0.5, by * factor - 0.5)
 
 
 def _zscale(image: np.ndarray) -> tuple[float, float]:
@@ -93,12 +117,15 @@ def plot_masters(*, masters: Mapping[str, str | Path], out: str | Path, title: s
     for ax, (label, path) in zip(axes.ravel(), masters.items(), strict=False):
         product = read_product(path)
         data = np.where(product.mask == 0, product.data, np.nan)
-        lo, hi = _zscale(data)
-        im = ax.imshow(data, origin="lower", cmap=_gray(), vmin=lo, vmax=hi,
-                       interpolation="nearest")
         med, sig = _robust(data)
+        shown, factor, extent = _for_display(data)
+        lo, hi = _zscale(shown)
+        im = ax.imshow(shown, origin="lower", cmap=_gray(), vmin=lo, vmax=hi,
+                       interpolation="nearest", extent=extent)
         unit = product.header.get("BUNIT", "")
-        ax.set_title(f"{label}: median {med:.4g}, σ {sig:.3g} {unit}".strip(), fontsize=9)
+        binned = f"(shown {factor}×{factor} binned)" if factor > 1 else ""
+        ax.set_title(" ".join(filter(None, [f"{label}: median {med:.4g}, σ {sig:.3g}", unit,
+                                            binned])), fontsize=9)
         ax.set_axis_on()
         ax.tick_params(labelsize=7)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
@@ -132,9 +159,11 @@ def plot_background_sample(*, calibrated: str | Path, background: str | Path, ou
                f"SCI − map [e-], source mask in blue ({100 * srcmask.mean():.1f} %)",
                _zscale(np.where(srcmask, np.nan, residual)))]
     for ax, (image, label, (vmin, vmax)) in zip(axes, panels, strict=True):
-        im = ax.imshow(image, origin="lower", cmap=_gray(), vmin=vmin, vmax=vmax,
-                       interpolation="nearest")
-        ax.set_title(label, fontsize=9)
+        shown, factor, extent = _for_display(image)
+        im = ax.imshow(shown, origin="lower", cmap=_gray(), vmin=vmin, vmax=vmax,
+                       interpolation="nearest", extent=extent)
+        ax.set_title(label + (f" ({factor}×{factor} binned)" if factor > 1 else ""),
+                     fontsize=9)
         ax.tick_params(labelsize=7)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     fig.suptitle(f"background of {frame or Path(calibrated).stem}", fontsize=11)

@@ -1,0 +1,46 @@
+"""QC figures: large frames are shown binned (the figures' workflow runs are in
+tests/test_workflow.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+from astropy.io import fits
+
+from ccdflow.products import Product, write_product
+from ccdflow.qc import _for_display
+
+
+def test_display_binning_means_blocks_and_keeps_pixel_coordinates(rng):
+    image = rng.normal(100.0, 5.0, (1300, 2500))
+    image[:3, :3] = np.nan  # one whole block masked: stays NaN (blue)
+    image[10, 10] = np.nan  # one pixel of a block: the block is the mean of the rest
+    shown, factor, extent = _for_display(image, max_px=1024)
+    assert factor == 3 and shown.shape == (434, 834)
+    assert np.isnan(shown[0, 0])
+    assert shown[3, 3] == np.nanmean(image[9:12, 9:12])
+    assert extent == (-0.5, 2501.5, -0.5, 1301.5)
+    small = rng.normal(0, 1, (1024, 600))
+    same, one, _ = _for_display(small, max_px=1024)
+    assert one == 1 and same is small
+
+
+def test_masters_figure_of_a_4k_frame_stays_small(tmp_path, rng):
+    # a 4096² master shown at full resolution cost matplotlib ~1 GB per panel (the QC
+    # job peaked at 2.6 GB on a 4k² night); binned 4×4, the figure's process holds the
+    # product it reads (SCI, ERR float32, MASK: 160 MB), its NaN-masked float64 copy
+    # (128 MB) and the statistics' temporaries: measured in a fresh process
+    data = rng.normal(1000.0, 3.0, (4096, 4096)).astype(np.float32)
+    product = Product(data=data, error=np.full(data.shape, 3.0, np.float32),
+                      mask=np.zeros(data.shape, np.uint16), header=fits.Header())
+    path = tmp_path / "bias.fits"
+    write_product(path, product, unit="electron")
+    code = ("import sys; from ccdflow.qc import plot_masters; from ccdflow.io import "
+            "peak_rss_mb; plot_masters(masters={'bias': sys.argv[1]}, out=sys.argv[2]); "
+            "print(peak_rss_mb())")
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "m.png")],
+                         capture_output=True, text=True, check=True)
+    assert (tmp_path / "m.png").stat().st_size > 10_000
+    assert float(out.stdout.split()[-1]) < 1000, out.stdout
