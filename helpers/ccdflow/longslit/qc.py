@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..qc import _gray, _pyplot, _save, _zscale
+from ..qc import _for_display, _gray, _pyplot, _save, _zscale
 
 __all__ = ["plot_spectra_batch", "plot_spectrum", "plot_warp"]
 
@@ -36,8 +36,9 @@ def plot_warp(*, warp: str | Path, arc: str | Path, out: str | Path, title: str 
     grid = fig.add_gridspec(2, 2, height_ratios=[1.3, 1])
     ax = fig.add_subplot(grid[0, :])
     lo, hi = _zscale(image)
-    ax.imshow(image, origin="lower", cmap=_gray(), vmin=lo, vmax=hi, aspect="auto",
-              interpolation="nearest")
+    shown, _, extent = _for_display(image)  # points overlaid in the frame's pixels
+    ax.imshow(shown, origin="lower", cmap=_gray(), vmin=lo, vmax=hi, aspect="auto",
+              interpolation="nearest", extent=extent)
     ax.plot(pts["x"][used], pts["y"][used], ",", color="tab:cyan")
     ax.plot(pts["x"][~used], pts["y"][~used], "x", color="tab:red", ms=3)
     ax.set_xlabel("dispersion pixel")
@@ -78,8 +79,9 @@ def plot_spectrum(*, product: str | Path, spectrum: str | Path, out: str | Path,
         if name == "SKYSUB":
             data = np.where(mask, np.nan, data)
             lo, hi = _zscale(data)
-        ax.imshow(data, origin="lower", cmap=_gray(), vmin=lo, vmax=hi, aspect="auto",
-                  interpolation="nearest")
+        shown, _, extent = _for_display(data)
+        ax.imshow(shown, origin="lower", cmap=_gray(), vmin=lo, vmax=hi, aspect="auto",
+                  interpolation="nearest", extent=extent)
         ax.plot(table["pixel"], table["trace_row"], color="tab:orange", lw=0.6)
         ax.set_ylabel(f"{name}\nslit pixel", fontsize=8)
         ax.tick_params(labelsize=7)
