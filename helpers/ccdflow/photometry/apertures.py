@@ -187,7 +187,9 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
                      y=np.where(inside, y, 0.0), annulus=annulus, background=background,
                      background_map=background_map, background_map_error=background_map_error,
                      sigma=sigma, min_sky_pixels=min_sky_pixels)
-    rand_var = np.clip(np.nan_to_num(error**2) - err_cal**2, 0.0, None)
+    rand_var = np.nan_to_num(np.square(error), copy=False)
+    rand_var -= np.square(err_cal)
+    np.clip(rand_var, 0.0, None, out=rand_var)
     # the frame's typical per-pixel sky noise (a sparse sample is plenty)
     sample = rand_var[::7, ::7][~bad_any[::7, ::7]]
     typical_noise = (float(np.nanmedian(sky.rms)) if np.isfinite(sky.rms).any()
@@ -301,28 +303,39 @@ def _repaired_frame(*, data, rand_var, err_cal, fill, saturated, repair, image, 
                     sky_pixels, model_rel_error: float = 0.0) -> _Frame:
     """Fill pixels without a usable value from the sky (``sky_pixels``: the map, the
     annuli's median level, or else the mean of the neighbours) plus the sources' model,
-    or with the mean of their neighbours without a model; saturated pixels count zero."""
+    or with the mean of their neighbours without a model; saturated pixels count zero.
+
+    The filled values are computed at the filled pixels only and the planes built in
+    place (a 4k² frame is 134 MB per float64 plane)."""
     bad_any = fill | saturated
     if repair and fill.any():
+        work, work_var = data.copy(), rand_var.copy()
         if image is not None:
+            at = np.nonzero(fill)
             if sky_pixels is None:
                 sky_pixels = _local_mean_fill(np.where(bad_any, 0.0, data), bad_any)
-            filled = sky_pixels + image
+            model_at = image[at]
+            sky_at = sky_pixels[at] if np.ndim(sky_pixels) else sky_pixels
+            work[at] = sky_at + model_at
             # sky and photon noise of the model, and the PSF model's own error
-            fill_var = (typical_noise**2 + np.clip(image, 0, None)
-                        + (model_rel_error * image) ** 2)
+            work_var[at] = (typical_noise**2 + np.clip(model_at, 0, None)
+                            + (model_rel_error * model_at) ** 2)
         else:
             filled = _local_mean_fill(np.where(bad_any, 0.0, data), bad_any)
             fill_var = _local_mean_fill(np.where(bad_any, 0.0, rand_var), bad_any)
-        work = np.where(fill, filled, data)
-        work_var = np.where(fill, fill_var, rand_var)
+            work[fill] = filled[fill]
+            work_var[fill] = fill_var[fill]
+            del filled, fill_var
         excluded = saturated
     else:
-        work, work_var = data, rand_var
+        work, work_var = data.copy(), rand_var.copy()
         excluded = bad_any
-    return _Frame(work=np.where(excluded, 0.0, np.nan_to_num(work)),
-                  work_var=np.where(excluded, 0.0, np.nan_to_num(work_var)),
-                  cal_var=np.where(excluded | fill, 0.0, err_cal**2),
+    for plane in (work, work_var):
+        np.nan_to_num(plane, copy=False)
+        plane[excluded] = 0.0
+    cal_var = np.square(err_cal)
+    cal_var[excluded | fill] = 0.0
+    return _Frame(work=work, work_var=work_var, cal_var=cal_var,
                   ones=np.where(excluded, 0.0, 1.0), excluded=excluded, saturated=saturated)
 
 
