@@ -57,7 +57,7 @@ class FrameData:
     background: np.ndarray
     rms: np.ndarray
     source_mask: np.ndarray  #: bool, SRCMASK of the background stage
-    error_cal: np.ndarray | None = None  #: ERR_CAL: the masters' part of ERR (None: older)
+    error_cal: np.ndarray | None = None  #: ERR_CAL (float32): the masters' part of ERR
 
 
 def load_frame(*, calibrated: str | Path, background: str | Path,
@@ -81,4 +81,4 @@ def load_frame(*, calibrated: str | Path, background: str | Path,
     return FrameData(data=product.data.astype(np.float64), error=product.error.astype(np.float64),
                      mask=mask, header=product.header, background=bkg, rms=rms,
                      source_mask=sources,
-                     error_cal=None if cal is None else np.asarray(cal, np.float64))
+                     error_cal=cal)  # float32 as stored: converted once where it is used
