@@ -86,6 +86,34 @@ def test_hot_pixel_map_from_the_series_on_truth(night):
     assert (hot & ~any_hot).sum() <= 0.01 * hot.sum()
 
 
+
+def test_hot_pixel_candidates_equal_the_full_frame_filters(night, rng):
+    # the ring median is evaluated only where a spike can be (a 5×5 minimum bounds it);
+    # the mask must equal the full-frame median_filter + correlate definition, on real-
+    # world frames (stars, hot pixels, cosmic rays, edges) and on pure noise
+    from scipy import ndimage
+
+    from ccdflow.ccd import read_raw_frame
+    from ccdflow.hotpixels import _CROSS, _RING, hot_pixel_candidates
+
+    def reference(values, read_noise_e, nsigma):
+        around = ndimage.median_filter(values, footprint=_RING, mode="nearest")
+        excess = values - around
+        sigma = np.sqrt(np.clip(around, 0.0, None) + read_noise_e**2)
+        shoulder = ndimage.correlate(values, _CROSS, mode="nearest") - around
+        return (excess > nsigma * sigma) & (shoulder < 0.1 * excess + sigma)
+
+    truth = load_truth(night)
+    frames = [read_raw_frame(night / "raw" / f, detector=DETECTOR).data.astype(float)
+              for f in truth.frames["file"][:6]]
+    frames.append(rng.normal(300.0, 20.0, (97, 131)))
+    for values in frames:
+        for nsigma in (3.0, 5.0, 8.0):
+            got = hot_pixel_candidates(data=values, read_noise_e=10.0, nsigma=nsigma)
+            np.testing.assert_array_equal(got, reference(values, 10.0, nsigma))
+    assert hot_pixel_candidates(data=frames[0], read_noise_e=10.0).sum() > 100
+
+
 def test_hot_pixel_rates_from_the_series_on_truth(night):
     """Each HOT pixel's dark rate from the series: the rated ones' (rate − truth)/error
     has a robust std within 0.8–1.25 (N ≈ 50 frames, so the error's own scatter is
