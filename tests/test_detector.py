@@ -85,5 +85,21 @@ def test_series_gain_bad_inputs(series, tmp_path):
         measure_gain_from_series(paths=paths[:1], detector=PROFILE_DETECTOR)
     with pytest.raises(ValueError, match="max_pairs"):
         measure_gain_from_series(paths=paths, detector=PROFILE_DETECTOR, max_pairs=0)
-    with pytest.raises(CalibrationError, match="nothing to measure the gain from"):
-        check_gain_report(bias_paths=[], flat_filters={}, detector=PROFILE_DETECTOR)
+    # a check never stops the night: nothing to measure is a NaN row with the reason
+    result = check_gain_report(bias_paths=[], flat_filters={}, detector=PROFILE_DETECTOR)
+    assert np.isnan(result["gain_measured"]) and result["gain_agrees"] is None
+    assert "nothing to measure the gain from" in result["note"]
+    result = check_gain_report(bias_paths=[], flat_filters={}, series_paths=paths,
+                               detector={**PROFILE_DETECTOR, "overscan": {"from": "none"}})
+    assert "no overscan" in result["note"]
+
+
+def test_series_gain_skips_an_unreadable_frame(series, tmp_path):
+    # a truncated frame in the series loses its own pairs, not the measurement
+    gain, paths = series
+    broken = tmp_path / "truncated.fits"
+    broken.write_bytes(paths[2].read_bytes()[:5000])
+    mixed = [*paths[:2], broken, *paths[3:]]
+    result = measure_gain_from_series(paths=mixed, detector=PROFILE_DETECTOR)
+    assert broken.name not in result["frames"] and result["n_pairs"] >= 6
+    assert abs(result["gain_measured"] - gain) <= 3 * result["gain_err"]

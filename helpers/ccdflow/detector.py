@@ -147,8 +147,14 @@ def measure_gain_from_series(*, paths: Sequence[str | Path], detector: Mapping,
     if not has_overscan(detector):
         raise CalibrationError("no overscan in the profile (detector.overscan.from: none): "
                                "without a zero level the sky's photons are unknown")
-    headers = [fits.getheader(p) for p in paths]
-    exptimes = [h.get("EXPTIME") for h in headers]
+    headers = []
+    for path in paths:  # an unreadable frame breaks no pair but its own
+        try:
+            headers.append(fits.getheader(path))
+        except Exception as exc:
+            log.warning("gain from the series: %s skipped (%s)", path, exc)
+            headers.append(None)
+    exptimes = [h.get("EXPTIME") if h is not None else None for h in headers]
     pairs = [i for i in range(len(paths) - 1)
              if exptimes[i] is not None and exptimes[i] == exptimes[i + 1]]
     if not pairs:
@@ -156,18 +162,27 @@ def measure_gain_from_series(*, paths: Sequence[str | Path], detector: Mapping,
                                "measure the gain from")
     picks = sorted({pairs[int(k)] for k in np.linspace(0, len(pairs) - 1,
                                                        min(max_pairs, len(pairs)))})
+    first = headers[pairs[0]]
     spec = detector.get("read_noise_e", {"keyword": "RDNOISE"})
-    read_noise = detector_constant(spec, [headers[0]], name="read_noise_e", where=str(paths[0]))
-    cache: dict[int, np.ndarray] = {}
+    read_noise = detector_constant(spec, [first], name="read_noise_e", where=str(paths[0]))
+    cache: dict[int, np.ndarray | None] = {}
 
     def adu(i):
         if i not in cache:  # a frame shared by two pairs is read once
             for k in [k for k in cache if k < i]:
                 del cache[k]
-            cache[i] = _central(_adu(paths[i], detector), fraction)
+            try:
+                cache[i] = _central(_adu(paths[i], detector), fraction)
+            except Exception as exc:  # a truncated or corrupt frame: its pairs are skipped
+                log.warning("gain from the series: %s skipped (%s)", paths[i], exc)
+                cache[i] = None
         return cache[i]
 
-    found = [(i, *_pair_gain(adu(i), adu(i + 1), read_noise_e=read_noise)) for i in picks]
+    found = []
+    for i in picks:
+        a, b = adu(i), adu(i + 1)
+        if a is not None and b is not None and a.shape == b.shape:
+            found.append((i, *_pair_gain(a, b, read_noise_e=read_noise)))
     gains = np.array([g for _, g, _ in found if np.isfinite(g)])
     if not gains.size:
         raise CalibrationError("the sky of these frames is too faint against the read noise "
@@ -179,7 +194,7 @@ def measure_gain_from_series(*, paths: Sequence[str | Path], detector: Mapping,
            "sky_level_adu": float(np.median([s for _, _, s in found])),
            "read_noise_measured": float("nan"),
            "frames": " ".join(Path(paths[i]).name for i, _, _ in found)}
-    return {**out, **_profile_values(detector, headers[0], where=str(paths[0]))}
+    return {**out, **_profile_values(detector, first, where=str(paths[0]))}
 
 
 def has_overscan(detector: Mapping) -> bool:
@@ -285,16 +300,27 @@ def check_gain_report(*, bias_paths: Sequence[str | Path], flat_filters: Mapping
     Logs a warning when a measurement differs from the header/profile value by more
     than ``warn_fraction`` (and, for the series, by more than 3 of its errors); the
     returned dict has ``gain_agrees`` and ``read_noise_agrees`` (None: not measured).
+    A check never stops a night: when nothing can be measured the dict has NaN values
+    and the reason in ``note`` (logged as a warning).
     """
-    if len(bias_paths) >= 2 and flat_filters:
-        pair = choose_flat_pair(flat_levels(flat_filters, detector=detector))
-        result = measure_gain_read_noise(bias_paths=list(bias_paths)[:2],
-                                         flat_paths=list(pair), detector=detector)
-    elif len(series_paths) >= 2:
-        result = measure_gain_from_series(paths=series_paths, detector=detector)
-    else:
-        raise CalibrationError("no bias and flat pairs, nor two science frames: nothing to "
-                               "measure the gain from")
+    method = ("bias and flat pairs" if len(bias_paths) >= 2 and flat_filters
+              else "science pairs")
+    try:
+        if method == "bias and flat pairs":
+            pair = choose_flat_pair(flat_levels(flat_filters, detector=detector))
+            result = measure_gain_read_noise(bias_paths=list(bias_paths)[:2],
+                                             flat_paths=list(pair), detector=detector)
+        elif len(series_paths) >= 2:
+            result = measure_gain_from_series(paths=series_paths, detector=detector)
+        else:
+            raise CalibrationError("no bias and flat pairs, nor two science frames: "
+                                   "nothing to measure the gain from")
+    except CalibrationError as exc:  # a check: the night goes on without it
+        log.warning("gain not measured (%s): %s", method, exc)
+        nan = float("nan")
+        return {"method": method, "gain_measured": nan, "gain_err": nan,
+                "read_noise_measured": nan, "gain_header": nan, "read_noise_header": nan,
+                "gain_agrees": None, "read_noise_agrees": None, "note": str(exc)}
     for what in ("gain", "read_noise"):
         given, measured = result[f"{what}_header"], result[f"{what}_measured"]
         if not np.isfinite(measured):
