@@ -27,6 +27,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.stats import mad_std, sigma_clipped_stats
@@ -147,22 +148,30 @@ def measure_gain_from_series(*, paths: Sequence[str | Path], detector: Mapping,
     if not has_overscan(detector):
         raise CalibrationError("no overscan in the profile (detector.overscan.from: none): "
                                "without a zero level the sky's photons are unknown")
-    headers = []
-    for path in paths:  # an unreadable frame breaks no pair but its own
-        try:
-            headers.append(fits.getheader(path))
-        except Exception as exc:
-            log.warning("gain from the series: %s skipped (%s)", path, exc)
-            headers.append(None)
-    exptimes = [h.get("EXPTIME") if h is not None else None for h in headers]
-    pairs = [i for i in range(len(paths) - 1)
-             if exptimes[i] is not None and exptimes[i] == exptimes[i + 1]]
+    headers: dict[int, Any] = {}
+
+    def header(i):  # read lazily: a night of 10 000 frames needs a few dozen headers
+        if i not in headers:
+            try:
+                headers[i] = fits.getheader(paths[i])
+            except Exception as exc:  # an unreadable frame breaks no pair but its own
+                log.warning("gain from the series: %s skipped (%s)", paths[i], exc)
+                headers[i] = None
+        return headers[i]
+
+    def exptime(i):
+        return header(i).get("EXPTIME") if header(i) is not None else None
+
+    n_starts = min(4 * max_pairs, len(paths) - 1)  # candidate pairs spread over the night
+    starts = (np.unique(np.round(np.linspace(0, len(paths) - 2, n_starts)).astype(int))
+              if n_starts > 0 else [])
+    pairs = [int(i) for i in starts if exptime(i) is not None and exptime(i) == exptime(i + 1)]
     if not pairs:
         raise CalibrationError("no two consecutive science frames of one exposure time to "
                                "measure the gain from")
     picks = sorted({pairs[int(k)] for k in np.linspace(0, len(pairs) - 1,
                                                        min(max_pairs, len(pairs)))})
-    first = headers[pairs[0]]
+    first = header(pairs[0])
     spec = detector.get("read_noise_e", {"keyword": "RDNOISE"})
     read_noise = detector_constant(spec, [first], name="read_noise_e", where=str(paths[0]))
     cache: dict[int, np.ndarray | None] = {}
