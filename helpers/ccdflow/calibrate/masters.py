@@ -1,5 +1,5 @@
 """Master bias, dark, flat and arc: combined from raw frames in electrons (the units
-and the bias exposure convention are in :mod:`ccdflow.calibrate`)."""
+and the bias exposure convention are in :mod:`ccdflow.calibrate.science`)."""
 
 from __future__ import annotations
 
