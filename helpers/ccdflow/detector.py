@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,13 +58,10 @@ def _local_level(image: np.ndarray, *, box: int = 32) -> np.ndarray:
     large-scale structure (gradients, vignetting) that a threshold must not see."""
     from scipy import ndimage
 
+    from .blocks import nan_block_reduce
+
     ny, nx = image.shape
-    by, bx = -(-ny // box), -(-nx // box)
-    padded = np.full((by * box, bx * box), np.nan)
-    padded[:ny, :nx] = image
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
-        grid = np.nanmedian(padded.reshape(by, box, bx, box), axis=(1, 3))
+    grid = nan_block_reduce(image, box=box, func=np.nanmedian)
     grid = np.where(np.isfinite(grid), grid, np.nanmedian(grid))
     zoomed = ndimage.zoom(grid, box, order=1, mode="nearest", grid_mode=True)
     return zoomed[:ny, :nx]

@@ -67,19 +67,14 @@ def _for_display(image: np.ndarray, *, max_px: int = _DISPLAY_PX
     """The image binned by the smallest integer factor that brings both axes to
     ``max_px`` or fewer (NaN-aware block means; a block all NaN stays NaN), the factor,
     and the imshow ``extent`` that keeps the axes in the frame's pixel coordinates."""
-    import warnings
+    from .blocks import nan_block_reduce
 
     ny, nx = image.shape
-    extent = (-0.5, nx - 0.5, -0.5, ny - 0.5)
     factor = max(1, -(-max(ny, nx) // max_px))
     if factor == 1:
-        return image, 1, extent
-    by, bx = -(-ny // factor), -(-nx // factor)
-    padded = np.full((by * factor, bx * factor), np.nan)
-    padded[:ny, :nx] = image
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
-        binned = np.nanmean(padded.reshape(by, factor, bx, factor), axis=(1, 3))
+        return image, 1, (-0.5, nx - 0.5, -0.5, ny - 0.5)
+    binned = nan_block_reduce(image, box=factor, func=np.nanmean)
+    by, bx = binned.shape
     return binned, factor, (-0.5, bx * factor - 0.5, -0.5, by * factor - 0.5)
 
 
