@@ -47,9 +47,8 @@ else:
                          threads=cfg["threads"], **kw).data
 wall = time.perf_counter() - t0
 np.save(cfg["out"], data[:: max(1, data.shape[0] // 256), :: max(1, data.shape[1] // 256)])
-# VmHWM, not ru_maxrss: the latter carries the parent's peak across fork + exec
-hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"wall_s": wall, "peak_rss_mb": hwm / 1024}))
+from ccdflow.io import peak_rss_mb  # VmHWM: ru_maxrss carries the parent's peak
+print(json.dumps({"wall_s": wall, "peak_rss_mb": peak_rss_mb()}))
 """
 
 

@@ -271,14 +271,13 @@ def get_detector_reports():
     from ccdflow.detector import has_overscan
 
     _, sets, plan = state()
-    groups = set(zip(sets.table["night"], sets.table["group"]))
     imaging = plan[plan["mode"] == "imaging"].groupby(["night", "group"]).size()
-    if not has_overscan(PROFILE["detector"]):
-        imaging = imaging.iloc[:0]
-    groups |= {key for key, n in imaging.items() if n >= 2}
+    series_ok = has_overscan(PROFILE["detector"])
+    groups = set(zip(sets.table["night"], sets.table["group"])) | set(imaging.index)
     return [RESULTS / "reports" / night / group / "detector.csv"
             for night, group in sorted(groups)
-            if _has_gain_pairs(night, group) or imaging.get((night, group), 0) >= 2]
+            if _has_gain_pairs(night, group)
+            or (series_ok and imaging.get((night, group), 0) >= 2)]
 
 
 def get_detector_inputs(wildcards):
