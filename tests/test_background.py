@@ -162,3 +162,25 @@ def test_hot_pixels_are_masked_but_not_grown(rng):
     finally:
         bg.SPIKE_PEAK_FRACTION = keep
     assert grown.mask_fractions[-1] > 2 * result.mask_fractions[-1]
+
+
+def test_segments_on_the_overwritten_residual_are_the_same(calibrated):
+    # the background's iterations let SEP work on their own residual (zeroed at bad
+    # pixels in place, one frame-sized plane less): same labels as the copying call,
+    # whose input is left alone; an RMS map with holes (0, NaN) takes the copying path
+    from ccdflow.segmentation import detect_segments
+
+    p = calibrated["product"]
+    bad = p.mask != 0
+    result = estimate_background(data=p.data, mask=bad)
+    residual = (p.data - result.background).astype(np.float32)
+    kept = residual.copy()
+    for rms in (result.rms, np.where(np.arange(result.rms.size).reshape(result.rms.shape) % 97
+                                     == 0, 0.0, result.rms).astype(np.float32)):
+        copying = detect_segments(values=residual, rms=rms, nsigma=3.0, npixels=5, mask=bad)
+        np.testing.assert_array_equal(residual, kept)
+        work = residual.copy()
+        in_place = detect_segments(values=work, rms=rms, nsigma=3.0, npixels=5, mask=bad,
+                                   overwrite_values=True)
+        np.testing.assert_array_equal(in_place, copying)
+        assert copying.max() > 50 and (work[bad] == 0).all()

@@ -386,3 +386,70 @@ def test_series_dark_of_the_wrong_shape_names_the_frame(cal_masters):
     assert (plain.data[6, 6] == without.data[6, 6])  # only HOT pixels are corrected
     assert without.extras["ERR_CAL"][5, 5] == pytest.approx(np.hypot(
         plain.extras["ERR_CAL"][5, 5], 0.1 * t), rel=1e-4)
+
+
+def test_row_strips_and_master_files_give_the_whole_frame_answer(cal_masters, tmp_path,
+                                                                  monkeypatch):
+    # a 4k² frame is calibrated in strips of 512 rows, its masters read strip by strip
+    # from their files (ProductFile) instead of held whole; every formula is per pixel,
+    # so strips of 7 rows here must give SCI, ERR, ERR_CAL and MASK bitwise equal to the
+    # whole frame's, with the illumination model and with the series' dark (hot pixels)
+    from ccdflow.calibrate import science
+    from ccdflow.products import ProductFile
+
+    from .conftest import write_masters
+
+    m = cal_masters
+    paths = write_masters(m, tmp_path)
+    path = m["files"]("science", "V")[0]
+    shape = m["bias"].data.shape
+    hot = m["bpm"].copy()
+    hot[10:20, 30] |= np.uint16(MaskBit.HOT)
+    rates = {"HOTDARK": np.full(shape, 0.5), "HOTDARK_ERR": np.full(shape, 0.05)}
+    configs = {"masters + illumination": dict(dark="dark", illumination="flat"),
+               "series dark": dict(dark=None, hot_dark=rates)}
+    for name, config in configs.items():
+        def run(masters, config=config):
+            kw = {k: v for k, v in config.items() if k not in ("dark", "illumination")}
+            return calibrate_science(
+                path=path, detector=m["detector"], bias=masters["bias"],
+                dark=masters[config["dark"]] if config["dark"] else None,
+                flat=masters["flat"], bad_pixel_mask=hot,
+                illumination=masters.get(config.get("illumination")), **kw)
+
+        whole = run(m)
+        monkeypatch.setattr(science, "STRIP_PIXELS", 7 * shape[1])
+        files = {k: ProductFile(paths[k]) for k in ("bias", "dark", "flat")}
+        try:
+            strips = run(files)
+        finally:
+            for f in files.values():
+                f.close()
+        monkeypatch.undo()
+        for a, b in ((whole.data, strips.data), (whole.error, strips.error),
+                     (whole.mask, strips.mask), (whole.extras["ERR_CAL"],
+                                                 strips.extras["ERR_CAL"])):
+            assert a.dtype == b.dtype, name
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        for key in ("NHOTPIX", "HOTCORR"):
+            assert whole.header[key] == strips.header[key], (name, key)
+    assert strips.header["HOTCORR"] > 0
+
+
+def test_product_file_reads_rows_as_read_product(cal_masters, tmp_path):
+    from ccdflow.products import ProductFile
+
+    from .conftest import write_masters
+
+    paths = write_masters(cal_masters, tmp_path)
+    whole = read_product(paths["flat"])
+    with ProductFile(paths["flat"]) as f:
+        assert f.shape == whole.data.shape and f.header["CCDFSTEP"] == whole.header["CCDFSTEP"]
+        part = f.rows(5, 17)
+    for a, b in ((part.data, whole.data[5:17]), (part.error, whole.error[5:17]),
+                 (part.mask, whole.mask[5:17])):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"bpm.fits is not a ccdflow product \(missing "
+                                         r"extension 'ERR'\)"):
+        ProductFile(paths["bpm"])

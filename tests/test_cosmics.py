@@ -117,3 +117,33 @@ def test_lacosmic_seeds_in_strips_equal_the_whole_frame(cal_science_v):
         got = frame.seeds(None, strip_rows=rows)
         np.testing.assert_array_equal(got[0], whole[0])
         np.testing.assert_array_equal(got[1], whole[1])
+
+
+def test_lacosmic_in_its_own_padded_planes_equals_the_copying_call(cal_science_v):
+    # detect_cosmic_rays makes its float32 planes inside padded buffers and lets
+    # lacosmic_mask work in them (overwrite_input): no copy of the frame, two fewer
+    # (256 MB at 4k²). The mask must be the one of the call that copies and leaves its
+    # inputs alone, with a saturated star (whose probe reads the planes' own buffers too)
+    from ccdflow.lacosmic import lacosmic_mask, padded_plane
+
+    _, p = cal_science_v
+    bad = (p.mask != 0) | ~np.isfinite(p.data)
+    data = np.where(bad, 0.0, p.data).astype(np.float32)
+    saturation = float(np.nanpercentile(data, 99.99))
+    data[40:46, 50:56] = saturation + 1000.0  # a saturated star's core
+    var = np.square(p.error.astype(np.float32))
+    var[bad] = np.median(var[~bad])
+    bkg = np.where(bad, 0.0, estimate_background(data=p.data, mask=bad).background
+                   ).astype(np.float32)
+    inputs = (data.copy(), var.copy(), bkg.copy())
+    kw = dict(inmask=bad, inbkg=bkg, readnoise=float(p.header["RDNOISE"]),
+              satlevel=saturation)
+    copying = lacosmic_mask(data=data, invar=var, **kw)
+    for a, b in zip((data, var, bkg), inputs, strict=True):
+        np.testing.assert_array_equal(a, b)  # not mutated
+    d, v = padded_plane(data.shape, 0.0), padded_plane(data.shape, np.inf)
+    d[...], v[...] = data, var
+    in_place = lacosmic_mask(data=d, invar=v, overwrite_input=True, **kw)
+    np.testing.assert_array_equal(in_place, copying)
+    assert copying.sum() > 10 and not copying[38:48, 48:58].any()
+    assert not np.array_equal(d, data)  # it did work in them (data − background)

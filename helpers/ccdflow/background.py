@@ -127,14 +127,16 @@ def _grow_sources(labels: np.ndarray, *, saturated: np.ndarray, factor: float,
     of the sky.
     """
     n_max = int(labels.max()) if labels.size else 0
-    areas = np.bincount(labels.ravel(), minlength=n_max + 1)
+    inside = labels > 0
+    lab = labels[inside]
+    # areas from the source pixels only (bincount of the whole int32 frame would make an
+    # int64 copy of it: 128 MB at 4k²); label 0's area is never used
+    areas = np.bincount(lab, minlength=n_max + 1)
     radius = factor * np.sqrt(areas / np.pi)
-    sat_labels = np.unique(labels[saturated & (labels > 0)])
+    sat_labels = np.unique(labels[saturated & inside])
     radius[sat_labels] *= saturated_factor
     radius = np.clip(radius, min_radius, max_radius)
     if values is not None and n_max:
-        inside = labels > 0
-        lab = labels[inside]
         vals = values[inside]
         peak = np.full(n_max + 1, -np.inf)
         np.maximum.at(peak, lab, vals)
@@ -143,7 +145,8 @@ def _grow_sources(labels: np.ndarray, *, saturated: np.ndarray, factor: float,
         spike[0] = False
         spike[sat_labels] = False
         radius[spike] = 0.0
-    grown = labels > 0
+    grown = inside
+    del lab
     ny, nx = labels.shape
     for label, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
@@ -253,7 +256,8 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
                               f"{box_size}, {filter_size}")
     saturated = np.zeros(data.shape, bool) if saturated is None else np.asarray(saturated, bool)
     extra = np.zeros(data.shape, bool) if extra_mask is None else np.asarray(extra_mask, bool)
-    clean = np.where(bad, 0.0, data).astype(np.float32)  # masked pixels are never used
+    clean = np.array(data, np.float32)  # masked pixels are never used
+    clean[bad] = 0.0
 
     def fit(source_mask):
         used = bad | source_mask
@@ -276,13 +280,16 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
     labels = None
     if iterate:
         for iterations in range(1, max_iterations + 1):
-            found = detect_segments(values=clean - background, rms=rms, nsigma=nsigma,
+            residual = clean - background
+            # SEP works on the residual itself, zeroed at bad pixels (which no source
+            # holds, so _grow_sources' peaks and sums are the same)
+            found = detect_segments(values=residual, rms=rms, nsigma=nsigma,
                                     npixels=npixels, mask=bad | extra, backend=backend,
-                                    deblend=deblend)
+                                    deblend=deblend, overwrite_values=True)
             new = _grow_sources(found, saturated=saturated, factor=dilate_factor,
                                 min_radius=min_radius_px, max_radius=max_radius_px,
-                                saturated_factor=saturated_factor,
-                                values=clean - background) | extra
+                                saturated_factor=saturated_factor, values=residual) | extra
+            del residual
             changed = float(np.mean(new != source_mask))
             growth = new.mean() - source_mask.mean()
             if changed < tolerance and iterations > 1:
@@ -362,8 +369,6 @@ def background_for_product(*, product, manual_circles: Sequence[Mapping] = (),
     pixels, saturated pixels widen their sources' masks, and ``manual_circles`` use
     the product's WCS for RA/Dec circles.  ``options`` are those of
     :func:`estimate_background`."""
-    from astropy.wcs import WCS, FITSFixedWarning
-
     from .masks import MaskBit
 
     mask = product.mask != 0
@@ -371,6 +376,8 @@ def background_for_product(*, product, manual_circles: Sequence[Mapping] = (),
     extra = None
     if manual_circles:
         import warnings
+
+        from astropy.wcs import WCS, FITSFixedWarning
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FITSFixedWarning)

@@ -137,6 +137,9 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
             master_names={k: str(item[k]) for k in (*kinds, "bpm") if item.get(k)},
             flat_floor=flat_floor)
         write_product(calibrated_path, product, unit="electron")
+        product.extras.clear()  # ERR_CAL: written; no later stage reads it (64 MB at 4k²)
+        if product.data.size > LARGE_FRAME_PIXELS:
+            product.error = None  # read back for the cosmic rays, not held through the sky
         state["product"] = product
         good = product.mask == 0
         return {"sci_median_e": round(float(np.median(product.data[good])), 3)
@@ -158,7 +161,8 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
     def rays():
         product, result = state["product"], state["background"]
         crmask = detect_cosmic_rays(
-            data=product.data, error=product.error, mask=product.mask != 0,
+            data=product.data, error=_take_error(product, calibrated_path),
+            mask=product.mask != 0,
             background=result.background, read_noise_e=product.header["RDNOISE"],
             saturation_e=product.header["SATURATE"], **cosmics)
         write_cosmics(product_path(out_dirs["cosmics"], frame, "cosmics"), crmask,
@@ -173,7 +177,7 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
         if "crmask" in state:
             mask[state["crmask"]] |= np.uint16(MaskBit.COSMIC)
             if labels is not None:
-                labels = np.where(state["crmask"], 0, labels)
+                labels[state["crmask"]] = 0  # the background's own segmentation, used last here
         sources, meta = frame_sources(data=product.data, mask=mask, background=result.background,
                                       rms=result.rms, labels=labels,
                                       backend=background.get("backend", "sep"), **detect)
@@ -191,19 +195,54 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
     return figures
 
 
+#: frames above this many pixels (2k²) are "large": their masters are read in row strips
+#: while a frame is calibrated, not held whole (at 4k² the bias, dark and flat are 480
+#: MB), and their ERR plane is read back from the calibrated file for the cosmic rays
+#: instead of being held through the background (64 MB)
+LARGE_FRAME_PIXELS = 1 << 22
+
+
+def _take_error(product, path) -> np.ndarray:
+    """The product's ERR, taken out of it (no stage after the cosmic rays reads it): the
+    plane in memory, or for a large frame the one just written to ``path``."""
+    from .products import read_plane
+
+    error, product.error = product.error, None
+    return error if error is not None else read_plane(path, "ERR")
+
+
 def _read_masters(frames: Sequence[Mapping[str, str]]) -> dict[str, Any]:
-    """Every master the batch's frames name, read once."""
+    """Every master the batch's frames name, opened once: read whole up to
+    :data:`LARGE_FRAME_PIXELS`, else a :class:`~ccdflow.products.ProductFile`
+    (close with :func:`_close_masters`)."""
     from .calibrate import HOT_DARK_IMAGES
-    from .products import read_mask, read_mask_images, read_product
+    from .products import ProductFile, read_mask, read_mask_images
 
     out: dict[str, Any] = {}
-    for item in frames:
-        for kind in ("bias", "dark", "flat", "illumination", "bpm"):
-            path = item.get(kind)
-            if path and path not in out:
-                out[path] = ((read_mask(path), read_mask_images(path, HOT_DARK_IMAGES))
-                             if kind == "bpm" else read_product(path))
+    try:
+        for item in frames:
+            for kind in ("bias", "dark", "flat", "illumination", "bpm"):
+                path = item.get(kind)
+                if not path or path in out:
+                    continue
+                if kind == "bpm":
+                    out[path] = (read_mask(path), read_mask_images(path, HOT_DARK_IMAGES))
+                    continue
+                master = ProductFile(path)
+                if np.prod(master.shape) <= LARGE_FRAME_PIXELS:
+                    with master:
+                        master = master.rows(0, master.shape[0])
+                out[path] = master
+    except Exception:
+        _close_masters(out)
+        raise
     return out
+
+
+def _close_masters(masters: Mapping[str, Any]) -> None:
+    for master in masters.values():
+        if hasattr(master, "close"):
+            master.close()
 
 
 def reduce_batch(*, frames: Sequence[Mapping[str, str]], detector: Mapping,
@@ -235,16 +274,51 @@ def reduce_batch(*, frames: Sequence[Mapping[str, str]], detector: Mapping,
         master_error = None
     except Exception as exc:  # a master that cannot be read fails the batch's frames
         masters, master_error = {}, _StageFailed("calibrated", exc)
+    try:
+        _reduce_frames(frames=frames, masters=masters, master_error=master_error, rows=rows,
+                       stages=stages, detector=detector, steps=steps,
+                       subtract_dark=subtract_dark, background=background, cosmics=cosmics,
+                       detect=detect, out_dirs=out_dirs, provenance=provenance,
+                       flat_floor=flat_floor)
+    finally:
+        _close_masters(masters)
+    summaries = {}
+    for stage in stages:
+        summary = pd.DataFrame(rows[stage])
+        order = [c for c in summary.columns if c not in ("status", "reason", "seconds")]
+        summary = summary[[*order, "status", "reason", "seconds"]]
+        write_table(summary, Path(out_dirs[stage]) / SUMMARY, sep="\t")
+        summaries[stage] = summary
+    bad = summaries[stages[-1]]
+    n_bad = int((bad["status"] != "ok").sum())
+    if n_bad:
+        log.warning("%d of %d frames of this batch not made to the end: %s", n_bad, len(bad),
+                    "; ".join(f"{r.frame} ({r.status}: {r.reason})"
+                              for r in bad[bad["status"] != "ok"].itertuples()))
+    return summaries
+
+
+def _reduce_frames(*, frames, masters, master_error, rows, stages, **chain) -> None:
+    """Every frame of the batch through the chain, its figures (or failure) into ``rows``.
+
+    After the first frame and after a failed one the garbage collector runs: an
+    exception caught inside a library's lazy import (astropy.coordinates, first
+    imported while a frame's sources are written) or a failure's traceback holds
+    the frame objects of the whole stack, hence that frame's planes, in a cycle
+    (at 4k² the next frame then started with ~500 MB still held: 1 360 MB peak
+    for 3 frames instead of 1 070).
+    """
+    import gc
+
     for k, item in enumerate(frames, start=1):
+        if k > 1 and (k == 2 or rows[stages[-1]][-1]["status"] != "ok"):
+            gc.collect()
         frame = item["frame"]
         start = time.perf_counter()
         try:
             if master_error is not None:
                 raise master_error
-            figures = reduce_frame(item=item, masters=masters, detector=detector, steps=steps,
-                                   subtract_dark=subtract_dark, background=background,
-                                   cosmics=cosmics, detect=detect, out_dirs=out_dirs,
-                                   provenance=provenance, flat_floor=flat_floor)
+            figures = reduce_frame(item=item, masters=masters, **chain)
         except _StageFailed as failed:
             reason = str(failed)
             log.error("%s: FAILED, left out of this and later stages (%s failed: %s); raw file %s",
@@ -276,17 +350,3 @@ def reduce_batch(*, frames: Sequence[Mapping[str, str]], detector: Mapping,
                  ", ".join(f"{s} {seconds.get(s, 0):.2f}" for s in stages),
                  "; ".join(f"{s}: " + ", ".join(f"{key}={v}" for key, v in figures[s].items())
                            for s in stages if figures.get(s)))
-    summaries = {}
-    for stage in stages:
-        summary = pd.DataFrame(rows[stage])
-        order = [c for c in summary.columns if c not in ("status", "reason", "seconds")]
-        summary = summary[[*order, "status", "reason", "seconds"]]
-        write_table(summary, Path(out_dirs[stage]) / SUMMARY, sep="\t")
-        summaries[stage] = summary
-    bad = summaries[stages[-1]]
-    n_bad = int((bad["status"] != "ok").sum())
-    if n_bad:
-        log.warning("%d of %d frames of this batch not made to the end: %s", n_bad, len(bad),
-                    "; ".join(f"{r.frame} ({r.status}: {r.reason})"
-                              for r in bad[bad["status"] != "ok"].itertuples()))
-    return summaries

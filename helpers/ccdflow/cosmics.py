@@ -78,10 +78,21 @@ def detect_cosmic_rays(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray 
         bad |= np.asarray(mask, bool)
     if bad.all():
         raise CosmicsError("every pixel is masked: nothing to search")
-    clean = np.where(bad, np.float32(0.0), data)
+    from .lacosmic import padded_plane
+
+    # lacosmic works in padded planes: made so, they are not copied again
+    def plane(fill):
+        return (padded_plane(data.shape, fill) if method == "lacosmic"
+                else np.empty(data.shape, np.float32))
+
+    clean = plane(0.0)
+    np.copyto(clean, data)
+    clean[bad] = 0.0
     # ERR² in float32 (the float32 square of a float32 is the float64 one rounded)
-    var = np.square(error)
-    var[bad] = np.nanmedian(error[~bad]) ** 2
+    var = plane(np.inf)
+    np.square(error, out=var)
+    var[bad] = np.median(error[~bad], overwrite_input=True) ** 2  # finite: nanmedian's value
+    del error  # the caller may have handed over its only reference (ccdflow.chain)
     bkg = (None if background is None
            else np.where(bad, np.float32(0.0), np.asarray(background, np.float32)))
     if method == "lacosmic":
@@ -90,7 +101,7 @@ def detect_cosmic_rays(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray 
         crmask = lacosmic_mask(data=clean, inmask=bad, inbkg=bkg, invar=var,
                                sigclip=sigclip, sigfrac=sigfrac, objlim=objlim,
                                readnoise=float(read_noise_e), satlevel=float(saturation_e),
-                               niter=niter)
+                               niter=niter, overwrite_input=True)  # clean, var: ours
     else:
         import astroscrappy
 

@@ -24,8 +24,8 @@ from . import __version__
 from .io import atomic_path
 from .masks import header_cards
 
-__all__ = ["Product", "param_hash", "provenance_header", "read_mask", "read_mask_images",
-           "read_product", "write_mask", "write_product"]
+__all__ = ["Product", "ProductFile", "param_hash", "provenance_header", "read_mask",
+           "read_mask_images", "read_plane", "read_product", "write_mask", "write_product"]
 
 _DROP = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "BZERO", "BSCALE",
          "XTENSION", "PCOUNT", "GCOUNT", "EXTNAME", "CHECKSUM", "DATASUM", "BUNIT", "BLANK"}
@@ -40,6 +40,61 @@ class Product:
     mask: np.ndarray
     header: fits.Header
     extras: dict[str, np.ndarray] = field(default_factory=dict)  #: more image extensions
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    def rows(self, start: int, stop: int) -> Product:
+        """Rows ``start:stop`` of every plane (views), with the same header."""
+        return Product(data=self.data[start:stop], error=self.error[start:stop],
+                       mask=self.mask[start:stop], header=self.header,
+                       extras={k: v[start:stop] for k, v in self.extras.items()})
+
+
+class ProductFile:
+    """A product on disk whose planes are read in row strips, never whole.
+
+    For masters of large frames: ``rows(start, stop)`` reads only those rows of
+    SCI, ERR and MASK (and ERR_CAL) from the file, with the values and dtypes
+    :func:`read_product` gives, so a job calibrating many frames holds a strip
+    of each master instead of the whole (a 4k² master is 160 MB).  The file stays
+    open until :meth:`close`.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._hdul = fits.open(self.path, mode="readonly", memmap=False)
+        try:
+            names = {hdu.name for hdu in self._hdul}
+            missing = {"SCI", "ERR", "MASK"} - names
+            if missing:
+                raise ValueError(f"{self.path} is not a ccdflow product (missing extension "
+                                 f"{sorted(missing)[0]!r})")
+            self.header = self._hdul[0].header.copy()
+            self.shape = tuple(self._hdul["SCI"].shape)
+            self._extras = [n for n in ("ERR_CAL",) if n in names]
+        except Exception:
+            self._hdul.close()
+            raise
+
+    def rows(self, start: int, stop: int) -> Product:
+        """Rows ``start:stop`` of every plane, read from the file."""
+        def read(name, dtype):
+            return np.asarray(self._hdul[name].section[start:stop], dtype=dtype)
+
+        return Product(data=read("SCI", np.float32), error=read("ERR", np.float32),
+                       mask=read("MASK", np.uint16), header=self.header,
+                       extras={n: read(n, np.float32) for n in self._extras})
+
+    def close(self) -> None:
+        self._hdul.close()
+
+    def __enter__(self) -> ProductFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def param_hash(params: Mapping[str, Any]) -> str:
@@ -108,6 +163,12 @@ def read_product(path: str | Path) -> Product:
                            header=hdul[0].header.copy(), extras=extras)
     except KeyError as exc:
         raise ValueError(f"{path} is not a ccdflow product (missing extension {exc})") from None
+
+
+def read_plane(path: str | Path, name: str, dtype=np.float32) -> np.ndarray:
+    """One image extension of a product (e.g. ``ERR``), as :func:`read_product` gives it."""
+    with fits.open(path, mode="readonly", memmap=False) as hdul:
+        return hdul[name].data.astype(dtype)
 
 
 def write_mask(path: str | Path, mask: np.ndarray, *, inputs: Iterable[str | Path], step: str,

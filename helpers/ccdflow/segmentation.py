@@ -35,7 +35,7 @@ SEP_SUB_OBJECTS = 8192
 
 def detect_segments(*, values: np.ndarray, rms: np.ndarray, nsigma: float, npixels: int,
                     mask: np.ndarray | None = None, backend: str = "sep",
-                    deblend: bool = True) -> np.ndarray:
+                    deblend: bool = True, overwrite_values: bool = False) -> np.ndarray:
     """Label image of the sources of a background-subtracted frame.
 
     Parameters
@@ -53,6 +53,9 @@ def detect_segments(*, values: np.ndarray, rms: np.ndarray, nsigma: float, npixe
         See the module docstring.
     deblend : bool
         Split blended sources (multi-threshold deblending).
+    overwrite_values : bool
+        Let SEP's input be ``values`` itself, zeroed at the masked pixels (one
+        frame-sized plane less; ``values`` must then be float32 and C-contiguous).
 
     Returns
     -------
@@ -70,9 +73,15 @@ def detect_segments(*, values: np.ndarray, rms: np.ndarray, nsigma: float, npixe
         import sep
 
         sep.set_sub_object_limit(SEP_SUB_OBJECTS)
-        err = np.ascontiguousarray(np.where(np.isfinite(rms) & (rms > 0), rms, np.inf),
-                                   dtype=np.float32)
-        clean = np.where(bad, np.float32(0), values)
+        rms = np.ascontiguousarray(rms, dtype=np.float32)
+        usable = np.isfinite(rms) & (rms > 0)
+        err = rms if usable.all() else np.where(usable, rms, np.float32(np.inf))
+        del usable
+        if overwrite_values:
+            clean = values
+            clean[bad] = 0
+        else:
+            clean = np.where(bad, np.float32(0), values)
         # SEP allocates its pixel stack on every call (20 M entries cost 1 s): start small
         # and grow it only when a crowded frame overflows it
         stack = max(300_000, clean.size // 16)
@@ -148,7 +157,8 @@ def segment_table(*, labels: np.ndarray, values: np.ndarray, rms: np.ndarray,
         return empty
     size = int(lab.max()) + 1
     yy, xx = np.nonzero(inside)
-    v = np.asarray(values, np.float64)[inside]
+    # the segments' pixels first, then float64 (not a float64 copy of the frame)
+    v = np.asarray(values)[inside].astype(np.float64)
     v = np.where(np.isfinite(v), v, 0.0)
 
     def total(w=None):
@@ -165,7 +175,7 @@ def segment_table(*, labels: np.ndarray, values: np.ndarray, rms: np.ndarray,
         vyy = syy / flux - y**2
     peak = np.full(size, -np.inf)
     np.maximum.at(peak, lab, v)
-    noise = np.sqrt(total(np.asarray(rms, np.float64)[inside] ** 2))
+    noise = np.sqrt(total(np.asarray(rms)[inside].astype(np.float64) ** 2))
     above = (total(np.asarray(count_above, bool)[inside].astype(np.float64))
              if count_above is not None else area)
     masked = (total(np.asarray(mask, bool)[inside].astype(np.float64)) > 0

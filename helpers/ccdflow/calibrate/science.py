@@ -33,6 +33,9 @@ from ..masks import MaskBit
 from ..products import Product, provenance_header
 from .masters import _dark_term
 
+#: pixels per row strip of the calibration (16 MB per float64 plane)
+STRIP_PIXELS = 1 << 21
+
 
 def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | None,
                       dark: Product | None, flat: Product | None,
@@ -50,11 +53,12 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
         Raw science frame (read-only).
     detector : mapping
         The profile's ``detector`` section.
-    bias, dark, flat : Product or None
-        Masters; None skips that step (recorded in the header).
+    bias, dark, flat : Product or ProductFile or None
+        Masters; None skips that step (recorded in the header).  A
+        :class:`~ccdflow.products.ProductFile` is read in row strips.
     bad_pixel_mask : ndarray of uint16, optional
         From :func:`make_bad_pixel_mask`; ORed into MASK.
-    illumination : Product, optional
+    illumination : Product or ProductFile, optional
         From :func:`make_illumination_model`: SCI and ERR are divided by it.
     params, master_names : mapping, optional
         Recorded as provenance (``BIASFILE``/``DARKFILE``/``FLATFILE``/``BPMFILE``).
@@ -80,13 +84,76 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
     """
     frame = read_raw_frame(path, detector=detector)
     shape = frame.data.shape
-    for name, master in (("bias", bias), ("dark", dark), ("flat", flat)):
-        if master is not None and master.data.shape != shape:
-            raise CalibrationError(f"{path}: master {name} is {master.data.shape[1]}x"
-                                   f"{master.data.shape[0]}, the frame {shape[1]}x{shape[0]}")
-    # in place where it can be (a 4k² frame is 134 MB per float64 plane): the same
-    # operations in the same order as the formulas in the module docstring
-    collected = frame.data.astype(np.float64)  # R, then R − B
+    for name, master in (("bias", bias), ("dark", dark), ("flat", flat),
+                         ("illumination", illumination)):
+        if master is not None and tuple(master.shape) != shape:
+            raise CalibrationError(f"{path}: master {name} is {master.shape[1]}x"
+                                   f"{master.shape[0]}, the frame {shape[1]}x{shape[0]}")
+    if dark is None and hot_dark and "HOTDARK" in hot_dark:
+        rate = np.asarray(hot_dark["HOTDARK"])
+        if rate.shape != shape:
+            raise CalibrationError(f"{path}: the hot-pixel rates are {rate.shape[1]}x"
+                                   f"{rate.shape[0]}, the frame {shape[1]}x{shape[0]}")
+    else:
+        hot_dark = None
+    sci = np.empty(shape, np.float32)
+    error = np.empty(shape, np.float32)
+    err_cal = np.empty(shape, np.float32)
+    mask = np.zeros(shape, np.uint16)
+    if bad_pixel_mask is not None:
+        mask |= bad_pixel_mask
+    # row strips of <= 2**21 pixels (16 MB per float64 plane): a 4k² frame's
+    # temporaries stay ~150 MB, and a master read from disk (ProductFile) is never whole
+    step = max(1, STRIP_PIXELS // max(shape[1], 1))
+    n_hot_corrected = 0
+    for y0 in range(0, shape[0], step):
+        rows = slice(y0, min(y0 + step, shape[0]))
+        n_hot_corrected += _calibrate_rows(
+            raw=frame.data[rows], frame=frame, rows=rows,
+            masters={k: (m.rows(rows.start, rows.stop) if m is not None else None)
+                     for k, m in (("bias", bias), ("dark", dark), ("flat", flat),
+                                  ("illumination", illumination))},
+            hot_dark={k: np.asarray(v)[rows] for k, v in hot_dark.items()} if hot_dark else None,
+            flat_floor=flat_floor, out=(sci[rows], error[rows], err_cal[rows], mask[rows]),
+            where=path)
+    mask[frame.saturated] |= np.uint16(MaskBit.SATURATED)
+    mask[frame.no_data] |= np.uint16(MaskBit.NO_DATA)
+    mask[frame.nonfinite] |= np.uint16(MaskBit.NONFINITE)
+    names = master_names or {}
+    header = provenance_header(step="calibrate_science", inputs=[path], params=params or {},
+                               base=frame.header)
+    for key, kind, used, comment in (("BIASFILE", "bias", bias, "master bias"),
+                                     ("DARKFILE", "dark", dark, "master dark"),
+                                     ("FLATFILE", "flat", flat, "master flat"),
+                                     ("BPMFILE", "bpm", True, "bad-pixel mask")):
+        header[key] = _file_card(names.get(kind, "none") if used is not None else "none",
+                                 comment)
+    header["NHOTPIX"] = (int((mask & np.uint16(MaskBit.HOT) != 0).sum()), "pixels flagged HOT")
+    header["HOTCORR"] = (n_hot_corrected, "HOT pixels corrected with the series' dark")
+    header["ILLUMFIL"] = _file_card(names.get("illumination", "none")
+                                    if illumination is not None else "none",
+                                    "illumination correction")
+    header["GAINORIG"] = (frame.gains[0], "[e-/ADU] gain applied (first amplifier)")
+    header["GAIN"] = (1.0, "[e-/e-] data are in electrons")
+    header["RDNOISE"] = (frame.read_noise_e, "[e-] read noise")
+    header["OVSCNOIS"] = (round(frame.overscan_noise_e, 3),
+                          "[e-] 1 sigma of the overscan level of a row")
+    header["SATURATE"] = (round(frame.saturation_e, 1), "[e-] saturation after overscan")
+    header["BUNIT"] = "electron"
+    for i, note in enumerate(frame.notes, start=1):
+        header[f"CCDFNT{i:02d}"] = note[:68]
+    return Product(data=sci, error=error, mask=mask, header=header,
+                   extras={"ERR_CAL": err_cal})
+
+
+def _calibrate_rows(*, raw, frame, rows, masters, hot_dark, flat_floor, out, where) -> int:
+    """The module docstring's formulas on one strip of rows, written into ``out``
+    (SCI, ERR, ERR_CAL and MASK views of the strip); returns the HOT pixels corrected
+    with the series' dark.  The operations and their order are those of a whole frame."""
+    bias, dark, flat, illumination = (masters[k] for k in ("bias", "dark", "flat",
+                                                           "illumination"))
+    sci_out, err_out, err_cal_out, mask = out
+    collected = raw.astype(np.float64)  # R, then R − B
     t_bias = float(bias.header.get("EXPTIME", 0.0)) if bias is not None else 0.0
     if bias is not None:
         collected -= bias.data
@@ -100,14 +167,12 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
         collected -= dark_e
     del dark_e, dark_err
     signal = collected  # R − B − D·(t − t_B)
-    mask = np.zeros(shape, np.uint16)
-    if bad_pixel_mask is not None:
-        mask |= bad_pixel_mask
     n_hot_corrected = 0
-    if dark is None and hot_dark and "HOTDARK" in hot_dark:
-        signal, var_cal, mask, n_hot_corrected = _series_dark(
+    if hot_dark is not None:
+        signal, var_cal, new_mask, n_hot_corrected = _series_dark(
             signal=signal, var_cal=var_cal, mask=mask, hot_dark=hot_dark,
-            exptime_s=frame.exptime_s, where=path)
+            exptime_s=frame.exptime_s, where=where)
+        mask[...] = new_mask
     if flat is not None:
         floor = float(flat_floor)
         low_bit = (flat.mask & np.uint16(MaskBit.LOW_FLAT)) != 0
@@ -134,39 +199,12 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
         var_cal = var_cal / i2
         del i2
     var += var_cal  # ERR is the total; ERR_CAL its masters' part
-    mask[frame.saturated] |= np.uint16(MaskBit.SATURATED)
-    mask[frame.no_data] |= np.uint16(MaskBit.NO_DATA)
-    nonfinite = frame.nonfinite | ~np.isfinite(sci) | ~np.isfinite(var)
-    mask[nonfinite] |= np.uint16(MaskBit.NONFINITE)
-    names = master_names or {}
-    header = provenance_header(step="calibrate_science", inputs=[path], params=params or {},
-                               base=frame.header)
-    for key, kind, used, comment in (("BIASFILE", "bias", bias, "master bias"),
-                                     ("DARKFILE", "dark", dark, "master dark"),
-                                     ("FLATFILE", "flat", flat, "master flat"),
-                                     ("BPMFILE", "bpm", True, "bad-pixel mask")):
-        header[key] = _file_card(names.get(kind, "none") if used is not None else "none",
-                                 comment)
-    header["NHOTPIX"] = (int((mask & np.uint16(MaskBit.HOT) != 0).sum()), "pixels flagged HOT")
-    header["HOTCORR"] = (n_hot_corrected, "HOT pixels corrected with the series' dark")
-    header["ILLUMFIL"] = _file_card(names.get("illumination", "none")
-                                    if illumination is not None else "none",
-                                    "illumination correction")
-    header["GAINORIG"] = (frame.gains[0], "[e-/ADU] gain applied (first amplifier)")
-    header["GAIN"] = (1.0, "[e-/e-] data are in electrons")
-    header["RDNOISE"] = (frame.read_noise_e, "[e-] read noise")
-    header["OVSCNOIS"] = (round(frame.overscan_noise_e, 3),
-                          "[e-] 1 sigma of the overscan level of a row")
-    header["SATURATE"] = (round(frame.saturation_e, 1), "[e-] saturation after overscan")
-    header["BUNIT"] = "electron"
-    for i, note in enumerate(frame.notes, start=1):
-        header[f"CCDFNT{i:02d}"] = note[:68]
-    error = np.sqrt(var, out=var).astype(np.float32)
-    del var
-    err_cal = (np.sqrt(var_cal, dtype=np.float64).astype(np.float32) if np.ndim(var_cal)
-               else np.full(shape, np.sqrt(var_cal), np.float32))
-    return Product(data=sci.astype(np.float32), error=error, mask=mask, header=header,
-                   extras={"ERR_CAL": err_cal})
+    mask[~np.isfinite(sci) | ~np.isfinite(var)] |= np.uint16(MaskBit.NONFINITE)
+    sci_out[...] = sci
+    err_out[...] = np.sqrt(var, out=var)
+    err_cal_out[...] = (np.sqrt(var_cal, dtype=np.float64) if np.ndim(var_cal)
+                        else np.sqrt(var_cal))
+    return n_hot_corrected
 
 
 def _file_card(path: str, comment: str) -> str | tuple[str, str]:

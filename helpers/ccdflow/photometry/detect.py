@@ -65,7 +65,9 @@ def detect_stars(*, data: np.ndarray, background: np.ndarray, rms: np.ndarray,
     from ..segmentation import detect_segments, segment_table
 
     bad = np.zeros(data.shape, bool) if mask is None else np.asarray(mask) != 0
-    sub = np.where(bad, 0.0, np.asarray(data, np.float64) - background)
+    sub = np.array(data, np.float64)  # data − background, 0 at bad pixels; in place
+    sub -= background
+    sub[bad] = 0.0
     if labels is None:
         labels = detect_segments(values=sub, rms=rms, nsigma=nsigma, npixels=npixels,
                                  mask=bad, backend=backend, deblend=deblend)
