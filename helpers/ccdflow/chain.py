@@ -27,6 +27,14 @@ A frame that fails in one stage is written to that stage's summary as
 other frames of the batch are still made.  Every batch job logs ``frame k of
 n`` with the seconds of each stage, so ``tail -f`` on its log shows where a
 long night stands.
+
+Memory (issue 13: a per-frame job under 1 GB at 4k²): the job holds one frame's
+state (SCI, MASK, the background map, its RMS and segments: ~530 MB at 4k²) and each
+stage's work space, not the masters.  Frames above :data:`LARGE_FRAME_PIXELS` read
+their masters in row strips while they are calibrated (calibration works in strips of
+2²¹ pixels), keep ERR on disk between calibration and the cosmic rays, and L.A.Cosmic
+works in its own padded planes with its candidates in chunks.  Every product is
+bitwise the one of the whole-frame code (tests/test_batch.py, tests/test_calibrate.py).
 """
 
 from __future__ import annotations
