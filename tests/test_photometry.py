@@ -191,3 +191,24 @@ def test_row_correlation_equals_the_chord_areas(rng):
     sums = (data * inside[None]).sum(axis=(1, 2))
     a = inside.sum(axis=1)
     assert sums.var() == pytest.approx(sigma**2 * np.sum(a * a), rel=0.06)
+
+
+def test_float32_err_cal_gives_the_float64_answer(field, rng):
+    # ERR_CAL is float32 as stored and is no longer copied to a float64 plane (64 MB less
+    # at 4k², and no frame-sized ERR_CAL² for the optimal stamps): squared in float64, it
+    # must give what its float64 copy gave, NaN and ±inf pixels included, optimal too
+    from ccdflow.photometry.psf import PSFModel
+
+    x, y, _, truth = field
+    image = rng.poisson(truth).astype(float)
+    err_cal = (0.01 * np.sqrt(truth)).astype(np.float32)
+    err_cal[10, 10], err_cal[20, 20], err_cal[30, 30] = np.nan, np.inf, -np.inf
+    err_cal[int(y[0]), int(x[0])] = np.nan  # inside a star's aperture
+    kw = dict(data=image, error=np.sqrt(truth), mask=np.zeros(truth.shape, np.uint16), x=x,
+              y=y, radii=[4.0, 6.0], psf=PSFModel.circular(FWHM), optimal=True)
+    single = measure_apertures(error_cal=err_cal, **kw)
+    double = measure_apertures(error_cal=err_cal.astype(np.float64), **kw)
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(single, double, check_exact=True)
+    assert (single["flux_err_cal"] > 0).any()

@@ -174,8 +174,9 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
     _check_inputs(data=data, error=error, bits=bits, background=background,
                   background_map=background_map, annulus=annulus, radii=radii,
                   optimal=optimal, psf=psf, sky_mask=sky_mask)
-    err_cal = (np.zeros_like(data) if error_cal is None
-               else np.nan_to_num(np.asarray(error_cal, np.float64)))
+    # ERR_CAL as given (float32 as stored: half a float64 plane), squared in float64
+    err_cal = (np.zeros(data.shape, np.float32) if error_cal is None
+               else np.nan_to_num(np.asarray(error_cal), posinf=np.inf, neginf=-np.inf))
     x = np.asarray(x, float)
     y = np.asarray(y, float)
     ids = np.arange(len(x)) if source_ids is None else np.asarray(source_ids)
@@ -188,7 +189,7 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
                      background_map=background_map, background_map_error=background_map_error,
                      sigma=sigma, min_sky_pixels=min_sky_pixels)
     rand_var = np.nan_to_num(np.square(error), copy=False)
-    rand_var -= np.square(err_cal)
+    rand_var -= np.square(err_cal, dtype=np.float64)
     np.clip(rand_var, 0.0, None, out=rand_var)
     # the frame's typical per-pixel sky noise (a sparse sample is plenty)
     sample = rand_var[::7, ::7][~bad_any[::7, ::7]]
@@ -333,7 +334,7 @@ def _repaired_frame(*, data, rand_var, err_cal, fill, saturated, repair, image, 
     for plane in (work, work_var):
         np.nan_to_num(plane, copy=False)
         plane[excluded] = 0.0
-    cal_var = np.square(err_cal)
+    cal_var = np.square(err_cal, dtype=np.float64)
     cal_var[excluded | fill] = 0.0
     return _Frame(work=work, work_var=work_var, cal_var=cal_var,
                   ones=np.where(excluded, 0.0, 1.0), excluded=excluded, saturated=saturated)

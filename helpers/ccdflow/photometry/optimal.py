@@ -38,7 +38,7 @@ def optimal_photometry(*, data, rand_var, err_cal, usable, saturated, x, y, insi
     ok, _ = cut_stamps(usable, px, py, fill=False)
     sat, _ = cut_stamps(saturated, px, py, fill=False)
     rv, _ = cut_stamps(rand_var, px, py)
-    cv, _ = cut_stamps(err_cal**2, px, py)
+    cv = cut_stamps(err_cal, px, py)[0].astype(np.float64) ** 2  # stamps, not the frame
     ov = overlap_fraction(px, py, pos_x, pos_y, radius) > 0.5
     region = within & ov
     use = region & ok
