@@ -212,3 +212,19 @@ def test_float32_err_cal_gives_the_float64_answer(field, rng):
 
     pd.testing.assert_frame_equal(single, double, check_exact=True)
     assert (single["flux_err_cal"] > 0).any()
+
+
+def test_sep_sums_a_float64_plane_as_its_float32_cast(rng):
+    # the aperture sums' planes (repaired frame, variances, ERR_CAL², ones) are kept as
+    # float32, half the memory: SEP's sum_circle reads every pixel as float32 whatever the
+    # array's type, so this must hold bitwise (were it to change, keep the planes float64)
+    import sep
+
+    plane = rng.normal(1000.0, 30.0, (120, 130)) + rng.uniform(0, 1e-6, (120, 130))
+    plane[5, 5], plane[7, 9] = 1e39, -1e39  # beyond float32: ±inf either way
+    x, y = rng.uniform(3, 125, 40), rng.uniform(3, 115, 40)
+    for radius in (1.3, 2.7, 6.0, 11.5):
+        s64 = sep.sum_circle(plane, x, y, radius, subpix=0)[0]
+        with np.errstate(over="ignore"):
+            s32 = sep.sum_circle(plane.astype(np.float32), x, y, radius, subpix=0)[0]
+        np.testing.assert_array_equal(s64, s32)

@@ -306,38 +306,43 @@ def _repaired_frame(*, data, rand_var, err_cal, fill, saturated, repair, image, 
     annuli's median level, or else the mean of the neighbours) plus the sources' model,
     or with the mean of their neighbours without a model; saturated pixels count zero.
 
-    The filled values are computed at the filled pixels only and the planes built in
-    place (a 4k² frame is 134 MB per float64 plane)."""
+    The filled values are computed at the filled pixels only, each plane built in
+    float64 and kept as float32 (:func:`_summed`): a 4k² frame is 134 MB per float64
+    plane."""
     bad_any = fill | saturated
-    if repair and fill.any():
-        work, work_var = data.copy(), rand_var.copy()
-        if image is not None:
-            at = np.nonzero(fill)
-            if sky_pixels is None:
-                sky_pixels = _local_mean_fill(np.where(bad_any, 0.0, data), bad_any)
-            model_at = image[at]
-            sky_at = sky_pixels[at] if np.ndim(sky_pixels) else sky_pixels
-            work[at] = sky_at + model_at
-            # sky and photon noise of the model, and the PSF model's own error
-            work_var[at] = (typical_noise**2 + np.clip(model_at, 0, None)
-                            + (model_rel_error * model_at) ** 2)
-        else:
-            filled = _local_mean_fill(np.where(bad_any, 0.0, data), bad_any)
-            fill_var = _local_mean_fill(np.where(bad_any, 0.0, rand_var), bad_any)
-            work[fill] = filled[fill]
-            work_var[fill] = fill_var[fill]
-            del filled, fill_var
-        excluded = saturated
-    else:
-        work, work_var = data.copy(), rand_var.copy()
-        excluded = bad_any
-    for plane in (work, work_var):
-        np.nan_to_num(plane, copy=False)
-        plane[excluded] = 0.0
+    repairing = repair and fill.any()
+    excluded = saturated if repairing else bad_any
+    work, work_var = data.copy(), rand_var.copy()
+    if repairing and image is not None:
+        at = np.nonzero(fill)
+        if sky_pixels is None:
+            sky_pixels = _local_mean_fill(np.where(bad_any, 0.0, data), bad_any)
+        model_at = image[at]
+        sky_at = sky_pixels[at] if np.ndim(sky_pixels) else sky_pixels
+        work[at] = sky_at + model_at
+        # sky and photon noise of the model, and the PSF model's own error
+        work_var[at] = (typical_noise**2 + np.clip(model_at, 0, None)
+                        + (model_rel_error * model_at) ** 2)
+    elif repairing:
+        work[fill] = _local_mean_fill(np.where(bad_any, 0.0, data), bad_any)[fill]
+        work_var[fill] = _local_mean_fill(np.where(bad_any, 0.0, rand_var), bad_any)[fill]
+    work = _summed(work, excluded)
+    work_var = _summed(work_var, excluded)
     cal_var = np.square(err_cal, dtype=np.float64)
     cal_var[excluded | fill] = 0.0
-    return _Frame(work=work, work_var=work_var, cal_var=cal_var,
-                  ones=np.where(excluded, 0.0, 1.0), excluded=excluded, saturated=saturated)
+    return _Frame(work=work, work_var=work_var, cal_var=cal_var.astype(np.float32),
+                  ones=np.where(excluded, np.float32(0.0), np.float32(1.0)),
+                  excluded=excluded, saturated=saturated)
+
+
+def _summed(plane: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """``plane`` (float64, changed) as the aperture sums read it: NaN 0 and ±inf ±max
+    (``np.nan_to_num``), excluded pixels 0, in float32.  SEP's ``sum_circle`` reads
+    every pixel as float32 whatever the array's type, so the sums are those of the
+    float64 plane (tested) at half its memory."""
+    np.nan_to_num(plane, copy=False)
+    plane[excluded] = 0.0
+    return plane.astype(np.float32)
 
 
 @dataclass
