@@ -312,21 +312,28 @@ def _repaired_frame(*, data, rand_var, err_cal, fill, saturated, repair, image, 
     bad_any = fill | saturated
     repairing = repair and fill.any()
     excluded = saturated if repairing else bad_any
-    work, work_var = data.copy(), rand_var.copy()
+    # one float64 plane at a time: the values at the filled pixels first
     if repairing and image is not None:
         at = np.nonzero(fill)
         if sky_pixels is None:
             sky_pixels = _local_mean_fill(np.where(bad_any, 0.0, data), bad_any)
         model_at = image[at]
         sky_at = sky_pixels[at] if np.ndim(sky_pixels) else sky_pixels
-        work[at] = sky_at + model_at
+        filled = sky_at + model_at
         # sky and photon noise of the model, and the PSF model's own error
-        work_var[at] = (typical_noise**2 + np.clip(model_at, 0, None)
-                        + (model_rel_error * model_at) ** 2)
+        filled_var = (typical_noise**2 + np.clip(model_at, 0, None)
+                      + (model_rel_error * model_at) ** 2)
     elif repairing:
-        work[fill] = _local_mean_fill(np.where(bad_any, 0.0, data), bad_any)[fill]
-        work_var[fill] = _local_mean_fill(np.where(bad_any, 0.0, rand_var), bad_any)[fill]
+        at = fill
+        filled = _local_mean_fill(np.where(bad_any, 0.0, data), bad_any)[fill]
+        filled_var = _local_mean_fill(np.where(bad_any, 0.0, rand_var), bad_any)[fill]
+    work = data.copy()
+    if repairing:
+        work[at] = filled
     work = _summed(work, excluded)
+    work_var = rand_var.copy()
+    if repairing:
+        work_var[at] = filled_var
     work_var = _summed(work_var, excluded)
     cal_var = np.square(err_cal, dtype=np.float64)
     cal_var[excluded | fill] = 0.0

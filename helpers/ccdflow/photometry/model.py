@@ -144,6 +144,7 @@ def fit_source_fluxes(*, data: np.ndarray, usable: np.ndarray, sky: np.ndarray,
             model.stamps = p
             image = model_image(model, data.shape)
             others, _ = cut_stamps(image, px, py)
+            del image  # one frame-sized image at a time (134 MB at 4k²)
             others = others - flux[:, None, None] * p
             if k == 0 and recentre_above > 0:
                 own = (np.where(use, p, 0.0) * np.clip(flux, 0, None)[:, None, None]).sum(
