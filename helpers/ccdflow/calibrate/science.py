@@ -109,13 +109,12 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
     for y0 in range(0, shape[0], step):
         rows = slice(y0, min(y0 + step, shape[0]))
         n_hot_corrected += _calibrate_rows(
-            raw=frame.data[rows], frame=frame, rows=rows,
+            raw=frame.data[rows], frame=frame,
             masters={k: (m.rows(rows.start, rows.stop) if m is not None else None)
                      for k, m in (("bias", bias), ("dark", dark), ("flat", flat),
                                   ("illumination", illumination))},
             hot_dark={k: np.asarray(v)[rows] for k, v in hot_dark.items()} if hot_dark else None,
-            flat_floor=flat_floor, out=(sci[rows], error[rows], err_cal[rows], mask[rows]),
-            where=path)
+            flat_floor=flat_floor, out=(sci[rows], error[rows], err_cal[rows], mask[rows]))
     mask[frame.saturated] |= np.uint16(MaskBit.SATURATED)
     mask[frame.no_data] |= np.uint16(MaskBit.NO_DATA)
     mask[frame.nonfinite] |= np.uint16(MaskBit.NONFINITE)
@@ -146,7 +145,7 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
                    extras={"ERR_CAL": err_cal})
 
 
-def _calibrate_rows(*, raw, frame, rows, masters, hot_dark, flat_floor, out, where) -> int:
+def _calibrate_rows(*, raw, frame, masters, hot_dark, flat_floor, out) -> int:
     """The module docstring's formulas on one strip of rows, written into ``out``
     (SCI, ERR, ERR_CAL and MASK views of the strip); returns the HOT pixels corrected
     with the series' dark.  The operations and their order are those of a whole frame."""
@@ -169,10 +168,9 @@ def _calibrate_rows(*, raw, frame, rows, masters, hot_dark, flat_floor, out, whe
     signal = collected  # R − B − D·(t − t_B)
     n_hot_corrected = 0
     if hot_dark is not None:
-        signal, var_cal, new_mask, n_hot_corrected = _series_dark(
+        signal, var_cal, n_hot_corrected = _series_dark(
             signal=signal, var_cal=var_cal, mask=mask, hot_dark=hot_dark,
-            exptime_s=frame.exptime_s, where=where)
-        mask[...] = new_mask
+            exptime_s=frame.exptime_s)
     if flat is not None:
         floor = float(flat_floor)
         low_bit = (flat.mask & np.uint16(MaskBit.LOW_FLAT)) != 0
@@ -214,21 +212,19 @@ def _file_card(path: str, comment: str) -> str | tuple[str, str]:
     return (path, comment) if len(path) + len(comment) <= 63 else path
 
 
-def _series_dark(*, signal, var_cal, mask, hot_dark, exptime_s, where):
-    """Subtract the series' dark charge at HOT pixels that have a rate; the others BAD."""
+def _series_dark(*, signal, var_cal, mask, hot_dark, exptime_s):
+    """Subtract the series' dark charge at HOT pixels that have a rate; the others become
+    BAD in ``mask`` (a strip's own, changed in place).  Shapes are checked by
+    :func:`calibrate_science`."""
     rate = np.asarray(hot_dark["HOTDARK"], np.float64)
-    if rate.shape != signal.shape:
-        raise CalibrationError(f"{where}: the hot-pixel rates are {rate.shape[1]}x{rate.shape[0]}"
-                               f", the frame {signal.shape[1]}x{signal.shape[0]}")
     rate_err = np.asarray(hot_dark.get("HOTDARK_ERR", np.zeros_like(rate)), np.float64)
     hot = (mask & np.uint16(MaskBit.HOT)) != 0
     rated = hot & np.isfinite(rate) & np.isfinite(rate_err)
     t = float(exptime_s) if np.isfinite(exptime_s) else 0.0
     signal = np.where(rated, signal - np.nan_to_num(rate) * t, signal)
     var_cal = var_cal + np.where(rated, np.square(np.nan_to_num(rate_err) * t), 0.0)
-    mask = mask.copy()
     mask[hot & ~rated] |= np.uint16(MaskBit.BAD)
-    return signal, var_cal, mask, int(rated.sum())
+    return signal, var_cal, int(rated.sum())
 
 
 def trimmed_shape(path: str | Path, *, detector: Mapping) -> tuple[int, int]:
