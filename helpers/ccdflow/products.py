@@ -151,18 +151,10 @@ def write_product(path: str | Path, product: Product, *, unit: str) -> None:
 
 
 def read_product(path: str | Path) -> Product:
-    """Read a product written by :func:`write_product`."""
-    path = Path(path)
-    try:
-        with fits.open(path, mode="readonly", memmap=False) as hdul:
-            extras = {name: hdul[name].data.astype(np.float32) for name in ("ERR_CAL",)
-                      if name in hdul}
-            return Product(data=hdul["SCI"].data.astype(np.float32),
-                           error=hdul["ERR"].data.astype(np.float32),
-                           mask=hdul["MASK"].data.astype(np.uint16),
-                           header=hdul[0].header.copy(), extras=extras)
-    except KeyError as exc:
-        raise ValueError(f"{path} is not a ccdflow product (missing extension {exc})") from None
+    """Read a product written by :func:`write_product` (every row of
+    :class:`ProductFile`)."""
+    with ProductFile(path) as product:
+        return product.rows(0, product.shape[0])
 
 
 def read_plane(path: str | Path, name: str, dtype=np.float32) -> np.ndarray:
