@@ -228,3 +228,112 @@ def test_sep_sums_a_float64_plane_as_its_float32_cast(rng):
         with np.errstate(over="ignore"):
             s32 = sep.sum_circle(plane.astype(np.float32), x, y, radius, subpix=0)[0]
         np.testing.assert_array_equal(s64, s32)
+
+
+@pytest.mark.parametrize("sky", ["annulus-median", "map"])
+def test_float32_planes_as_stored_give_the_float64_answer(field, rng, sky):
+    # load_frame keeps ERR, ERR_CAL and BKG float32 as stored (192 MB less at 4k²):
+    # every use promotes them value by value, so the table must be bitwise that of their
+    # float64 copies, NaN and inf ERR pixels, filled pixels, a saturated star, neighbour
+    # subtraction and optimal photometry included
+    import pandas as pd
+
+    from ccdflow.photometry.psf import PSFModel
+
+    x, y, _, truth = field
+    image = rng.poisson(truth).astype(float) + rng.normal(0, RN, truth.shape)
+    error = np.sqrt(truth + RN**2).astype(np.float32)
+    error[3, 3], error[int(y[1]), int(x[1]) + 1] = np.nan, np.inf
+    err_cal = (0.01 * error).astype(np.float32)
+    bmap = (SKY + rng.normal(0, 0.2, truth.shape)).astype(np.float32)
+    mask = np.zeros(truth.shape, np.uint16)
+    mask[rng.integers(0, N, 200), rng.integers(0, N, 200)] = MaskBit.COSMIC
+    mask[int(y[2]) - 1:int(y[2]) + 2, int(x[2]) - 1:int(x[2]) + 2] |= np.uint16(MaskBit.SATURATED)
+    kw = dict(data=image, mask=mask, x=x, y=y, radii=[4.0, 6.0], psf=PSFModel.circular(FWHM),
+              optimal=True, subtract_neighbours=True, background=sky,
+              background_map_error=np.full(truth.shape, 0.3) if sky == "map" else None)
+    before = [a.copy() for a in (error, err_cal, bmap)]
+    single = measure_apertures(error=error, error_cal=err_cal, background_map=bmap, **kw)
+    double = measure_apertures(error=error.astype(np.float64),
+                               error_cal=err_cal.astype(np.float64),
+                               background_map=bmap.astype(np.float64), **kw)
+    pd.testing.assert_frame_equal(single, double, check_exact=True)
+    assert single.attrs == double.attrs
+    assert (single["flags"].to_numpy() & int(PhotFlag.REPAIRED)).any()  # filled pixels summed
+    for a, b in zip((error, err_cal, bmap), before, strict=True):
+        np.testing.assert_array_equal(a, b)  # inputs not mutated
+
+
+def test_random_variance_on_rows_stamps_and_samples_equals_the_plane(rng):
+    # ERR² − ERR_CAL² is evaluated where photometry needs it instead of held as a
+    # float64 plane: every access must give the plane's values (NaN ERR² 0, inf the
+    # largest float64, negative differences 0), stamps 0 off the frame
+    from ccdflow.photometry.model import cut_stamps
+    from ccdflow.photometry.noise import RandomVariance
+
+    error = rng.uniform(1, 30, (50, 70)).astype(np.float32)
+    err_cal = (error * rng.uniform(0, 1.2, error.shape)).astype(np.float32)
+    error[1, 2], error[3, 4], err_cal[5, 6] = np.nan, np.inf, np.inf
+    plane = np.nan_to_num(np.square(error.astype(np.float64)))
+    plane = np.clip(plane - np.square(err_cal.astype(np.float64)), 0, None)
+    rv = RandomVariance(error=error, error_cal=err_cal)
+    np.testing.assert_array_equal(rv.plane(), plane)
+    np.testing.assert_array_equal(rv.at(np.s_[::7, ::7]), plane[::7, ::7])
+    px = np.arange(-3, 4)[None, :] + np.array([[0], [35], [68]])
+    py = np.arange(-3, 4)[None, :] + np.array([[0], [25], [48]])
+    np.testing.assert_array_equal(rv.stamps(px, py), cut_stamps(plane, px, py)[0])
+    import ccdflow.photometry.noise as noise
+
+    strips = noise.STRIP_PIXELS
+    try:
+        noise.STRIP_PIXELS = 3 * 70 + 5  # 3 rows a strip, the last one short
+        out = rv.into(np.empty(error.shape, np.float32))
+    finally:
+        noise.STRIP_PIXELS = strips
+    with np.errstate(over="ignore"):  # the inf ERR's largest float64: inf in float32
+        np.testing.assert_array_equal(out, plane.astype(np.float32))
+    assert np.isnan(error[1, 2])  # not mutated
+
+
+def test_hidden_neighbour_search_on_stamps_equals_the_whole_plane_search(rng, monkeypatch):
+    # model_sources searches the PSF model's residual on stamps around the sources (two
+    # 134 MB planes fewer at 4k²); the public find_hidden_neighbours takes whole planes.
+    # Same field, same model: the same hidden stars, bitwise, with a float32 sky map and
+    # unusable pixels on a companion
+    from ccdflow.photometry import model as model_mod
+    from ccdflow.photometry.psf import PSFModel
+
+    n = 160
+    gx, gy = np.meshgrid(np.arange(30, 140, 36.0), np.arange(30, 140, 36.0))
+    x, y = gx.ravel() + rng.uniform(-0.5, 0.5, gx.size), gy.ravel() + rng.uniform(-.5, .5, gx.size)
+    flux = 10 ** rng.uniform(4.0, 5.0, x.size)
+    hx, hy = x[:4] + 3.1, y[:4] - 1.7  # companions the list lacks, 3.5 px away
+    sky_map = (300.0 + rng.normal(0, 0.3, (n, n))).astype(np.float32)
+    truth = sky_map + render_gaussian_stars(shape=(n, n), x=np.r_[x, hx], y=np.r_[y, hy],
+                                            flux=np.r_[flux, 0.2 * flux[:4]], fwhm=FWHM)
+    data = rng.poisson(truth).astype(float)
+    usable = np.ones(data.shape, bool)
+    usable[int(hy[0]), int(hx[0]) + 1] = False
+    psf = PSFModel.circular(FWHM)
+    found = []
+    search = model_mod._hidden_neighbours
+    monkeypatch.setattr(model_mod, "_hidden_neighbours",
+                        lambda **kw: found.append(search(**kw)) or found[-1])
+    sky = sky_map[np.round(y).astype(int), np.round(x).astype(int)].astype(float)
+    kw = dict(data=data, usable=usable, psf=psf, x=x, y=y, sky=sky,
+              sky_rms=np.full(x.size, np.sqrt(300.0)))
+    _, _, n_hidden = model_mod.model_sources(saturated=np.zeros(data.shape, bool),
+                                             sky_map=sky_map, typical_noise=np.sqrt(300.0),
+                                             radius=6.0, recentre=False, **kw)
+    assert n_hidden == 4
+    # the same search on whole planes, built as they were before
+    first = model_mod.fit_source_fluxes(radius=6.0, recentre_above=0.0, **kw)
+    image = model_mod.model_image(first, data.shape)
+    residual = data - sky_map.astype(np.float64) - image
+    residual[~usable] = 0.0
+    variance = np.clip(image, 0, None) + 300.0
+    planes = model_mod.find_hidden_neighbours(residual=residual, variance=variance,
+                                              model=first, radius=6.0)
+    np.testing.assert_array_equal(found[0][0], planes[0])
+    np.testing.assert_array_equal(found[0][1], planes[1])
+    assert np.hypot(planes[0][:, None] - hx, planes[1][:, None] - hy).min(axis=0).max() < 0.5

@@ -268,13 +268,14 @@ def read_frame_metas(directories: Sequence[str | Path]) -> dict[str, dict]:
 
 # ---------------------------------------------------------------- photometry stage
 
-def _frame(frame: str, *, calibrated_dir, background_dir, cosmics_dir):
+def _frame(frame: str, *, calibrated_dir, background_dir, cosmics_dir, read_rms=True):
     from .photometry import load_frame
 
     return load_frame(
         calibrated=product_path(calibrated_dir, frame, "calibrated"),
         background=product_path(background_dir, frame, "background"),
-        cosmics=product_path(cosmics_dir, frame, "cosmics") if cosmics_dir else None)
+        cosmics=product_path(cosmics_dir, frame, "cosmics") if cosmics_dir else None,
+        read_rms=read_rms)
 
 
 def photometry_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
@@ -312,7 +313,7 @@ def photometry_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
     def step(frame, out):
         nonlocal previous
         data = _frame(frame, calibrated_dir=calibrated_dir, background_dir=background_dir,
-                      cosmics_dir=cosmics_dir)
+                      cosmics_dir=cosmics_dir, read_rms=options.get("sky") == "map")
         sources, meta = read_sources(product_path(sources_dir, frame, "sources"))
         fwhm = float(meta.get("fwhm_px", float("nan")))
         try:

@@ -72,6 +72,7 @@ from .model import (
     neighbour_variance,
     overlap_fraction,
 )
+from .noise import RandomVariance
 from .optimal import optimal_photometry
 from .sky import SKY_VARIANCE_FACTOR, _local_sky, _Sky, annulus_statistics
 
@@ -167,16 +168,19 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
         flags``.
     """
     data = np.asarray(data, np.float64)
-    error = np.asarray(error, np.float64)
+    error = np.asarray(error)  # float32 as stored: squared in float64 where used
     bits = np.asarray(mask)
     radii = [float(r) for r in radii]
     sky_mask = None if sky_mask is None else np.asarray(sky_mask, bool)
     _check_inputs(data=data, error=error, bits=bits, background=background,
                   background_map=background_map, annulus=annulus, radii=radii,
                   optimal=optimal, psf=psf, sky_mask=sky_mask)
-    # ERR_CAL as given (float32 as stored: half a float64 plane), squared in float64
+    # ERR_CAL as given (float32 as stored: half a float64 plane), squared in float64;
+    # NaN counts 0 (copied only when there is one)
     err_cal = (np.zeros(data.shape, np.float32) if error_cal is None
-               else np.nan_to_num(np.asarray(error_cal), posinf=np.inf, neginf=-np.inf))
+               else np.asarray(error_cal))
+    if np.isnan(err_cal).any():
+        err_cal = np.nan_to_num(err_cal, posinf=np.inf, neginf=-np.inf)
     x = np.asarray(x, float)
     y = np.asarray(y, float)
     ids = np.arange(len(x)) if source_ids is None else np.asarray(source_ids)
@@ -188,11 +192,10 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
                      y=np.where(inside, y, 0.0), annulus=annulus, background=background,
                      background_map=background_map, background_map_error=background_map_error,
                      sigma=sigma, min_sky_pixels=min_sky_pixels)
-    rand_var = np.nan_to_num(np.square(error), copy=False)
-    rand_var -= np.square(err_cal, dtype=np.float64)
-    np.clip(rand_var, 0.0, None, out=rand_var)
+    # ERR² − ERR_CAL², evaluated where needed (a float64 plane is 134 MB at 4k²)
+    rand_var = RandomVariance(error=error, error_cal=err_cal)
     # the frame's typical per-pixel sky noise (a sparse sample is plenty)
-    sample = rand_var[::7, ::7][~bad_any[::7, ::7]]
+    sample = rand_var.at(np.s_[::7, ::7])[~bad_any[::7, ::7]]
     typical_noise = (float(np.nanmedian(sky.rms)) if np.isfinite(sky.rms).any()
                      else float(np.sqrt(np.median(sample))) if sample.size else 1.0)
     model, image, n_hidden = None, None, 0
@@ -203,19 +206,21 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
             sky=np.nan_to_num(sky.at_sources(x, y, inside)),
             sky_rms=np.nan_to_num(np.where(np.isfinite(sky.rms), sky.rms, typical_noise),
                                   nan=1.0),
-            sky_map=(np.asarray(background_map, np.float64) if background_map is not None
-                     else None),
+            sky_map=background_map,
             typical_noise=typical_noise, radius=max(radii), recentre=subtract_neighbours)
         if subtract_neighbours:  # apertures on the recentred stars of blends
             moved = inside & np.isfinite(model.x) & np.isfinite(model.y)
             x = np.where(moved, model.x, x)
             y = np.where(moved, model.y, y)
-    frame = _repaired_frame(data=data, rand_var=rand_var, err_cal=err_cal, fill=fill,
-                            saturated=saturated, repair=repair, image=image,
-                            typical_noise=typical_noise, sky_pixels=sky.pixels(background_map),
-                            model_rel_error=model.rel_error if model is not None else 0.0)
     geometry = _Geometry.build(x=x, y=y, inside=inside, ids=ids, reach=max(radii),
                                fill=fill, model=model, image=image)
+    # the scene image is needed no further than its stamps and its filled pixels
+    model_at = image[np.nonzero(fill)] if image is not None else None
+    del image
+    frame = _repaired_frame(data=data, rand_var=rand_var, err_cal=err_cal, fill=fill,
+                            saturated=saturated, repair=repair, model_at=model_at,
+                            typical_noise=typical_noise, sky_pixels=sky.pixels(background_map),
+                            model_rel_error=model.rel_error if model is not None else 0.0)
     rows = [_radius_rows(radius=radius, frame=frame, geometry=geometry, sky=sky,
                          model=model, repair=repair, shape=data.shape, r_out=annulus[1],
                          max_repaired_fraction=max_repaired_fraction,
@@ -279,7 +284,7 @@ def _pixel_classes(bits: np.ndarray, data: np.ndarray, *,
         fill = bits.copy()
         saturated = np.zeros(bits.shape, bool)
     else:
-        b = bits.astype(np.uint32)
+        b = bits if bits.dtype in (np.uint16, np.uint32) else bits.astype(np.uint32)
         fill_bits = int(FILL_BITS) | (0 if dark_subtracted else int(MaskBit.HOT))
         defect = (b & int(MaskBit.BAD | MaskBit.HOT)) != 0
         saturated = ((b & int(MaskBit.SATURATED)) != 0) & ~defect
@@ -300,24 +305,25 @@ class _Frame:
     saturated: np.ndarray
 
 
-def _repaired_frame(*, data, rand_var, err_cal, fill, saturated, repair, image, typical_noise,
-                    sky_pixels, model_rel_error: float = 0.0) -> _Frame:
+def _repaired_frame(*, data, rand_var: RandomVariance, err_cal, fill, saturated, repair,
+                    model_at, typical_noise, sky_pixels,
+                    model_rel_error: float = 0.0) -> _Frame:
     """Fill pixels without a usable value from the sky (``sky_pixels``: the map, the
-    annuli's median level, or else the mean of the neighbours) plus the sources' model,
-    or with the mean of their neighbours without a model; saturated pixels count zero.
+    annuli's median level, or else the mean of the neighbours) plus the sources' model
+    (``model_at``: the scene image at ``np.nonzero(fill)``, None without a model), or
+    with the mean of their neighbours without a model; saturated pixels count zero.
 
-    The filled values are computed at the filled pixels only, each plane built in
-    float64 and kept as float32 (:func:`_summed`): a 4k² frame is 134 MB per float64
-    plane."""
+    The filled values are computed in float64 at the filled pixels only, and each plane
+    is written straight into float32 (:func:`_summed`): a 4k² frame is 134 MB per
+    float64 plane."""
     bad_any = fill | saturated
     repairing = repair and fill.any()
     excluded = saturated if repairing else bad_any
-    # one float64 plane at a time: the values at the filled pixels first
-    if repairing and image is not None:
+    # the values at the filled pixels first (float64)
+    if repairing and model_at is not None:
         at = np.nonzero(fill)
         if sky_pixels is None:
             sky_pixels = _local_mean_fill(np.where(bad_any, 0.0, data), bad_any)
-        model_at = image[at]
         sky_at = sky_pixels[at] if np.ndim(sky_pixels) else sky_pixels
         filled = sky_at + model_at
         # sky and photon noise of the model, and the PSF model's own error
@@ -326,30 +332,34 @@ def _repaired_frame(*, data, rand_var, err_cal, fill, saturated, repair, image, 
     elif repairing:
         at = fill
         filled = _local_mean_fill(np.where(bad_any, 0.0, data), bad_any)[fill]
-        filled_var = _local_mean_fill(np.where(bad_any, 0.0, rand_var), bad_any)[fill]
-    work = data.copy()
-    if repairing:
-        work[at] = filled
-    work = _summed(work, excluded)
-    work_var = rand_var.copy()
-    if repairing:
-        work_var[at] = filled_var
-    work_var = _summed(work_var, excluded)
-    cal_var = np.square(err_cal, dtype=np.float64)
+        filled_var = _local_mean_fill(np.where(bad_any, 0.0, rand_var.plane()), bad_any)[fill]
+    with np.errstate(over="ignore"):  # beyond float32's range: ±inf, as SEP reads it
+        work = data.astype(np.float32)
+        if repairing:
+            work[at] = filled
+        work_var = rand_var.into(np.empty(data.shape, np.float32))
+        if repairing:
+            work_var[at] = filled_var
+        # ERR_CAL² in float32 is the float32 of the exact float64 square (tested)
+        cal_var = (np.square(err_cal) if err_cal.dtype == np.float32
+                   else np.square(err_cal, dtype=np.float64).astype(np.float32))
     cal_var[excluded | fill] = 0.0
-    return _Frame(work=work, work_var=work_var, cal_var=cal_var.astype(np.float32),
-                  ones=np.where(excluded, np.float32(0.0), np.float32(1.0)),
+    return _Frame(work=_summed(work, excluded), work_var=_summed(work_var, excluded),
+                  cal_var=cal_var, ones=np.where(excluded, np.float32(0.0), np.float32(1.0)),
                   excluded=excluded, saturated=saturated)
 
 
 def _summed(plane: np.ndarray, excluded: np.ndarray) -> np.ndarray:
-    """``plane`` (float64, changed) as the aperture sums read it: NaN 0 and ±inf ±max
-    (``np.nan_to_num``), excluded pixels 0, in float32.  SEP's ``sum_circle`` reads
-    every pixel as float32 whatever the array's type, so the sums are those of the
-    float64 plane (tested) at half its memory."""
-    np.nan_to_num(plane, copy=False)
+    """``plane`` (float32, changed and returned) as the aperture sums read it: NaN 0,
+    excluded pixels 0.
+
+    SEP's ``sum_circle`` reads every pixel as float32 whatever the array's type
+    (tested), so a float32 plane gives the sums of the float64 one at half its memory.
+    The plane is the float32 of the float64 values, which is what casting a float64
+    plane gives: a value beyond float32's range (or ±inf) is ±inf, as before."""
+    np.nan_to_num(plane, copy=False, nan=0.0, posinf=np.inf, neginf=-np.inf)
     plane[excluded] = 0.0
-    return plane.astype(np.float32)
+    return plane
 
 
 @dataclass
@@ -452,8 +462,8 @@ def _radius_rows(*, radius, frame: _Frame, geometry: _Geometry, sky: _Sky, model
         repaired = np.where(touched, np.maximum(repaired, 1e-6), 0.0)
     else:
         touched = None
-    sat_area = (sums(frame.saturated.astype(float)) if frame.saturated.any()
-                else np.zeros(n))
+    sat_area = (sums(frame.saturated.astype(np.float32)) if frame.saturated.any()
+                else np.zeros(n))  # float32: what SEP reads (0 and 1 exactly)
     flags = _radius_flags(radius=radius, geometry=g, shape=shape, touched=touched,
                           repaired=repaired, masked_fraction=masked_fraction,
                           sat_area=sat_area, contamination=contamination,

@@ -156,7 +156,7 @@ def _unaligned_positions(catalog: pd.DataFrame, wcs) -> tuple[np.ndarray, str]:
 
 
 def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, header,
-                     background: np.ndarray, background_rms: np.ndarray,
+                     background: np.ndarray, background_rms: np.ndarray | None,
                      sources: pd.DataFrame, meta: Mapping, catalog: pd.DataFrame,
                      reference_meta: Mapping, radii_px: Sequence[float] = (),
                      radii_fwhm: Sequence[float] = (1.5, 2.0, 3.0),
@@ -179,7 +179,8 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
     data, error, mask, header
         Calibrated frame (e-); ``mask`` with cosmic rays OR-ed in.
     background, background_rms
-        BKG, BKG_RMS of the background stage.
+        BKG, BKG_RMS of the background stage (float32 as stored is fine; BKG_RMS is
+        used by ``sky='map'`` only and may be None otherwise).
     sources, meta
         This frame's detections and seeing (:func:`frame_sources`).
     catalog, reference_meta
@@ -258,7 +259,13 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         reference_meta=reference_meta, wcs=wcs, fwhm=fwhm, alignment=alignment,
         max_shift_px=max_shift_px, recentroid_min_snr=recentroid_min_snr, notes=notes,
         frame=frame)
-    map_err = background_rms * math.sqrt(math.pi / 2) / map_box_px if sky == "map" else None
+    map_err = None
+    if sky == "map":
+        if background_rms is None:
+            raise PhotometryError("sky='map' needs background_rms (BKG_RMS)")
+        # in float64 (BKG_RMS is float32 as stored; a float32 product would round twice)
+        map_err = (np.asarray(background_rms, np.float64) * math.sqrt(math.pi / 2)
+                   / map_box_px)
     psf, psf_note = frame_psf(data=data, background=background, mask=mask, x=x, y=y,
                               snr=catalog["snr_ref"].to_numpy(float), fwhm=fwhm, kind=psf_model)
     notes.append(psf_note)

@@ -231,23 +231,31 @@ def model_sources(*, data: np.ndarray, usable: np.ndarray, saturated: np.ndarray
     model = fit_source_fluxes(sky=sky, sky_rms=sky_rms, x=x, y=y, **fit)
     image = model_image(model, data.shape)
     sky_level = sky_map if sky_map is not None else float(np.nanmedian(sky))
-    # frame − sky − model (0 where unusable) and its variance, built in place: a 4k²
-    # frame is 134 MB per float64 plane
-    residual = data - sky_level
-    residual -= image
-    residual[~usable] = 0.0
-    variance = np.clip(image, 0, None)
-    variance += typical_noise**2
+
+    def stamps(px, py):
+        """frame − sky − model (0 where unusable) and its variance, on the search's
+        stamps only: as whole planes they were 134 MB each at 4k²."""
+        d, inside = cut_stamps(data, px, py)
+        m, _ = cut_stamps(image, px, py)
+        ok, _ = cut_stamps(usable, px, py, fill=False)
+        residual = d - (cut_stamps(sky_level, px, py)[0] if np.ndim(sky_level) else sky_level)
+        residual -= m
+        residual[~ok] = 0.0
+        variance = np.clip(m, 0, None)
+        variance += typical_noise**2
+        return residual, np.where(inside, variance, np.inf), inside
+
     avoid = None
     if saturated.any():  # a saturated star's model leaves structured residuals
         from scipy import ndimage
 
         avoid = ndimage.binary_dilation(saturated, iterations=max(2, math.ceil(2 * psf.fwhm)))
-    hidden_x, hidden_y = find_hidden_neighbours(residual=residual, variance=variance,
-                                                model=model, radius=radius, avoid=avoid)
-    del residual, variance, avoid
+    hidden_x, hidden_y = _hidden_neighbours(stamps=stamps, model=model, radius=radius,
+                                            avoid=avoid)
+    del avoid
     if len(hidden_x):
-        hidden_sky = (sky_map[hidden_y.astype(int), hidden_x.astype(int)]
+        del image  # one scene image at a time (134 MB at 4k²)
+        hidden_sky = (sky_map[hidden_y.astype(int), hidden_x.astype(int)].astype(np.float64)
                       if sky_map is not None else np.full(len(hidden_x), float(np.nanmedian(sky))))
         everything = fit_source_fluxes(
             sky=np.concatenate([sky, hidden_sky]),
@@ -257,7 +265,6 @@ def model_sources(*, data: np.ndarray, usable: np.ndarray, saturated: np.ndarray
                             flux=everything.flux[:n], flux_var=everything.flux_var[:n],
                             half=everything.half, stamps=everything.stamps[:n],
                             px=everything.px[:n], py=everything.py[:n])
-        del image
         image = model_image(everything, data.shape)
     model.rel_error = psf_model_error(data=data, usable=usable, model=model, image=image,
                                       sky=sky, sky_rms=sky_rms)
@@ -322,6 +329,21 @@ def find_hidden_neighbours(*, residual: np.ndarray, variance: np.ndarray, model:
         Positions (0-based) of the hidden stars: the matched filter's peak, refined
         to a fraction of a pixel by a parabola through it and its neighbours.
     """
+    def stamps(px, py):
+        r_st, inside = cut_stamps(residual, px, py)
+        v_st, _ = cut_stamps(variance, px, py, fill=np.inf)
+        return r_st, np.where(inside, v_st, np.inf), inside
+
+    return _hidden_neighbours(stamps=stamps, model=model, radius=radius, nsigma=nsigma,
+                              min_fraction=min_fraction, avoid=avoid)
+
+
+def _hidden_neighbours(*, stamps, model: SourceModel, radius: float, nsigma: float = 5.0,
+                       min_fraction: float = 0.005,
+                       avoid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`find_hidden_neighbours` on stamps: ``stamps(px, py)`` gives the residual
+    (0 off the frame), its variance (inf off the frame) and the on-frame pixels of
+    the stamps with columns ``px`` and rows ``py``."""
     from scipy.spatial import cKDTree
 
     from .psf import psf_stamps
@@ -340,15 +362,13 @@ def find_hidden_neighbours(*, residual: np.ndarray, variance: np.ndarray, model:
     cx = np.floor(model.x[ok] + 0.5).astype(np.int64)
     cy = np.floor(model.y[ok] + 0.5).astype(np.int64)
     px, py = cx[:, None] + d[None, :], cy[:, None] + d[None, :]
-    r_st, inside = cut_stamps(residual, px, py)
-    v_st, _ = cut_stamps(variance, px, py, fill=np.inf)
+    r_st, v_st, inside = stamps(px, py)
     r_st = np.where(inside, r_st, 0.0)
     from numpy.lib.stride_tricks import sliding_window_view
 
     win = sliding_window_view(r_st, (2 * hk + 1, 2 * hk + 1), axis=(1, 2))
     amp = np.einsum("nijab,ab->nij", win, kernel) / k2  # PSF amplitude centred on a pixel
-    vwin = sliding_window_view(np.where(inside, v_st, np.inf), (2 * hk + 1, 2 * hk + 1),
-                               axis=(1, 2))
+    vwin = sliding_window_view(v_st, (2 * hk + 1, 2 * hk + 1), axis=(1, 2))
     with np.errstate(invalid="ignore", over="ignore"):
         sigma_amp = np.sqrt(np.einsum("nijab,ab->nij", vwin, kernel**2)) / k2
         snr = amp / sigma_amp

@@ -29,6 +29,8 @@ def optimal_photometry(*, data, rand_var, err_cal, usable, saturated, x, y, insi
     correction (median of the largest aperture's flux over the optimal flux for
     isolated, unflagged bright stars) absorbs what the model misses in the wings.
     ``repaired_fraction`` is the share of the weight Σ P²/V lost to masked pixels.
+    ``rand_var`` is the frame's :class:`~ccdflow.photometry.noise.RandomVariance`
+    (ERR² − ERR_CAL², read on the stamps).
     """
     n = len(x)
     pos_x, pos_y = np.where(inside, x, 0.0), np.where(inside, y, 0.0)
@@ -37,7 +39,7 @@ def optimal_photometry(*, data, rand_var, err_cal, usable, saturated, x, y, insi
     d, within = cut_stamps(data, px, py)
     ok, _ = cut_stamps(usable, px, py, fill=False)
     sat, _ = cut_stamps(saturated, px, py, fill=False)
-    rv, _ = cut_stamps(rand_var, px, py)
+    rv = rand_var.stamps(px, py)  # ERR² − ERR_CAL² on the stamps (RandomVariance)
     cv = cut_stamps(err_cal, px, py)[0].astype(np.float64) ** 2  # stamps, not the frame
     ov = overlap_fraction(px, py, pos_x, pos_y, radius) > 0.5
     region = within & ov
@@ -50,7 +52,8 @@ def optimal_photometry(*, data, rand_var, err_cal, usable, saturated, x, y, insi
         background = np.nan_to_num(sky)[:, None, None]
         level = sky
     f_est = np.clip(model.flux, 0, None)
-    rms = np.where(np.isfinite(bkg_rms), bkg_rms, float(np.sqrt(np.median(rand_var[::7, ::7]))))
+    typical = float(np.sqrt(np.median(rand_var.at(np.s_[::7, ::7]))))
+    rms = np.where(np.isfinite(bkg_rms), bkg_rms, typical)
     v = np.nan_to_num(rms, nan=1.0)[:, None, None] ** 2 + f_est[:, None, None] * p
     with np.errstate(invalid="ignore", divide="ignore"):
         weight_all = np.where(region, p * p / v, 0.0).sum(axis=(1, 2))

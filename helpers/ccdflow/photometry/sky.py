@@ -144,21 +144,22 @@ class _Sky:
     map_err: np.ndarray | None = None  #: its per-pixel error ('map')
 
     def pixels(self, background_map: np.ndarray | None) -> np.ndarray | float | None:
-        """The sky under a filled pixel: the background map, else the annuli's median
-        level, else None."""
+        """The sky under a filled pixel: the background map (as given: float32 maps are
+        promoted where they are added to), else the annuli's median level, else None."""
         if background_map is not None:
-            return np.asarray(background_map, np.float64)
+            return np.asarray(background_map)
         if self.level is not None and np.isfinite(self.level).any():
             return float(np.nanmedian(self.level))
         return None
 
     def at_sources(self, x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> np.ndarray:
-        """The sky level at each source (the map at its pixel in 'map' mode)."""
+        """The sky level at each source (the map at its pixel in 'map' mode; float64)."""
         if self.level is not None:
             return self.level
         ny, nx = self.map.shape
         return self.map[np.clip(np.round(np.where(inside, y, 0.0)).astype(int), 0, ny - 1),
-                        np.clip(np.round(np.where(inside, x, 0.0)).astype(int), 0, nx - 1)]
+                        np.clip(np.round(np.where(inside, x, 0.0)).astype(int), 0, nx - 1)
+                        ].astype(np.float64)
 
 
 def _local_sky(*, data, bad, sky_mask, x, y, annulus, background, background_map,
@@ -167,9 +168,11 @@ def _local_sky(*, data, bad, sky_mask, x, y, annulus, background, background_map
     remain), or the background map."""
     n = len(x)
     if background == "map":
-        bmap = np.asarray(background_map, np.float64)
-        berr = (np.zeros_like(bmap) if background_map_error is None
-                else np.asarray(background_map_error, np.float64))
+        # as given (a float32 BKG is not copied to float64: the aperture sums read
+        # float32, and stamps are promoted where they are subtracted)
+        bmap = np.asarray(background_map)
+        berr = (np.zeros(bmap.shape, np.float32) if background_map_error is None
+                else np.asarray(background_map_error))
         return _Sky(level=None, var=None, rms=np.full(n, np.nan), n=np.zeros(n), map=bmap,
                     map_err=berr)
     r_in, r_out = annulus
