@@ -25,6 +25,8 @@ module          what it holds
 ``apertures``   aperture sums with repair, neighbour light, two errors
                 (:func:`measure_apertures`)
 ``optimal``     Naylor (1998) optimal photometry (:func:`optimal_photometry`)
+``noise``       the frame's random variance ERR² − ERR_CAL², evaluated where needed
+                (:class:`~ccdflow.photometry.noise.RandomVariance`)
 ``measure``     one frame's photometry of the source list with times
                 (:func:`frame_photometry`)
 ``frameio``     a frame's products read for photometry (:func:`load_frame`), the CSV
