@@ -337,3 +337,21 @@ def test_hidden_neighbour_search_on_stamps_equals_the_whole_plane_search(rng, mo
     np.testing.assert_array_equal(found[0][0], planes[0])
     np.testing.assert_array_equal(found[0][1], planes[1])
     assert np.hypot(planes[0][:, None] - hx, planes[1][:, None] - hy).min(axis=0).max() < 0.5
+
+
+def test_model_image_into_a_reused_canvas_equals_a_fresh_image(rng):
+    # the joint fit renders its model every pass into one reused frame-sized image
+    # (fresh pages cost a page fault each); a canvas holding an older model must give
+    # exactly the fresh image, and a canvas of the wrong shape or type is refused
+    from ccdflow.photometry.model import SourceModel, model_image
+    from ccdflow.photometry.psf import PSFModel
+
+    x, y = rng.uniform(-3, 83, 30), rng.uniform(-3, 63, 30)  # some off the edges
+    model = SourceModel(psf=PSFModel.circular(2.5), x=x, y=y, flux=rng.uniform(1e3, 1e4, 30),
+                        flux_var=np.ones(30), half=6)
+    fresh = model_image(model, (60, 80))
+    canvas = rng.normal(0, 1e6, (60, 80))
+    assert model_image(model, (60, 80), out=canvas) is canvas
+    np.testing.assert_array_equal(canvas, fresh)
+    with pytest.raises(ValueError, match="out must be float64 of shape"):
+        model_image(model, (60, 80), out=np.zeros((60, 80), np.float32))

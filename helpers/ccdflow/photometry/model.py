@@ -75,7 +75,7 @@ def render_psf(psf, x, y, px, py, subsample):
 def fit_source_fluxes(*, data: np.ndarray, usable: np.ndarray, sky: np.ndarray,
                       sky_rms: np.ndarray, x: np.ndarray, y: np.ndarray, psf,
                       radius: float, iterations: int = 6, recentre_above: float = 0.01,
-                      max_shift: float = 1.0) -> SourceModel:
+                      max_shift: float = 1.0, canvas: np.ndarray | None = None) -> SourceModel:
     """PSF amplitude of every source from its usable pixels within ``radius`` (weighted
     linear least squares, the variance from the model: sky + source photons).
 
@@ -87,7 +87,9 @@ def fit_source_fluxes(*, data: np.ndarray, usable: np.ndarray, sky: np.ndarray,
     ALLSTAR recentres stars in a group: a neighbour pulls a centroid off a star, and a
     star modelled off its centre leaves its neighbour's light misjudged.  ``sky`` and
     ``sky_rms`` are per source (its local level and per-pixel noise); ``x, y`` of the
-    result are the fitted centres.
+    result are the fitted centres.  ``canvas`` (float64, the data's shape) is the
+    scratch image each pass renders the model on (:func:`model_image`'s ``out``; its
+    content is overwritten); default: one allocated here for all passes.
     """
     half = math.ceil(radius) + 3  # the model reaches 2 px beyond the apertures' boxes
     sub_n = 5 if psf.fwhm < 2.5 else 3
@@ -142,9 +144,9 @@ def fit_source_fluxes(*, data: np.ndarray, usable: np.ndarray, sky: np.ndarray,
             if (converged and k >= 1) or k == iterations - 1:
                 break
             model.stamps = p
-            image = model_image(model, data.shape)
-            others, _ = cut_stamps(image, px, py)
-            del image  # one frame-sized image at a time (134 MB at 4k²)
+            if canvas is None:  # one frame-sized image for every pass (134 MB at 4k²)
+                canvas = np.empty(data.shape)
+            others, _ = cut_stamps(model_image(model, data.shape, out=canvas), px, py)
             others = others - flux[:, None, None] * p
             if k == 0 and recentre_above > 0:
                 own = (np.where(use, p, 0.0) * np.clip(flux, 0, None)[:, None, None]).sum(
@@ -228,8 +230,10 @@ def model_sources(*, data: np.ndarray, usable: np.ndarray, saturated: np.ndarray
     n = len(x)
     fit = dict(data=data, usable=usable, psf=psf, radius=radius,
                recentre_above=0.1 if recentre else 0.0)
-    model = fit_source_fluxes(sky=sky, sky_rms=sky_rms, x=x, y=y, **fit)
-    image = model_image(model, data.shape)
+    # one frame-sized float64 image serves both fits' passes and both scene images
+    image = np.empty(data.shape)
+    model = fit_source_fluxes(sky=sky, sky_rms=sky_rms, x=x, y=y, canvas=image, **fit)
+    model_image(model, data.shape, out=image)
     sky_level = sky_map if sky_map is not None else float(np.nanmedian(sky))
 
     def stamps(px, py):
@@ -254,18 +258,18 @@ def model_sources(*, data: np.ndarray, usable: np.ndarray, saturated: np.ndarray
                                             avoid=avoid)
     del avoid
     if len(hidden_x):
-        del image  # one scene image at a time (134 MB at 4k²)
         hidden_sky = (sky_map[hidden_y.astype(int), hidden_x.astype(int)].astype(np.float64)
                       if sky_map is not None else np.full(len(hidden_x), float(np.nanmedian(sky))))
         everything = fit_source_fluxes(
             sky=np.concatenate([sky, hidden_sky]),
             sky_rms=np.concatenate([sky_rms, np.full(len(hidden_x), typical_noise)]),
-            x=np.concatenate([x, hidden_x]), y=np.concatenate([y, hidden_y]), **fit)
+            x=np.concatenate([x, hidden_x]), y=np.concatenate([y, hidden_y]), canvas=image,
+            **fit)
         model = SourceModel(psf=psf, x=everything.x[:n], y=everything.y[:n],
                             flux=everything.flux[:n], flux_var=everything.flux_var[:n],
                             half=everything.half, stamps=everything.stamps[:n],
                             px=everything.px[:n], py=everything.py[:n])
-        image = model_image(everything, data.shape)
+        model_image(everything, data.shape, out=image)
     model.rel_error = psf_model_error(data=data, usable=usable, model=model, image=image,
                                       sky=sky, sky_rms=sky_rms)
     return model, image, len(hidden_x)
@@ -418,11 +422,24 @@ def _hidden_neighbours(*, stamps, model: SourceModel, radius: float, nsigma: flo
     return hx[first], hy[first]
 
 
-def model_image(model: SourceModel, shape, *, exclude: int | None = None) -> np.ndarray:
-    """All sources' PSF light (e-) on the frame."""
+def model_image(model: SourceModel, shape, *, exclude: int | None = None,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """All sources' PSF light (e-) on the frame.
+
+    ``out``, a float64 array of ``shape``, is overwritten and returned: a fit that
+    renders its model every pass reuses one frame-sized image instead of asking the
+    allocator for a fresh one each time (fresh pages cost a page fault each: 20 % of
+    a 1k² frame's photometry)."""
     from .psf import psf_stamps
 
-    image = np.zeros(shape)
+    if out is None:
+        image = np.zeros(shape)
+    else:
+        if out.shape != tuple(shape) or out.dtype != np.float64:
+            raise ValueError(f"out must be float64 of shape {tuple(shape)}, got "
+                             f"{out.dtype} {out.shape}")
+        image = out
+        image.fill(0.0)
     ok = (model.flux != 0) & np.isfinite(model.x) & np.isfinite(model.y)
     idx = np.flatnonzero(ok)
     if not len(idx):
