@@ -226,3 +226,24 @@ def test_chain_and_photometry_jobs_of_a_4k_frame_stay_under_1_gib(tmp_path):
     assert n_usable > 1000  # rows measured and usable, every aperture and optimal
     assert phot_mib < 1024, f"photometry: peak RSS {phot_mib:.0f} MiB"
     print(f"4k² jobs: chain peak RSS {peak_mib:.0f} MiB, photometry {phot_mib:.0f} MiB")
+
+
+def test_job_memory_grows_with_the_frame_and_keeps_the_floor():
+    # peaks measured per job (VmHWM): chain 239/523/895 MB, photometry 234/951 MB at
+    # 1k²/2k²/4k²; a request must cover them with room to spare, never ask less than
+    # the old flat 2000 MB, and grow for mosaics a flat request would get killed at
+    from ccdflow.batch import MIN_JOB_MEMORY_MB, job_memory_mb
+
+    measured = {("frames", 1.05): 239, ("frames", 4.19): 523, ("frames", 16.8): 895,
+                ("photometry", 1.05): 234, ("photometry", 16.8): 951}
+    for (stage, mpx), peak in measured.items():
+        assert job_memory_mb(stage=stage, megapixels=mpx) >= 1.4 * peak
+    assert job_memory_mb(stage="frames", megapixels=1.0) == MIN_JOB_MEMORY_MB
+    assert job_memory_mb(stage="frames", megapixels=None) == job_memory_mb(
+        stage="frames", megapixels=4096 * 4096 / 1e6)
+    assert job_memory_mb(stage="photometry", megapixels=float("nan")) == MIN_JOB_MEMORY_MB
+    big = job_memory_mb(stage="photometry", megapixels=81.0)  # a 9k² mosaic
+    assert 5000 < big < 7000
+    assert job_memory_mb(stage="frames", megapixels=81.0) < big
+    with pytest.raises(BatchError, match="stage must be one of"):
+        job_memory_mb(stage="cosmics", megapixels=1.0)

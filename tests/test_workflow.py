@@ -44,6 +44,18 @@ def test_dry_run_after_the_inventory_lists_the_whole_dag(tmp_path):
     for rule in ("master_bias", "master_dark", "master_flat", "frames_reduce",
                  "measure_photometry", "qc_night"):
         assert rule in text, rule
+    # the batch jobs ask for memory by their frames' size (ccdflow.batch.job_memory_mb;
+    # these small frames get the 2000 MB floor)
+    from ccdflow.batch import job_memory_mb
+
+    inventory = pd.read_csv(tmp_path / "out" / "inventory.csv", keep_default_na=False)
+    ny, nx = (int(v) for v in inventory["shape"].iloc[0].split("x"))
+    asked = re.findall(r"rule (frames_reduce|measure_photometry):.*?resources: [^\n]*"
+                       r"mem_mb=(\d+)", text, flags=re.S)
+    assert {rule for rule, _ in asked} == {"frames_reduce", "measure_photometry"}
+    stage = {"frames_reduce": "frames", "measure_photometry": "photometry"}
+    for rule, mem_mb in asked:
+        assert int(mem_mb) == job_memory_mb(stage=stage[rule], megapixels=ny * nx / 1e6)
 
 
 def test_demo_night_end_to_end_then_up_to_date(tiny_demo):

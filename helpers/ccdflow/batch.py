@@ -87,6 +87,34 @@ def frames_per_job(*, n_frames: int, setting: int | str = "auto", target_jobs: i
     return setting
 
 
+#: peak RSS of a batch job ≈ base + slope × the largest frame's megapixels, measured on
+#: demo frames (each job's own VmHWM, stop 21): the chain 239/523/895 MB and photometry
+#: 234/–/951 MB at 1k²/2k²/4k².  Requests add half again for crowded fields (more
+#: sources, more stamps) and the allocator's slack.
+JOB_MEMORY = {"frames": (300.0, 64.0), "photometry": (300.0, 70.0)}
+
+#: the least a batch job asks for (MB): small frames keep the old flat request
+MIN_JOB_MEMORY_MB = 2000
+
+
+def job_memory_mb(*, stage: str, megapixels: float | None) -> int:
+    """Memory (MB) a batch job of ``stage`` ('frames' or 'photometry') should ask the
+    cluster for (``resources.mem_mb``), for frames of ``megapixels`` (the batch's
+    largest; None when unknown: a 4k² frame is assumed).
+
+    The peak of a job is one frame's (a batch frees each frame before the next), and
+    grows linearly with the frame's size (:data:`JOB_MEMORY`); at least
+    :data:`MIN_JOB_MEMORY_MB`.  A 9k² mosaic (81 Mpx) gets ~5.5 GB instead of a flat
+    2 GB that SLURM would kill it at.
+    """
+    if stage not in JOB_MEMORY:
+        raise BatchError(f"stage must be one of {sorted(JOB_MEMORY)}, got {stage!r}")
+    if megapixels is None or not math.isfinite(megapixels) or megapixels <= 0:
+        megapixels = 4096 * 4096 / 1e6
+    base, slope = JOB_MEMORY[stage]
+    return int(max(MIN_JOB_MEMORY_MB, math.ceil(base + slope * megapixels)))
+
+
 def assign_batches(frames: pd.DataFrame, *, setting: int | str = "auto",
                    target_jobs: int = 16, max_frames: int = 100) -> pd.DataFrame:
     """Batch name of every frame.

@@ -8,7 +8,13 @@ import ccdflow
 from ccdflow.ccd import CalibrationError
 from ccdflow.config import ConfigError, load_profile, validate
 from ccdflow.inventory import InventoryError, find_raw_files, read_inventory
-from ccdflow.batch import PRODUCT_SUFFIX, assign_batches, missing_products, product_path
+from ccdflow.batch import (
+    PRODUCT_SUFFIX,
+    assign_batches,
+    job_memory_mb,
+    missing_products,
+    product_path,
+)
 from ccdflow.plan import calibration_sets, plan_calibrations, safe_name
 from ccdflow.runlock import claim_run
 from snakemake.logging import logger
@@ -413,6 +419,17 @@ def get_batch_runtime(minutes_per_frame, mode="imaging"):
         return int(5 + minutes_per_frame * len(_batch_rows(wildcards, mode)))
 
     return runtime
+
+
+def get_batch_mem_mb(stage):
+    """Memory (MB) of a batch job: grows with the batch's largest frame
+    (ccdflow.batch.job_memory_mb), at least 2000 MB."""
+
+    def mem_mb(wildcards):
+        known = [m for m in _batch_rows(wildcards)["megapixels"] if m is not None and m == m]
+        return job_memory_mb(stage=stage, megapixels=max(known) if known else None)
+
+    return mem_mb
 
 
 def _frame_masters(row):

@@ -30,7 +30,7 @@ rule frames_reduce:
         "frames"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=get_batch_mem_mb("frames"),
         runtime=get_batch_runtime(minutes_per_frame=0.5),
     conda:
         "../../environment.yml"

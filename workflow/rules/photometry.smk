@@ -69,7 +69,7 @@ rule measure_photometry:
         "photometry"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=get_batch_mem_mb("photometry"),
         runtime=get_batch_runtime(minutes_per_frame=0.2),
     conda:
         "../../environment.yml"
