@@ -9,16 +9,18 @@ the next step's read): calibration, background (iterative masking, SEP),
 cosmic rays (``lacosmic``: astroscrappy's ``sepmed: false`` answer with the
 frame's noise model), sources (detection reused from the background, shapes,
 FWHM), photometry (every detection, three apertures, PSF fit, repair,
-neighbours, optimal).  Then the real per-frame job, ``ccdflow.chain.reduce_batch``
-(what rule ``frames_reduce`` runs), on the same frame in a child process: its
-wall seconds for the frame (second of two identical frames) and its peak RSS.
+neighbours, optimal).  Then the real per-frame jobs in child processes:
+``ccdflow.chain.reduce_batch`` (what rule ``frames_reduce`` runs) on the same frame,
+then ``ccdflow.batch.photometry_batch`` (rule ``measure_photometry``) on its products:
+each one's wall seconds for a frame (the second of two) and its peak RSS.
 Beside each, the reference way of the same step: ``ccdproc``'s
 ``ccd_process``, photutils ``Background2D`` with a dilated source mask,
 ``astroscrappy.detect_cosmics`` with its defaults, photutils
 ``aperture_photometry`` of the same sources.
 
 Targets (issue 13): the 4096² chain ≤ 2 × (FITS I/O + astroscrappy with its
-defaults on the same frame); peak RSS of the per-frame job ≤ 1 GB at 4k².
+defaults on the same frame); peak RSS of every per-frame job (chain, photometry) ≤ 1 GB
+at 4k².
 Single process, so per-frame figures compare core for core; each step is timed
 on its second call (steady state inside a batch job).
 """
@@ -70,6 +72,43 @@ def chain_job(raw, work, detector) -> tuple[float, float]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     child = ctx.Process(target=_chain_child, args=(raw, work, detector, queue))
+    child.start()
+    result = queue.get()
+    child.join()
+    return result
+
+
+def _photometry_child(work, queue):
+    from ccdflow.batch import photometry_batch, product_path
+    from ccdflow.io import peak_rss_mb
+    from ccdflow.photometry import build_reference, write_reference
+
+    out = {s: work / f"job_{s}" for s in ("calibrated", "background", "cosmics", "sources")}
+    names = ["f0", "f1"]
+    catalog, meta = build_reference(
+        sources={f: product_path(out["sources"], f, "sources") for f in names},
+        calibrated={f: product_path(out["calibrated"], f, "calibrated") for f in names})
+    write_reference(work / "job_reference.ecsv", catalog, meta)
+    seconds = []
+    for frame in names:
+        start = time.perf_counter()
+        photometry_batch(frames=[frame], calibrated_dir=out["calibrated"],
+                         background_dir=out["background"], cosmics_dir=out["cosmics"],
+                         sources_dir=out["sources"], reference=work / "job_reference.ecsv",
+                         out_dir=work / "job_photometry", options={})
+        seconds.append(time.perf_counter() - start)
+    queue.put((seconds[-1], peak_rss_mb()))
+
+
+def photometry_job(work) -> tuple[float, float]:
+    """Seconds of the second frame and peak RSS (MB) of the photometry job function
+    (what rule ``measure_photometry`` runs: the pipeline's defaults, optimal included)
+    on the chain job's products, in a fresh process."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_photometry_child, args=(work, queue))
     child.start()
     result = queue.get()
     child.join()
@@ -163,6 +202,9 @@ def run(size: int, work: Path) -> list[tuple[str, str, float]]:
     write_mask(work / "m_bpm.fits", bpm, inputs=[], step="bench")
     job_s, rss_mb = chain_job(raw, work, detector)
     rows.append(("chain job", f"reduce_batch, one frame (peak RSS {rss_mb:.0f} MB)", job_s))
+    job_s, rss_mb = photometry_job(work)
+    rows.append(("photometry job", f"photometry_batch, one frame (peak RSS {rss_mb:.0f} MB)",
+                 job_s))
 
     # the references
     def ref_calibrate():
@@ -210,11 +252,11 @@ def main() -> int:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"# {os.cpu_count()} cores; one process")
-    print(f"{'size':>6} {'stage':<12} {'method':<46} {'s/frame':>8}")
+    print(f"{'size':>6} {'stage':<14} {'method':<46} {'s/frame':>8}")
     for size in args.sizes:
         rows = run(size, args.work)
         for stage, method, seconds in rows:
-            print(f"{size:>6} {stage:<12} {method:<46} {seconds:>8.2f}")
+            print(f"{size:>6} {stage:<14} {method:<46} {seconds:>8.2f}")
         ours = {stage: s for stage, m, s in rows if m.startswith(("ccdflow", "read"))}
         chain = sum(ours.values()) - ours["FITS I/O"]
         reference = {m: s for stage, m, s in rows if stage == "cosmic rays"}
