@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -396,8 +397,9 @@ def _snakemake_popen(workdir, config):
                             start_new_session=True)
 
 
-def _wait_for_job(proc, script, *, ready=lambda: True, timeout=300):
-    """The process of the running job whose script is ``script`` (once ``ready()``)."""
+def _wait_for_job(proc, script, *, ready=lambda child: True, timeout=300):
+    """The process of the running job whose script is ``script`` (once ``ready(child)``
+    holds for that process)."""
     import time
 
     import psutil
@@ -407,7 +409,7 @@ def _wait_for_job(proc, script, *, ready=lambda: True, timeout=300):
         assert proc.poll() is None, "the run ended before the job could be killed"
         for child in psutil.Process(proc.pid).children(recursive=True):
             try:
-                if any(script in part for part in child.cmdline()) and ready():
+                if any(script in part for part in child.cmdline()) and ready(child):
                     return child
             except psutil.NoSuchProcess:
                 continue
@@ -433,10 +435,20 @@ def test_killed_run_resumes_with_identical_results(tiny_demo, tmp_path):
 
     config = {"demo": TINY_DEMO}
     cosmics = tmp_path / "results" / "cosmics" / "2026-03-14"
+
+    def own_batch_started(child):
+        # the job's own output directories exist (not only the other batch's, which
+        # two jobs starting together can make first): its log, open in the job
+        # (logs/frames/<night>/<batch>.log), names its batch
+        for f in child.open_files():
+            log = Path(f.path)
+            if log.suffix == ".log" and log.parent.parent.name == "frames":
+                return (cosmics / log.stem).is_dir()
+        return False
+
     # 1) one job killed while it writes its batch: Snakemake removes the batch, stops
     proc = _snakemake_popen(tmp_path, config)
-    victim = _wait_for_job(proc, "frames_reduce.py",
-                           ready=lambda: cosmics.is_dir() and any(cosmics.iterdir()))
+    victim = _wait_for_job(proc, "frames_reduce.py", ready=own_batch_started)
     victim.kill()
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode != 0, output
