@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
@@ -161,6 +162,88 @@ def simulate_night(*, out_dir: str | Path, spec: NightSpec | None = None) -> Pat
     return out_dir
 
 
+def _transit_truth(schedule, spec: NightSpec) -> dict:
+    """The target's transit: centred on the first filter's block, 45 % of it long."""
+    first_filter = spec.science[0][0]
+    first_block = [t.mjd for kind, f, _, t in schedule if kind == "science" and f == first_filter]
+    span = first_block[-1] - first_block[0] if len(first_block) > 1 else 0.05
+    return {"t0_mjd": float(np.mean([first_block[0], first_block[-1]])),
+            "duration_d": 0.45 * span, "ingress_d": 0.15 * 0.45 * span,
+            "depth": spec.transit_depth}
+
+
+def _frame_stem(kind: str, filt: str, exptime: float, number: int) -> str:
+    """File stem of a frame: ``bias_001``, ``dark_300s_001``, ``flat_V_001``, ``<field>_V_001``."""
+    if kind == "dark":
+        prefix = f"dark_{int(exptime)}s"
+    else:
+        prefix = {"bias": "bias", "flat": f"flat_{filt}",
+                  "science": f"{FIELD['name']}_{filt}"}[kind]
+    return f"{prefix}_{number:03d}"
+
+
+def _flat_electrons(rng: np.random.Generator, spec: NightSpec, flat: np.ndarray,
+                    number: int) -> tuple[np.ndarray, float, float]:
+    """Twilight flat ``number`` of its filter: electrons, exposure and sky level.  The sky
+    fades and the exposure grows to keep the level near ``flat_level_adu``; a few stars
+    (20 per megapixel) shine through, as on real sky flats."""
+    target_adu = spec.flat_level_adu * (1.0 - 0.06 * (number - 1))
+    exptime = float(round(1.0 + 1.2 * (number - 1), 2))
+    rate = target_adu * spec.gain_e_per_adu / exptime
+    n_fs = max(1, round(20 * spec.nx * spec.ny / 2**20))
+    fstars = render_gaussian_stars(
+        shape=flat.shape, x=rng.uniform(0, spec.nx, n_fs), y=rng.uniform(0, spec.ny, n_fs),
+        flux=10 ** rng.uniform(3.5, 4.7, n_fs), fwhm=3.0)
+    return flat * (rate * exptime + fstars), exptime, rate * exptime
+
+
+def _science_fwhm(rng: np.random.Generator, spec: NightSpec, u: float) -> float:
+    """Seeing at the fraction ``u`` of the science span: a slow wave plus jitter."""
+    if spec.fwhm_px is None:
+        return float(np.clip(2.8 + 0.5 * math.sin(2 * math.pi * 1.3 * u + 0.4)
+                             + rng.normal(0, 0.08), 2.0, 5.0))
+    return float(np.clip(spec.fwhm_px * (1 + 0.08 * math.sin(2 * math.pi * u))
+                         + rng.normal(0, 0.03), 0.8 * spec.fwhm_px, 1.5 * spec.fwhm_px))
+
+
+def _science_electrons(rng: np.random.Generator, spec: NightSpec, *, flat: np.ndarray,
+                       stars: pd.DataFrame, start, exptime: float, u: float, airmass: float,
+                       transit: Mapping) -> tuple[np.ndarray, dict, np.ndarray, np.ndarray,
+                                                  np.ndarray]:
+    """One science frame's electrons (sky and stars through the flat) at the fraction
+    ``u`` of the science span: seeing, drift, optional flip, thin clouds, extinction and
+    the target's transit.  Returns the electrons, the frame's truth, and the stars' x, y
+    and collected electrons."""
+    fwhm = _science_fwhm(rng, spec, u)
+    dx = spec.drift_px[0] * u + rng.normal(0, 0.15)
+    dy = spec.drift_px[1] * u + rng.normal(0, 0.15)
+    t_mid = start.mjd + exptime / 2 / 86400.0
+    fac = np.ones(len(stars))
+    fac[stars["is_target"].to_numpy()] = transit_factor(
+        np.array([t_mid]), t0=transit["t0_mjd"], duration_d=transit["duration_d"],
+        ingress_d=transit["ingress_d"], depth=transit["depth"])[0]
+    transparency = 1.0
+    if spec.cloud_fraction and rng.random() < spec.cloud_fraction:
+        transparency = float(rng.uniform(0.7, 0.9))
+    extinction = 10 ** (-0.4 * spec.extinction_mag_per_airmass * airmass)
+    flux = stars["flux_e_per_s"].to_numpy() * exptime * fac * transparency * extinction
+    flipped = spec.flip_at is not None and u > spec.flip_at
+    if flipped:  # 180° about the frame centre, then the drift
+        xs = (spec.nx - 1) - stars["x0"].to_numpy() + dx
+        ys = (spec.ny - 1) - stars["y0"].to_numpy() + dy
+    else:
+        xs, ys = stars["x0"].to_numpy() + dx, stars["y0"].to_numpy() + dy
+    sky_level = spec.sky_rate_e_per_s * exptime * (1.0 + 0.6 * u)
+    gx, gy = 0.08 + 0.02 * u, -0.04
+    sky = sky_model(level_e=sky_level, gx=gx, gy=gy, shape=flat.shape)
+    electrons = flat * (sky + render_gaussian_stars(shape=flat.shape, x=xs, y=ys, flux=flux,
+                                                    fwhm=fwhm))
+    info = {"transparency": transparency, "flipped": flipped, "extinction": extinction,
+            "sky_level_e": sky_level, "sky_gx": gx, "sky_gy": gy, "fwhm_px": fwhm,
+            "dx_px": dx, "dy_px": dy, "airmass": airmass}
+    return electrons, info, xs, ys, flux
+
+
 def _simulate_into(root: Path, spec: NightSpec) -> None:
     from astropy.time import Time
 
@@ -178,12 +261,7 @@ def _simulate_into(root: Path, spec: NightSpec) -> None:
     frame_rngs = [np.random.default_rng(s) for s in seeds.spawn(len(schedule) + 1)[1:]]
     sci_times = Time([t for kind, _, _, t in schedule if kind == "science"])
     airmass = _airmass(sci_times, spec) if len(sci_times) else []
-    first_filter = spec.science[0][0]
-    first_block = [t.mjd for kind, f, _, t in schedule if kind == "science" and f == first_filter]
-    span = first_block[-1] - first_block[0] if len(first_block) > 1 else 0.05
-    transit = {"t0_mjd": float(np.mean([first_block[0], first_block[-1]])),
-               "duration_d": 0.45 * span, "ingress_d": 0.15 * 0.45 * span,
-               "depth": spec.transit_depth}
+    transit = _transit_truth(schedule, spec)
     sci_first, sci_last = sci_times.mjd.min(), sci_times.mjd.max()
 
     frames, star_rows, cr_rows, drifts = [], [], [], []
@@ -193,12 +271,7 @@ def _simulate_into(root: Path, spec: NightSpec) -> None:
         rng = frame_rngs[i]
         key = f"{kind}_{filt}" if filt else kind
         counters[key] = counters.get(key, 0) + 1
-        if kind == "dark":
-            prefix = f"dark_{int(exptime)}s"
-        else:
-            prefix = {"bias": "bias", "flat": f"flat_{filt}",
-                      "science": f"{FIELD['name']}_{filt}"}[kind]
-        stem = f"{prefix}_{counters[key]:03d}"
+        stem = _frame_stem(kind, filt, exptime, counters[key])
         level = spec.bias_level_adu + 2.0 * math.sin(i / 7.0) + rng.normal(0, 0.5)
         rows = np.arange(spec.ny)
         drift = (1.5 * np.sin(2 * np.pi * rows / rng.uniform(250, 600) + rng.uniform(0, 6.3))
@@ -209,56 +282,20 @@ def _simulate_into(root: Path, spec: NightSpec) -> None:
         electrons = np.zeros((spec.ny, spec.nx))
         am, dx, dy = None, 0.0, 0.0
         if kind == "flat":
-            # twilight: the level falls, the exposure is chosen to keep it near flat_level
-            target_adu = spec.flat_level_adu * (1.0 - 0.06 * (counters[key] - 1))
-            exptime = float(round(1.0 + 1.2 * (counters[key] - 1), 2))
-            rate = target_adu * spec.gain_e_per_adu / exptime
-            n_fs = max(1, round(20 * spec.nx * spec.ny / 2**20))  # 20 per megapixel
-            fstars = render_gaussian_stars(
-                shape=electrons.shape, x=rng.uniform(0, spec.nx, n_fs),
-                y=rng.uniform(0, spec.ny, n_fs), flux=10 ** rng.uniform(3.5, 4.7, n_fs),
-                fwhm=3.0)
-            electrons = flats[filt] * (rate * exptime + fstars)
-            info["sky_level_e"] = rate * exptime
+            electrons, exptime, info["sky_level_e"] = _flat_electrons(
+                rng, spec, flats[filt], counters[key])
         elif kind == "science":
-            u = (start.mjd - sci_first) / max(sci_last - sci_first, 1e-9)
-            if spec.fwhm_px is None:
-                fwhm = float(np.clip(2.8 + 0.5 * math.sin(2 * math.pi * 1.3 * u + 0.4)
-                                     + rng.normal(0, 0.08), 2.0, 5.0))
-            else:
-                fwhm = float(np.clip(spec.fwhm_px * (1 + 0.08 * math.sin(2 * math.pi * u))
-                                     + rng.normal(0, 0.03), 0.8 * spec.fwhm_px,
-                                     1.5 * spec.fwhm_px))
-            dx = spec.drift_px[0] * u + rng.normal(0, 0.15)
-            dy = spec.drift_px[1] * u + rng.normal(0, 0.15)
-            t_mid = start.mjd + exptime / 2 / 86400.0
-            fac = np.ones(len(stars))
-            fac[stars["is_target"].to_numpy()] = transit_factor(
-                np.array([t_mid]), t0=transit["t0_mjd"], duration_d=transit["duration_d"],
-                ingress_d=transit["ingress_d"], depth=transit["depth"])[0]
-            transparency = 1.0
-            if spec.cloud_fraction and rng.random() < spec.cloud_fraction:
-                transparency = float(rng.uniform(0.7, 0.9))
-            extinction = 10 ** (-0.4 * spec.extinction_mag_per_airmass * float(airmass[i_sci]))
-            flux = stars["flux_e_per_s"].to_numpy() * exptime * fac * transparency * extinction
-            flipped = spec.flip_at is not None and u > spec.flip_at
-            if flipped:  # 180° about the frame centre, then the drift
-                xs = (spec.nx - 1) - stars["x0"].to_numpy() + dx
-                ys = (spec.ny - 1) - stars["y0"].to_numpy() + dy
-            else:
-                xs, ys = stars["x0"].to_numpy() + dx, stars["y0"].to_numpy() + dy
-            info.update(transparency=transparency, flipped=flipped, extinction=extinction)
-            sky_level = spec.sky_rate_e_per_s * exptime * (1.0 + 0.6 * u)
-            gx, gy = 0.08 + 0.02 * u, -0.04
-            sky = sky_model(level_e=sky_level, gx=gx, gy=gy, shape=electrons.shape)
-            electrons = flats[filt] * (sky + render_gaussian_stars(
-                shape=electrons.shape, x=xs, y=ys, flux=flux, fwhm=fwhm))
             am = float(airmass[i_sci])
             i_sci += 1
-            info.update(sky_level_e=sky_level, sky_gx=gx, sky_gy=gy, fwhm_px=fwhm,
-                        dx_px=dx, dy_px=dy, airmass=am)
+            electrons, truth, xs, ys, flux = _science_electrons(
+                rng, spec, flat=flats[filt], stars=stars, start=start, exptime=exptime,
+                u=(start.mjd - sci_first) / max(sci_last - sci_first, 1e-9), airmass=am,
+                transit=transit)
+            info.update(truth)
+            dx, dy = truth["dx_px"], truth["dy_px"]
             star_rows.append(pd.DataFrame({"frame": stem, "star_id": stars["star_id"],
-                                           "x": xs, "y": ys, "flux_e": flux, "fwhm_px": fwhm}))
+                                           "x": xs, "y": ys, "flux_e": flux,
+                                           "fwhm_px": truth["fwhm_px"]}))
         electrons = electrons + dark * exptime
         if exptime > 0:
             cx, cy, ce = cosmic_ray_hits(rng, spec, exptime)
@@ -266,16 +303,24 @@ def _simulate_into(root: Path, spec: NightSpec) -> None:
             cr_rows.append(pd.DataFrame({"frame": stem, "x": cx, "y": cy, "electrons": ce}))
         raw = _to_adu(rng, spec, electrons, level, drift, pattern)
         header = _header(spec, kind, filt, exptime, start, am, dx, dy)
-        hdu = fits.PrimaryHDU(data=raw, header=header)
         path = raw_dir / info["file"]
-        hdu.writeto(path)
+        fits.PrimaryHDU(data=raw, header=header).writeto(path)
         path.chmod(0o444)
         info.update(exptime_s=float(exptime), date_obs=start.isot,
                     mjd_mid=start.mjd + exptime / 2 / 86400.0,
                     n_saturated=int((raw[:, : spec.nx] == spec.adc_max).sum()))
         frames.append(info)
         drifts.append(drift)
+    _write_truth(truth_dir, spec, pattern=pattern, dark=dark, flats=flats, drifts=drifts,
+                 frames=frames, stars=stars, star_rows=star_rows, cr_rows=cr_rows,
+                 transit=transit)
 
+
+def _write_truth(truth_dir: Path, spec: NightSpec, *, pattern: np.ndarray, dark: np.ndarray,
+                 flats: Mapping[str, np.ndarray], drifts: list[np.ndarray], frames: list[dict],
+                 stars: pd.DataFrame, star_rows: list[pd.DataFrame],
+                 cr_rows: list[pd.DataFrame], transit: Mapping) -> None:
+    """The truth beside the raw frames: images, per-frame and per-star tables, truth.json."""
     def write_image(name: str, data: np.ndarray, unit: str) -> None:
         fits.PrimaryHDU(data=data.astype(np.float32),
                         header=fits.Header([("BUNIT", unit)])).writeto(truth_dir / name)
@@ -300,5 +345,3 @@ def _simulate_into(root: Path, spec: NightSpec) -> None:
         "pixel_convention": "0-based (x, y) of the trimmed area; pixel i spans i-0.5..i+0.5",
     }
     (truth_dir / "truth.json").write_text(json.dumps(meta, indent=2))
-
-
