@@ -404,6 +404,15 @@ def test_dispersion_along_y(tmp_path):
     assert np.sqrt(np.mean(resid[off] ** 2)) <= 0.12
 
 
+def test_simulator_without_room_for_its_lines_says_so(tmp_path):
+    # 20 arc lines 18 px apart need ~360 of the 369 usable columns of nx=400: the draw
+    # can never finish, and used to loop forever
+    spec = replace(LongslitSpec(), nx=400, ny=64)
+    with pytest.raises(ValueError, match="no room for 20 lines 18 px apart on nx=400"):
+        simulate_longslit(out_dir=tmp_path / "night", spec=spec)
+    assert not list(tmp_path.iterdir())  # nothing half-written left behind
+
+
 # ---- planning ----
 
 def _inventory(raw_dir):

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -116,9 +118,17 @@ def sky_counts(e_lo: np.ndarray, e_hi: np.ndarray, *, continuum, lines, sigma) -
     return out
 
 
-def _lines(rng, n, nx, *, lo, hi, min_sep):
+def _lines(rng, n, nx, *, lo, hi, min_sep, max_draws=100_000):
+    """``n`` line centres at least ``min_sep`` px apart in [15, nx - 16), and their total
+    counts (log-uniform between 10**lo and 10**hi).  A spec with no room for them stops
+    with an error instead of drawing forever."""
     centres = []
+    draws = 0
     while len(centres) < n:
+        draws += 1
+        if draws > max_draws:
+            raise ValueError(f"no room for {n} lines {min_sep} px apart on nx={nx} columns "
+                             f"(placed {len(centres)}): raise nx or lower the number of lines")
         c = rng.uniform(15, nx - 16)
         if all(abs(c - o) > min_sep for o in centres):
             centres.append(c)
@@ -140,18 +150,9 @@ def _pixel_edges_in_e(spec):
     return effective_pixel(x - 0.5, y, spec), effective_pixel(x + 0.5, y, spec)
 
 
-def simulate_longslit(*, out_dir: str | Path, spec: LongslitSpec | None = None) -> Path:
-    """Write a simulated long-slit night and its truth into ``out_dir`` (must not exist)."""
-    spec = spec or LongslitSpec()
-    root = Path(out_dir)
-    if root.exists():
-        raise FileExistsError(f"{root} exists; the simulator writes a new directory")
-    raw_dir, truth_dir = root / "raw", root / "truth"
-    raw_dir.mkdir(parents=True)
-    truth_dir.mkdir()
-    rng = np.random.default_rng(spec.seed)
-    xc, yc = _geometry(spec)
-    slit = _slit_function(rng, spec)
+def _scenes(rng: np.random.Generator, spec: LongslitSpec, *, xc: float, yc: float) -> dict:
+    """What reaches the detector before the slit function: the arc lamp, the flat lamp,
+    the night sky (continuum and lines, through the warp) and the object's trace."""
     e_lo, e_hi = _pixel_edges_in_e(spec)
     arc_c, arc_f = _lines(rng, spec.n_arc_lines, spec.nx, lo=3.6, hi=4.8, min_sep=18)
     sky_c, sky_f = _lines(rng, spec.n_sky_lines, spec.nx, lo=2.5, hi=4.3, min_sep=8)
@@ -173,76 +174,132 @@ def simulate_longslit(*, out_dir: str | Path, spec: LongslitSpec | None = None) 
     rows = np.arange(spec.ny, dtype=float)[:, None]
     profile = (_gauss_cdf(rows + 0.5, trace_row[None, :], s_t)
                - _gauss_cdf(rows - 0.5, trace_row[None, :], s_t))
-    obj = profile * obj_flux[None, :]
+    return {"arc": arc, "lamp": lamp, "sky": sky, "obj": profile * obj_flux[None, :],
+            "columns": columns, "trace_row": trace_row, "obj_flux": obj_flux,
+            "arc_lines": (arc_c, arc_f), "sky_lines": (sky_c, sky_f)}
 
-    frames = []
-    cosmic_rows = []
-    start = pd.Timestamp(f"{spec.night}T20:00:00")
+
+def _schedule(spec: LongslitSpec) -> list[tuple[str, float]]:
+    """(kind, exposure) of every frame in the order taken."""
+    return ([("bias", 0.0)] * spec.n_bias + [("dark", spec.science_exptime_s)] * spec.n_dark
+            + [("flat", 5.0)] * spec.n_flat + [("arc", 10.0)] * spec.n_arc
+            + [("science", spec.science_exptime_s)] * spec.n_science)
+
+
+def _digitise(rng: np.random.Generator, spec: LongslitSpec, electrons: np.ndarray,
+              cosmics: tuple[np.ndarray, np.ndarray, np.ndarray], pattern: np.ndarray
+              ) -> np.ndarray:
+    """Poisson noise, cosmic rays, gain, bias pattern, read noise and the overscan strip:
+    the raw ADU with the dispersion along x."""
+    cx, cy, ce = cosmics
+    noisy = rng.poisson(np.clip(electrons, 0, None)).astype(float)
+    if len(cx):
+        np.add.at(noisy, (cy.astype(int), cx.astype(int)), ce)
+    data = np.empty((spec.ny, spec.nx + spec.overscan_cols))
+    data[:, :spec.nx] = noisy / spec.gain_e_per_adu
+    data[:, spec.nx:] = 0.0
+    data += spec.bias_level_adu + pattern + rng.normal(
+        0, spec.read_noise_e / spec.gain_e_per_adu, data.shape)
+    return np.clip(np.round(data), 0, 65535).astype(np.uint16)
+
+
+def _longslit_header(spec: LongslitSpec, kind: str, exptime: float, t: pd.Timestamp
+                     ) -> fits.Header:
+    header = fits.Header()
+    header["IMAGETYP"] = {"bias": "Bias Frame", "dark": "Dark Frame", "flat": "Flat Field",
+                          "arc": "Arc Lamp", "science": "Light Frame"}[kind]
+    header["OBSMODE"] = ("SPECTROSCOPY", "long-slit spectroscopy")
+    header["INSTRUME"] = "ccdflow-sim-spectrograph"
+    header["OBJECT"] = {"bias": "bias", "dark": "dark", "flat": "lamp flat", "arc": "HeNeAr",
+                        "science": "SN-SIM"}[kind]
+    header["FILTER"] = ("G600" if kind not in ("bias", "dark") else "", "grating")
+    header["GRATING"] = "G600"
+    header["EXPTIME"] = exptime
+    header["DATE-OBS"] = t.strftime("%Y-%m-%dT%H:%M:%S.%f")[:23]
+    header["GAIN"] = (spec.gain_e_per_adu, "[e-/ADU]")
+    header["RDNOISE"] = (spec.read_noise_e, "[e-]")
+    header["SATURATE"] = 65535
+    header["DISPAXIS"] = (1 if spec.dispersion_axis == "x" else 2, "dispersion axis")
+    if spec.dispersion_axis == "x":
+        header["BIASSEC"] = f"[{spec.nx + 3}:{spec.nx + spec.overscan_cols},1:{spec.ny}]"
+        header["TRIMSEC"] = f"[1:{spec.nx},1:{spec.ny}]"
+    else:
+        header["BIASSEC"] = f"[1:{spec.ny},{spec.nx + 3}:{spec.nx + spec.overscan_cols}]"
+        header["TRIMSEC"] = f"[1:{spec.ny},1:{spec.nx}]"
+    return header
+
+
+def simulate_longslit(*, out_dir: str | Path, spec: LongslitSpec | None = None) -> Path:
+    """Write a simulated long-slit night and its truth into ``out_dir`` (must not exist).
+
+    The night is built in a temporary directory beside ``out_dir`` and moved into place
+    at the end: a failed or interrupted run leaves nothing behind."""
+    spec = spec or LongslitSpec()
+    root = Path(out_dir)
+    if root.exists():
+        raise FileExistsError(f"{root} exists; the simulator writes a new directory")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        _simulate_longslit_into(tmp, spec)
+        tmp.chmod(0o755)  # mkdtemp made it private
+        tmp.rename(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _simulate_longslit_into(root: Path, spec: LongslitSpec) -> None:
+    raw_dir, truth_dir = root / "raw", root / "truth"
+    raw_dir.mkdir()
+    truth_dir.mkdir()
+    rng = np.random.default_rng(spec.seed)
+    xc, yc = _geometry(spec)
+    slit = _slit_function(rng, spec)
+    scenes = _scenes(rng, spec, xc=xc, yc=yc)
+    frames, cosmic_rows = [], []
     counter: dict[str, int] = {}
-    schedule = ([("bias", 0.0)] * spec.n_bias + [("dark", spec.science_exptime_s)] * spec.n_dark
-                + [("flat", 5.0)] * spec.n_flat
-                + [("arc", 10.0)] * spec.n_arc + [("science", spec.science_exptime_s)]
-                * spec.n_science)
-    t = start
+    t = pd.Timestamp(f"{spec.night}T20:00:00")
     pattern = 2.0 * np.sin(np.arange(spec.nx + spec.overscan_cols) / 50.0)[None, :]
-    for kind, exptime in schedule:
+    for kind, exptime in _schedule(spec):
         counter[kind] = counter.get(kind, 0) + 1
         stem = {"bias": "bias", "dark": f"dark_{exptime:.0f}s", "flat": "flat_G600",
                 "arc": "arc_G600", "science": "SN-SIM_G600"}[kind] + f"_{counter[kind]:03d}"
         electrons = np.zeros((spec.ny, spec.nx))
         if kind == "flat":
-            electrons = lamp * slit * (1 - 0.05 * (counter[kind] - 1))
+            electrons = scenes["lamp"] * slit * (1 - 0.05 * (counter[kind] - 1))
         elif kind == "arc":
-            electrons = arc * slit
+            electrons = scenes["arc"] * slit
         elif kind == "science":
-            electrons = (sky + obj) * slit
+            electrons = (scenes["sky"] + scenes["obj"]) * slit
         electrons = electrons + spec.dark_current_e_per_s * exptime
-        cx = cy = ce = np.zeros(0)
+        cosmics = (np.zeros(0),) * 3
         if kind == "science":
-            cx, cy, ce = cosmic_ray_hits(rng, spec, exptime)
+            cosmics = cosmic_ray_hits(rng, spec, exptime)
+            cx, cy, ce = cosmics
             cosmic_rows.append(pd.DataFrame({"frame": stem, "x": cx, "y": cy, "electrons": ce}))
-        noisy = rng.poisson(np.clip(electrons, 0, None)).astype(float)
-        if len(cx):
-            np.add.at(noisy, (cy.astype(int), cx.astype(int)), ce)
-        data = np.empty((spec.ny, spec.nx + spec.overscan_cols))
-        data[:, :spec.nx] = noisy / spec.gain_e_per_adu
-        data[:, spec.nx:] = 0.0
-        data += spec.bias_level_adu + pattern + rng.normal(
-            0, spec.read_noise_e / spec.gain_e_per_adu, data.shape)
-        adu = np.clip(np.round(data), 0, 65535).astype(np.uint16)
-        header = fits.Header()
-        header["IMAGETYP"] = {"bias": "Bias Frame", "dark": "Dark Frame", "flat": "Flat Field",
-                              "arc": "Arc Lamp", "science": "Light Frame"}[kind]
-        header["OBSMODE"] = ("SPECTROSCOPY", "long-slit spectroscopy")
-        header["INSTRUME"] = "ccdflow-sim-spectrograph"
-        header["OBJECT"] = {"bias": "bias", "dark": "dark", "flat": "lamp flat", "arc": "HeNeAr",
-                            "science": "SN-SIM"}[kind]
-        header["FILTER"] = ("G600" if kind not in ("bias", "dark") else "", "grating")
-        header["GRATING"] = "G600"
-        header["EXPTIME"] = exptime
-        header["DATE-OBS"] = t.strftime("%Y-%m-%dT%H:%M:%S.%f")[:23]
-        header["GAIN"] = (spec.gain_e_per_adu, "[e-/ADU]")
-        header["RDNOISE"] = (spec.read_noise_e, "[e-]")
-        header["SATURATE"] = 65535
-        header["DISPAXIS"] = (1 if spec.dispersion_axis == "x" else 2, "dispersion axis")
-        if spec.dispersion_axis == "x":
-            header["BIASSEC"] = f"[{spec.nx + 3}:{spec.nx + spec.overscan_cols},1:{spec.ny}]"
-            header["TRIMSEC"] = f"[1:{spec.nx},1:{spec.ny}]"
-            out = adu
-        else:
-            out = adu.T.copy()
-            header["BIASSEC"] = f"[1:{spec.ny},{spec.nx + 3}:{spec.nx + spec.overscan_cols}]"
-            header["TRIMSEC"] = f"[1:{spec.ny},1:{spec.nx}]"
+        adu = _digitise(rng, spec, electrons, cosmics, pattern)
+        header = _longslit_header(spec, kind, exptime, t)
         path = raw_dir / f"{stem}.fits"
-        fits.PrimaryHDU(out, header=header).writeto(path)
+        fits.PrimaryHDU(adu if spec.dispersion_axis == "x" else adu.T.copy(),
+                        header=header).writeto(path)
         path.chmod(0o444)
         frames.append({"frame": stem, "file": path.name, "type": kind, "exptime_s": exptime,
                        "date_obs": header["DATE-OBS"]})
         if kind == "science":
-            image = sky if spec.dispersion_axis == "x" else sky.T
+            image = scenes["sky"] if spec.dispersion_axis == "x" else scenes["sky"].T
             fits.PrimaryHDU(image.astype(np.float32)).writeto(truth_dir / f"sky_{stem}.fits")
         t = t + pd.Timedelta(seconds=exptime + 60)
+    _write_longslit_truth(truth_dir, spec, slit=slit, scenes=scenes, frames=frames,
+                          cosmic_rows=cosmic_rows, xc=xc, yc=yc)
 
+
+def _write_longslit_truth(truth_dir: Path, spec: LongslitSpec, *, slit: np.ndarray,
+                          scenes: dict, frames: list[dict], cosmic_rows: list[pd.DataFrame],
+                          xc: float, yc: float) -> None:
+    """Effective pixel map, slit function, frames, trace, cosmic rays and truth.json, in
+    the raw frames' orientation."""
     def write(name, image):
         image = image if spec.dispersion_axis == "x" else image.T
         fits.PrimaryHDU(np.asarray(image, np.float32)).writeto(truth_dir / name)
@@ -254,16 +311,16 @@ def simulate_longslit(*, out_dir: str | Path, spec: LongslitSpec | None = None) 
         truth_dir / "effpix.fits")
     write("slit_function.fits", slit)
     pd.DataFrame(frames).to_csv(truth_dir / "frames.csv", index=False)
-    pd.DataFrame({"column": columns, "row": trace_row, "flux_e": obj_flux}).to_csv(
-        truth_dir / "trace.csv", index=False)
+    pd.DataFrame({"column": scenes["columns"], "row": scenes["trace_row"],
+                  "flux_e": scenes["obj_flux"]}).to_csv(truth_dir / "trace.csv", index=False)
     cos = pd.concat(cosmic_rows) if cosmic_rows else pd.DataFrame(
         columns=["frame", "x", "y", "electrons"])
     if spec.dispersion_axis == "y":
         cos = cos.rename(columns={"x": "y", "y": "x"})
     cos.to_csv(truth_dir / "cosmics.csv", index=False)
+    (arc_c, arc_f), (sky_c, sky_f) = scenes["arc_lines"], scenes["sky_lines"]
     meta = {"spec": asdict(spec), "reference_row": yc, "centre_column": xc,
             "arc_lines": [[float(c), float(f)] for c, f in zip(arc_c, arc_f, strict=True)],
             "sky_lines": [[float(c), float(f)] for c, f in zip(sky_c, sky_f, strict=True)],
-            "line_sigma_px": sigma, "trace_fwhm_px": spec.trace_fwhm_px}
+            "line_sigma_px": spec.line_sigma_px, "trace_fwhm_px": spec.trace_fwhm_px}
     (truth_dir / "truth.json").write_text(json.dumps(meta, indent=2))
-    return root
