@@ -205,6 +205,8 @@ def _digitise(rng: np.random.Generator, spec: LongslitSpec, electrons: np.ndarra
 
 def _longslit_header(spec: LongslitSpec, kind: str, exptime: float, t: pd.Timestamp
                      ) -> fits.Header:
+    """Raw header of a frame of ``kind`` started at ``t``: type, grating, exposure, gain,
+    read noise, dispersion axis and the overscan / trim sections in the raw orientation."""
     header = fits.Header()
     header["IMAGETYP"] = {"bias": "Bias Frame", "dark": "Dark Frame", "flat": "Flat Field",
                           "arc": "Arc Lamp", "science": "Light Frame"}[kind]
