@@ -204,3 +204,23 @@ def test_realworld_night_from_the_command_line(tmp_path):
     assert data.max() <= 4095
     hot = truth.dark_rate_e_per_s * 60 > 100  # ~1,000 hot pixels on 650x500
     assert 300 < hot.sum() < 1100
+
+
+def test_atomic_directory_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
+    # both simulators write through ccdflow.io.atomic_directory
+    from ccdflow.io import atomic_directory
+
+    (tmp_path / "empty").mkdir()
+    with atomic_directory(tmp_path / "empty") as tmp:
+        (tmp / "a.txt").write_text("a")
+    assert (tmp_path / "empty" / "a.txt").read_text() == "a"
+    assert (tmp_path / "empty").stat().st_mode & 0o777 == 0o755
+    with pytest.raises(RuntimeError, match="writer failed"):
+        with atomic_directory(tmp_path / "new") as tmp:
+            (tmp / "half.txt").write_text("x")
+            raise RuntimeError("writer failed")
+    with pytest.raises(OSError):  # a directory with content is never replaced
+        with atomic_directory(tmp_path / "empty") as tmp:
+            (tmp / "b.txt").write_text("b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+    assert [p.name for p in (tmp_path / "empty").iterdir()] == ["a.txt"]

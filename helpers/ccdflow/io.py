@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pandas is imported by the functions that need it
     import pandas as pd
 
-__all__ = ["atomic_path", "job_logging", "peak_rss_mb", "write_table"]
+__all__ = ["atomic_directory", "atomic_path", "job_logging", "peak_rss_mb", "write_table"]
 
 
 @contextmanager
@@ -38,6 +39,25 @@ def atomic_path(path: str | Path, *, suffix: str | None = None):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_directory(path: str | Path):
+    """Yield a new, empty directory beside ``path``; if the block succeeds it is renamed
+    to ``path`` (mode 0755; an existing *empty* ``path`` is replaced), else it is removed
+    with everything in it, so a failed or interrupted writer leaves nothing behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp made it private
+        if path.exists():
+            path.rmdir()
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_table(table: pd.DataFrame, path: str | Path, *, comments: Sequence[str] = (),

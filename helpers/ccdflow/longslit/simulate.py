@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,6 +37,7 @@ import pandas as pd
 from astropy.io import fits
 from scipy.special import erf
 
+from ..io import atomic_directory
 from ..simulate import cosmic_ray_hits
 
 __all__ = ["LongslitSpec", "effective_pixel", "simulate_longslit", "sky_counts"]
@@ -240,15 +239,8 @@ def simulate_longslit(*, out_dir: str | Path, spec: LongslitSpec | None = None) 
     root = Path(out_dir)
     if root.exists():
         raise FileExistsError(f"{root} exists; the simulator writes a new directory")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+    with atomic_directory(root) as tmp:
         _simulate_longslit_into(tmp, spec)
-        tmp.chmod(0o755)  # mkdtemp made it private
-        tmp.rename(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root
 
 

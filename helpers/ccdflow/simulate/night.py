@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -16,6 +14,7 @@ import pandas as pd
 from astropy.io import fits
 
 from .. import __version__
+from ..io import atomic_directory
 from .scene import (
     _airmass,
     _bias_pattern,
@@ -148,17 +147,8 @@ def simulate_night(*, out_dir: str | Path, spec: NightSpec | None = None) -> Pat
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"out_dir {out_dir} exists and is not empty")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         _simulate_into(tmp, spec)
-        tmp.chmod(0o755)  # mkdtemp made it private
-        if out_dir.exists():
-            out_dir.rmdir()
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
