@@ -513,6 +513,14 @@ def test_best_aperture_is_the_quietest_per_target(rng, tmp_path):
     assert named["target_apertures"] == {"T": "wide"}
     write_lightcurves(best, table=tmp_path / "long.csv", directory=tmp_path / "lc")
     assert "aperture tight" in (tmp_path / "lc" / "differential_T.csv").read_text()
+    # readable by the other users of a shared cluster (mkdtemp's 0700 is not kept), and a
+    # rebuild replaces the directory, stale files and all
+    assert (tmp_path / "lc").stat().st_mode & 0o777 == 0o755
+    (tmp_path / "lc" / "stale.csv").write_text("old")
+    write_lightcurves(named, table=tmp_path / "long.csv", directory=tmp_path / "lc")
+    assert "aperture wide" in (tmp_path / "lc" / "differential_T.csv").read_text()
+    assert not (tmp_path / "lc" / "stale.csv").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     with pytest.raises(PhotometryError, match=r"lightcurve_aperture 'nosuch' is not one of "
                                               r"\['wide', 'tight'\] or 'best'"):
         build_lightcurves(tables=tables, catalog=catalog, aperture="nosuch")

@@ -224,3 +224,6 @@ def test_atomic_directory_renames_on_success_and_leaves_nothing_on_failure(tmp_p
             (tmp / "b.txt").write_text("b")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
     assert [p.name for p in (tmp_path / "empty").iterdir()] == ["a.txt"]
+    with atomic_directory(tmp_path / "empty", replace=True) as tmp:  # a rebuilt product
+        (tmp / "c.txt").write_text("c")
+    assert [p.name for p in (tmp_path / "empty").iterdir()] == ["c.txt"]

@@ -42,10 +42,14 @@ def atomic_path(path: str | Path, *, suffix: str | None = None):
 
 
 @contextmanager
-def atomic_directory(path: str | Path):
+def atomic_directory(path: str | Path, *, replace: bool = False):
     """Yield a new, empty directory beside ``path``; if the block succeeds it is renamed
-    to ``path`` (mode 0755; an existing *empty* ``path`` is replaced), else it is removed
-    with everything in it, so a failed or interrupted writer leaves nothing behind."""
+    to ``path`` (mode 0755, readable by the other users of a shared cluster), else it is
+    removed with everything in it, so a failed or interrupted writer leaves nothing behind.
+
+    An existing empty ``path`` is always replaced; one with content only when
+    ``replace`` is True (a rebuilt product), else the rename fails with OSError.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -53,7 +57,10 @@ def atomic_directory(path: str | Path):
         yield tmp
         tmp.chmod(0o755)  # mkdtemp made it private
         if path.exists():
-            path.rmdir()
+            if replace:
+                shutil.rmtree(path)
+            else:
+                path.rmdir()
         tmp.rename(path)
     finally:
         if tmp.exists():

@@ -429,15 +429,9 @@ def write_lightcurves(result: Mapping, *, table: str | Path, directory: str | Pa
     (``source_{id}.csv``) and per target ``differential_{name}.csv`` and
     ``comparisons_{name}.csv``.  The directory is built beside and renamed
     into place, so a failure leaves none."""
-    import shutil
-    import tempfile
+    from ..io import atomic_directory, write_table
 
-    from ..io import write_table
-
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory, replace=True) as tmp:
         aperture = result["aperture"]
         for sid, rows in result["per_source"].items():
             write_table(rows, tmp / f"source_{sid}.csv", comments=[
@@ -464,12 +458,6 @@ def write_lightcurves(result: Mapping, *, table: str | Path, directory: str | Pa
             write_table(choice, tmp / f"comparisons_{name}.csv",
                         comments=[*header, f"comparison choice for target {name}, aperture "
                                   f"{label}; scatter and expected are relative (robust std)"])
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     long = result["long"]
     write_table(long, table,
                 comments=[*header, *unit_comments(list(long.columns))])
