@@ -130,6 +130,20 @@ def test_bad_inputs(rng):
         estimate_background(data=image, box_size=256)
     with pytest.raises(BackgroundError, match="given in RA/Dec but the frame has no"):
         manual_mask(shape=image.shape, circles=[{"ra": 1, "dec": 2, "radius_arcsec": 3}])
+    # a calibrated frame masked everywhere (dome light, shutter stuck open) says by what
+    from astropy.io import fits
+
+    from ccdflow.background import background_for_product
+    from ccdflow.masks import MaskBit
+    from ccdflow.products import Product
+
+    flags = np.full(image.shape, int(MaskBit.SATURATED), np.uint16)
+    flags[:5, :] |= np.uint16(MaskBit.HOT)
+    saturated = Product(data=image, error=np.ones_like(image), mask=flags,
+                        header=fits.Header())
+    with pytest.raises(BackgroundError, match=r"every pixel is masked \(SATURATED 100\.0 %, "
+                                               r"HOT 5\.0 %\): no sky"):
+        background_for_product(product=saturated)
     holed = image.copy()
     holed[10:40, 20:60] = np.nan  # NaN region: masked, map stays finite
     result = estimate_background(data=holed, box_size=20)

@@ -251,6 +251,11 @@ def test_a_night_with_bad_files_reduces_to_the_end(tmp_path):
     nan.header["DATE-OBS"] = nan.header["DATE-OBS"][:-3] + "999"
     nan.header["MJD-OBS"] += 1e-5
     nan.writeto(raw / "WASP-SIM_V_nan.fits")
+    # ... and a failed readout: every pixel 0 ADU, overscan included
+    blank = fits.PrimaryHDU(np.zeros((ny, nx), np.uint16), header=header)
+    blank.header["DATE-OBS"] = blank.header["DATE-OBS"][:-3] + "998"
+    blank.header["MJD-OBS"] += 2e-5
+    blank.writeto(raw / "WASP-SIM_V_blank.fits")
 
     out = run_snakemake(tmp_path, "--cores", "2",
                         config={"raw_dir": str(raw), "instrument": "demo"})
@@ -273,18 +278,24 @@ def test_a_night_with_bad_files_reduces_to_the_end(tmp_path):
     summaries = {stage: pd.concat([read_summary(d) for d in results.glob(f"{stage}/*/*")
                                    if (d / SUMMARY).is_file()]).set_index("frame")
                  for stage in ("calibrated", "background", "cosmics", "sources", "photometry")}
-    row = summaries["calibrated"].loc["WASP-SIM_V_nan"]
-    assert row["status"] == "failed" and "no finite pixel in the raw data" in row["reason"]
+    bad = {"WASP-SIM_V_nan": "no finite pixel in the raw data",
+           "WASP-SIM_V_blank": "every pixel of the image area is 0 e- after the overscan: "
+                               "no signal and no read noise (a failed readout?)"}
+    for frame, reason in bad.items():
+        row = summaries["calibrated"].loc[frame]
+        assert row["status"] == "failed" and reason in row["reason"], row["reason"]
+        for stage in ("background", "cosmics", "sources", "photometry"):
+            row = summaries[stage].loc[frame]
+            assert row["status"] == "skipped" and row["reason"].startswith("calibrated failed: ")
+        assert f"{frame}: FAILED, left out of this and later stages" in text
     for stage in ("background", "cosmics", "sources", "photometry"):
-        row = summaries[stage].loc["WASP-SIM_V_nan"]
-        assert row["status"] == "skipped" and row["reason"].startswith("calibrated failed: ")
-        others = summaries[stage].drop(index="WASP-SIM_V_nan")
+        others = summaries[stage].drop(index=list(bad))
         assert (others["status"] == "ok").all(), stage
-    assert "WASP-SIM_V_nan: FAILED, left out of this and later stages" in text
     light = (results / "lightcurves" / "WASP-SIM_V.csv").read_text()
-    assert "# frame WASP-SIM_V_nan not measured: calibrated failed: CalibrationError" in light
-    assert "WASP-SIM_V_nan" not in pd.read_csv(results / "lightcurves" / "WASP-SIM_V.csv",
-                                               comment="#")["frame"].tolist()
+    for frame in bad:
+        assert f"# frame {frame} not measured: calibrated failed: CalibrationError" in light
+        assert frame not in pd.read_csv(results / "lightcurves" / "WASP-SIM_V.csv",
+                                        comment="#")["frame"].tolist()
     # the failed frame is not taken for a deleted product: the run is up to date
     again = run_snakemake(tmp_path, "-n", config={"raw_dir": str(raw), "instrument": "demo"})
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -277,13 +277,42 @@ def test_nans_in_raw_are_flagged_not_propagated_to_masters(tmp_path, rng):
         paths.append(_write(tmp_path / f"b{i}.fits", data))
     bias = make_master_bias(paths=paths, detector=det)
     assert np.isfinite(bias.data).all() and bias.header["NCOMBINE"] == 4
-    sci = _write(tmp_path / "s.fits", np.where(np.eye(30, dtype=bool), np.nan, 500.0
+    sci = _write(tmp_path / "s.fits", np.where(np.eye(30, dtype=bool), np.nan,
+                                               rng.normal(500.0, 5.0, (30, 30))
                                                ).astype(np.float32))
     product = calibrate_science(path=sci, detector=det, bias=bias, dark=None, flat=None,
                                 bad_pixel_mask=None)
     nonfinite = (product.mask & MaskBit.NONFINITE) != 0
     np.testing.assert_array_equal(nonfinite, np.eye(30, dtype=bool))
     assert np.isfinite(product.data[~nonfinite]).all()
+
+
+def test_a_constant_science_frame_is_named_not_calibrated(tmp_path, rng):
+    # a failed readout (all zeros, or one stuck value with NaN elsewhere) has no read
+    # noise: it is refused with its path and value, never turned into a noiseless "sky"
+    det = {"gain_e_per_adu": 2.0, "read_noise_e": 5.0}
+    zero = _write(tmp_path / "zero.fits", np.zeros((30, 30), np.uint16))
+    with pytest.raises(CalibrationError, match=r"zero\.fits: every pixel of the image area "
+                                               r"is 0 e- .*a failed readout"):
+        calibrate_science(path=zero, detector=det, bias=None, dark=None, flat=None,
+                          bad_pixel_mask=None)
+    stuck = _write(tmp_path / "stuck.fits", np.where(np.eye(30, dtype=bool), np.nan, 700.0
+                                                     ).astype(np.float32))
+    with pytest.raises(CalibrationError, match=r"stuck\.fits: .* is 1400 e- after"):
+        calibrate_science(path=stuck, detector=det, bias=None, dark=None, flat=None,
+                          bad_pixel_mask=None)
+    det_sat = {**det, "saturation_adu": 4095}
+    white = _write(tmp_path / "white.fits", np.full((30, 30), 4095, np.uint16))
+    with pytest.raises(CalibrationError, match=r"white\.fits: every pixel of the image area "
+                                               r"is saturated"):
+        calibrate_science(path=white, detector=det_sat, bias=None, dark=None, flat=None,
+                          bad_pixel_mask=None)
+    # one pixel that differs is enough to be a frame
+    data = np.full((30, 30), 700.0, np.float32)
+    data[4, 5] += 3.0
+    product = calibrate_science(path=_write(tmp_path / "ok.fits", data), detector=det,
+                                bias=None, dark=None, flat=None, bad_pixel_mask=None)
+    assert product.data.shape == (30, 30)
 
 
 def test_bad_pixel_mask_from_profile_lists(cal_masters):

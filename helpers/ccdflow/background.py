@@ -369,9 +369,12 @@ def background_for_product(*, product, manual_circles: Sequence[Mapping] = (),
     pixels, saturated pixels widen their sources' masks, and ``manual_circles`` use
     the product's WCS for RA/Dec circles.  ``options`` are those of
     :func:`estimate_background`."""
-    from .masks import MaskBit
+    from .masks import MaskBit, describe_mask
 
     mask = product.mask != 0
+    if mask.all():
+        raise BackgroundError(f"every pixel is masked ({describe_mask(product.mask)}): "
+                              "no sky to measure")
     saturated = (product.mask & MaskBit.SATURATED) != 0
     extra = None
     if manual_circles:

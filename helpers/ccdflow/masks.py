@@ -31,6 +31,16 @@ def describe_bits() -> dict[str, int]:
     return {bit.name: int(bit.value) for bit in MaskBit}
 
 
+def describe_mask(mask: np.ndarray) -> str:
+    """The bits set in ``mask`` with the percentage of pixels each covers, most first
+    (``'SATURATED 100.0 %, HOT 0.2 %'``); ``'no bit set'`` when none is."""
+    values = np.asarray(mask)
+    shares = [(float(np.mean((values & int(bit)) != 0)), bit.name) for bit in MaskBit]
+    parts = [f"{name} {100 * share:.1f} %" for share, name in sorted(shares, reverse=True)
+             if share > 0]
+    return ", ".join(parts) or "no bit set"
+
+
 def header_cards() -> list[tuple[str, int, str]]:
     """FITS cards documenting the bits (``MASKBnn = value / NAME``)."""
     return [(f"MASKB{i:02d}", int(bit.value), bit.name) for i, bit in enumerate(MaskBit)]

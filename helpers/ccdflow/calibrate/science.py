@@ -86,6 +86,7 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
         random part of a pixel is √(ERR² − ERR_CAL²)) and MASK.
     """
     frame = read_raw_frame(path, detector=detector)
+    _check_not_constant(path, frame)
     shape = frame.data.shape
     for name, master in (("bias", bias), ("dark", dark), ("flat", flat),
                          ("illumination", illumination)):
@@ -146,6 +147,22 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
         header[f"CCDFNT{i:02d}"] = note[:68]
     return Product(data=sci, error=error, mask=mask, header=header,
                    extras={"ERR_CAL": err_cal})
+
+
+def _check_not_constant(path, frame) -> None:
+    """A frame saturated everywhere (dome light, a shutter open in daylight) or whose
+    image area holds one value (no signal and no read noise: a failed readout, a stuck
+    ADC) has no sky.  It is named and left out instead of being calibrated into a
+    masked or flat, noiseless "sky"."""
+    if frame.saturated.all():
+        raise CalibrationError(f"{path}: every pixel of the image area is saturated (raw "
+                               "at or above the saturation level): no sky; frame left out")
+    # fmin/fmax skip NaN (read_raw_frame has refused an all-NaN frame) without a copy
+    low, high = np.fmin.reduce(frame.data, axis=None), np.fmax.reduce(frame.data, axis=None)
+    if low == high:
+        raise CalibrationError(
+            f"{path}: every pixel of the image area is {float(low):g} e- after the "
+            "overscan: no signal and no read noise (a failed readout?); frame left out")
 
 
 def _calibrate_rows(*, raw, frame, masters, hot_dark, flat_floor, out) -> int:
