@@ -176,8 +176,12 @@ def test_date_only_header_combines_with_ut_and_mjd_fallback(tmp_path):
     _write(raw / "a.fits", {"IMAGETYP": "object", "DATE-OBS": "2013-07-13", "UT": "00:57:33",
                             "EXPTIME": 1.0})
     _write(raw / "b.fits", {"IMAGETYP": "object", "MJD-OBS": 60000.5, "EXPTIME": 1.0})
+    # an archive frame in the pre-1999 FITS form: DATE-OBS = 'DD/MM/YY' is 19YY
+    _write(raw / "c.fits", {"IMAGETYP": "object", "DATE-OBS": "13/07/97", "UT": "03:12:09.5",
+                            "EXPTIME": 1.0})
     table = build_inventory(raw_dir=raw, profile=profile("default")).set_index("frame")
     assert table.loc["a", "date_obs"] == "2013-07-13T00:57:33.000"
+    assert table.loc["c", "date_obs"] == "1997-07-13T03:12:09.500"
     assert table.loc["b", "date_obs"] == "2023-02-25T12:00:00.000"
     assert table.loc["b", "mjd_obs"] == pytest.approx(60000.5)
 

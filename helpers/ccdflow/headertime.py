@@ -44,6 +44,15 @@ def _as_float(value: Any) -> float | None:
 
 _CLOCK = re.compile(r"^\d{1,2}:\d{2}(:\d{2}(\.\d*)?)?$")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+#: the FITS date format before 1999 (Wells et al. 1981; FITS standard 4.0 §9.1.1):
+#: 'DD/MM/YY', a day of 19YY
+_OLD_DAY = re.compile(r"^(\d{2})/(\d{2})/(\d{2})$")
+
+
+def _iso(value: str) -> str:
+    """``value`` with an old-style 'DD/MM/YY' date written as '19YY-MM-DD'; else as is."""
+    old = _OLD_DAY.match(value.strip())
+    return f"19{old[3]}-{old[2]}-{old[1]}" if old else value
 
 
 def _clock_on_day(clock: str, anchor: datetime, keyword: str) -> datetime:
@@ -64,7 +73,8 @@ def _parse_time(header: Mapping, keywords: Mapping[str, Sequence[str]]
 
     * a date and time: a UTC offset in it is applied (local time with
       ``-0700`` becomes UTC);
-    * a date alone: completed with the first ``time_obs`` keyword;
+    * a date alone: completed with the first ``time_obs`` keyword (the pre-1999
+      FITS form 'DD/MM/YY' is read as 19YY-MM-DD);
     * a time of day alone (``UT-OBS = '01:33:43.317'``): put on the UTC day of
       the next date keyword of the list (or DATE-OBS, DATE) within 12 h of it;
     * a value that is none of these is noted and the next keyword tried.
@@ -77,6 +87,7 @@ def _parse_time(header: Mapping, keywords: Mapping[str, Sequence[str]]
         value = _first(header, [key])
         if not isinstance(value, str):
             continue
+        value = _iso(value)
         try:
             if _CLOCK.match(value):
                 anchors = dict.fromkeys([*primary[i + 1:], "DATE-OBS", "DATE"])
@@ -106,6 +117,7 @@ def _day_of(header: Mapping, key: str) -> datetime | None:
     value = _first(header, [key])
     if not isinstance(value, str) or _CLOCK.match(value):
         return None
+    value = _iso(value)
     try:
         if _DAY.match(value):
             return parse_iso_utc(f"{value}T12:00:00", key)
