@@ -315,6 +315,22 @@ def test_a_constant_science_frame_is_named_not_calibrated(tmp_path, rng):
     assert product.data.shape == (30, 30)
 
 
+def test_a_cube_of_one_plane_is_an_image_and_a_cube_of_many_is_named(tmp_path, rng):
+    # NAXIS3 = 1 (some capture programs): the same product as the 2-D frame
+    det = {"gain_e_per_adu": 2.0, "read_noise_e": 5.0}
+    data = rng.normal(700.0, 5.0, (20, 24)).astype(np.float32)
+    flat = calibrate_science(path=_write(tmp_path / "flat.fits", data), detector=det,
+                             bias=None, dark=None, flat=None, bad_pixel_mask=None)
+    cube = calibrate_science(path=_write(tmp_path / "plane.fits", data[None]), detector=det,
+                             bias=None, dark=None, flat=None, bad_pixel_mask=None)
+    np.testing.assert_array_equal(cube.data, flat.data)
+    np.testing.assert_array_equal(cube.error, flat.error)
+    with pytest.raises(CalibrationError, match=r"cube\.fits: a data cube of 3 planes: one "
+                                               r"image per file"):
+        calibrate_science(path=_write(tmp_path / "cube.fits", np.stack([data] * 3)),
+                          detector=det, bias=None, dark=None, flat=None, bad_pixel_mask=None)
+
+
 def test_bad_pixel_mask_from_profile_lists(cal_masters):
     det = {"bad_columns": [3], "bad_rows": [2], "bad_pixels": [[5, 6]],
            "bad_regions": ["[10:11,20:21]"]}

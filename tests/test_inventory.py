@@ -126,16 +126,24 @@ def test_compressed_and_unusual_files(tmp_path):
     (raw / ".hidden.fits").write_bytes(b"")
     _write(raw / "weird.fits", {"IMAGETYP": "focus", "EXPTIME": 3.0})
     _write(raw / "notime.fits", {"IMAGETYP": "Light Frame", "EXPTIME": 3.0})
+    # capture programs that write a cube of one plane (NAXIS3 = 1), and a real cube
+    fits.PrimaryHDU(np.ones((1, 12, 16), np.uint16), header=fits.Header(header)
+                    ).writeto(raw / "plane.fits")
+    fits.PrimaryHDU(np.ones((5, 12, 16), np.uint16), header=fits.Header(header)
+                    ).writeto(raw / "cube.fits")
 
     files = [p.as_posix() for p in find_raw_files(raw_dir=raw)]
     assert "notes.txt" not in files and ".hidden.fits" not in files
-    assert len(files) == 9
+    assert len(files) == 11
     table = build_inventory(raw_dir=raw, profile=profile("default")).set_index("frame")
     for name in ("sci1", "sci2", "sci3", "sci4"):
         assert table.loc[name, "type"] == "science", name
         assert table.loc[name, "filter"] == "V"
         assert table.loc[name, "date_obs"] == "2024-01-02T03:04:05.600"
     assert table.loc["sci4", "shape"] == "16x16"
+    assert table.loc["plane", "type"] == "science" and table.loc["plane", "shape"] == "12x16"
+    assert table.loc["cube", "type"] == "rejected"
+    assert "a data cube of 5 planes (NAXIS = 3)" in table.loc["cube", "reason"]
     assert table.loc["broken", "type"] == "rejected" and table.loc["broken", "reason"]
     assert table.loc["empty", "type"] == "rejected"
     assert "no image HDU" in table.loc["nodata", "reason"]
@@ -143,7 +151,7 @@ def test_compressed_and_unusual_files(tmp_path):
     assert "no classification rule matched" in table.loc["weird", "reason"]
     assert table.loc["notime", "type"] == "science"
     assert "no observation time" in table.loc["notime", "reason"]
-    assert table.index[-1] in {"broken", "empty", "nodata", "notime", "weird"}  # no time: last
+    assert table.index[-1] in {"broken", "empty", "nodata", "notime", "weird", "cube"}
 
 
 def test_unreadable_files_are_rejected_not_fatal(tmp_path, monkeypatch):

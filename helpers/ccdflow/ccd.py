@@ -28,6 +28,7 @@ __all__ = [
     "fit_overscan",
     "overscan_level_noise",
     "parse_section",
+    "plane_count",
     "read_raw_frame",
 ]
 
@@ -54,6 +55,13 @@ def image_hdus(hdul: fits.HDUList) -> list:
                 int(hdu.header.get(f"NAXIS{i}", 0)) > 0 for i in range(1, naxis + 1)):
             out.append(hdu)
     return out
+
+
+def plane_count(header: Mapping) -> int:
+    """Images an HDU holds: the product of its axes beyond the first two (1 for a 2-D
+    image and for a cube of one plane, ``NAXIS3 = 1``, as some capture programs write)."""
+    naxis = int(header.get("NAXIS", 0))
+    return int(np.prod([int(header.get(f"NAXIS{i}", 1)) for i in range(3, naxis + 1)]))
 
 
 def merged_header(primary: fits.Header, first: fits.Header) -> fits.Header:
@@ -316,7 +324,11 @@ def read_raw_frame(path: str | Path, *, detector: Mapping, exptime_keywords: Seq
         except Exception as exc:
             raise CalibrationError(f"{path}: cannot be read as FITS ({exc})") from exc
         with hdul:
-            amps = [hdu for hdu in image_hdus(hdul) if hdu.header["NAXIS"] == 2]
+            images = image_hdus(hdul)
+            amps = [hdu for hdu in images if plane_count(hdu.header) == 1]
+            if not amps and images:
+                raise CalibrationError(f"{path}: a data cube of {plane_count(images[0].header)} "
+                                       "planes: one image per file expected (split the cube)")
             if not amps:
                 raise CalibrationError(f"{path}: no 2-D image HDU")
             if not any([np.isfinite(_pixels(path, hdu)).any() for hdu in amps]):
@@ -353,9 +365,11 @@ def read_raw_frame(path: str | Path, *, detector: Mapping, exptime_keywords: Seq
 
 
 def _pixels(path: Path, hdu) -> np.ndarray:
-    """The pixels of one HDU; a file cut short names itself (astropy's error does not)."""
+    """The pixels of one HDU as a 2-D array (a cube of one plane loses its extra axes);
+    a file cut short names itself (astropy's error does not)."""
     try:
-        return hdu.data
+        data = hdu.data
+        return data if data.ndim == 2 else data.reshape(data.shape[-2:])
     except (OSError, ValueError, TypeError) as exc:
         raise CalibrationError(f"{path}: pixel data cannot be read ({type(exc).__name__}: "
                                f"{exc}; the file is shorter than its header says?)") from exc
@@ -364,7 +378,7 @@ def _pixels(path: Path, hdu) -> np.ndarray:
 def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool) -> dict:
     header = hdu.header
     where = f"{path}[{hdu.name or 0}]" if multi else str(path)
-    raw = np.asarray(hdu.data, dtype=np.float64)  # read by _pixels already
+    raw = np.asarray(_pixels(path, hdu), dtype=np.float64)  # read by _pixels already
     gain = detector_constant(detector.get("gain_e_per_adu", {"keyword": "GAIN"}),
                              [header, primary], name="gain (e-/ADU)", where=where)
     if not gain > 0:

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 from astropy.io import fits
 
-from .ccd import image_hdus, merged_header
+from .ccd import image_hdus, merged_header, plane_count
 from .headertime import (
     _MJD0,
     _as_float,
@@ -159,6 +159,10 @@ def read_frame_header(path: str | Path) -> tuple[fits.Header, int, tuple[int, in
             headers = [hdu.header for hdu in image_hdus(hdul)]
             if not headers:
                 raise ValueError("no image HDU with two dimensions")
+            if (planes := plane_count(headers[0])) > 1:
+                raise ValueError(f"a data cube of {planes} planes (NAXIS = "
+                                 f"{headers[0]['NAXIS']}): ccdflow reduces one image per "
+                                 "file; split the cube into frames")
             merged = merged_header(hdul[0].header, headers[0])
             shape = (int(headers[0]["NAXIS2"]), int(headers[0]["NAXIS1"]))
             return merged, len(headers), shape
