@@ -309,3 +309,19 @@ def test_date_with_a_utc_offset_is_converted_and_sets_the_night(tmp_path):
     assert parse_iso_utc("2017-12-20T01:33:43Z").hour == 1
     with pytest.raises(ValueError, match=r"DATE-OBS = 'tonight' is not an ISO 8601"):
         parse_iso_utc("tonight", "DATE-OBS")
+
+
+def test_too_few_calibration_frames_are_named_in_the_plan_error(small_night):
+    # the bias frames exist but are fewer than min_frames: the error says so, not only
+    # "no bias" (the set's frames and the minimum, so the user knows which knob)
+    from ccdflow.plan import CalibrationError as PlanError
+    from ccdflow.plan import calibration_sets, plan_calibrations
+
+    inventory = build_inventory(raw_dir=small_night / "raw", profile=profile("demo"))
+    n_bias = int((inventory["type"] == "bias").sum())
+    sets = calibration_sets(inventory, min_frames={"bias": n_bias + 1, "dark": 1, "flat": 1})
+    with pytest.raises(PlanError, match=rf"no bias within 30 d for .*fewer frames than "
+                                        rf"calibration\.min_frames, not used: bias .*: "
+                                        rf"{n_bias} frame\(s\) \(bias_001\.fits, .*minimum "
+                                        rf"{n_bias + 1}"):
+        plan_calibrations(inventory, sets=sets, max_age_days=30)

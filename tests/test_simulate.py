@@ -182,6 +182,12 @@ def test_console_command(tmp_path, capsys):
     assert "simulated night written" in capsys.readouterr().out
     truth = load_truth(tmp_path / "cli")
     assert len(truth.frames) == 1 + 0 + 2 + 2
+    # a spec it cannot simulate: one usage line naming the problem, exit status 2
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "bad"), "--science", "I:2"])
+    assert stop.value.code == 2
+    assert "error: science filter 'I' has no flats" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_realworld_night_from_the_command_line(tmp_path):

@@ -194,6 +194,12 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
         parts = [f"no {what} within {max_age_days} d for {len(files)} frame(s): "
                  f"{', '.join(files[:5])}{' …' if len(files) > 5 else ''}"
                  for what, files in missing.items()]
+        wanted = {what.split()[0] for what in missing}
+        short = [d for d in sets.dropped if d.split()[0] in wanted
+                 or (d.startswith("specflat") and "spectroscopic" in wanted)]
+        if short:  # the frames exist but are too few: say so, not only "no bias"
+            parts.append("set(s) with fewer frames than calibration.min_frames, not used: "
+                         + "; ".join(short))
         raise CalibrationError("calibration plan: " + "; ".join(parts) +
                                " (add calibrations, raise calibration.max_calibration_age_days,"
                                " or list the type in calibration.skip; a spectroscopic frame"

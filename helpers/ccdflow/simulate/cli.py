@@ -41,17 +41,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--flip", action="store_true", help="with --realworld: a 180° meridian "
                    "flip half-way through the night")
     a = p.parse_args(argv)
-    if a.realworld is not None:
-        spec = NightSpec.realworld(n_science=a.realworld, flip=a.flip, seed=a.seed)
-        out = simulate_night(out_dir=a.out_dir, spec=spec)
-        print(f"simulated real-world night written to {out}")
-        return 0
-    spec = NightSpec(nx=a.size, ny=a.size, n_bias=a.n_bias, n_dark=a.n_dark, n_flat=a.n_flat,
-                     filters=tuple(a.filters.split(",")),
-                     science=tuple(a.science) if a.science else d.science,
-                     n_stars=a.n_stars, seed=a.seed, night=a.night)
+    try:  # a spec that cannot be simulated is one usage line, not a traceback
+        if a.realworld is not None:
+            spec = NightSpec.realworld(n_science=a.realworld, flip=a.flip, seed=a.seed)
+        else:
+            spec = NightSpec(nx=a.size, ny=a.size, n_bias=a.n_bias, n_dark=a.n_dark,
+                             n_flat=a.n_flat, filters=tuple(a.filters.split(",")),
+                             science=tuple(a.science) if a.science else d.science,
+                             n_stars=a.n_stars, seed=a.seed, night=a.night)
+    except ValueError as exc:
+        p.error(str(exc))
     out = simulate_night(out_dir=a.out_dir, spec=spec)
-    print(f"simulated night written to {out}")
+    kind = "real-world night" if a.realworld is not None else "night"
+    print(f"simulated {kind} written to {out}")
     return 0
 
 
