@@ -497,6 +497,21 @@ def _tables_two_apertures(rng, n_frames=60, n_stars=6, scatter=None):
     return tables, catalog
 
 
+def test_a_failed_aperture_is_named_and_the_best_of_the_others_taken(rng, caplog):
+    # every comparison flagged (BLENDED|SATURATED) in 'wide' only, as in a crowded field's
+    # largest aperture: the warning names that aperture, and 'best' takes 'tight'
+    tables, catalog = _tables_two_apertures(rng, scatter={"wide": 0.01, "tight": 0.01})
+    for table in tables:
+        table.loc[(table["aperture"] == "wide") & (table["source_id"] > 0), "flags"] = 2
+    with caplog.at_level("WARNING", logger="ccdflow.photometry.lightcurves"):
+        best = build_lightcurves(tables=tables, catalog=catalog, aperture="best")
+    assert "differential light curve of T in aperture wide not computed: no usable " \
+           "comparison star" in caplog.text
+    assert "aperture tight" not in caplog.text
+    assert best["target_apertures"] == {"T": "tight"}
+    assert "wide inf" in best["notes"]["T"]
+
+
 def test_best_aperture_is_the_quietest_per_target(rng, tmp_path):
     # scatter 3 % in 'wide', 1 % in 'tight': 'best' takes 'tight' (the p2p estimates of 59
     # differences differ by 3x, far beyond their ~10 % errors) and says so in the file;

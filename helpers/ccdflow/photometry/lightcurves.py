@@ -315,7 +315,7 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
     differential, notes, chosen = {}, {}, {}
     for _, target in catalog[catalog["name"] != ""].iterrows():
         name, sid = target["name"], int(target["source_id"])
-        curves = {label: _differential(pivot, sid=sid, name=name,
+        curves = {label: _differential(pivot, sid=sid, name=name, label=label,
                                        comparisons=listed.get(name), options=options)
                   for label, pivot in by_label.items()}
         label = _lowest_scatter(curves) if best else aperture
@@ -378,7 +378,8 @@ class _Pivot:
                    comparison_good, covariates)
 
 
-def _differential(pivot: _Pivot, *, sid: int, name: str, comparisons, options) -> tuple:
+def _differential(pivot: _Pivot, *, sid: int, name: str, label: str, comparisons,
+                  options) -> tuple:
     """One target's differential light curve in one aperture: (light curve, choice,
     note); a target that cannot be measured keeps its rows with rel_flux NaN."""
     note = ""
@@ -388,7 +389,8 @@ def _differential(pivot: _Pivot, *, sid: int, name: str, comparisons, options) -
             comparison_good=pivot.comparison_good, target=sid, comparisons=comparisons,
             **options)
     except PhotometryError as exc:  # e.g. a target off every frame: rows kept, no ratio
-        log.warning("differential light curve of %s not computed: %s", name, exc)
+        log.warning("differential light curve of %s in aperture %s not computed: %s", name,
+                    label, exc)
         note = f"differential photometry not computed: {exc}"
         nan = np.full(len(pivot.frames), np.nan)
         light = pd.DataFrame({
