@@ -113,7 +113,8 @@ def differential_photometry(*, flux: pd.DataFrame, flux_err: pd.DataFrame, good:
         chosen = [col[c] for c in comparisons if c != target]
         status = dict.fromkeys(chosen, "listed")
     else:
-        target_level = np.nanmedian(np.where(g_target[:, t], f[:, t], np.nan))
+        target_level = (float(np.median(f[g_target[:, t], t])) if g_target[:, t].any()
+                        else np.nan)  # no usable target: _candidates says so
         chosen, status = _candidates(g=g, med=med, target=target, t=t,
                                      target_level=target_level, max_count=max_count,
                                      min_count=min_count, flux_ratio=flux_ratio,
