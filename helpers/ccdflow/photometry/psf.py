@@ -289,7 +289,10 @@ def fit_psf(*, data: np.ndarray, x: Sequence[float], y: Sequence[float], kind: s
         except np.linalg.LinAlgError:
             break
         trial = p + step
-        new_chi2, _ = chi2_of(trial)
+        # a wild trial step (a width going to 0 or inf) gives inf/NaN chi2: rejected just
+        # below, so numpy's overflow warnings would only alarm the log
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            new_chi2, _ = chi2_of(trial)
         better = np.isfinite(new_chi2) & (new_chi2 < chi2)
         small = better & (chi2 - new_chi2 < 1e-6 * chi2)
         p = np.where(better[:, None], trial, p)
