@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ccdflow.config import ConfigError, load_profile, load_yaml, validate
+from ccdflow.config import ConfigError, check_photometry, load_profile, load_yaml, validate
 
 from .conftest import PROFILES, ROOT, SCHEMAS
 
@@ -36,6 +36,31 @@ def test_validate_does_not_mutate_its_input():
 def test_bad_values_are_named(config, message):
     with pytest.raises(ConfigError, match=message):
         validate(config, schema=CONFIG_SCHEMA)
+
+
+@pytest.mark.parametrize("photometry, message", [
+    ({"annulus": {"inner": 7, "outer": 4}}, r"'photometry\.annulus': inner 7 must be below "
+                                            r"outer 4"),
+    ({"radii_fwhm": []}, r"'photometry\.radii_px' and 'photometry\.radii_fwhm' are both empty"),
+    ({"radii_px": [3, 5], "annulus": {"unit": "px", "inner": 4, "outer": 9}},
+     r"'photometry\.annulus\.inner': 4 px is inside the largest aperture, 5 px "
+     r"\(photometry\.radii_px\)"),
+    ({"radii_fwhm": [1.5, 5]}, r"4 fwhm is inside the largest aperture, 5 fwhm"),
+])
+def test_photometry_keys_that_conflict_are_named(photometry, message):
+    # conflicts the schema cannot express stop the run before any job (common.smk)
+    config = validate({"photometry": photometry}, schema=CONFIG_SCHEMA)
+    with pytest.raises(ConfigError, match=message):
+        check_photometry(config["photometry"])
+
+
+def test_photometry_keys_that_agree_pass():
+    # the defaults; fixed radii inside a px annulus; any radii with the map as the sky;
+    # px radii beside a fwhm annulus (their conflict depends on the frame: checked there)
+    for photometry in ({}, {"radii_px": [3, 5], "radii_fwhm": [], "annulus": {
+            "unit": "px", "inner": 8, "outer": 12}}, {"radii_fwhm": [9], "background": "map"},
+            {"radii_px": [30]}):
+        check_photometry(validate({"photometry": photometry}, schema=CONFIG_SCHEMA)["photometry"])
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in PROFILES.glob("*.yaml")))

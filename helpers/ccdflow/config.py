@@ -86,6 +86,26 @@ def validate(instance: Mapping, *, schema: Mapping | str | Path, what: str = "co
     return data
 
 
+def check_photometry(photometry: Mapping) -> None:
+    """Cross-key checks of a validated ``photometry`` section that the schema cannot
+    express, so a conflict stops the run before any job instead of failing every
+    frame's photometry.  Raises ConfigError naming the keys."""
+    annulus = photometry["annulus"]
+    if annulus["inner"] >= annulus["outer"]:
+        raise ConfigError(f"config key 'photometry.annulus': inner {annulus['inner']:g} must "
+                          f"be below outer {annulus['outer']:g}")
+    if not photometry["radii_px"] and not photometry["radii_fwhm"]:
+        raise ConfigError("config keys 'photometry.radii_px' and 'photometry.radii_fwhm' are "
+                          "both empty: no aperture to measure")
+    unit = annulus["unit"]
+    same_unit = photometry["radii_px" if unit == "px" else "radii_fwhm"]
+    if photometry["background"] != "map" and same_unit and max(same_unit) > annulus["inner"]:
+        raise ConfigError(
+            f"config key 'photometry.annulus.inner': {annulus['inner']:g} {unit} is inside the "
+            f"largest aperture, {max(same_unit):g} {unit} (photometry.radii_{unit}): raise the "
+            "annulus or use smaller radii")
+
+
 def resolve_profile_path(instrument: str, *, profiles_dir: str | Path) -> Path:
     """Turn ``instrument`` (a profile name or a path to a YAML file) into a file path."""
     profiles_dir = Path(profiles_dir)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import ccdflow
 from ccdflow.ccd import CalibrationError
-from ccdflow.config import ConfigError, load_profile, validate
+from ccdflow.config import ConfigError, check_photometry, load_profile, validate
 from ccdflow.inventory import InventoryError, find_raw_files, read_inventory
 from ccdflow.batch import (
     PRODUCT_SUFFIX,
@@ -33,6 +33,8 @@ try:
     _validated = validate(config, schema=SCHEMAS / "config.schema.yaml")
     config.clear()
     config.update(_validated)
+    if config["photometry"]["enabled"]:
+        check_photometry(config["photometry"])
     PROFILE = load_profile(
         config["instrument"],
         profiles_dir=ROOT / "config" / "instruments",
