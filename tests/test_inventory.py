@@ -307,6 +307,11 @@ def test_date_with_a_utc_offset_is_converted_and_sets_the_night(tmp_path):
     mid = mid_exposure(header={"DATE-OBS": "2017-12-19T18:33:43.317-0700", "EXPTIME": 60.0})
     assert mid.isot == "2017-12-20T01:34:13.317"
     assert parse_iso_utc("2017-12-20T01:33:43Z").hour == 1
+    # spellings capture programs write: a space before the offset, a 'UTC' or 'UT' suffix
+    same = parse_iso_utc("2017-12-20T01:33:43.317Z")
+    for text in ("2017-12-19T18:33:43.317 -0700", "2017-12-19 18:33:43.317 -07:00",
+                 "2017-12-20T01:33:43.317UTC", "2017-12-20 01:33:43.317 UT"):
+        assert parse_iso_utc(text) == same, text
     with pytest.raises(ValueError, match=r"DATE-OBS = 'tonight' is not an ISO 8601"):
         parse_iso_utc("tonight", "DATE-OBS")
 

@@ -15,6 +15,7 @@ direction in the same rotation (no refraction, aberration ignored: < 10⁻³).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -31,17 +32,18 @@ class TimeError(ValueError):
 def parse_iso_utc(text: str, keyword: str = "date") -> datetime:
     """An ISO 8601 date and time as an aware UTC datetime; a UTC offset is applied.
 
-    ``'2017-12-19T18:33:43.317-0700'`` is 2017-12-20 01:33:43.317 UTC; ``Z`` is
-    UTC; no offset is UTC (the FITS standard's convention for DATE-OBS).
+    ``'2017-12-19T18:33:43.317-0700'`` is 2017-12-20 01:33:43.317 UTC (also with a
+    space before the offset); ``Z``, ``UTC`` or ``UT`` at the end is UTC; no offset is
+    UTC (the FITS standard's convention for DATE-OBS).
 
     Raises
     ------
     ValueError
         The text is not ISO 8601; the message names ``keyword`` and the value.
     """
-    clean = text.strip().replace(" ", "T")
-    if clean.endswith("Z"):
-        clean = clean[:-1] + "+00:00"
+    clean = re.sub(r"\s+([+-]\d{2}:?\d{2})$", r"\1", text.strip())  # '... -0700'
+    clean = re.sub(r"\s*(Z|UTC?)$", "+00:00", clean, flags=re.IGNORECASE)  # 'Z', 'UTC', 'UT'
+    clean = clean.replace(" ", "T")
     try:
         stamp = datetime.fromisoformat(clean)
     except ValueError:
