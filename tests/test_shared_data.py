@@ -233,6 +233,13 @@ def test_bsu_sn2022yid_v_light_curves(bsu):
     assert ratio.min() > 0.5, "errors are not overestimated"
     assert rel.std(ddof=1).min() < 0.005
     assert (bsu / "lightcurves" / "Brutus_10292022_V" / "source_1.csv").is_file()
+    # the full well clips at ~49,200 ADU (profile saturation_adu 48000, not 65535): the
+    # brightest star's core reaches it in 5 of the 10 frames, whose fluxes were 3-4 % low
+    # while unflagged; they are SATURATED now, and no fainter star is
+    saturated = (one["flags"] & int(PhotFlag.SATURATED)) != 0
+    brightest = one.groupby("source_id")["flux"].median().idxmax()
+    assert set(one.loc[saturated, "source_id"]) == {brightest}
+    assert 3 <= saturated.sum() <= 7
 
 
 def test_nickel_standard_star_fields_measured(nickel):
