@@ -137,8 +137,9 @@ def fit_source_fluxes(*, data: np.ndarray, usable: np.ndarray, sky: np.ndarray,
                     p[idx] = render_psf(psf, xs[idx], ys[idx], px[idx], py[idx], sub_n)
                     new[idx] = fi + step[:, 0]
                     moved = bool(np.abs(step[:, 1:]).max() > 1e-3)
+            sigma = np.sqrt(np.divide(1.0, denom, out=np.full(denom.shape, np.nan), where=~bad))
             converged = not moved and np.allclose(new, flux, rtol=1e-4, atol=1e-3 * np.nanmedian(
-                np.sqrt(np.where(bad, np.nan, 1.0 / denom))) if (~bad).any() else 1.0)
+                sigma) if (~bad).any() else 1.0)
             flux = new
             model.flux = flux
             if (converged and k >= 1) or k == iterations - 1:
@@ -153,7 +154,8 @@ def fit_source_fluxes(*, data: np.ndarray, usable: np.ndarray, sky: np.ndarray,
                     axis=(1, 2))
                 foreign = np.where(use, np.clip(others, 0, None), 0.0).sum(axis=(1, 2))
                 movable = ok & (flux > 0) & (foreign > recentre_above * own)
-    model.flux_var = np.where(bad, 0.0, 1.0 / denom)
+    # 1/denom only where it is defined (a bad source's denom is 0: no warning in the log)
+    model.flux_var = np.divide(1.0, denom, out=np.zeros(np.shape(denom)), where=~bad)
     # boxes centred on the pixel of each final centre (a recentred star may have moved)
     npx = np.floor(xs + 0.5).astype(np.int64)[:, None] + d_grid[None, :]
     npy = np.floor(ys + 0.5).astype(np.int64)[:, None] + d_grid[None, :]
