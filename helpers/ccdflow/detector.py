@@ -273,8 +273,9 @@ def measure_gain_read_noise(*, bias_paths: Sequence[str | Path],
     b1, b2 = (_central(_adu(p, detector), fraction) for p in bias_paths)
     f1, f2 = (_central(_adu(p, detector), fraction) for p in flat_paths)
     bias_mean = 0.5 * (b1 + b2)
-    m1 = sigma_clipped_stats(f1 - bias_mean, sigma=sigma)[1]
-    m2 = sigma_clipped_stats(f2 - bias_mean, sigma=sigma)[1]
+    # the finite pixels only: what astropy would clip itself, without its warning
+    m1, m2 = (sigma_clipped_stats(d[np.isfinite(d)], sigma=sigma)[1]
+              for d in (f1 - bias_mean, f2 - bias_mean))
     if not (m1 > 0 and m2 > 0):
         raise CalibrationError(f"flat levels {m1:.1f}, {m2:.1f} ADU are not above the bias")
     r = m1 / m2

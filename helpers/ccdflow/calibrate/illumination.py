@@ -4,6 +4,7 @@ sky, for flats whose illumination differs from the night sky's."""
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -58,7 +59,9 @@ def make_illumination_model(*, paths: Sequence[str | Path], detector: Mapping,
                                 bad_pixel_mask=None)
         levels, xs, ys = _box_levels(cal.data, cal.mask != 0, box_px)
         grids.append(levels / np.nanmedian(levels))
-    grid = np.nanmedian(np.array(grids), axis=0)
+    with warnings.catch_warnings():  # a box masked in every frame stays NaN: not usable
+        warnings.simplefilter("ignore", RuntimeWarning)
+        grid = np.nanmedian(np.array(grids), axis=0)
     ny, nx = cal.data.shape
     good = np.isfinite(grid)
     if good.sum() <= (order + 1) ** 2:
