@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
+from .errors import CalibrationError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -33,10 +35,6 @@ __all__ = [
 ]
 
 _SECTION = re.compile(r"^\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]$")
-
-
-class CalibrationError(ValueError):
-    """A frame cannot be calibrated; the message names the file and the problem."""
 
 
 #: FITS keywords describing a data unit, not the observation

@@ -86,6 +86,13 @@ def validate(instance: Mapping, *, schema: Mapping | str | Path, what: str = "co
     return data
 
 
+def has_overscan(detector: Mapping) -> bool:
+    """Whether a profile's ``detector`` section subtracts an overscan (the zero level
+    the gain check on science pairs needs); here, not in :mod:`ccdflow.detector`, so the
+    Snakemake process asks without importing astropy."""
+    return detector.get("overscan", {}).get("from", "none") != "none"
+
+
 def check_photometry(photometry: Mapping) -> None:
     """Cross-key checks of a validated ``photometry`` section that the schema cannot
     express, so a conflict stops the run before any job instead of failing every

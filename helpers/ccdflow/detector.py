@@ -33,6 +33,7 @@ from astropy.stats import mad_std, sigma_clipped_stats
 
 from .calibrate import central_level, central_region
 from .ccd import CalibrationError, detector_constant, read_raw_frame
+from .config import has_overscan
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +210,6 @@ def measure_gain_from_series(*, paths: Sequence[str | Path], detector: Mapping,
            "read_noise_measured": float("nan"),
            "frames": " ".join(Path(paths[i]).name for i, _, _ in found)}
     return {**out, **_profile_values(detector, first, where=str(paths[0]))}
-
-
-def has_overscan(detector: Mapping) -> bool:
-    """Whether the profile subtracts an overscan (the zero level the series method needs)."""
-    return detector.get("overscan", {}).get("from", "none") != "none"
 
 
 def _profile_values(detector: Mapping, header, *, where: str) -> dict:

@@ -42,9 +42,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from astropy.io import fits
 
-from .ccd import image_hdus, merged_header, plane_count
 from .headertime import (
     _MJD0,
     _as_float,
@@ -66,8 +64,6 @@ __all__ = [
     "classify",
     "find_raw_files",
     "frame_names",
-    "image_hdus",
-    "merged_header",
     "observing_night",
     "read_frame_header",
     "read_inventory",
@@ -139,7 +135,7 @@ def frame_names(files: Iterable[str | Path]) -> list[str]:
     ]
 
 
-def read_frame_header(path: str | Path) -> tuple[fits.Header, int, tuple[int, int]]:
+def read_frame_header(path: str | Path) -> tuple[Mapping, int, tuple[int, int]]:
     """Read the headers of a raw file (no pixel data) read-only.
 
     Returns the merged header (first image HDU's header overlaid with the
@@ -152,6 +148,10 @@ def read_frame_header(path: str | Path) -> tuple[fits.Header, int, tuple[int, in
     OSError, ValueError
         The file is not FITS or has no 2-D image; the message says which.
     """
+    from astropy.io import fits  # here: the Snakemake process imports this module
+
+    from .ccd import image_hdus, merged_header, plane_count
+
     path = Path(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

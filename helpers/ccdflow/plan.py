@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .ccd import CalibrationError
+from .errors import CalibrationError
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,14 @@ import os
 from pathlib import Path
 
 import ccdflow
-from ccdflow.ccd import CalibrationError
-from ccdflow.config import ConfigError, check_photometry, load_profile, validate
+from ccdflow.errors import CalibrationError
+from ccdflow.config import (
+    ConfigError,
+    check_photometry,
+    has_overscan,
+    load_profile,
+    validate,
+)
 from ccdflow.inventory import InventoryError, find_raw_files, read_inventory
 from ccdflow.batch import (
     PRODUCT_SUFFIX,
@@ -276,8 +282,6 @@ def _has_gain_pairs(night, group):
 def get_detector_reports():
     """A gain check per night and group: from bias and flat pairs, else (nights without
     them, when an overscan gives the zero level) from consecutive imaging science frames."""
-    from ccdflow.detector import has_overscan
-
     _, sets, plan = state()
     imaging = plan[plan["mode"] == "imaging"].groupby(["night", "group"]).size()
     series_ok = has_overscan(PROFILE["detector"])
