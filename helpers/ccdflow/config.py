@@ -8,13 +8,10 @@ job starts.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import yaml
-from jsonschema import Draft202012Validator, validators
-from jsonschema.exceptions import best_match
 
 __all__ = ["ConfigError", "load_profile", "load_yaml", "resolve_profile_path", "validate"]
 
@@ -23,8 +20,13 @@ class ConfigError(ValueError):
     """A configuration or profile value is wrong; the message names it."""
 
 
-def _with_defaults(validator_class):
-    validate_properties = validator_class.VALIDATORS["properties"]
+@functools.cache
+def _default_filling():
+    """A Draft 2020-12 validator that fills in the schema's defaults (jsonschema is
+    imported here: jobs that only ask :func:`has_overscan` do not pay for it)."""
+    from jsonschema import Draft202012Validator, validators
+
+    validate_properties = Draft202012Validator.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):
@@ -33,14 +35,13 @@ def _with_defaults(validator_class):
                     instance[name] = copy.deepcopy(sub["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
-    return validators.extend(validator_class, {"properties": set_defaults})
-
-
-_DefaultFilling = _with_defaults(Draft202012Validator)
+    return validators.extend(Draft202012Validator, {"properties": set_defaults})
 
 
 def load_yaml(path: str | Path) -> Any:
     """Read a YAML file, naming the file in any error."""
+    import yaml
+
     path = Path(path)
     try:
         return yaml.safe_load(path.read_text())
@@ -72,7 +73,9 @@ def validate(instance: Mapping, *, schema: Mapping | str | Path, what: str = "co
     if not isinstance(instance, Mapping):
         raise ConfigError(f"{what} must be a mapping, got {type(instance).__name__}")
     data = copy.deepcopy(dict(instance))
-    error = best_match(_DefaultFilling(schema).iter_errors(data))
+    from jsonschema.exceptions import best_match
+
+    error = best_match(_default_filling()(schema).iter_errors(data))
     if error is not None:
         path = [str(p) for p in error.absolute_path]
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
