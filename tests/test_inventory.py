@@ -316,6 +316,24 @@ def test_date_with_a_utc_offset_is_converted_and_sets_the_night(tmp_path):
         parse_iso_utc("tonight", "DATE-OBS")
 
 
+def test_a_one_shot_colour_camera_is_said(tmp_path, caplog):
+    # BAYERPAT (N.I.N.A., SharpCap, ASI cameras): the frames are reduced, as monochrome
+    # images, and the inventory says so once in its log and per frame in `reason`
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(2):
+        _write(raw / f"osc{i}.fits", {"IMAGETYP": "Light Frame", "EXPTIME": 30.0,
+                                      "DATE-OBS": f"2024-01-02T03:0{i}:00", "BAYERPAT": "RGGB"})
+    _write(raw / "mono.fits", {"IMAGETYP": "Light Frame", "EXPTIME": 30.0,
+                               "DATE-OBS": "2024-01-02T03:05:00"})
+    with caplog.at_level("WARNING", logger="ccdflow.inventory"):
+        table = build_inventory(raw_dir=raw, profile=profile("default")).set_index("frame")
+    assert (table["type"] == "science").all()
+    assert "one-shot colour mosaic (BAYERPAT = 'RGGB')" in table.loc["osc0", "reason"]
+    assert table.loc["mono", "reason"] == ""
+    assert "2 frame(s) are one-shot colour (Bayer) mosaics, e.g. osc0.fits" in caplog.text
+
+
 def test_too_few_calibration_frames_are_named_in_the_plan_error(small_night):
     # the bias frames exist but are fewer than min_frames: the error says so, not only
     # "no bias" (the set's frames and the minimum, so the user knows which knob)

@@ -77,7 +77,7 @@ COLUMNS = [
     "group", "size_bytes", "mode",
 ]
 #: version of what a header-cache row holds (2: files are checked for completeness)
-_CACHE_FORMAT = 3
+_CACHE_FORMAT = 4
 
 
 class InventoryError(ValueError):
@@ -270,6 +270,10 @@ def _describe(path: Path, relpath: Path, profile: Mapping) -> dict[str, Any]:
                         + "".join(f"; {n}" for n in time_notes))
     elif time_notes:
         problems.append("; ".join(time_notes))
+    bayer = header.get("BAYERPAT")
+    if isinstance(bayer, str) and bayer.strip():
+        problems.append(f"one-shot colour mosaic (BAYERPAT = '{bayer.strip()}'): reduced as a "
+                        "monochrome image, every star's colours mixed")
     night = _night_from_filename(relpath, profile.get("night", {}))
     night_source = "filename" if night else "header"
     if night is None and stamp is not None:
@@ -451,6 +455,13 @@ def build_inventory(*, raw_dir: str | Path, profile: Mapping,
              ", ".join(f"{counts.get(t, 0)} {t}" for t in FRAME_TYPES))
     for _, row in table[table["type"].isin(["unknown", "rejected"])].iterrows():
         log.warning("%s: %s (%s)", row["file"], row["type"], row["reason"])
+    colour = table["reason"].str.contains("one-shot colour mosaic", regex=False)
+    if colour.any():
+        log.warning("%d frame(s) are one-shot colour (Bayer) mosaics, e.g. %s: ccdflow "
+                    "calibrates and measures them as monochrome images, so every star's "
+                    "light mixes the mosaic's colours; for single-band photometry give it "
+                    "one colour plane per frame", int(colour.sum()),
+                    table.loc[colour, "file"].iloc[0])
     return table
 
 
