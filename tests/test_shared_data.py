@@ -244,17 +244,22 @@ def test_bsu_sn2022yid_v_light_curves(bsu):
 
 def test_nickel_standard_star_fields_measured(nickel):
     """PG 1323-085 and PG 1530+057 (60 s in V, Nickel 1-m): a source list each, the
-    standards' fields measured with BJD and RA/Dec from the header WCS (measured: 76 and
-    34 sources, 49 and 21 usable, brightest S/N 631 and 909)."""
+    standards' fields measured with BJD and RA/Dec from the header WCS (measured: 15 and
+    23 sources, 15 and 22 usable, 6 and 8 above S/N 100, brightest S/N 607 and 888).
+    No source sits on the frame's edge rows or columns, which the profile masks: unmasked,
+    the last row (+145 e-) and the edge columns (+530, +625 e- over a 400 e- sky) gave 26
+    of the 41 "sources" of PG 1323-085 and 5 of the 28 of PG 1530+057."""
     import numpy as np
 
     from ccdflow.photometry import good_mask
 
-    for series, min_sources in (("PG1323-085_V", 40), ("PG1530+057_V", 20)):
+    for series, min_sources in (("PG1323-085_V", 12), ("PG1530+057_V", 18)):
         one = _one_aperture(nickel / "lightcurves" / f"{series}.csv")
         usable = one[good_mask(one["flags"])]
         snr = usable["flux"] / usable["flux_err"]
-        assert len(one) >= min_sources and len(usable) >= 15, series
+        assert len(one) >= min_sources and len(usable) >= 12, series
+        assert not ((one["x"] < 1.5) | (one["x"] > 1021.5) | (one["y"] < 1.5)
+                    | (one["y"] > 1021.5)).any(), series
         assert (snr > 100).sum() >= 5, series
         assert (usable["flux_err"] ** 2 >= usable["flux"]).all(), "at least photon noise"
         assert np.isfinite(one["bjd_tdb"]).all() and np.isfinite(one["ra_deg"]).all()
