@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "load_profile", "load_yaml", "resolve_profile_path", "validate"]
+__all__ = ["ConfigError", "check_photometry", "has_overscan", "load_profile", "load_yaml",
+           "resolve_profile_path", "validate"]
 
 
 class ConfigError(ValueError):

@@ -76,8 +76,11 @@ COLUMNS = [
     "readout", "binning", "shape", "n_ext", "date_obs", "mjd_obs", "night", "night_source",
     "group", "size_bytes", "mode",
 ]
-#: version of what a header-cache row holds (2: files are checked for completeness)
+#: version of what a header-cache row holds (2: files are checked for completeness;
+#: 4: colour mosaics are noted)
 _CACHE_FORMAT = 4
+#: the note a one-shot colour frame's ``reason`` carries (and the inventory's log counts)
+_COLOUR_MOSAIC = "one-shot colour mosaic"
 
 
 class InventoryError(ValueError):
@@ -270,10 +273,11 @@ def _describe(path: Path, relpath: Path, profile: Mapping) -> dict[str, Any]:
                         + "".join(f"; {n}" for n in time_notes))
     elif time_notes:
         problems.append("; ".join(time_notes))
-    bayer = header.get("BAYERPAT")
-    if isinstance(bayer, str) and bayer.strip():
-        problems.append(f"one-shot colour mosaic (BAYERPAT = '{bayer.strip()}'): reduced as a "
-                        "monochrome image, every star's colours mixed")
+    bayer = next((k for k in keywords.get("bayer_pattern", [])
+                  if isinstance(_first(header, [k]), str)), None)
+    if bayer is not None:
+        problems.append(f"{_COLOUR_MOSAIC} ({bayer} = '{_first(header, [bayer])}'): reduced "
+                        "as a monochrome image, every star's colours mixed")
     night = _night_from_filename(relpath, profile.get("night", {}))
     night_source = "filename" if night else "header"
     if night is None and stamp is not None:
@@ -455,7 +459,7 @@ def build_inventory(*, raw_dir: str | Path, profile: Mapping,
              ", ".join(f"{counts.get(t, 0)} {t}" for t in FRAME_TYPES))
     for _, row in table[table["type"].isin(["unknown", "rejected"])].iterrows():
         log.warning("%s: %s (%s)", row["file"], row["type"], row["reason"])
-    colour = table["reason"].str.contains("one-shot colour mosaic", regex=False)
+    colour = table["reason"].str.contains(_COLOUR_MOSAIC, regex=False)
     if colour.any():
         log.warning("%d frame(s) are one-shot colour (Bayer) mosaics, e.g. %s: ccdflow "
                     "calibrates and measures them as monochrome images, so every star's "

@@ -163,7 +163,7 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
         log.warning("%s: science frame left out of the reduction (%s)", sci["file"],
                     sci["reason"] or "no observation time or exposure time")
     science = science[~unusable]
-    rows, missing = [], {}
+    rows, missing, missing_kinds = [], {}, set()
     for _, sci in science.iterrows():
         mode = str(sci.get("mode", "imaging") or "imaging")
         row = {"frame": sci["frame"], "file": sci["file"], "night": sci["night"],
@@ -183,6 +183,7 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
                 what = ("spectroscopic flat" if set_kind == "specflat" else kind) + (
                     f" in filter {sci['filter'] or 'none'}" if set_kind in FILTERED else "")
                 missing.setdefault(what, []).append(sci["file"])
+                missing_kinds.add(set_kind)
                 continue
             row[f"{kind}_night"] = best["night"]
             row[f"{kind}_age_d"] = round(abs(float(best["mjd"]) - float(sci["mjd_obs"])), 4)
@@ -194,9 +195,7 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
         parts = [f"no {what} within {max_age_days} d for {len(files)} frame(s): "
                  f"{', '.join(files[:5])}{' …' if len(files) > 5 else ''}"
                  for what, files in missing.items()]
-        wanted = {what.split()[0] for what in missing}
-        short = [d for d in sets.dropped if d.split()[0] in wanted
-                 or (d.startswith("specflat") and "spectroscopic" in wanted)]
+        short = [d for d in sets.dropped if d.split()[0] in missing_kinds]  # '{kind} ...'
         if short:  # the frames exist but are too few: say so, not only "no bias"
             parts.append("set(s) with fewer frames than calibration.min_frames, not used: "
                          + "; ".join(short))
