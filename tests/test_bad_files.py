@@ -152,6 +152,13 @@ def test_inventory_rejects_bad_files_with_path_and_reason(tmp_path, good_bytes):
         assert table.loc[file, "type"] == "rejected", file
         assert table.loc[file, "rule"] == "incomplete", file
         assert table.loc[file, "reason"].startswith(reason), table.loc[file, "reason"]
+    # the cut file's header survived: it still says what the frame was (its series and
+    # night), so the light curves can name the frame they lack; the others say nothing
+    cut = table.loc["sub/cut.fits"]
+    assert (cut["filter"], cut["exptime_s"], cut["night"]) == ("V", 10.0, "2024-01-01")
+    assert cut["date_obs"] == "2024-01-02T03:04:05.000" and cut["shape"] == "100x120"
+    for file in ("zero.fits", "notes.fits"):
+        assert (table.loc[file, "filter"], table.loc[file, "night"]) == ("", ""), file
     assert {p: p.read_bytes() for p in raw.rglob("*.fits")} == before  # raw files untouched
 
 
@@ -292,6 +299,9 @@ def test_a_night_with_bad_files_reduces_to_the_end(tmp_path):
         others = summaries[stage].drop(index=list(bad))
         assert (others["status"] == "ok").all(), stage
     light = (results / "lightcurves" / "WASP-SIM_V.csv").read_text()
+    # the truncated V frame's header placed it in the series: every light curve names it
+    assert (f"# frame {science[1].stem} not measured: rejected by the inventory: incomplete "
+            f"file {science[1].name}: data of HDU 0 is truncated") in light
     for frame in bad:
         assert f"# frame {frame} not measured: calibrated failed: CalibrationError" in light
         assert frame not in pd.read_csv(results / "lightcurves" / "WASP-SIM_V.csv",

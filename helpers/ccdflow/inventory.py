@@ -77,8 +77,8 @@ COLUMNS = [
     "group", "size_bytes", "mode",
 ]
 #: version of what a header-cache row holds (2: files are checked for completeness;
-#: 4: colour mosaics are noted)
-_CACHE_FORMAT = 4
+#: 4: colour mosaics are noted; 5: a truncated file keeps what its header says)
+_CACHE_FORMAT = 5
 #: the note a one-shot colour frame's ``reason`` carries (and the inventory's log counts)
 _COLOUR_MOSAIC = "one-shot colour mosaic"
 
@@ -245,7 +245,6 @@ def _binning(header: Mapping, keywords: Mapping[str, Sequence[str]]) -> str:
 
 
 def _describe(path: Path, relpath: Path, profile: Mapping) -> dict[str, Any]:
-    keywords = profile.get("keywords", {})
     row: dict[str, Any] = {"file": relpath.as_posix(), "reason": "", "size_bytes": None}
     try:
         row["size_bytes"] = path.stat().st_size
@@ -255,9 +254,31 @@ def _describe(path: Path, relpath: Path, profile: Mapping) -> dict[str, Any]:
         message = " ".join(str(exc).split()) or type(exc).__name__
         kind = "incomplete" if isinstance(exc, FitsIntegrityError) else "unreadable"
         detail = message if kind == "incomplete" else f"{type(exc).__name__}: {message}"
-        row.update(type="rejected", rule=kind,
-                   reason=f"{kind} file {relpath.as_posix()}: {detail}")
-        return row
+        rejected = {"type": "rejected", "rule": kind,
+                    "reason": f"{kind} file {relpath.as_posix()}: {detail}"}
+        return {**row, **_rejected_header_fields(path, relpath, profile, kind), **rejected}
+    return {**row, **_header_fields(header, n_ext, shape, relpath, profile)}
+
+
+def _rejected_header_fields(path: Path, relpath: Path, profile: Mapping,
+                            kind: str) -> dict[str, Any]:
+    """What a rejected file's header still says.  A truncated file (one being written,
+    or cut off in a copy) usually keeps its header: its object, filter, time and night
+    place it in its series, so the light curves and summaries name the frame they
+    lack.  Nothing for an unreadable file."""
+    if kind != "incomplete":
+        return {}
+    try:
+        header, n_ext, shape = read_frame_header(path)
+        return _header_fields(header, n_ext, shape, relpath, profile)
+    except Exception:  # the header itself is cut: the file stays only its name
+        return {}
+
+
+def _header_fields(header: Mapping, n_ext: int, shape: tuple[int, int], relpath: Path,
+                   profile: Mapping) -> dict[str, Any]:
+    """The inventory columns of one readable header."""
+    keywords = profile.get("keywords", {})
     ftype, rule = classify(header=header, profile=profile)
     problems = [] if ftype != "unknown" else [rule]
     exptime = _as_float(_first(header, keywords.get("exptime", [])))
@@ -289,7 +310,7 @@ def _describe(path: Path, relpath: Path, profile: Mapping) -> dict[str, Any]:
     shape_text = f"{shape[0]}x{shape[1]}"
     group = "_".join([_slug(instrument), binning, shape_text + (f"x{n_ext}" if n_ext > 1 else ""),
                       _slug(readout) if readout else "default"])
-    row.update(
+    return dict(
         type=ftype, rule=rule if ftype != "unknown" else "", reason="; ".join(problems),
         filter=filt if ftype not in ("bias", "dark") else "", exptime_s=exptime,
         object=str(_first(header, keywords.get("object", [])) or ""),
@@ -299,7 +320,6 @@ def _describe(path: Path, relpath: Path, profile: Mapping) -> dict[str, Any]:
         night=night or "", night_source=night_source if night else "", group=group,
         mode=observing_mode(header=header, profile=profile),
     )
-    return row
 
 
 def _read_frames_table(path: str | Path) -> pd.DataFrame:

@@ -326,6 +326,11 @@ def _megapixels(shape):
     return ny * nx / 1e6
 
 
+def series_name(field, filt):
+    """A series: '{field}_{filter}' (field 'field' when OBJECT is empty)."""
+    return f"{safe_name(field or 'field')}_{safe_name(filt)}"
+
+
 @functools.lru_cache(maxsize=8)
 def _frames(path, mtime_ns, mode):
     """Per science frame of one observing mode: plan row, field (OBJECT), series, batch."""
@@ -335,10 +340,7 @@ def _frames(path, mtime_ns, mode):
     table = plan[plan["mode"] == mode].reset_index(drop=True)
     table["field"] = [str(objects.get(f, "") or "") for f in table["frame"]]
     table["megapixels"] = [_megapixels(shapes.get(f, "")) for f in table["frame"]]
-    table["series"] = [
-        f"{safe_name(o or 'field')}_{safe_name(fl)}"
-        for o, fl in zip(table["field"], table["filter"])
-    ]
+    table["series"] = [series_name(o, fl) for o, fl in zip(table["field"], table["filter"])]
     table = assign_batches(table, setting=config["frames_per_job"])
     return table.set_index("frame", drop=False)
 
@@ -475,6 +477,19 @@ def get_image_products(wildcards):
 
 def series_frames(series):
     return frame_table().query("series == @series")
+
+
+def series_rejected(series):
+    """{frame: reason} of the files the inventory rejected whose header still places them
+    in a series (a truncated frame of that field and filter)."""
+    inventory = state()[0]
+    rows = inventory[(inventory["type"] == "rejected") & (inventory["mode"] == "imaging")
+                     & (inventory["filter"] != "")]
+    return {
+        f: f"rejected by the inventory: {reason}"
+        for f, o, fl, reason in zip(rows["frame"], rows["object"], rows["filter"], rows["reason"])
+        if series_name(o, fl) == series
+    }
 
 
 def series_batches(series, stage):

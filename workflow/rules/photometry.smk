@@ -87,6 +87,7 @@ rule lightcurve_build:
         directory=directory(RESULTS / "lightcurves" / "{series}"),
     params:
         tables=lambda wildcards: series_frame_paths(wildcards.series, "photometry"),
+        rejected=lambda wildcards: series_rejected(wildcards.series),
         aperture=PHOT["lightcurve_aperture"],
         comparisons=PHOT["comparisons"],
         software=SOFTWARE,

@@ -8,6 +8,7 @@ job_logging(snakemake.log[0])
 catalog, reference = read_reference(snakemake.input.reference)
 # frames that an earlier stage could not make are named in every file's header
 tables, absent = series_products(snakemake.params.tables)
+absent.update(snakemake.params.rejected)
 result = build_lightcurves(
     tables=[read_photometry(path) for path in tables.values()],
     catalog=catalog,
