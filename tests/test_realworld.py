@@ -87,6 +87,98 @@ def test_hot_pixel_map_from_the_series_on_truth(night):
 
 
 
+def test_hot_and_dead_columns_from_the_series_on_truth(night):
+    """The simulator's hot column, hot column segment (from its trap row up) and dead
+    column are found to the pixel: HOT along the hot ones, BAD (info['dead']) along the
+    dead one, nothing else called a line; the header names them 1-based."""
+    truth = load_truth(night)
+    defects = json.loads((night / "truth" / "truth.json").read_text())["line_defects"]
+    assert [d["kind"] for d in defects] == ["hot", "hot", "dead"]
+    paths = [night / "raw" / f for f in truth.frames["file"]]
+    hot, info = hot_pixel_map(paths=paths, detector=DETECTOR)
+    spikes, _ = hot_pixel_map(paths=paths, detector=DETECTOR, lines=False)
+    for d in defects:
+        x, y0, y1 = d["x"], d["y0"], d["y1"]
+        flagged = info["dead"][:, x] if d["kind"] == "dead" else hot[:, x]
+        lines_only = flagged & ~spikes[:, x]  # beyond the segment: no flag but a spike's
+        assert flagged[y0:y1 + 1].all() and not lines_only[:y0].any(), (d, np.nonzero(flagged))
+    described = sorted((d["x"] + 1, d["y0"] + 1, d["y1"] + 1, d["kind"]) for d in defects)
+    found = sorted([(*_parse_line(t), "hot") for t in info["hot_lines"]]
+                   + [(*_parse_line(t), "dead") for t in info["dead_lines"]])
+    assert found == described, (found, described)
+
+
+def _parse_line(text):
+    """'x=201 (y=1-500)' -> (201, 1, 500)."""
+    import re
+
+    x, y0, y1 = (int(v) for v in re.match(r"x=(\d+) \(y=(\d+)-(\d+)\)$", text).groups())
+    return x, y0, y1
+
+
+def test_no_line_defects_on_a_clean_still_night(tmp_path):
+    # the hard case for a column test: stars that do not drift (their columns' block
+    # medians rise in every frame alike), bright ones among them, no defect at all
+    spec = replace(_spec(flip=False, n_science=12), hot_columns=0, dead_columns=0,
+                   drift_px=(0.0, 0.0), cloud_fraction=0.0, target_mag=13.0)
+    night = simulate_night(out_dir=tmp_path / "still", spec=spec)
+    paths = sorted((night / "raw").glob("*.fits"))
+    _, info = hot_pixel_map(paths=paths, detector=DETECTOR)
+    assert info["hot_lines"] == [] and info["dead_lines"] == [] and not info["dead"].any()
+
+
+def test_a_column_the_bias_explains_is_no_defect(night, tmp_path):
+    """A column 150 e- high in every frame is a hot column, unless the master bias the
+    frames are calibrated with holds it (the map is made from bias-subtracted frames)."""
+    truth = load_truth(night)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in truth.frames["file"][:10]:
+        with fits.open(night / "raw" / name) as hdul:
+            data = hdul[0].data.astype(np.int32)
+            data[:, 60] += 150  # gain 1: 150 e-
+            fits.PrimaryHDU(data.astype(np.uint16), header=hdul[0].header).writeto(raw / name)
+    paths = sorted(raw.glob("*.fits"))
+    _, plain = hot_pixel_map(paths=paths, detector=DETECTOR)
+    assert "x=61 (y=1-256)" in plain["hot_lines"]
+    bias = np.zeros((256, 320))
+    bias[:, 60] = 150.0
+    _, with_bias = hot_pixel_map(paths=paths, detector=DETECTOR, bias_e=bias)
+    assert not [t for t in with_bias["hot_lines"] if t.startswith("x=61 ")]
+    assert with_bias["hot_lines"] == [t for t in plain["hot_lines"] if not t.startswith("x=61 ")]
+
+
+def test_line_votes_equal_their_plain_definition(rng):
+    # the fast path (a partition for the block medians, a sorting network for the
+    # neighbours' median) against np.sort/np.median written out, on noise with a hot
+    # column, a dead one, a hot row segment, a NaN patch and the frame's edges
+    from ccdflow.hotpixels import line_defect_votes
+
+    data = rng.normal(300.0, np.sqrt(300.0 + 100.0), (200, 150))
+    data[:, 3] += 40.0
+    data[:, 77] *= 0.1
+    data[120, 20:130] += 60.0
+    data[50:60, 90:95] = np.nan
+    data = data.astype(np.float32)  # as the votes compute (the same roundings)
+    for axis in (0, 1):
+        lines = data if axis == 0 else data.T
+        n_blocks = lines.shape[0] // 16
+        blocks = lines[:n_blocks * 16].reshape(n_blocks, 16, -1)
+        with np.errstate(invalid="ignore"):
+            level = np.where(np.isnan(blocks).any(axis=1), np.nanmedian(blocks, axis=1),
+                             np.sort(blocks, axis=1)[:, 8])
+        n = level.shape[1]
+        around = np.array([[np.nanmedian(np.r_[row[max(x - 4, 0):x], row[x + 1:x + 5]])
+                            for x in range(n)] for row in level])
+        around = around.astype(np.float32)
+        sigma = 1.2533 * np.sqrt((np.clip(around, 0, None) + 100.0) / 16)
+        high, low = line_defect_votes(data=data, read_noise_e=10.0, axis=axis)
+        np.testing.assert_array_equal(high, level - around > 5 * sigma)
+        np.testing.assert_array_equal(low, around - level > np.maximum(5 * sigma,
+                                                                       0.5 * around))
+        assert high.any() and (low.any() if axis == 0 else True)
+
+
 def test_hot_pixel_candidates_equal_the_full_frame_filters(night, rng):
     # the ring median is evaluated only where a spike can be (a 5×5 minimum bounds it);
     # the mask must equal the full-frame median_filter + correlate definition, on real-
@@ -126,12 +218,20 @@ def test_hot_pixel_rates_from_the_series_on_truth(night):
     truth = load_truth(night)
     paths = [night / "raw" / f for f in truth.frames["file"]]
     hot, info = hot_pixel_map(paths=paths, detector=DETECTOR)
-    rate, rate_err, rated = hot_pixel_rates(paths=info["frames"], detector=DETECTOR, hot=hot)
+    rate, rate_err, rated = hot_pixel_rates(paths=info["frames"], detector=DETECTOR, hot=hot,
+                                            lines=info["lines"])
     ok = np.isfinite(rate)
     assert rated["n_rated"] == ok.sum() and ok.sum() >= 0.8 * hot.sum()
     pull = (rate[ok] - truth.dark_rate_e_per_s[ok]) / rate_err[ok]
     assert 0.8 <= 1.4826 * np.median(np.abs(pull - np.median(pull))) <= 1.25, pull
     assert np.median(np.abs(pull)) < 1.0
+    # the hot columns' pixels (~300 here) are measured against their ring without their
+    # own column (whose 2 ring pixels share the charge): with them, the 140-frame night's
+    # median pull was -1.02, without -0.13; the median's error is ~1.25/√300 ≈ 0.07
+    on_lines = ok & (info["lines"] > 0)
+    assert on_lines.sum() >= 200
+    line_pull = (rate[on_lines] - truth.dark_rate_e_per_s[on_lines]) / rate_err[on_lines]
+    assert abs(np.median(line_pull)) < 0.35, np.median(line_pull)
     t = float(truth.frames["exptime_s"].median())
     unrated = hot & ~ok
     assert (truth.dark_rate_e_per_s[unrated] * t > 3000).mean() >= 0.7
@@ -181,7 +281,8 @@ def _pulls_against_truth(results, truth, night) -> np.ndarray:
 
 def test_written_hot_pixel_map_with_and_without_rates(night, tmp_path):
     # correct (default): MASK + HOTDARK + HOTDARK_ERR, NHOTRATE + NHOTBAD = NHOTPIX, and
-    # every unrated HOT pixel also BAD; correct: false: the mask alone, nothing BAD
+    # every unrated HOT pixel also BAD; correct: false: the mask alone, BAD only where
+    # a column is dead
     from ccdflow.hotpixels import write_hot_pixel_map
 
     truth = load_truth(night)
@@ -193,11 +294,14 @@ def test_written_hot_pixel_map_with_and_without_rates(night, tmp_path):
     assert names == ["PRIMARY", "MASK", "HOTDARK", "HOTDARK_ERR"]
     assert head["NHOTRATE"] + head["NHOTBAD"] == head["NHOTPIX"] == info["n_hot"]
     hot = (mask & 4) != 0
-    assert (((mask & 1) != 0) == (hot & ~np.isfinite(rate))).all()
+    # BAD: a HOT pixel without a rate, or a dead column's
+    assert (((mask & 1) != 0) == ((hot & ~np.isfinite(rate)) | info["dead"])).all()
+    assert (head["NHOTLINE"], head["NDEADLIN"]) == (2, 1)
     write_hot_pixel_map(tmp_path / "plain.fits", paths=paths, detector=DETECTOR, correct=False)
     with fits.open(tmp_path / "plain.fits") as hdul:
         assert [h.name for h in hdul] == ["PRIMARY", "MASK"]
-        assert ((hdul["MASK"].data & 1) == 0).all() and "NHOTRATE" not in hdul[0].header
+        assert (((hdul["MASK"].data & 1) != 0) == info["dead"]).all()
+        assert "NHOTRATE" not in hdul[0].header
 
 
 def _fit_transit(lc, transit):

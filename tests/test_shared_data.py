@@ -263,3 +263,24 @@ def test_nickel_standard_star_fields_measured(nickel):
         assert (snr > 100).sum() >= 5, series
         assert (usable["flux_err"] ** 2 >= usable["flux"]).all(), "at least photon noise"
         assert np.isfinite(one["bjd_tdb"]).all() and np.isfinite(one["ra_deg"]).all()
+
+
+def test_nickel_series_map_finds_the_profiles_bad_lines(nickel):
+    """No darks at Nickel: the hot-pixel map comes from the night's six science frames
+    (bias-subtracted).  Its column/row test finds, on its own, the defects the profile
+    lists from the observatory's notes (columns 256, 257, 785; rows 1 and 1024), and
+    nothing the profile does not list but column 1023, which stands ~38 e- above its
+    neighbours in every frame (d1047: 421 vs 383 e-).  Column 1003 is a bias defect: the
+    master bias removes it, and the map leaves it alone."""
+    import re
+
+    from astropy.io import fits
+
+    header = fits.getheader(next(nickel.glob("masters/*/*/hotpix.fits")), 0)
+    found = {(axis, int(n)) for text in (header["HOTLINES"], header["DEADLINS"])
+             for axis, n in re.findall(r"([xy])=(\d+) \(", text)}
+    columns = {n for axis, n in found if axis == "x"}
+    rows = {n for axis, n in found if axis == "y"}
+    assert {256, 257, 785} <= columns <= {1, 256, 257, 784, 785, 1003, 1023, 1024}, columns
+    assert 1003 not in columns
+    assert rows == {1, 1024}, rows

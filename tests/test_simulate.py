@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -208,8 +210,19 @@ def test_realworld_night_from_the_command_line(tmp_path):
     assert "CTYPE1" not in header and header["NAXIS1"] == 650 + 8
     data = fits.getdata(tmp_path / "rw" / "raw" / frames["file"].iloc[0])
     assert data.max() <= 4095
-    hot = truth.dark_rate_e_per_s * 60 > 100  # ~1,000 hot pixels on 650x500
-    assert 300 < hot.sum() < 1100
+    # ~1,000 hot pixels on 650x500, and the column defects: a hot column, a hot segment
+    # (from its trap row to the last row) and a dead column, in the truth and the frames
+    defects = json.loads((tmp_path / "rw" / "truth" / "truth.json").read_text())["line_defects"]
+    assert [d["kind"] for d in defects] == ["hot", "hot", "dead"]
+    hot = truth.dark_rate_e_per_s * 60 > 100
+    in_lines = np.zeros(hot.shape, bool)
+    for d in defects[:2]:
+        in_lines[d["y0"]:d["y1"] + 1, d["x"]] = True
+    assert in_lines.sum() > 500 and (hot & in_lines).sum() == in_lines.sum()
+    assert 300 < (hot & ~in_lines).sum() < 1100
+    dead = defects[2]["x"]
+    assert np.median(data[:, dead]) < np.median(data[:, dead + 2]) - 100  # 2 % of the sky
+    assert truth.flats["R"][:, dead].max() < 0.05
 
 
 def test_atomic_directory_renames_on_success_and_leaves_nothing_on_failure(tmp_path):

@@ -102,7 +102,7 @@ rule master_flat:
 
 rule hot_pixel_map:
     input:
-        raw=get_hotpix_raw,
+        unpack(get_hotpix_inputs),
     output:
         hot_pixels=MASTERS / "{night}" / "{group}" / "hotpix.fits",
     params:

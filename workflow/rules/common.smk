@@ -256,6 +256,18 @@ def get_hotpix_raw(wildcards):
     return [str(RAW_DIR / f) for f in rows.sort_values(["mjd_obs", "file"])["file"]]
 
 
+def get_hotpix_inputs(wildcards):
+    """The night's raw science frames, and the master bias they are calibrated with (the
+    map is made from bias-subtracted frames: a column whose bias stands out is not a
+    defect)."""
+    raw = get_hotpix_raw(wildcards)
+    _, _, plan = state()
+    rows = plan[(plan["night"] == wildcards.night) & (plan["group"] == wildcards.group)
+                & (plan["mode"] == "imaging")]
+    bias = _plan_masters(rows.iloc[0]).get("bias") if len(rows) else None
+    return {"raw": raw, **({"bias": bias} if bias else {})}
+
+
 def illumination_frames(night, group, filt):
     """Science frames for the illumination model (none when disabled or too few)."""
     if not ILLUM["enabled"]:

@@ -8,5 +8,6 @@ write_hot_pixel_map(
     snakemake.output.hot_pixels,
     paths=snakemake.input.raw,
     detector=snakemake.params.detector,
+    bias=snakemake.input.get("bias"),
     **snakemake.params.options,
 )

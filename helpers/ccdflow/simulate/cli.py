@@ -36,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--night", default=d.night, help="observing night, YYYY-MM-DD")
     p.add_argument("--realworld", type=int, metavar="N_FRAMES", default=None,
                    help="a small robotic telescope's night of N_FRAMES 650x500 12-bit frames "
-                        "(NightSpec.realworld: no calibrations, hot pixels, drift, clouds, "
+                        "(NightSpec.realworld: no calibrations, hot pixels and columns, a dead "
+                        "column, drift, clouds, "
                         "local DATE-OBS + UT-OBS, no WCS); --size and the counts are ignored")
     p.add_argument("--flip", action="store_true", help="with --realworld: a 180° meridian "
                    "flip half-way through the night")

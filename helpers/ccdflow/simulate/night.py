@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from .scene import (
     _bias_pattern,
     _dark_rate,
     _flats,
+    _line_defects,
     _sexagesimal,
     _star_list,
     _wcs,
@@ -113,15 +114,35 @@ def _header(spec: NightSpec, kind: str, filt: str, exptime: float, start, airmas
 
 
 def _to_adu(rng: np.random.Generator, spec: NightSpec, electrons: np.ndarray, level: float,
-            drift: np.ndarray, pattern: np.ndarray) -> np.ndarray:
+            drift: np.ndarray, pattern: np.ndarray, *, defects: Sequence[Mapping] = (),
+            defect_rng: np.random.Generator | None = None, exptime: float = 0.0) -> np.ndarray:
     """Add Poisson + read noise to collected charge and digitise with the overscan strip."""
     noisy = rng.poisson(np.clip(electrons, 0, None)).astype(np.float64)
+    if defects:
+        noisy = _apply_line_defects(noisy, defects, defect_rng, exptime)
     noisy += rng.normal(0.0, spec.read_noise_e, size=noisy.shape)
     data = level + drift[:, np.newaxis] + pattern + noisy / spec.gain_e_per_adu
     over = level + drift[:, np.newaxis] + rng.normal(
         0.0, spec.read_noise_e / spec.gain_e_per_adu, size=(spec.ny, spec.overscan_cols))
     raw = np.hstack([data, over])
     return np.clip(np.round(raw), 0, spec.adc_max).astype(np.uint16)
+
+
+def _apply_line_defects(collected: np.ndarray, defects: Sequence[Mapping],
+                        rng: np.random.Generator, exptime: float) -> np.ndarray:
+    """The collected charge with the column defects: a hot segment's dark charge
+    (Poisson) added, a dead column's charge thinned to its response (binomial: a
+    Poisson thinned is the Poisson of the thinned mean).  Drawn after, and apart from,
+    the frame's own noise, so that a night with defects differs from the same night
+    without them at the defects' pixels alone."""
+    out = collected.copy()
+    for d in defects:
+        x, rows = d["x"], slice(d["y0"], d["y1"] + 1)
+        if d["kind"] == "hot":
+            out[rows, x] += rng.poisson(d["rate_e_per_s"] * exptime, size=out[rows, x].shape)
+        else:
+            out[rows, x] = rng.binomial(out[rows, x].astype(np.int64), d["response"])
+    return out
 
 
 def simulate_night(*, out_dir: str | Path, spec: NightSpec | None = None) -> Path:
@@ -246,6 +267,9 @@ def _simulate_into(root: Path, spec: NightSpec) -> None:
     dark = _dark_rate(static_rng, spec)
     flats = _flats(static_rng, spec)
     stars = _star_list(static_rng, spec)
+    # the images are rendered without the column defects, which are applied to each
+    # frame's drawn charge (_apply_line_defects); the truth holds them
+    true_dark, true_flats, defects = _line_defects(spec, dark, flats)
 
     schedule = _schedule(spec)
     frame_rngs = [np.random.default_rng(s) for s in seeds.spawn(len(schedule) + 1)[1:]]
@@ -291,7 +315,9 @@ def _simulate_into(root: Path, spec: NightSpec) -> None:
             cx, cy, ce = cosmic_ray_hits(rng, spec, exptime)
             np.add.at(electrons, (cy, cx), ce)
             cr_rows.append(pd.DataFrame({"frame": stem, "x": cx, "y": cy, "electrons": ce}))
-        raw = _to_adu(rng, spec, electrons, level, drift, pattern)
+        raw = _to_adu(rng, spec, electrons, level, drift, pattern, defects=defects,
+                      defect_rng=np.random.default_rng([spec.seed, 0x11E, i]),
+                      exptime=exptime)
         header = _header(spec, kind, filt, exptime, start, am, dx, dy)
         path = raw_dir / info["file"]
         fits.PrimaryHDU(data=raw, header=header).writeto(path)
@@ -301,15 +327,17 @@ def _simulate_into(root: Path, spec: NightSpec) -> None:
                     n_saturated=int((raw[:, : spec.nx] == spec.adc_max).sum()))
         frames.append(info)
         drifts.append(drift)
-    _write_truth(truth_dir, spec, pattern=pattern, dark=dark, flats=flats, drifts=drifts,
+    _write_truth(truth_dir, spec, pattern=pattern, dark=true_dark, flats=true_flats,
+                 drifts=drifts,
                  frames=frames, stars=stars, star_rows=star_rows, cr_rows=cr_rows,
-                 transit=transit)
+                 transit=transit, defects=defects)
 
 
 def _write_truth(truth_dir: Path, spec: NightSpec, *, pattern: np.ndarray, dark: np.ndarray,
                  flats: Mapping[str, np.ndarray], drifts: list[np.ndarray], frames: list[dict],
                  stars: pd.DataFrame, star_rows: list[pd.DataFrame],
-                 cr_rows: list[pd.DataFrame], transit: Mapping) -> None:
+                 cr_rows: list[pd.DataFrame], transit: Mapping,
+                 defects: Sequence[Mapping] = ()) -> None:
     """The truth beside the raw frames: images, per-frame and per-star tables, truth.json."""
     def write_image(name: str, data: np.ndarray, unit: str) -> None:
         fits.PrimaryHDU(data=data.astype(np.float32),
@@ -331,7 +359,8 @@ def _write_truth(truth_dir: Path, spec: NightSpec, *, pattern: np.ndarray, dark:
         "saturate_adu": spec.adc_max, "trimsec": f"[1:{spec.nx},1:{spec.ny}]",
         "biassec": f"[{spec.nx + 5}:{spec.nx + spec.overscan_cols},1:{spec.ny}]",
         "site": SITE, "field": FIELD, "pixel_scale_arcsec": PIXEL_SCALE_ARCSEC,
-        "transit": {**transit, "star_id": 0}, "ccdflow_version": __version__,
+        "transit": {**transit, "star_id": 0}, "line_defects": list(defects),
+        "ccdflow_version": __version__,
         "pixel_convention": "0-based (x, y) of the trimmed area; pixel i spans i-0.5..i+0.5",
     }
     (truth_dir / "truth.json").write_text(json.dumps(meta, indent=2))

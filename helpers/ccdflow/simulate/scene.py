@@ -4,6 +4,7 @@ the transit and the airmass."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -62,6 +63,33 @@ def _dark_rate(rng: np.random.Generator, spec: NightSpec) -> np.ndarray:
     idx = rng.choice(spec.nx * spec.ny, size=n_hot, replace=False)
     rate.flat[idx] = 10 ** rng.uniform(-0.5, 2.0, size=n_hot)  # 0.3 to 100 e-/s
     return rate
+
+
+def _line_defects(spec: NightSpec, dark: np.ndarray, flats: Mapping[str, np.ndarray]
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray], list[dict]]:
+    """Hot column segments (dark current from a charge trap at ``y0`` to the last row;
+    the first one the whole column) and dead columns (2 % response), drawn from their
+    own random stream so that a spec without them draws everything else as before.
+    Returns the true dark rate and flats with them, and the defects (0-based,
+    inclusive rows) that each frame applies to its drawn charge."""
+    n_hot, n_dead = spec.hot_columns, spec.dead_columns
+    if not n_hot and not n_dead:
+        return dark, dict(flats), []
+    rng = np.random.default_rng([spec.seed, 0x11E])
+    xs = rng.choice(np.arange(10, spec.nx - 10), size=n_hot + n_dead, replace=False)
+    dark, flats, truth = dark.copy(), {k: v.copy() for k, v in flats.items()}, []
+    for i, x in enumerate(xs[:n_hot]):
+        y0 = 0 if i == 0 else int(rng.integers(spec.ny // 8, spec.ny // 2))
+        rate = float(rng.uniform(2.0, 6.0))
+        dark[y0:, x] += rate
+        truth.append({"kind": "hot", "x": int(x), "y0": y0, "y1": spec.ny - 1,
+                      "rate_e_per_s": rate})
+    for x in xs[n_hot:]:
+        for flat in flats.values():
+            flat[:, x] *= 0.02
+        truth.append({"kind": "dead", "x": int(x), "y0": 0, "y1": spec.ny - 1,
+                      "response": 0.02})
+    return dark, flats, truth
 
 
 def _donut(ny: int, nx: int, xc: float, yc: float, radius: float, depth: float) -> np.ndarray:

@@ -72,6 +72,8 @@ class NightSpec:
     bias_level_adu: float = 1000.0
     dark_rate_e_per_s: float = 0.01
     hot_pixel_fraction: float = 5e-4
+    hot_columns: int = 0  # hot column segments (the first a whole column), 2-6 e-/s
+    dead_columns: int = 0  # columns of 2 % response
     sky_rate_e_per_s: float = 12.0
     cosmic_rate_per_mpix_s: float = 0.5
     transit_depth: float = 0.01
@@ -97,7 +99,8 @@ class NightSpec:
         """A time-series night of a small robotic telescope, as users bring them.
 
         12-bit data (saturation 4095 ADU), no bias, dark or flat frames, ~1,000 hot
-        pixels (0.3 % of 650×500), FWHM 1.8 px, a tracking drift growing to 60 px over
+        pixels (0.3 % of 650×500), a hot column, a hot column segment and a dead
+        column, FWHM 1.8 px, a tracking drift growing to 60 px over
         ``n_science`` 60-s frames (7 h at 180 s cadence), optionally a 180° meridian
         flip half-way, thin clouds on 8 % of the frames (30 % transparency drops), an
         airmass trend (0.15 mag/airmass), a 2 % transit, no WCS, DATE-OBS in local
@@ -111,6 +114,7 @@ class NightSpec:
                    overhead_s=120.0, n_stars=n_stars if n_stars is not None else 250,
                    gain_e_per_adu=1.0, read_noise_e=10.0, bias_level_adu=100.0,
                    dark_rate_e_per_s=0.02, hot_pixel_fraction=1000 / (650 * 500),
+                   hot_columns=2, dead_columns=1,
                    sky_rate_e_per_s=5.0, transit_depth=0.02, night="2018-03-01", seed=seed,
                    adc_max=4095, zero_point_mag=21.0, target_mag=15.5, fwhm_px=1.8,
                    drift_px=(60.0, -25.0),
