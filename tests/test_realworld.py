@@ -152,7 +152,7 @@ def test_line_votes_equal_their_plain_definition(rng):
     # the fast path (a partition for the block medians, a sorting network for the
     # neighbours' median) against np.sort/np.median written out, on noise with a hot
     # column, a dead one, a hot row segment, a NaN patch and the frame's edges
-    from ccdflow.hotpixels import line_defect_votes
+    from ccdflow.linedefects import line_defect_votes
 
     data = rng.normal(300.0, np.sqrt(300.0 + 100.0), (200, 150))
     data[:, 3] += 40.0

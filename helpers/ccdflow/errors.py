@@ -7,8 +7,13 @@ it astropy.io.fits, ~0.3 s of every Snakemake start (each SLURM job runs one).
 
 from __future__ import annotations
 
-__all__ = ["CalibrationError"]
+__all__ = ["CalibrationError", "HotPixelError"]
 
 
 class CalibrationError(ValueError):
     """A frame cannot be calibrated; the message names the file and the problem."""
+
+
+class HotPixelError(ValueError):
+    """A hot-pixel or line-defect map cannot be made; the message says why (re-exported
+    by :mod:`ccdflow.hotpixels`)."""
