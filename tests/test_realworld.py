@@ -397,3 +397,41 @@ def test_real_world_night_gives_a_transit_light_curve(night, tmp_path):
     pulls = _pulls_against_truth(results, truth, night)
     print(f"pulls against truth: {len(pulls)} stars, median std {np.median(pulls):.3f}")
     assert len(pulls) >= 15 and 0.9 <= np.median(pulls) <= 1.1, np.median(pulls)
+
+
+def test_a_camera_without_overscan_gets_its_zero_level_from_the_profile(night, caplog):
+    """No overscan, no bias frames (a CMOS camera, a MicroObservatory-like CCD): without
+    a zero level the pedestal (100 ADU = 100 e- here) stays in the pixels and in ERR² as
+    if it were photons, the header says ZEROLVL = 'none' and the log says it once; the
+    gain cannot be checked on science pairs.  With ``detector.zero_level_adu`` it is
+    subtracted: ERR² falls by the pedestal (the bias of each simulated frame scatters
+    by ~2 ADU around 100, so within 5 e-) and the gain check runs again."""
+    import logging
+
+    from ccdflow.calibrate import calibrate_science
+    from ccdflow.calibrate import science as science_module
+    from ccdflow.ccd import CalibrationError
+    from ccdflow.detector import measure_gain_from_series
+
+    truth = load_truth(night)
+    paths = [night / "raw" / f for f in truth.frames["file"]]
+    bare = {**DETECTOR, "overscan": {"from": "none"},
+            "trim": {"from": "section", "section": "[1:320,1:256]"}}
+    offset = {**bare, "zero_level_adu": 100.0}
+    science_module._NO_ZERO_WARNED.clear()
+    with caplog.at_level(logging.WARNING, logger="ccdflow.calibrate.science"):
+        products = [calibrate_science(path=p, detector=bare, bias=None, dark=None, flat=None,
+                                      bad_pixel_mask=None) for p in paths[:2]]
+    assert [p.header["ZEROLVL"] for p in products] == ["none", "none"]
+    said = [r.message for r in caplog.records if "no zero level subtracted" in r.message]
+    assert len(said) == 1 and "detector.zero_level_adu" in said[0]  # once per process
+    fixed = calibrate_science(path=paths[0], detector=offset, bias=None, dark=None, flat=None,
+                              bad_pixel_mask=None)
+    assert fixed.header["ZEROLVL"] == "constant"
+    drop = np.median(products[0].error ** 2) - np.median(fixed.error ** 2)
+    assert abs(drop - 100.0) < 5.0, drop
+    assert abs(np.median(products[0].data - fixed.data) - 100.0) < 1e-3
+    with pytest.raises(CalibrationError, match="zero_level_adu"):
+        measure_gain_from_series(paths=paths[:8], detector=bare)
+    report = measure_gain_from_series(paths=paths[:8], detector=offset)
+    assert abs(report["gain_measured"] - 1.0) < 0.05, report

@@ -246,6 +246,9 @@ class RawFrame:
     notes: list[str] = field(default_factory=list)  #: what was done, for logs and headers
     #: 1σ (e-) of the overscan level subtracted from each row (largest over amplifiers)
     overscan_noise_e: float = 0.0
+    #: how the zero level was subtracted: 'overscan', 'constant' (detector.zero_level_adu)
+    #: or 'none' (the camera's pedestal stays in ``data`` until a master bias removes it)
+    zero_level: str = "overscan"
 
 
 def _section_from(kind: str, cfg: Mapping, header: Mapping, shape: tuple[int, int], *,
@@ -359,7 +362,8 @@ def read_raw_frame(path: str | Path, *, detector: Mapping, exptime_keywords: Seq
                     header=merged, exptime_s=exptime, read_noise_e=rn,
                     saturation_e=min(p["saturation_e"] for p in pieces),
                     gains=[p["gain"] for p in pieces], notes=notes,
-                    overscan_noise_e=overscan_noise)
+                    overscan_noise_e=overscan_noise,
+                    zero_level=pieces[0]["zero_level"])
 
 
 def _pixels(path: Path, hdu) -> np.ndarray:
@@ -410,6 +414,12 @@ def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool
         notes.append(f"overscan {function} of columns "
                      f"{cols.start + skip + 1}-{cols.stop}, mean {np.nanmean(fitted):.2f} ADU, "
                      f"noise {noise_e:.2f} e-/row")
+    elif detector.get("zero_level_adu") is not None:
+        zero = detector_constant(detector["zero_level_adu"], [header, primary],
+                                 name="zero level (ADU)", where=where)
+        level[:] = zero
+        notes.append(f"overscan: none; zero level {zero:g} ADU subtracted "
+                     "(detector.zero_level_adu)")
     else:
         notes.append("overscan: none (profile says the camera has none)")
     trim = _section_from("trim", trim_cfg, header, raw.shape, where=where, what="trim")
@@ -418,7 +428,9 @@ def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool
     sat_e = (sat_adu - float(np.nanmedian(level[rows]))) * gain
     out = {"data": data.astype(np.float32), "saturated": saturated[rows, cols],
            "nonfinite": nonfinite[rows, cols], "gain": gain, "saturation_e": sat_e,
-           "notes": notes, "overscan_noise_e": noise_e, "overscan_columns": n_over}
+           "notes": notes, "overscan_noise_e": noise_e, "overscan_columns": n_over,
+           "zero_level": "overscan" if over is not None else (
+               "constant" if detector.get("zero_level_adu") is not None else "none")}
     if multi:
         detsec = header.get("DETSEC")
         if not detsec:

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "check_photometry", "has_overscan", "load_profile", "load_yaml",
+__all__ = ["ConfigError", "check_photometry", "has_overscan", "has_zero_level", "load_profile",
+           "load_yaml",
            "resolve_profile_path", "validate"]
 
 
@@ -91,10 +92,16 @@ def validate(instance: Mapping, *, schema: Mapping | str | Path, what: str = "co
 
 
 def has_overscan(detector: Mapping) -> bool:
-    """Whether a profile's ``detector`` section subtracts an overscan (the zero level
-    the gain check on science pairs needs); here, not in :mod:`ccdflow.detector`, so the
-    Snakemake process asks without importing astropy."""
+    """Whether a profile's ``detector`` section subtracts an overscan; here, not in
+    :mod:`ccdflow.detector`, so the Snakemake process asks without importing astropy."""
     return detector.get("overscan", {}).get("from", "none") != "none"
+
+
+def has_zero_level(detector: Mapping) -> bool:
+    """Whether a raw frame read with ``detector`` has its zero level subtracted without
+    a master bias: an overscan, or a constant ``zero_level_adu`` (the zero level the
+    gain check on science pairs needs)."""
+    return has_overscan(detector) or detector.get("zero_level_adu") is not None
 
 
 def check_photometry(photometry: Mapping) -> None:

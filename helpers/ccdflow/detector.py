@@ -33,7 +33,7 @@ from astropy.stats import mad_std, sigma_clipped_stats
 
 from .calibrate import central_level, central_region
 from .ccd import CalibrationError, detector_constant, read_raw_frame
-from .config import has_overscan
+from .config import has_overscan, has_zero_level
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +147,10 @@ def measure_gain_from_series(*, paths: Sequence[str | Path], detector: Mapping,
 
     if max_pairs < 1:
         raise ValueError(f"max_pairs must be >= 1, got {max_pairs}")
-    if not has_overscan(detector):
-        raise CalibrationError("no overscan in the profile (detector.overscan.from: none): "
-                               "without a zero level the sky's photons are unknown")
+    if not has_zero_level(detector):
+        raise CalibrationError("no overscan in the profile (detector.overscan.from: none) "
+                               "and no detector.zero_level_adu: without a zero level the "
+                               "sky's photons are unknown")
     headers: dict[int, Any] = {}
 
     def header(i):  # read lazily: a night of 10 000 frames needs a few dozen headers

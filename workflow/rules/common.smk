@@ -9,7 +9,7 @@ from ccdflow.errors import CalibrationError
 from ccdflow.config import (
     ConfigError,
     check_photometry,
-    has_overscan,
+    has_zero_level,
     load_profile,
     validate,
 )
@@ -296,7 +296,7 @@ def get_detector_reports():
     them, when an overscan gives the zero level) from consecutive imaging science frames."""
     _, sets, plan = state()
     imaging = plan[plan["mode"] == "imaging"].groupby(["night", "group"]).size()
-    series_ok = has_overscan(PROFILE["detector"])
+    series_ok = has_zero_level(PROFILE["detector"])
     groups = set(zip(sets.table["night"], sets.table["group"])) | set(imaging.index)
     return [RESULTS / "reports" / night / group / "detector.csv"
             for night, group in sorted(groups)

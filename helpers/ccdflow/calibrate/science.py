@@ -22,6 +22,7 @@ star on fixed pixels does not scatter by it).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from ..ccd import CalibrationError, read_raw_frame
 from ..masks import MaskBit
 from ..products import Product, provenance_header
 from .masters import _dark_term
+
+log = logging.getLogger(__name__)
 
 #: pixels per row strip of the calibration (2 MB per float64 plane).  Small enough that
 #: glibc's heap serves the strip's temporaries again and again instead of fresh
@@ -142,11 +145,35 @@ def calibrate_science(*, path: str | Path, detector: Mapping, bias: Product | No
     header["OVSCNOIS"] = (round(frame.overscan_noise_e, 3),
                           "[e-] 1 sigma of the overscan level of a row")
     header["SATURATE"] = (round(frame.saturation_e, 1), "[e-] saturation after overscan")
+    header["ZEROLVL"] = (_zero_level_source(path, frame, bias),
+                         "zero level: overscan, constant, bias or none")
     header["BUNIT"] = "electron"
     for i, note in enumerate(frame.notes, start=1):
         header[f"CCDFNT{i:02d}"] = note[:68]
     return Product(data=sci, error=error, mask=mask, header=header,
                    extras={"ERR_CAL": err_cal})
+
+
+_NO_ZERO_WARNED: list[bool] = []
+
+
+def _zero_level_source(path, frame, bias) -> str:
+    """How the camera's zero level was removed; with none (no overscan, no
+    ``detector.zero_level_adu``, no master bias) say once per process what it costs."""
+    if bias is not None:
+        return "bias" if frame.zero_level == "none" else f"{frame.zero_level}+bias"
+    if frame.zero_level != "none":
+        return frame.zero_level
+    if not _NO_ZERO_WARNED:
+        _NO_ZERO_WARNED.append(True)
+        log.warning("%s: no zero level subtracted (no overscan, no master bias, no "
+                    "detector.zero_level_adu): the camera's pedestal (%.0f e- median here, "
+                    "with the sky) stays in every pixel. Photometry removes it with the "
+                    "sky, but ERR counts it as photons, so errors are too large where the "
+                    "sky is faint; give the profile the camera's offset as "
+                    "detector.zero_level_adu, or take bias frames", path,
+                    float(np.nanmedian(frame.data)))
+    return "none"
 
 
 def _check_not_constant(path, frame) -> None:
