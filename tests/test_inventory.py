@@ -348,3 +348,23 @@ def test_too_few_calibration_frames_are_named_in_the_plan_error(small_night):
                                         rf"{n_bias} frame\(s\) \(bias_001\.fits, .*minimum "
                                         rf"{n_bias + 1}"):
         plan_calibrations(inventory, sets=sets, max_age_days=30)
+
+
+def test_a_west_positive_header_longitude_sets_the_night_when_said():
+    """A UTC time without an offset: the night boundary is local noon from the header's
+    longitude.  LONGITUD = +111.6 written west-positive (MicroObservatory) read as east
+    would put local noon 14.9 h off, and an evening frame on the wrong night; the
+    profile's site.header_longitude: west reads it right (and a site's own longitude is
+    always east-positive)."""
+    from ccdflow.headertime import _utc_offset
+
+    header = {"DATE-OBS": "2018-03-02T06:00:00", "LONGITUD": 111.5967}
+    keywords = {"date_obs": ["DATE-OBS"], "longitude": ["SITELONG", "LONGITUD"]}
+    east = _utc_offset(header, {"keywords": keywords})
+    west = _utc_offset(header, {"keywords": keywords, "site": {"header_longitude": "west"}})
+    assert east == pytest.approx(111.5967 / 15) and west == pytest.approx(-111.5967 / 15)
+    stamp = datetime(2018, 3, 2, 6, 0, tzinfo=UTC)  # 22:33 local on 1 March; read east: 13:27
+    assert observing_night(stamp, utc_offset_hours=west) == "2018-03-01"
+    assert observing_night(stamp, utc_offset_hours=east) == "2018-03-02"
+    site = {"keywords": keywords, "site": {"header_longitude": "west", "longitude_deg": 10.0}}
+    assert _utc_offset({"DATE-OBS": "2018-03-02T06:00:00"}, site) == pytest.approx(10 / 15)

@@ -372,8 +372,15 @@ def test_real_world_night_gives_a_transit_light_curve(night, tmp_path):
     assert len(notes) == len(frames) and not [n for n in notes if "not aligned" in n], notes[:3]
     assert "target TARGET snapped to the star" in (
         results / "logs" / "photometry" / "reference" / "WASP-SIM_R.log").read_text(), text
+    # the header's longitude is west-positive (LONGITUD = +111.6): read east, the field
+    # would be below the horizon; the header's AIRMASS tells, and the light curve's
+    # airmass (mid-exposure) follows the truth's (at the start: 60 s apart, < 0.01)
+    log = (results / "logs" / "photometry" / "2018-03-01").glob("*.log")
+    assert any("read west-positive" in p.read_text() for p in log), text
     # the target is followed onto its star in every frame (centroid noise ~0.03 px)
     rows = pd.read_csv(results / "lightcurves" / "WASP-SIM_R" / "source_1.csv", comment="#")
+    airmass = rows.merge(frames[["frame", "airmass"]], on="frame")
+    assert np.abs(airmass["airmass_x"] - airmass["airmass_y"]).max() < 0.02, airmass
     at = rows.merge(truth.star_frames[truth.star_frames["star_id"] == 0], on="frame")
     offset = np.hypot(at["x_x"] - at["x_y"], at["y_x"] - at["y_y"])
     assert len(at) == len(frames) and np.median(offset) < 0.1 and offset.max() < 0.5

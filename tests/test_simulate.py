@@ -208,6 +208,8 @@ def test_realworld_night_from_the_command_line(tmp_path):
     assert header["SATURATE"] == 4095 and header["DATE-OBS"].endswith("-0700")
     assert header["UT-OBS"] == frames["date_obs"].iloc[0].split("T")[1]
     assert "CTYPE1" not in header and header["NAXIS1"] == 650 + 8
+    # the site's longitude west-positive, as MicroObservatory writes it
+    assert header["LONGITUD"] > 0 and "SITELONG" not in header
     data = fits.getdata(tmp_path / "rw" / "raw" / frames["file"].iloc[0])
     assert data.max() <= 4095
     # ~1,000 hot pixels on 650x500, and the column defects: a hot column, a hot segment

@@ -197,3 +197,40 @@ def test_hot_pixels_and_tracks_are_not_taken_for_stars(rng, fwhm):
                                    np.asarray(getattr(raw_cat, column))[kept], rtol=1e-10,
                                    atol=1e-12)
         assert np.isnan(ours[column].to_numpy()[~kept]).all()
+
+
+def test_header_longitude_sign_from_the_profile_or_the_headers_airmass(caplog):
+    """A header site west-positive (LONGITUD = +111.6 for Arizona): the profile's
+    site.header_longitude: west reads it so; unset, the header's AIRMASS decides (read
+    east the field is below the horizon, west it agrees), with one warning; an
+    east-positive header that agrees is left alone."""
+    import logging
+
+    from astropy.time import Time
+
+    from ccdflow.photometry import measure
+    from ccdflow.times import barycentric_times
+
+    arizona = {"latitude_deg": 31.9583, "longitude_deg": -111.5967, "height_m": 2096.0}
+    start = Time("2018-03-02T03:00:00", scale="utc")
+    stated = float(barycentric_times(times=start, ra_deg=157.5, dec_deg=20.1,
+                                     site=arizona)["airmass"].iloc[0])
+    assert 1.0 < stated < 3.0
+    west_header = {"SITELAT": 31.9583, "LONGITUD": 111.5967, "SITEELEV": 2096.0,
+                   "AIRMASS": round(stated, 4)}
+    said, _ = measure._site(west_header, {"header_longitude": "west"})
+    assert said["longitude_deg"] == pytest.approx(-111.5967)
+    measure._HEADER_LONGITUDE_SIGN.clear()
+    with caplog.at_level(logging.WARNING, logger="ccdflow.photometry.measure"):
+        for _ in range(2):
+            where, _ = measure._site(west_header, None)
+            where.pop("from_header")
+            fixed, note = measure._check_header_longitude(where, west_header, start, 157.5,
+                                                          20.1, "f")
+            assert fixed["longitude_deg"] == pytest.approx(-111.5967) and "west" in note
+    assert sum("read west-positive" in r.message for r in caplog.records) == 1
+    east_header = {**west_header, "LONGITUD": -111.5967}
+    where, _ = measure._site(east_header, None)
+    where.pop("from_header")
+    kept, note = measure._check_header_longitude(where, east_header, start, 157.5, 20.1, "f")
+    assert kept["longitude_deg"] == pytest.approx(-111.5967) and note == ""

@@ -138,7 +138,8 @@ def observing_night(utc: datetime, *, utc_offset_hours: float) -> str:
 
 def _utc_offset(header: Mapping, profile: Mapping) -> float:
     """Hours from UTC to local time: the profile's, else the offset a date keyword carries
-    (``DATE-OBS = '2017-12-19T18:33:43-0700'``), else longitude / 15 (east positive)."""
+    (``DATE-OBS = '2017-12-19T18:33:43-0700'``), else longitude / 15 (east positive; a
+    header's read west-positive when the profile's ``site.header_longitude`` says so)."""
     night = profile.get("night", {})
     if night.get("utc_offset_hours") is not None:
         return float(night["utc_offset_hours"])
@@ -152,6 +153,8 @@ def _utc_offset(header: Mapping, profile: Mapping) -> float:
             if offset is not None:
                 return offset.total_seconds() / 3600.0
     lon = _as_float(_first(header, profile.get("keywords", {}).get("longitude", [])))
+    if lon is not None and profile.get("site", {}).get("header_longitude") == "west":
+        lon = -lon
     if lon is None:
         lon = _as_float(profile.get("site", {}).get("longitude_deg"))
     if lon is None:

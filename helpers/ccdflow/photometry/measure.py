@@ -83,7 +83,8 @@ def frame_psf(*, data: np.ndarray, background: np.ndarray, mask: np.ndarray, x: 
 
 
 def _site(header, site: Mapping | None) -> tuple[dict | None, str]:
-    """Observatory from the profile, else SITELAT/SITELONG[/SITEELEV] of the header."""
+    """Observatory from the profile, else SITELAT/SITELONG[/SITEELEV] of the header (its
+    longitude east-positive unless the profile's ``site.header_longitude`` is west)."""
     if site and site.get("latitude_deg") is not None and site.get("longitude_deg") is not None:
         return {"latitude_deg": site["latitude_deg"], "longitude_deg": site["longitude_deg"],
                 "height_m": site.get("height_m") or 0.0}, f"profile site {site.get('name', '')}"
@@ -102,8 +103,53 @@ def _site(header, site: Mapping | None) -> tuple[dict | None, str]:
     if lat is None or lon is None:
         return None, "no site: BJD toward the geocentre, airmass from the header"
     height = header.get("SITEELEV", header.get("ALT-OBS"))
-    note = "header SITELAT/SITELONG" + ("" if height is not None else ", elevation 0 m")
-    return {"latitude_deg": lat, "longitude_deg": lon, "height_m": float(height or 0.0)}, note
+    west = (site or {}).get("header_longitude", "east") == "west"
+    note = ("header SITELAT/SITELONG" + (" (west-positive, site.header_longitude)" if west
+                                         else "") + ("" if height is not None
+                                                     else ", elevation 0 m"))
+    return {"latitude_deg": lat, "longitude_deg": -lon if west else lon,
+            "height_m": float(height or 0.0), "from_header": True}, note
+
+
+#: header longitude -> the sign that agrees with the header's AIRMASS (checked once)
+_HEADER_LONGITUDE_SIGN: dict[tuple[float, float], float] = {}
+
+
+def _check_header_longitude(where: dict, header, start, ra: float, dec: float,
+                            frame: str) -> tuple[dict, str]:
+    """A header site whose longitude gives an airmass far from the header's own
+    ``AIRMASS`` while the opposite sign agrees is west-positive (MicroObservatory,
+    some older software): adopt the opposite sign, and say so once per process."""
+    from ..times import barycentric_times
+
+    key = (where["longitude_deg"], where["latitude_deg"])
+    if key not in _HEADER_LONGITUDE_SIGN:
+        sign = 1.0
+        try:
+            stated = float(header["AIRMASS"])
+        except (KeyError, TypeError, ValueError):
+            stated = float("nan")
+        if np.isfinite(stated) and stated >= 1.0:
+            as_read, flipped = (float(barycentric_times(
+                times=start, ra_deg=ra, dec_deg=dec,
+                site={**where, "longitude_deg": s * where["longitude_deg"]})["airmass"].iloc[0])
+                for s in (1.0, -1.0))
+
+            def close(value):
+                return np.isfinite(value) and abs(value - stated) <= 0.05 + 0.05 * stated
+
+            if not close(as_read) and close(flipped):
+                sign = -1.0
+                log.warning("%s: the header's longitude %.4f deg gives an airmass of %.3f, "
+                            "the header's AIRMASS is %.3f; read west-positive (%.4f deg "
+                            "east) it gives %.3f: taken so (set site.header_longitude: west "
+                            "in the profile to say it)", frame, where["longitude_deg"],
+                            as_read, stated, -where["longitude_deg"], flipped)
+        _HEADER_LONGITUDE_SIGN[key] = sign
+    if _HEADER_LONGITUDE_SIGN[key] > 0:
+        return where, ""
+    return ({**where, "longitude_deg": -where["longitude_deg"]},
+            "; header longitude read west-positive (it agrees with AIRMASS)")
 
 
 def _pointing(header, catalog: pd.DataFrame, wcs) -> tuple[float, float, str] | None:
@@ -433,6 +479,12 @@ def _frame_times(*, header, catalog, wcs, site, start_mjd_utc, exptime_s, notes,
         return times
     ra, dec, what = pointing
     if where is not None:
+        if where.pop("from_header", False) and not (site or {}).get("header_longitude"):
+            from astropy import units as u
+
+            start = mid - float(exptime_s or 0.0) / 2 * u.s
+            where, flipped = _check_header_longitude(where, header, start, ra, dec, frame)
+            site_note += flipped
         times.update(barycentric_times(times=mid, ra_deg=ra, dec_deg=dec,
                                        site=where).iloc[0].to_dict())
     else:

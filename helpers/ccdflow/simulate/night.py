@@ -97,7 +97,10 @@ def _header(spec: NightSpec, kind: str, filt: str, exptime: float, start, airmas
     h["TELESCOP"] = ("Demo 0.6m", "Telescope")
     h["OBSERVAT"] = SITE["name"]
     h["SITELAT"] = (SITE["lat_deg"], "[deg] Site latitude")
-    h["SITELONG"] = (SITE["lon_deg"], "[deg] Site longitude, east positive")
+    if spec.header_longitude == "west":  # as MicroObservatory writes it
+        h["LONGITUD"] = (-SITE["lon_deg"], "[deg] Site longitude, west positive")
+    else:
+        h["SITELONG"] = (SITE["lon_deg"], "[deg] Site longitude, east positive")
     h["SITEELEV"] = (SITE["height_m"], "[m] Site elevation")
     if kind == "science":
         ra, dec = _sexagesimal(FIELD["ra_deg"], FIELD["dec_deg"])

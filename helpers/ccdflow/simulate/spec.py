@@ -89,6 +89,7 @@ class NightSpec:
     extinction_mag_per_airmass: float = 0.0
     local_utc_offset_hours: float | None = None
     wcs: bool = True
+    header_longitude: str = "east"  # 'west': LONGITUD west-positive instead of SITELONG
     flat_structure: float = 1.0
     mag_range: tuple[float, float] = (13.0, 19.5)
     mag_slope: float = 0.3
@@ -104,7 +105,8 @@ class NightSpec:
         ``n_science`` 60-s frames (7 h at 180 s cadence), optionally a 180° meridian
         flip half-way, thin clouds on 8 % of the frames (30 % transparency drops), an
         airmass trend (0.15 mag/airmass), a 2 % transit, no WCS, DATE-OBS in local
-        time with its UTC offset (−07:00) and the UTC start in UT-OBS.  Its pixel
+        time with its UTC offset (−07:00) and the UTC start in UT-OBS, the site's
+        longitude west-positive in LONGITUD.  Its pixel
         response has 0.3 of the demo camera's structure (vignetting 3 %, dust donuts
         1-2 %, PRNU 0.3 %): without flats all of it stays in the photometry, and the
         demo's full structure moves a drifting star's flux by several per cent.
@@ -120,9 +122,13 @@ class NightSpec:
                    drift_px=(60.0, -25.0),
                    flip_at=0.5 if flip else None, cloud_fraction=0.08,
                    extinction_mag_per_airmass=0.15, local_utc_offset_hours=-7.0, wcs=False,
+                   header_longitude="west",
                    flat_structure=0.3)
 
     def __post_init__(self) -> None:
+        if self.header_longitude not in ("east", "west"):
+            raise ValueError(f"header_longitude must be 'east' or 'west', got "
+                             f"{self.header_longitude!r}")
         for name in ("nx", "ny"):
             if getattr(self, name) < 64:
                 raise ValueError(f"{name} must be >= 64 pixels, got {getattr(self, name)}")
