@@ -217,6 +217,53 @@ def test_per_row_overscan_noise_enters_err_and_header(tmp_path, rng):
                                                                                      rel=0.15)
 
 
+@pytest.mark.parametrize("step", [1, 16])
+def test_an_adc_full_scale_below_the_profiles_saturation_is_saturation(tmp_path, rng, caplog,
+                                                                       step):
+    """12-bit frames (stored as they are, or in the top bits of 16: every value a multiple
+    of 16) read with the default saturation of 65,535 ADU: the stars' clipped cores sit
+    at the ADC's full scale (4095, or 65520) and would pass as unsaturated; they are
+    flagged SATURATED from it, the log says so once, naming the profile key."""
+    import logging
+
+    from ccdflow import ccd as ccd_module
+
+    sky = rng.normal(300.0, 18.0, (80, 80))
+    stars = render_gaussian_stars(shape=(80, 80), x=np.array([20.3, 55.7]),
+                                  y=np.array([30.1, 60.4]), flux=np.array([8e4, 3e3]), fwhm=2.0)
+    counts = np.clip(np.round(sky + stars), 0, 4095).astype(np.uint16)
+    clipped = counts == 4095
+    assert clipped.sum() >= 3 and not clipped[55:66, 50:61].any()  # the faint star is not
+    det = {"gain_e_per_adu": 1.0, "read_noise_e": 10.0}  # saturation_adu: default 65535
+    ccd_module._CEILING_WARNED.clear()
+    frames = []
+    with caplog.at_level(logging.WARNING, logger="ccdflow.ccd"):
+        for i in range(2):
+            path = tmp_path / f"f{i}.fits"
+            fits.PrimaryHDU((counts * step).astype(np.uint16),
+                            header=fits.Header({"EXPTIME": 60.0})).writeto(path)
+            frames.append(read_raw_frame(path, detector=det))
+    for frame in frames:
+        np.testing.assert_array_equal(frame.saturated, clipped)
+        assert frame.saturation_e == pytest.approx(4095.0 * step)
+        assert any(n.startswith(f"ADC full scale {4095 * step} ADU") for n in frame.notes)
+    said = [r.message for r in caplog.records if "full scale of a 12-bit ADC" in r.message]
+    assert len(said) == 1 and "saturation_adu" in said[0]
+    assert ("steps of 16" in said[0]) == (step == 16)
+    # the profile that says it: no warning, the same mask; a frame that does not reach
+    # the full scale (one pixel at 4095 is no ceiling) is left as it is
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ccdflow.ccd"):
+        said_so = read_raw_frame(tmp_path / "f0.fits",
+                                 detector={**det, "saturation_adu": 4095 * step})
+    np.testing.assert_array_equal(said_so.saturated, clipped)
+    assert not caplog.records
+    faint = np.clip(np.round(sky), 0, 4094).astype(np.uint16)
+    faint[0, 0] = 4095
+    fits.PrimaryHDU(faint, header=fits.Header({"EXPTIME": 60.0})).writeto(tmp_path / "one.fits")
+    assert not read_raw_frame(tmp_path / "one.fits", detector=det).saturated.any()
+
+
 def test_multi_amplifier_mosaic_by_detsec(tmp_path):
     """Two 4x4 amplifiers, the right one read out mirrored; overscan 100 ADU, gain 2."""
     left = np.zeros((4, 6)) + 100

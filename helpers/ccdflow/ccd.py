@@ -380,7 +380,8 @@ def _pixels(path: Path, hdu) -> np.ndarray:
 def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool) -> dict:
     header = hdu.header
     where = f"{path}[{hdu.name or 0}]" if multi else str(path)
-    raw = np.asarray(_pixels(path, hdu), dtype=np.float64)  # read by _pixels already
+    pixels = _pixels(path, hdu)
+    raw = np.asarray(pixels, dtype=np.float64)  # read by _pixels already
     gain = detector_constant(detector.get("gain_e_per_adu", {"keyword": "GAIN"}),
                              [header, primary], name="gain (e-/ADU)", where=where)
     if not gain > 0:
@@ -393,6 +394,12 @@ def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool
     if multi and trim_cfg.get("from") == "trimsec" and "TRIMSEC" not in header:
         trim_cfg = {"from": "datasec"}  # amplifier headers give DATASEC
     notes = []
+    ceiling, step = _adc_ceiling(pixels)
+    if ceiling is not None and ceiling < sat_adu:
+        _warn_ceiling(where, ceiling, step, sat_adu)
+        notes.append(f"ADC full scale {ceiling} ADU reached: SATURATED from it "
+                     f"(profile {sat_adu:g})")
+        sat_adu = float(ceiling)
     nonfinite = ~np.isfinite(raw)
     saturated = raw >= sat_adu
     over = _section_from("overscan", over_cfg, header, raw.shape, where=where, what="overscan")
@@ -438,6 +445,45 @@ def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool
         out["detsec"] = parse_section(detsec)
         out["binning"] = _binning(header if "CCDSUM" in header else primary)
     return out
+
+
+def _adc_ceiling(pixels: np.ndarray, *, min_pixels: int = 3) -> tuple[int | None, int]:
+    """The ADC's full scale when a frame of integer pixels reaches it, and the step every
+    value is a multiple of (16 for a 12-bit ADC stored in the top bits of 16).
+
+    The full scale is ``2^k − step`` (4095, 16383, 65520, ...), held by at least
+    ``min_pixels`` pixels with none above: clipped, whatever the profile's saturation
+    says.  ``(None, step)`` when the frame does not reach one (or is not integer)."""
+    if not np.issubdtype(pixels.dtype, np.integer) or pixels.size == 0:
+        return None, 1
+    top = int(pixels.max())
+    if top <= 0 or int(pixels.min()) < 0:
+        return None, 1
+    bits = int(np.bitwise_or.reduce(pixels, axis=None))
+    step = bits & -bits
+    full = next(((1 << k) - step for k in range(8, 17) if (1 << k) - step == top), None)
+    if full is None or int(np.count_nonzero(pixels == top)) < min_pixels:
+        return None, step
+    return full, step
+
+
+_CEILING_WARNED: set[tuple] = set()
+
+
+def _warn_ceiling(where: str, ceiling: int, step: int, sat_adu: float) -> None:
+    """Say once per process that the frames reach an ADC full scale the profile's
+    saturation level is above."""
+    if (ceiling, sat_adu) in _CEILING_WARNED:
+        return
+    _CEILING_WARNED.add((ceiling, sat_adu))
+    bits = int(np.log2(ceiling + step)) - int(np.log2(step))
+    log.warning("%s: pixels sit at %d ADU, the full scale of a %d-bit ADC%s, below "
+                "detector.saturation_adu %g: they are flagged SATURATED from %d ADU; give "
+                "the profile saturation_adu: %d (or the camera's linearity limit)%s", where,
+                ceiling, bits, f" stored in steps of {step}" if step > 1 else "", sat_adu,
+                ceiling, ceiling,
+                f", and a gain in e- per stored ADU (the camera's e-/count / {step})"
+                if step > 1 else "")
 
 
 _OVERSCAN_WARNED: set[tuple] = set()
