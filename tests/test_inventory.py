@@ -368,3 +368,26 @@ def test_a_west_positive_header_longitude_sets_the_night_when_said():
     assert observing_night(stamp, utc_offset_hours=east) == "2018-03-02"
     site = {"keywords": keywords, "site": {"header_longitude": "west", "longitude_deg": 10.0}}
     assert _utc_offset({"DATE-OBS": "2018-03-02T06:00:00"}, site) == pytest.approx(10 / 15)
+
+
+@pytest.mark.parametrize(("marks", "start"), [("start", "2018-03-02T03:00:00.000"),
+                                              ("mid", "2018-03-02T02:57:30.000"),
+                                              ("end", "2018-03-02T02:55:00.000")])
+def test_a_date_keyword_that_marks_mid_or_end_gives_the_start(tmp_path, marks, start):
+    """Software that writes the mid-exposure (or shutter-close) time in DATE-OBS: with
+    timing.date_obs_marks the inventory's start (date_obs, mjd_obs) is that minus
+    EXPTIME/2 (or EXPTIME), so every mid-exposure time and BJD after it is right; a
+    300-s frame's would otherwise be 150 s late."""
+    import copy
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _write(raw / "f.fits", {"IMAGETYP": "Light Frame", "EXPTIME": 300.0,
+                            "DATE-OBS": "2018-03-02T03:00:00"})
+    prof = copy.deepcopy(profile("default"))
+    prof["timing"] = {"date_obs_marks": marks}
+    row = build_inventory(raw_dir=raw, profile=prof).iloc[0]
+    assert row["date_obs"] == start
+    expected = datetime.fromisoformat(start).replace(tzinfo=UTC)
+    assert row["mjd_obs"] == pytest.approx((expected - datetime(1858, 11, 17, tzinfo=UTC))
+                                           .total_seconds() / 86400.0, abs=1e-9)

@@ -37,6 +37,7 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +290,9 @@ def _header_fields(header: Mapping, n_ext: int, shape: tuple[int, int], relpath:
     filt = "" if raw_filter is None else str(raw_filter).strip()
     filt = aliases.get(_norm(filt), filt)
     stamp, time_notes = _parse_time(header, keywords)
+    marks = profile.get("timing", {}).get("date_obs_marks", "start")
+    if stamp is not None and marks != "start" and exptime is not None:
+        stamp -= timedelta(seconds=exptime * (0.5 if marks == "mid" else 1.0))
     if stamp is None:
         problems.append("no observation time (" + "/".join(keywords.get("date_obs", [])) + ")"
                         + "".join(f"; {n}" for n in time_notes))
