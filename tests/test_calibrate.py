@@ -545,3 +545,57 @@ def test_product_file_reads_rows_as_read_product(cal_masters, tmp_path):
     with pytest.raises(ValueError, match=r"bpm.fits is not a ccdflow product \(missing "
                                          r"extension 'ERR'\)"):
         ProductFile(paths["bpm"])
+
+
+def test_a_colour_mosaic_becomes_superpixels(tmp_path, rng):
+    """A one-shot colour frame (BAYERPAT): each 2x2 block summed (R+G+G+B, electrons),
+    a superpixel flagged when any of its pixels is, the read noise doubled, an odd last
+    column dropped, the WCS scaled so that every superpixel sees the sky its four pixels
+    saw; `detector.bayer.mode: mosaic` keeps the mosaic."""
+    from astropy.wcs import WCS
+
+    from ccdflow.calibrate import make_bad_pixel_mask, trimmed_geometry
+
+    data = rng.integers(1000, 3000, (64, 81)).astype(np.uint16)
+    data[10, 21] = 65535
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [150.0, 20.0]
+    w.wcs.crpix = [40.0, 30.0]
+    w.wcs.cd = [[-1e-4, 0.0], [0.0, 1e-4]]
+    header = fits.Header({"EXPTIME": 30.0, "BAYERPAT": "RGGB", "CCDSUM": "1 1"})
+    header.update(w.to_header())
+    path = tmp_path / "osc.fits"
+    fits.PrimaryHDU(data, header=header).writeto(path)
+    det = {"gain_e_per_adu": 2.0, "read_noise_e": 5.0, "saturation_adu": 65535}
+    frame = read_raw_frame(path, detector=det)
+    e = data[:, :80].astype(float) * 2.0
+    np.testing.assert_allclose(frame.data, e[0::2, 0::2] + e[0::2, 1::2] + e[1::2, 0::2]
+                               + e[1::2, 1::2], rtol=1e-6)
+    assert frame.data.shape == (32, 40) and frame.superpixel == 2
+    assert frame.read_noise_e == 10.0 and frame.saturated.sum() == 1 and frame.saturated[5, 10]
+    assert frame.header["CCDFBIN"] == 2 and frame.header["CCDSUM"] == "2 2"
+    assert "2x2 superpixels R+G+G+B, odd last row/column dropped" in frame.notes[-1]
+    full, binned = WCS(header), WCS(frame.header)
+    for i, j in ((0, 0), (13, 7), (39, 31)):  # superpixel (i, j) spans pixels 2i, 2i+1
+        np.testing.assert_allclose(binned.pixel_to_world_values(i, j),
+                                   full.pixel_to_world_values(2 * i + 0.5, 2 * j + 0.5),
+                                   atol=1e-9)
+    mosaic = read_raw_frame(path, detector={**det, "bayer": {"mode": "mosaic"}})
+    assert mosaic.data.shape == (64, 81) and mosaic.superpixel == 1
+    # the profile's bad pixels are the camera's full-frame ones
+    shape, factor = trimmed_geometry(path, detector=det)
+    bpm = make_bad_pixel_mask(shape=shape, detector={"bad_columns": [5], "bad_rows": [64],
+                                                     "bad_pixels": [[80, 1]],
+                                                     "bad_regions": ["[3:6,9:12]"]},
+                              superpixel=factor)
+    assert factor == 2 and bpm[:, 2].all() and bpm[31, :].all() and bpm[0, 39]
+    assert bpm[4:6, 1:3].all() and not bpm[6, 1] and not bpm[4, 3]
+    # ... and so are the background's manual masks: full-frame (20, 30), r 6 -> (9.75,
+    # 14.75), r 3
+    from ccdflow.background import manual_mask
+
+    circle = manual_mask(shape=(32, 40), circles=[{"x": 20, "y": 30, "radius_px": 6}],
+                         superpixel=2)
+    yy, xx = np.indices((32, 40))
+    np.testing.assert_array_equal(circle, (xx - 9.75) ** 2 + (yy - 14.75) ** 2 <= 9.0)

@@ -317,8 +317,8 @@ def test_date_with_a_utc_offset_is_converted_and_sets_the_night(tmp_path):
 
 
 def test_a_one_shot_colour_camera_is_said(tmp_path, caplog):
-    # BAYERPAT (N.I.N.A., SharpCap, ASI cameras): the frames are reduced, as monochrome
-    # images, and the inventory says so once in its log and per frame in `reason`
+    # BAYERPAT (N.I.N.A., SharpCap, ASI cameras, Seestar): the frames are reduced as 2x2
+    # superpixels, and the inventory says so once in its log and per frame in `reason`
     raw = tmp_path / "raw"
     raw.mkdir()
     for i in range(2):
@@ -329,7 +329,8 @@ def test_a_one_shot_colour_camera_is_said(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="ccdflow.inventory"):
         table = build_inventory(raw_dir=raw, profile=profile("default")).set_index("frame")
     assert (table["type"] == "science").all()
-    assert "one-shot colour mosaic (BAYERPAT = 'RGGB')" in table.loc["osc0", "reason"]
+    assert ("one-shot colour mosaic (BAYERPAT = 'RGGB'): reduced as 2x2 superpixels"
+            in table.loc["osc0", "reason"])
     assert table.loc["mono", "reason"] == ""
     assert "2 frame(s) are one-shot colour (Bayer) mosaics, e.g. osc0.fits" in caplog.text
 

@@ -442,3 +442,44 @@ def test_a_camera_without_overscan_gets_its_zero_level_from_the_profile(night, c
         measure_gain_from_series(paths=paths[:8], detector=bare)
     report = measure_gain_from_series(paths=paths[:8], detector=offset)
     assert abs(report["gain_measured"] - 1.0) < 0.05, report
+
+
+def test_a_one_shot_colour_night_reduces_as_superpixels(tmp_path):
+    """The real-world night through an RGGB colour filter array (BAYERPAT; R 0.55, G 1,
+    B 0.35 of a Sun-like star), FWHM 3.6 px: reduced as a mosaic, the colour pattern
+    made L.A.Cosmic flag ~30 % of the pixels and left 2-5 "stars" per frame.  As 2x2
+    superpixels (the default) it reduces like a monochrome camera at half the
+    resolution: the target, given in the camera's full-frame pixels, lands on its
+    star."""
+    spec = replace(_spec(flip=False, n_science=24), fwhm_px=3.6, bayer_pattern="RGGB")
+    night = simulate_night(out_dir=tmp_path / "osc", spec=spec)
+    truth = load_truth(night)
+    first = truth.star_frames[(truth.star_frames["frame"] == truth.frames["frame"].iloc[0])
+                              & (truth.star_frames["star_id"] == 0)].iloc[0]
+    target = {"name": "TARGET", "x": float(first["x"] + 1.2), "y": float(first["y"] - 0.9)}
+    (tmp_path / "robotic.yaml").write_text(PROFILE)
+    work = tmp_path / "work"
+    work.mkdir()
+    run_snakemake(work, "--cores", "2", config={
+        "raw_dir": str(night / "raw"), "instrument": str(tmp_path / "robotic.yaml"),
+        "photometry": {"targets": [target]}})
+    results = work / "results"
+    calibrated = sorted(results.glob("calibrated/*/*/*.fits"))
+    with fits.open(calibrated[0]) as hdul:
+        assert hdul["SCI"].data.shape == (128, 160) and hdul[0].header["CCDFBIN"] == 2
+        assert (hdul["MASK"].data & 32).mean() < 0.005  # cosmic rays: not the colour pattern
+    sources = pd.concat(pd.read_csv(p, sep="\t") for p in results.glob("sources/*/*/*.tsv"))
+    # measured: 9-20 per frame (median 15); the same night without the filter array,
+    # at full resolution, 21-29 (its light is 1/0.725 of the colour camera's); as a
+    # mosaic 2-5
+    counts = sources["n_sources"]
+    assert counts.min() >= 7 and counts.median() >= 12, counts.tolist()
+    assert sources["fwhm_px"].median() == pytest.approx(1.8, abs=0.25)
+    rows = pd.read_csv(results / "lightcurves" / "WASP-SIM_R" / "differential_TARGET.csv",
+                       comment="#")
+    star = truth.star_frames[truth.star_frames["star_id"] == 0].set_index("frame")
+    star = star.loc[rows["frame"]]
+    offset = np.hypot(rows["x"].to_numpy() - ((star["x"].to_numpy() + 0.5) / 2 - 0.5),
+                      rows["y"].to_numpy() - ((star["y"].to_numpy() + 0.5) / 2 - 0.5))
+    assert len(rows) == len(truth.frames) and np.nanmedian(offset) < 0.1, offset
+    assert rows["usable"].mean() >= 0.9

@@ -84,9 +84,11 @@ def _estimator(name: str):
     return classes[name]()
 
 
-def manual_mask(*, shape: tuple[int, int], circles: Sequence[Mapping], wcs=None) -> np.ndarray:
-    """Boolean mask of user circles: ``{x, y, radius_px}`` (0-based pixels) or
-    ``{ra, dec, radius_arcsec}`` (degrees; needs ``wcs``)."""
+def manual_mask(*, shape: tuple[int, int], circles: Sequence[Mapping], wcs=None,
+                superpixel: int = 1) -> np.ndarray:
+    """Boolean mask of user circles: ``{x, y, radius_px}`` (0-based pixels of the camera's
+    full frame: on a frame of ``superpixel`` × ``superpixel`` superpixels they are
+    scaled to it) or ``{ra, dec, radius_arcsec}`` (degrees; needs ``wcs``)."""
     mask = np.zeros(shape, bool)
     yy, xx = np.indices(shape)
     for i, c in enumerate(circles):
@@ -102,7 +104,9 @@ def manual_mask(*, shape: tuple[int, int], circles: Sequence[Mapping], wcs=None)
             scale_arcsec = float(np.mean(proj_plane_pixel_scales(wcs.celestial))) * 3600.0
             radius = float(c["radius_arcsec"]) / scale_arcsec
         else:
-            x, y, radius = float(c["x"]), float(c["y"]), float(c["radius_px"])
+            f = float(superpixel)
+            x, y = (float(c["x"]) + 0.5) / f - 0.5, (float(c["y"]) + 0.5) / f - 0.5
+            radius = float(c["radius_px"]) / f
         if radius <= 0:
             raise BackgroundError(f"manual mask {i}: radius must be > 0")
         mask |= (xx - x) ** 2 + (yy - y) ** 2 <= radius**2
@@ -385,7 +389,8 @@ def background_for_product(*, product, manual_circles: Sequence[Mapping] = (),
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FITSFixedWarning)
             wcs = WCS(product.header) if "CTYPE1" in product.header else None
-        extra = manual_mask(shape=product.data.shape, circles=manual_circles, wcs=wcs)
+        extra = manual_mask(shape=product.data.shape, circles=manual_circles, wcs=wcs,
+                            superpixel=int(product.header.get("CCDFBIN", 1)))
     return estimate_background(data=product.data, mask=mask, saturated=saturated,
                                extra_mask=extra, **options)
 

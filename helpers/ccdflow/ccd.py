@@ -249,6 +249,8 @@ class RawFrame:
     #: how the zero level was subtracted: 'overscan', 'constant' (detector.zero_level_adu)
     #: or 'none' (the camera's pedestal stays in ``data`` until a master bias removes it)
     zero_level: str = "overscan"
+    #: 2 when a colour mosaic was summed into 2×2 superpixels (:func:`superpixel_frame`)
+    superpixel: int = 1
 
 
 def _section_from(kind: str, cfg: Mapping, header: Mapping, shape: tuple[int, int], *,
@@ -358,12 +360,88 @@ def read_raw_frame(path: str | Path, *, detector: Mapping, exptime_keywords: Seq
     if overscan_noise > 0.25 * rn:
         _warn_overscan(str(path), detector.get("overscan", {}).get("function", "median"),
                        max(p["overscan_columns"] for p in pieces), overscan_noise, rn)
-    return RawFrame(data=data, saturated=sat, nonfinite=nonfinite, no_data=no_data,
-                    header=merged, exptime_s=exptime, read_noise_e=rn,
-                    saturation_e=min(p["saturation_e"] for p in pieces),
-                    gains=[p["gain"] for p in pieces], notes=notes,
-                    overscan_noise_e=overscan_noise,
-                    zero_level=pieces[0]["zero_level"])
+    frame = RawFrame(data=data, saturated=sat, nonfinite=nonfinite, no_data=no_data,
+                     header=merged, exptime_s=exptime, read_noise_e=rn,
+                     saturation_e=min(p["saturation_e"] for p in pieces),
+                     gains=[p["gain"] for p in pieces], notes=notes,
+                     overscan_noise_e=overscan_noise,
+                     zero_level=pieces[0]["zero_level"])
+    mosaic = colour_mosaic(merged, detector)
+    if mosaic is not None and detector.get("bayer", {}).get("mode", "superpixel") == "superpixel":
+        frame = superpixel_frame(frame, pattern=mosaic)
+    return frame
+
+
+def colour_mosaic(header: Mapping, detector: Mapping) -> str | None:
+    """``'BAYERPAT = RGGB'`` when the header says the frame is a one-shot colour camera's
+    mosaic (the keywords of ``detector.bayer.keywords``, which the profile loader fills
+    from ``keywords.bayer_pattern``; default BAYERPAT), else None."""
+    for key in detector.get("bayer", {}).get("keywords") or ["BAYERPAT"]:
+        value = header.get(key)
+        if isinstance(value, str) and value.strip():
+            return f"{key} = {value.strip()}"
+    return None
+
+
+def superpixel_frame(frame: RawFrame, *, pattern: str) -> RawFrame:
+    """A colour mosaic as a monochrome frame of 2×2 superpixels, each the sum of its
+    R, G, G and B pixels (in electrons: whatever the pattern's phase, every 2×2 block
+    holds one of each).  A superpixel is SATURATED, NONFINITE or NO_DATA when any of
+    its pixels is; the read noise doubles (four reads), the overscan's row noise
+    becomes 2√2 × (two pixels from each of two rows); an odd last row or column is
+    dropped.  The header's WCS is scaled to the superpixels and ``CCDFBIN = 2`` says
+    so."""
+    ny, nx = (n - n % 2 for n in frame.data.shape)
+
+    def summed(a):
+        a = np.asarray(a[:ny, :nx], np.float64)
+        return a[0::2, 0::2] + a[0::2, 1::2] + a[1::2, 0::2] + a[1::2, 1::2]
+
+    def any_of(a):
+        a = np.asarray(a[:ny, :nx], bool)
+        return a[0::2, 0::2] | a[0::2, 1::2] | a[1::2, 0::2] | a[1::2, 1::2]
+
+    header = _superpixel_header(frame.header)
+    dropped = frame.data.shape != (ny, nx)
+    note = (f"colour mosaic ({pattern}): 2x2 superpixels R+G+G+B"
+            + (", odd last row/column dropped" if dropped else ""))
+    return RawFrame(data=summed(frame.data).astype(np.float32),
+                    saturated=any_of(frame.saturated), nonfinite=any_of(frame.nonfinite),
+                    no_data=any_of(frame.no_data), header=header, exptime_s=frame.exptime_s,
+                    read_noise_e=2.0 * frame.read_noise_e,
+                    saturation_e=4.0 * frame.saturation_e, gains=list(frame.gains),
+                    notes=[*frame.notes, note],
+                    overscan_noise_e=2.0 * math.sqrt(2.0) * frame.overscan_noise_e,
+                    zero_level=frame.zero_level, superpixel=2)
+
+
+def _superpixel_header(header) -> fits.Header:
+    """``header`` for 2×2 superpixels: the WCS scaled (pixel i of the superpixel frame
+    spans pixels 2i, 2i+1 of the mosaic), CCDSUM/XBINNING/YBINNING doubled, CCDFBIN."""
+    out = header.copy()
+    try:
+        from astropy.wcs import WCS, FITSFixedWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(header)
+            if wcs.has_celestial:
+                scaled = wcs[::2, ::2]
+                out.update(scaled.to_header(relax=True))
+    except Exception as exc:  # a WCS astropy cannot slice: dropped, and said
+        for key in [k for k in out if k.startswith(("CTYPE", "CRPIX", "CRVAL", "CD", "PC",
+                                                     "CDELT", "A_", "B_", "AP_", "BP_"))]:
+            del out[key]
+        out["HISTORY"] = f"ccdflow: WCS dropped, it could not be scaled to superpixels ({exc})"
+    for key in ("XBINNING", "YBINNING"):
+        if key in out:
+            out[key] = int(out[key]) * 2
+    if "CCDSUM" in out:
+        parts = re.findall(r"\d+", str(out["CCDSUM"]))
+        if len(parts) == 2:
+            out["CCDSUM"] = f"{int(parts[0]) * 2} {int(parts[1]) * 2}"
+    out["CCDFBIN"] = (2, "ccdflow 2x2 superpixels of a colour mosaic")
+    return out
 
 
 def _pixels(path: Path, hdu) -> np.ndarray:

@@ -146,4 +146,10 @@ def load_profile(instrument: str, *, profiles_dir: str | Path, schema: str | Pat
     """Load and validate an instrument profile by name or path (defaults filled in)."""
     path = resolve_profile_path(instrument, profiles_dir=profiles_dir)
     data = load_yaml(path)
-    return validate(data or {}, schema=schema, what=f"instrument profile {path}")
+    profile = validate(data or {}, schema=schema, what=f"instrument profile {path}")
+    # the frame reader sees the detector section only: it finds a colour mosaic by the
+    # profile's bayer_pattern keywords
+    bayer = profile.get("detector", {}).get("bayer")
+    if isinstance(bayer, dict) and not bayer.get("keywords"):
+        bayer["keywords"] = list(profile.get("keywords", {}).get("bayer_pattern", ["BAYERPAT"]))
+    return profile

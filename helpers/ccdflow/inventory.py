@@ -301,8 +301,11 @@ def _header_fields(header: Mapping, n_ext: int, shape: tuple[int, int], relpath:
     bayer = next((k for k in keywords.get("bayer_pattern", [])
                   if isinstance(_first(header, [k]), str)), None)
     if bayer is not None:
+        mode = profile.get("detector", {}).get("bayer", {}).get("mode", "superpixel")
         problems.append(f"{_COLOUR_MOSAIC} ({bayer} = '{_first(header, [bayer])}'): reduced "
-                        "as a monochrome image, every star's colours mixed")
+                        + ("as 2x2 superpixels (R+G+G+B), half the resolution"
+                           if mode == "superpixel" else
+                           "as a monochrome image, every star's colours mixed"))
     night = _night_from_filename(relpath, profile.get("night", {}))
     night_source = "filename" if night else "header"
     if night is None and stamp is not None:
@@ -485,11 +488,16 @@ def build_inventory(*, raw_dir: str | Path, profile: Mapping,
         log.warning("%s: %s (%s)", row["file"], row["type"], row["reason"])
     colour = table["reason"].str.contains(_COLOUR_MOSAIC, regex=False)
     if colour.any():
+        superpixel = (profile.get("detector", {}).get("bayer", {}).get("mode", "superpixel")
+                      == "superpixel")
         log.warning("%d frame(s) are one-shot colour (Bayer) mosaics, e.g. %s: ccdflow "
-                    "calibrates and measures them as monochrome images, so every star's "
-                    "light mixes the mosaic's colours; for single-band photometry give it "
-                    "one colour plane per frame", int(colour.sum()),
-                    table.loc[colour, "file"].iloc[0])
+                    "%s, so every star's light mixes the mosaic's colours (a broad, white "
+                    "band); for single-band photometry give it one colour plane per frame",
+                    int(colour.sum()), table.loc[colour, "file"].iloc[0],
+                    "sums each 2x2 R+G+G+B block into one pixel (half the resolution; "
+                    "pixel positions in the config stay full-frame)" if superpixel else
+                    "calibrates and measures them as monochrome images (detector.bayer.mode "
+                    "mosaic)")
     return table
 
 

@@ -17,7 +17,7 @@ from .masters import (
     make_master_dark,
     make_master_flat,
 )
-from .science import calibrate_science, trimmed_shape
+from .science import calibrate_science, trimmed_geometry, trimmed_shape
 
 __all__ = [
     "COMBINE_DEFAULTS",
@@ -31,5 +31,6 @@ __all__ = [
     "make_master_bias",
     "make_master_dark",
     "make_master_flat",
+    "trimmed_geometry",
     "trimmed_shape",
 ]

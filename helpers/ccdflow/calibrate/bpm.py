@@ -16,7 +16,8 @@ HOT_DARK_IMAGES = ("HOTDARK", "HOTDARK_ERR")
 
 def make_bad_pixel_mask(*, shape: tuple[int, int], detector: Mapping,
                         masters: Sequence[Product | None] = (),
-                        hot_pixels: np.ndarray | None = None) -> np.ndarray:
+                        hot_pixels: np.ndarray | None = None,
+                        superpixel: int = 1) -> np.ndarray:
     """Union (OR) of the masters' masks and the profile's bad columns, pixels and regions.
 
     ``detector`` keys: ``bad_columns`` (1-based x), ``bad_rows`` (1-based y),
@@ -24,6 +25,8 @@ def make_bad_pixel_mask(*, shape: tuple[int, int], detector: Mapping,
     sections) — all in trimmed-frame coordinates.  ``hot_pixels`` (a boolean
     map, or the uint16 mask of :func:`ccdflow.hotpixels.write_hot_pixel_map` for
     cameras without darks) is OR-ed in: True as HOT, a mask's own bits as they are.
+    ``superpixel`` (2 for a colour mosaic summed into 2×2 superpixels): the profile's
+    positions are the camera's full-frame ones, each bad pixel spoiling its superpixel.
     """
     mask = np.zeros(shape, np.uint16)
     if hot_pixels is not None:
@@ -40,20 +43,26 @@ def make_bad_pixel_mask(*, shape: tuple[int, int], detector: Mapping,
             raise CalibrationError(f"master {master.header.get('IMAGETYP')} has shape "
                                    f"{master.mask.shape}, expected {shape}")
         mask |= master.mask
-    ny, nx = shape
+    f = int(superpixel)
+    ny, nx = shape[0] * f, shape[1] * f  # the full frame the profile's positions are in
+
+    def cell(i: int) -> int:  # 1-based full-frame index -> 0-based index of the mask
+        return (i - 1) // f
+
     for col in detector.get("bad_columns", []):
-        if not 1 <= col <= nx:
+        if not 1 <= col <= nx + f - 1:
             raise CalibrationError(f"detector.bad_columns: column {col} outside 1..{nx}")
-        mask[:, col - 1] |= np.uint16(MaskBit.BAD)
+        mask[:, min(cell(col), shape[1] - 1)] |= np.uint16(MaskBit.BAD)
     for row in detector.get("bad_rows", []):
-        if not 1 <= row <= ny:
+        if not 1 <= row <= ny + f - 1:
             raise CalibrationError(f"detector.bad_rows: row {row} outside 1..{ny}")
-        mask[row - 1, :] |= np.uint16(MaskBit.BAD)
+        mask[min(cell(row), shape[0] - 1), :] |= np.uint16(MaskBit.BAD)
     for x, y in detector.get("bad_pixels", []):
-        if not (1 <= x <= nx and 1 <= y <= ny):
+        if not (1 <= x <= nx + f - 1 and 1 <= y <= ny + f - 1):
             raise CalibrationError(f"detector.bad_pixels: ({x}, {y}) outside the frame")
-        mask[y - 1, x - 1] |= np.uint16(MaskBit.BAD)
+        mask[min(cell(y), shape[0] - 1), min(cell(x), shape[1] - 1)] |= np.uint16(MaskBit.BAD)
     for text in detector.get("bad_regions", []):
         rows, cols, _, _ = parse_section(text)
-        mask[rows, cols] |= np.uint16(MaskBit.BAD)
+        mask[rows.start // f:-(-rows.stop // f), cols.start // f:-(-cols.stop // f)] |= \
+            np.uint16(MaskBit.BAD)
     return mask

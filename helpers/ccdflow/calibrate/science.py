@@ -277,3 +277,10 @@ def _series_dark(*, signal, var_cal, mask, hot_dark, exptime_s):
 def trimmed_shape(path: str | Path, *, detector: Mapping) -> tuple[int, int]:
     """Shape ``(ny, nx)`` of a raw frame after overscan removal, trimming and mosaicking."""
     return read_raw_frame(path, detector=detector).data.shape
+
+
+def trimmed_geometry(path: str | Path, *, detector: Mapping) -> tuple[tuple[int, int], int]:
+    """:func:`trimmed_shape` and the superpixel factor (2 for a colour mosaic summed into
+    2×2 superpixels, else 1)."""
+    frame = read_raw_frame(path, detector=detector)
+    return frame.data.shape, frame.superpixel

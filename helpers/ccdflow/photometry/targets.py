@@ -297,6 +297,21 @@ def resolve_comparisons(*, positions: Mapping[str, Sequence[Mapping]], catalog: 
     return out
 
 
+def _full_frame_to_superpixels(items: Sequence[Mapping], factor: int) -> list[dict]:
+    """Pixel positions (0-based, of the camera's full frame) on frames of ``factor`` ×
+    ``factor`` superpixels: pixel i of a superpixel frame spans full-frame pixels
+    ``factor·i .. factor·i + factor − 1``, so ``x' = (x + 0.5)/factor − 0.5``."""
+    out = []
+    for item in items:
+        if "x" in item:
+            item = {**item, "x": (float(item["x"]) + 0.5) / factor - 0.5,
+                    "y": (float(item["y"]) + 0.5) / factor - 0.5}
+            log.info("%s: full-frame (x, y) taken to the %dx%d superpixels: (%.2f, %.2f)",
+                     item.get("name", "comparison"), factor, factor, item["x"], item["y"])
+        out.append(dict(item))
+    return out
+
+
 def build_reference(*, sources: Mapping[str, str | Path], calibrated: Mapping[str, str | Path],
                     targets: Sequence[Mapping] = (), reference_frame: str | None = None,
                     metas: Mapping[str, Mapping] | None = None,
@@ -367,6 +382,11 @@ def build_reference(*, sources: Mapping[str, str | Path], calibrated: Mapping[st
     with fits.open(calibrated[reference_frame], memmap=False) as hdul:
         shape = hdul["SCI"].data.shape
         header = hdul[0].header
+    superpixel = int(header.get("CCDFBIN", 1))
+    if superpixel != 1:  # the config's positions are the camera's full-frame pixels
+        targets = _full_frame_to_superpixels(targets, superpixel)
+        comparison_positions = {t: _full_frame_to_superpixels(stars, superpixel)
+                                for t, stars in (comparison_positions or {}).items()}
     if not note:
         fwhm = float(meta["fwhm_px"])
         targets = place_pixel_targets(

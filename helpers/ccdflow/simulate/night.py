@@ -92,6 +92,8 @@ def _header(spec: NightSpec, kind: str, filt: str, exptime: float, start, airmas
     h["XBINNING"] = 1
     h["YBINNING"] = 1
     h["READOUTM"] = ("Normal", "Readout mode")
+    if spec.bayer_pattern:
+        h["BAYERPAT"] = (spec.bayer_pattern, "Colour filter array, from pixel (1, 1)")
     h["CCD-TEMP"] = (-20.0, "[C] Detector temperature")
     h["INSTRUME"] = ("ccdflow-sim CCD", "Simulated camera")
     h["TELESCOP"] = ("Demo 0.6m", "Telescope")
@@ -129,6 +131,18 @@ def _to_adu(rng: np.random.Generator, spec: NightSpec, electrons: np.ndarray, le
         0.0, spec.read_noise_e / spec.gain_e_per_adu, size=(spec.ny, spec.overscan_cols))
     raw = np.hstack([data, over])
     return np.clip(np.round(raw), 0, spec.adc_max).astype(np.uint16)
+
+
+#: a one-shot colour camera's response to a Sun-like star through R, G and B
+_CFA_RESPONSE = {"R": 0.55, "G": 1.0, "B": 0.35}
+
+
+def _bayer_response(pattern: str, shape: tuple[int, int]) -> np.ndarray:
+    """The colour filter array's relative response, ``pattern`` ('RGGB', ...) read
+    row by row from pixel (0, 0)."""
+    cell = np.array([_CFA_RESPONSE[c] for c in pattern.upper()]).reshape(2, 2)
+    reps = (shape[0] // 2 + 1, shape[1] // 2 + 1)
+    return np.tile(cell, reps)[:shape[0], :shape[1]]
 
 
 def _apply_line_defects(collected: np.ndarray, defects: Sequence[Mapping],
@@ -269,6 +283,9 @@ def _simulate_into(root: Path, spec: NightSpec) -> None:
     pattern = _bias_pattern(static_rng, spec.ny, spec.nx)
     dark = _dark_rate(static_rng, spec)
     flats = _flats(static_rng, spec)
+    if spec.bayer_pattern:  # a one-shot colour camera: the filter array in the response
+        flats = {f: flat * _bayer_response(spec.bayer_pattern, flat.shape)
+                 for f, flat in flats.items()}
     stars = _star_list(static_rng, spec)
     # the images are rendered without the column defects, which are applied to each
     # frame's drawn charge (_apply_line_defects); the truth holds them

@@ -90,6 +90,7 @@ class NightSpec:
     local_utc_offset_hours: float | None = None
     wcs: bool = True
     header_longitude: str = "east"  # 'west': LONGITUD west-positive instead of SITELONG
+    bayer_pattern: str | None = None  # a one-shot colour camera: 'RGGB', ... (BAYERPAT)
     flat_structure: float = 1.0
     mag_range: tuple[float, float] = (13.0, 19.5)
     mag_slope: float = 0.3
@@ -126,6 +127,10 @@ class NightSpec:
                    flat_structure=0.3)
 
     def __post_init__(self) -> None:
+        if self.bayer_pattern is not None and (
+                len(self.bayer_pattern) != 4 or set(self.bayer_pattern.upper()) - set("RGB")):
+            raise ValueError(f"bayer_pattern must be 4 of R, G, B (e.g. 'RGGB'), got "
+                             f"{self.bayer_pattern!r}")
         if self.header_longitude not in ("east", "west"):
             raise ValueError(f"header_longitude must be 'east' or 'west', got "
                              f"{self.header_longitude!r}")
