@@ -583,6 +583,14 @@ def test_a_colour_mosaic_becomes_superpixels(tmp_path, rng):
                                    atol=1e-9)
     mosaic = read_raw_frame(path, detector={**det, "bayer": {"mode": "mosaic"}})
     assert mosaic.data.shape == (64, 81) and mosaic.superpixel == 1
+    # a frame whose header does not say it (a bias of the same camera): the profile's
+    # detector.bayer.pattern makes it superpixels too, so its master fits the lights
+    del header["BAYERPAT"]
+    fits.PrimaryHDU(data, header=header).writeto(tmp_path / "bias.fits")
+    assert read_raw_frame(tmp_path / "bias.fits", detector=det).superpixel == 1
+    told = read_raw_frame(tmp_path / "bias.fits",
+                          detector={**det, "bayer": {"mode": "superpixel", "pattern": "RGGB"}})
+    assert told.superpixel == 2 and told.data.shape == (32, 40)
     # the profile's bad pixels are the camera's full-frame ones
     shape, factor = trimmed_geometry(path, detector=det)
     bpm = make_bad_pixel_mask(shape=shape, detector={"bad_columns": [5], "bad_rows": [64],

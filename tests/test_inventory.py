@@ -317,6 +317,8 @@ def test_date_with_a_utc_offset_is_converted_and_sets_the_night(tmp_path):
 
 
 def test_a_one_shot_colour_camera_is_said(tmp_path, caplog):
+    import copy
+
     # BAYERPAT (N.I.N.A., SharpCap, ASI cameras, Seestar): the frames are reduced as 2x2
     # superpixels, and the inventory says so once in its log and per frame in `reason`
     raw = tmp_path / "raw"
@@ -333,6 +335,21 @@ def test_a_one_shot_colour_camera_is_said(tmp_path, caplog):
             in table.loc["osc0", "reason"])
     assert table.loc["mono", "reason"] == ""
     assert "2 frame(s) are one-shot colour (Bayer) mosaics, e.g. osc0.fits" in caplog.text
+    # a bias of the same camera without the keyword (lights-only BAYERPAT): said, with
+    # the setting that reads every frame alike; with it set, nothing to say
+    _write(raw / "bias.fits", {"IMAGETYP": "Bias Frame", "EXPTIME": 0.0,
+                               "DATE-OBS": "2024-01-02T02:00:00"})
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ccdflow.inventory"):
+        build_inventory(raw_dir=raw, profile=profile("default"))
+    assert "1 bias frame(s) (e.g. bias.fits) have no colour-pattern keyword" in caplog.text
+    assert "set detector.bayer.pattern" in caplog.text
+    said = copy.deepcopy(profile("default"))
+    said["detector"]["bayer"] = {"mode": "superpixel", "pattern": "RGGB"}
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ccdflow.inventory"):
+        build_inventory(raw_dir=raw, profile=said)
+    assert "no colour-pattern keyword" not in caplog.text
 
 
 def test_too_few_calibration_frames_are_named_in_the_plan_error(small_night):

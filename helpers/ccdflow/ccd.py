@@ -375,11 +375,15 @@ def read_raw_frame(path: str | Path, *, detector: Mapping, exptime_keywords: Seq
 def colour_mosaic(header: Mapping, detector: Mapping) -> str | None:
     """``'BAYERPAT = RGGB'`` when the header says the frame is a one-shot colour camera's
     mosaic (the keywords of ``detector.bayer.keywords``, which the profile loader fills
-    from ``keywords.bayer_pattern``; default BAYERPAT), else None."""
-    for key in detector.get("bayer", {}).get("keywords") or ["BAYERPAT"]:
+    from ``keywords.bayer_pattern``; default BAYERPAT) or the profile does
+    (``detector.bayer.pattern``, for every frame), else None."""
+    bayer = detector.get("bayer", {})
+    for key in bayer.get("keywords") or ["BAYERPAT"]:
         value = header.get(key)
         if isinstance(value, str) and value.strip():
             return f"{key} = {value.strip()}"
+    if bayer.get("pattern"):
+        return f"detector.bayer.pattern {bayer['pattern']}"
     return None
 
 

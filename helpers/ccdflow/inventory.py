@@ -498,7 +498,26 @@ def build_inventory(*, raw_dir: str | Path, profile: Mapping,
                     "pixel positions in the config stay full-frame)" if superpixel else
                     "calibrates and measures them as monochrome images (detector.bayer.mode "
                     "mosaic)")
+        _warn_mixed_mosaics(table, colour, profile)
     return table
+
+
+def _warn_mixed_mosaics(table: pd.DataFrame, colour: pd.Series, profile: Mapping) -> None:
+    """Calibration frames without the colour keyword in a group whose light frames have
+    it (some capture programs write BAYERPAT on lights only): their masters would be
+    full-frame, the lights superpixels.  Say which setting makes them alike."""
+    bayer = profile.get("detector", {}).get("bayer", {})
+    if bayer.get("pattern") or bayer.get("mode", "superpixel") != "superpixel":
+        return
+    frames = table["type"].isin(["bias", "dark", "flat", "science"])
+    for group, rows in table[frames].groupby("group"):
+        plain = rows[~colour[rows.index] & (rows["type"] != "science")]
+        if colour[rows.index].any() and len(plain):
+            log.warning("calibration group %s: %d %s frame(s) (e.g. %s) have no colour-"
+                        "pattern keyword while its colour frames do: their masters would not "
+                        "be superpixels and would not fit; set detector.bayer.pattern (e.g. "
+                        "RGGB) in the profile so every frame is read alike", group, len(plain),
+                        "/".join(sorted(set(plain["type"]))), plain["file"].iloc[0])
 
 
 _NUMERIC = {"exptime_s", "mjd_obs", "n_ext", "size_bytes"}
