@@ -558,13 +558,14 @@ def test_a_colour_mosaic_becomes_superpixels(tmp_path, rng):
 
     data = rng.integers(1000, 3000, (64, 81)).astype(np.uint16)
     data[10, 21] = 65535
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = [150.0, 20.0]
-    w.wcs.crpix = [40.0, 30.0]
-    w.wcs.cd = [[-1e-4, 0.0], [0.0, 1e-4]]
-    header = fits.Header({"EXPTIME": 30.0, "BAYERPAT": "RGGB", "CCDSUM": "1 1"})
-    header.update(w.to_header())
+    # a plate solution as astrometry.net writes it: a CD matrix and SIP distortion
+    # (astropy's own wcs[::2, ::2] ignores the step when there is a CD matrix)
+    header = fits.Header({"EXPTIME": 30.0, "BAYERPAT": "RGGB", "CCDSUM": "1 1",
+                          "CTYPE1": "RA---TAN-SIP", "CTYPE2": "DEC--TAN-SIP",
+                          "CRVAL1": 150.0, "CRVAL2": 20.0, "CRPIX1": 40.0, "CRPIX2": 30.0,
+                          "CD1_1": -1e-4, "CD1_2": 2e-6, "CD2_1": 1e-6, "CD2_2": 1e-4,
+                          "A_ORDER": 2, "B_ORDER": 2, "A_2_0": 3e-5, "A_1_1": -2e-5,
+                          "B_0_2": 4e-5, "B_1_1": 2e-5})
     path = tmp_path / "osc.fits"
     fits.PrimaryHDU(data, header=header).writeto(path)
     det = {"gain_e_per_adu": 2.0, "read_noise_e": 5.0, "saturation_adu": 65535}
@@ -577,6 +578,7 @@ def test_a_colour_mosaic_becomes_superpixels(tmp_path, rng):
     assert frame.header["CCDFBIN"] == 2 and frame.header["CCDSUM"] == "2 2"
     assert "2x2 superpixels R+G+G+B, odd last row/column dropped" in frame.notes[-1]
     full, binned = WCS(header), WCS(frame.header)
+    assert "CD1_1" not in frame.header  # the scaled PC/CDELT alone
     for i, j in ((0, 0), (13, 7), (39, 31)):  # superpixel (i, j) spans pixels 2i, 2i+1
         np.testing.assert_allclose(binned.pixel_to_world_values(i, j),
                                    full.pixel_to_world_values(2 * i + 0.5, 2 * j + 0.5),

@@ -430,12 +430,11 @@ def _superpixel_header(header) -> fits.Header:
             warnings.simplefilter("ignore", FITSFixedWarning)
             wcs = WCS(header)
             if wcs.has_celestial:
-                scaled = wcs[::2, ::2]
-                out.update(scaled.to_header(relax=True))
+                scaled = _binned_wcs(wcs, 2).to_header(relax=True)
+                _drop_wcs(out)  # a CD matrix left beside the scaled PC would win
+                out.update(scaled)
     except Exception as exc:  # a WCS astropy cannot slice: dropped, and said
-        for key in [k for k in out if k.startswith(("CTYPE", "CRPIX", "CRVAL", "CD", "PC",
-                                                     "CDELT", "A_", "B_", "AP_", "BP_"))]:
-            del out[key]
+        _drop_wcs(out)
         out["HISTORY"] = f"ccdflow: WCS dropped, it could not be scaled to superpixels ({exc})"
     for key in ("XBINNING", "YBINNING"):
         if key in out:
@@ -446,6 +445,43 @@ def _superpixel_header(header) -> fits.Header:
             out["CCDSUM"] = f"{int(parts[0]) * 2} {int(parts[1]) * 2}"
     out["CCDFBIN"] = (2, "ccdflow 2x2 superpixels of a colour mosaic")
     return out
+
+
+_WCS_KEYS = re.compile(r"^(CTYPE|CRPIX|CRVAL|CDELT|CUNIT|CROTA|CD\d_\d|PC\d_\d|[AB]P?_(\d_\d|ORDER)"
+                       r"|LONPOLE|LATPOLE|WCSAXES)")
+
+
+def _binned_wcs(wcs, factor: int):
+    """``wcs`` for pixels binned ``factor`` × ``factor``: full-frame (1-based) pixel
+    ``x = factor·x' − (factor − 1)/2``, so CRPIX' = (CRPIX + (factor − 1)/2)/factor, the
+    CD (or CDELT) × factor, and each SIP coefficient of order p+q × factor^(p+q−1).
+    (astropy's ``wcs[::2, ::2]`` ignores the step when the header has a CD matrix.)"""
+    from astropy.wcs import Sip
+
+    out = wcs.deepcopy()
+    out.wcs.crpix = (wcs.wcs.crpix + (factor - 1) / 2.0) / factor
+    if wcs.wcs.has_cd():
+        out.wcs.cd = wcs.wcs.cd * factor
+    else:
+        out.wcs.cdelt = wcs.wcs.cdelt * factor
+    if wcs.sip is not None:
+        def scaled(coeffs):
+            if coeffs is None:
+                return None
+            p, q = np.indices(coeffs.shape)
+            return coeffs * float(factor) ** (p + q - 1)
+
+        sip = wcs.sip
+        out.sip = Sip(scaled(sip.a), scaled(sip.b), scaled(sip.ap), scaled(sip.bp),
+                      out.wcs.crpix)
+    out.wcs.set()
+    return out
+
+
+def _drop_wcs(header: fits.Header) -> None:
+    """Remove the celestial WCS keywords (TAN and SIP) from ``header``, in place."""
+    for key in [k for k in header if _WCS_KEYS.match(k)]:
+        del header[key]
 
 
 def _pixels(path: Path, hdu) -> np.ndarray:
