@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
+from .config import superpixel_mosaics
 from .errors import CalibrationError
 
 log = logging.getLogger(__name__)
@@ -367,7 +368,7 @@ def read_raw_frame(path: str | Path, *, detector: Mapping, exptime_keywords: Seq
                      overscan_noise_e=overscan_noise,
                      zero_level=pieces[0]["zero_level"])
     mosaic = colour_mosaic(merged, detector)
-    if mosaic is not None and detector.get("bayer", {}).get("mode", "superpixel") == "superpixel":
+    if mosaic is not None and superpixel_mosaics(detector):
         frame = superpixel_frame(frame, pattern=mosaic)
     return frame
 

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ConfigError", "check_photometry", "has_overscan", "has_zero_level", "load_profile",
-           "load_yaml",
-           "resolve_profile_path", "validate"]
+           "load_yaml", "resolve_profile_path", "superpixel_mosaics", "validate"]
 
 
 class ConfigError(ValueError):
@@ -95,6 +94,12 @@ def has_overscan(detector: Mapping) -> bool:
     """Whether a profile's ``detector`` section subtracts an overscan; here, not in
     :mod:`ccdflow.detector`, so the Snakemake process asks without importing astropy."""
     return detector.get("overscan", {}).get("from", "none") != "none"
+
+
+def superpixel_mosaics(detector: Mapping) -> bool:
+    """Whether colour-mosaic frames are summed into 2×2 superpixels (``detector.bayer.mode``,
+    default superpixel) rather than reduced as they are."""
+    return detector.get("bayer", {}).get("mode", "superpixel") == "superpixel"
 
 
 def has_zero_level(detector: Mapping) -> bool:

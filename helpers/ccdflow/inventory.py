@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .config import superpixel_mosaics
 from .headertime import (
     _MJD0,
     _as_float,
@@ -301,10 +302,9 @@ def _header_fields(header: Mapping, n_ext: int, shape: tuple[int, int], relpath:
     bayer = next((k for k in keywords.get("bayer_pattern", [])
                   if isinstance(_first(header, [k]), str)), None)
     if bayer is not None:
-        mode = profile.get("detector", {}).get("bayer", {}).get("mode", "superpixel")
         problems.append(f"{_COLOUR_MOSAIC} ({bayer} = '{_first(header, [bayer])}'): reduced "
                         + ("as 2x2 superpixels (R+G+G+B), half the resolution"
-                           if mode == "superpixel" else
+                           if superpixel_mosaics(profile.get("detector", {})) else
                            "as a monochrome image, every star's colours mixed"))
     night = _night_from_filename(relpath, profile.get("night", {}))
     night_source = "filename" if night else "header"
@@ -488,8 +488,7 @@ def build_inventory(*, raw_dir: str | Path, profile: Mapping,
         log.warning("%s: %s (%s)", row["file"], row["type"], row["reason"])
     colour = table["reason"].str.contains(_COLOUR_MOSAIC, regex=False)
     if colour.any():
-        superpixel = (profile.get("detector", {}).get("bayer", {}).get("mode", "superpixel")
-                      == "superpixel")
+        superpixel = superpixel_mosaics(profile.get("detector", {}))
         log.warning("%d frame(s) are one-shot colour (Bayer) mosaics, e.g. %s: ccdflow "
                     "%s, so every star's light mixes the mosaic's colours (a broad, white "
                     "band); for single-band photometry give it one colour plane per frame",
@@ -506,8 +505,8 @@ def _warn_mixed_mosaics(table: pd.DataFrame, colour: pd.Series, profile: Mapping
     """Calibration frames without the colour keyword in a group whose light frames have
     it (some capture programs write BAYERPAT on lights only): their masters would be
     full-frame, the lights superpixels.  Say which setting makes them alike."""
-    bayer = profile.get("detector", {}).get("bayer", {})
-    if bayer.get("pattern") or bayer.get("mode", "superpixel") != "superpixel":
+    detector = profile.get("detector", {})
+    if detector.get("bayer", {}).get("pattern") or not superpixel_mosaics(detector):
         return
     frames = table["type"].isin(["bias", "dark", "flat", "science"])
     for group, rows in table[frames].groupby("group"):
