@@ -104,9 +104,10 @@ def manual_mask(*, shape: tuple[int, int], circles: Sequence[Mapping], wcs=None,
             scale_arcsec = float(np.mean(proj_plane_pixel_scales(wcs.celestial))) * 3600.0
             radius = float(c["radius_arcsec"]) / scale_arcsec
         else:
-            f = float(superpixel)
-            x, y = (float(c["x"]) + 0.5) / f - 0.5, (float(c["y"]) + 0.5) / f - 0.5
-            radius = float(c["radius_px"]) / f
+            from .ccd import full_frame_to_superpixels
+
+            x, y = (float(full_frame_to_superpixels(c[k], superpixel)) for k in ("x", "y"))
+            radius = float(c["radius_px"]) / superpixel
         if radius <= 0:
             raise BackgroundError(f"manual mask {i}: radius must be > 0")
         mask |= (xx - x) ** 2 + (yy - y) ** 2 <= radius**2

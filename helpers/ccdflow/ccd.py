@@ -388,6 +388,13 @@ def colour_mosaic(header: Mapping, detector: Mapping) -> str | None:
     return None
 
 
+def full_frame_to_superpixels(value, factor: int):
+    """A 0-based pixel coordinate of the camera's full frame on a frame of ``factor`` ×
+    ``factor`` superpixels: superpixel i spans full-frame pixels ``factor·i .. factor·i +
+    factor − 1``, so ``x' = (x + 0.5)/factor − 0.5`` (a length is divided by ``factor``)."""
+    return (np.asarray(value, np.float64) + 0.5) / factor - 0.5
+
+
 def superpixel_frame(frame: RawFrame, *, pattern: str) -> RawFrame:
     """A colour mosaic as a monochrome frame of 2×2 superpixels, each the sum of its
     R, G, G and B pixels (in electrons: whatever the pattern's phase, every 2×2 block

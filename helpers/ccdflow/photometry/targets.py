@@ -299,13 +299,14 @@ def resolve_comparisons(*, positions: Mapping[str, Sequence[Mapping]], catalog: 
 
 def _full_frame_to_superpixels(items: Sequence[Mapping], factor: int) -> list[dict]:
     """Pixel positions (0-based, of the camera's full frame) on frames of ``factor`` ×
-    ``factor`` superpixels: pixel i of a superpixel frame spans full-frame pixels
-    ``factor·i .. factor·i + factor − 1``, so ``x' = (x + 0.5)/factor − 0.5``."""
+    ``factor`` superpixels (:func:`ccdflow.ccd.full_frame_to_superpixels`)."""
+    from ..ccd import full_frame_to_superpixels
+
     out = []
     for item in items:
         if "x" in item:
-            item = {**item, "x": (float(item["x"]) + 0.5) / factor - 0.5,
-                    "y": (float(item["y"]) + 0.5) / factor - 0.5}
+            item = {**item, **{k: float(full_frame_to_superpixels(item[k], factor))
+                               for k in ("x", "y")}}
             log.info("%s: full-frame (x, y) taken to the %dx%d superpixels: (%.2f, %.2f)",
                      item.get("name", "comparison"), factor, factor, item["x"], item["y"])
         out.append(dict(item))
