@@ -530,8 +530,9 @@ def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool
     saturated = raw >= sat_adu
     over = _section_from("overscan", over_cfg, header, raw.shape, where=where, what="overscan")
     level = np.zeros(raw.shape[0])
-    noise_e, n_over = 0.0, 0
+    noise_e, n_over, zero_level = 0.0, 0, "none"
     if over is not None:
+        zero_level = "overscan"
         rows, cols = over
         skip = int(over_cfg.get("skip_columns", 0))
         strip = raw[rows, cols.start + skip: cols.stop]
@@ -551,6 +552,7 @@ def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool
         zero = detector_constant(detector["zero_level_adu"], [header, primary],
                                  name="zero level (ADU)", where=where)
         level[:] = zero
+        zero_level = "constant"
         notes.append(f"overscan: none; zero level {zero:g} ADU subtracted "
                      "(detector.zero_level_adu)")
     else:
@@ -562,8 +564,7 @@ def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool
     out = {"data": data.astype(np.float32), "saturated": saturated[rows, cols],
            "nonfinite": nonfinite[rows, cols], "gain": gain, "saturation_e": sat_e,
            "notes": notes, "overscan_noise_e": noise_e, "overscan_columns": n_over,
-           "zero_level": "overscan" if over is not None else (
-               "constant" if detector.get("zero_level_adu") is not None else "none")}
+           "zero_level": zero_level}
     if multi:
         detsec = header.get("DETSEC")
         if not detsec:
