@@ -245,27 +245,30 @@ def get_spectra_bpm_inputs(wildcards):
     return {"reference": str(RAW_DIR / row["file"]), **_plan_masters(row)}
 
 
-def get_hotpix_raw(wildcards):
-    """Raw science frames of a night and calibration group (every filter), in time order."""
+def _imaging_rows(wildcards):
+    """Plan rows of the imaging science frames of a night and calibration group (every
+    filter), in time order."""
     _, _, plan = state()
     rows = plan[
         (plan["night"] == wildcards.night)
         & (plan["group"] == wildcards.group)
         & (plan["mode"] == "imaging")
     ]
-    return [str(RAW_DIR / f) for f in rows.sort_values(["mjd_obs", "file"])["file"]]
+    return rows.sort_values(["mjd_obs", "file"])
+
+
+def get_hotpix_raw(wildcards):
+    """Raw science frames of a night and calibration group (every filter), in time order."""
+    return [str(RAW_DIR / f) for f in _imaging_rows(wildcards)["file"]]
 
 
 def get_hotpix_inputs(wildcards):
     """The night's raw science frames, and the master bias they are calibrated with (the
     map is made from bias-subtracted frames: a column whose bias stands out is not a
     defect)."""
-    raw = get_hotpix_raw(wildcards)
-    _, _, plan = state()
-    rows = plan[(plan["night"] == wildcards.night) & (plan["group"] == wildcards.group)
-                & (plan["mode"] == "imaging")]
+    rows = _imaging_rows(wildcards)
     bias = _plan_masters(rows.iloc[0]).get("bias") if len(rows) else None
-    return {"raw": raw, **({"bias": bias} if bias else {})}
+    return {"raw": [str(RAW_DIR / f) for f in rows["file"]], **({"bias": bias} if bias else {})}
 
 
 def illumination_frames(night, group, filt):
