@@ -234,3 +234,49 @@ def test_header_longitude_sign_from_the_profile_or_the_headers_airmass(caplog):
     where.pop("from_header")
     kept, note = measure._check_header_longitude(where, east_header, start, 157.5, 20.1, "f")
     assert kept["longitude_deg"] == pytest.approx(-111.5967) and note == ""
+
+
+@pytest.mark.parametrize("fwhm", [1.2, 1.8])
+def test_undersampled_stars_are_detected(rng, fwhm):
+    """Undersampled stars cover few pixels: with the default 5 pixels above 5σ, a
+    simulated 12-bit night of FWHM 1.2 px kept 42-70 % of its stars of 1,000-8,000 e-
+    (1.8 px: 59-88 %).  The pixels a detection needs are capped at the area of the FWHM
+    disc (2 at 1.2 px, 2-3 at 1.8 px): every isolated star of S/N > 20 is found
+    (≥ 98 %: their peaks stand ≥ 7σ above the sky, and their 2-3 brightest pixels above
+    5σ), and the 300 single-pixel hot pixels remain rejected by their shape."""
+    from ccdflow.segmentation import detect_segments, star_npixels
+    from ccdflow.simulate import render_gaussian_stars
+
+    size, sky, noise = 400, 300.0, np.sqrt(300.0 + 100.0)
+    xs, ys = rng.uniform(10, size - 10, 200), rng.uniform(10, size - 10, 200)
+    flux = 10 ** rng.uniform(3.0, np.log10(8000), 200)
+    truth = sky + render_gaussian_stars(shape=(size, size), x=xs, y=ys, flux=flux, fwhm=fwhm)
+    img = rng.poisson(truth) + rng.normal(0, 10.0, truth.shape)
+    hx, hy = rng.integers(6, size - 6, 300), rng.integers(6, size - 6, 300)
+    img[hy, hx] += 10 ** rng.uniform(2.5, 4.0, 300)
+    # the chain's segmentation: the background stage's last round (3σ, 5 pixels, or
+    # fewer on an undersampled frame)
+    sky_map = estimate_background(data=img, mask=None)
+    assert sky_map.labels is not None
+    found = detect_stars(data=img, background=sky_map.background, rms=sky_map.rms,
+                         labels=sky_map.labels)
+    assert 2 <= found.attrs["npixels"] < 5  # from the segments' FWHM (1.2: 2; 1.8: 2-3)
+    # with the background's fixed 5 pixels the faint undersampled stars are not segmented
+    fixed = detect_stars(data=img, background=sky_map.background, rms=sky_map.rms,
+                         labels=detect_segments(values=img - sky_map.background,
+                                                rms=sky_map.rms, nsigma=3.0, npixels=5))
+    stars = np.column_stack([xs, ys])
+    snr = flux / np.sqrt(flux + np.pi * fwhm**2 * noise**2)
+    isolated = cKDTree(stars).query(stars, k=2)[0][:, 1] > 3 * fwhm
+    near_hot = cKDTree(np.column_stack([hx, hy])).query(stars)[0] < 3
+    clean = stars[(snr > 20) & isolated & ~near_hot]
+    dist, _ = cKDTree(found[["x", "y"]].to_numpy()).query(clean)
+    assert len(clean) > 50 and (dist < 1.0).mean() >= 0.98, ((dist >= 1).sum(), len(clean))
+    fixed_dist, _ = cKDTree(fixed[["x", "y"]].to_numpy()).query(clean)
+    print(f"FWHM {fwhm}: {(dist < 1).mean():.3f} of {len(clean)} found, "
+          f"{(fixed_dist < 1).mean():.3f} with 5-pixel segments")
+    far = cKDTree(stars).query(np.column_stack([hx, hy]))[0] > 3
+    surviving = cKDTree(found[["x", "y"]].to_numpy()).query(np.column_stack([hx, hy])[far])[0]
+    assert (surviving < 1.0).sum() <= 3, (surviving < 1.0).sum()
+    assert star_npixels(npixels=5, fwhm_px=2.8) == 5
+    assert star_npixels(npixels=5, fwhm_px=float("nan")) == 5

@@ -59,6 +59,10 @@ class BackgroundResult:
     notes: list[str] = field(default_factory=list)
     #: int32 segmentation of the last detection round (None without iterations)
     labels: np.ndarray | None = None
+    #: the stars' FWHM (px) from the first round's segment moments (NaN without
+    #: iterations or bright segments): undersampled frames detect with fewer pixels, and
+    #: the cosmic rays spare their stars (:func:`ccdflow.cosmics.effective_objlim`)
+    seeing_px: float = float("nan")
 
     @property
     def sky_median(self) -> float:
@@ -67,6 +71,26 @@ class BackgroundResult:
     @property
     def sky_rms(self) -> float:
         return float(np.median(self.rms))
+
+
+def _seeing_and_npixels(found: np.ndarray, *, residual: np.ndarray, rms: np.ndarray,
+                        bad: np.ndarray, npixels: int, nsigma: float, backend: str,
+                        deblend: bool) -> tuple[float, int, np.ndarray]:
+    """The segments' seeing (:func:`ccdflow.segmentation.moment_fwhm`), and ``npixels``
+    with the segmentation ``found``, or, when that seeing is undersampled, the fewer
+    pixels a star then covers (:func:`ccdflow.segmentation.star_npixels`) and the
+    segmentation with them: faint stars of FWHM 1.2 px have only 2-4 pixels above 3σ."""
+    from .segmentation import detect_segments, moment_fwhm, segment_table, star_npixels
+
+    fwhm = moment_fwhm(segment_table(labels=found, values=residual, rms=rms, mask=bad))
+    fewer = star_npixels(npixels=npixels, fwhm_px=fwhm)
+    if fewer >= npixels:
+        return fwhm, npixels, found
+    log.info("background: stars of FWHM %.2f px (undersampled): sources of %d pixels instead "
+             "of %d", fwhm, fewer, npixels)
+    return fwhm, fewer, detect_segments(values=residual, rms=rms, nsigma=nsigma,
+                                        npixels=fewer, mask=bad, backend=backend,
+                                        deblend=deblend, overwrite_values=True)
 
 
 def _estimator(name: str):
@@ -283,6 +307,7 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
     notes = []
     iterations = 0
     labels = None
+    seeing = float("nan")
     if iterate:
         for iterations in range(1, max_iterations + 1):
             residual = clean - background
@@ -291,6 +316,10 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
             found = detect_segments(values=residual, rms=rms, nsigma=nsigma,
                                     npixels=npixels, mask=bad | extra, backend=backend,
                                     deblend=deblend, overwrite_values=True)
+            if iterations == 1:  # undersampled stars: fewer pixels make a source
+                seeing, npixels, found = _seeing_and_npixels(
+                    found, residual=residual, rms=rms, bad=bad | extra, npixels=npixels,
+                    nsigma=nsigma, backend=backend, deblend=deblend)
             new = _grow_sources(found, saturated=saturated, factor=dilate_factor,
                                 min_radius=min_radius_px, max_radius=max_radius_px,
                                 saturated_factor=saturated_factor, values=residual) | extra
@@ -332,7 +361,7 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
     return BackgroundResult(background=np.asarray(background, np.float32),
                             rms=np.asarray(rms, np.float32), source_mask=source_mask,
                             iterations=iterations, mask_fractions=fractions, notes=notes,
-                            labels=labels)
+                            labels=labels, seeing_px=seeing)
 
 
 def _fit_sep(clean: np.ndarray, used: np.ndarray, *, box_size: int,

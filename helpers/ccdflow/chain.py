@@ -110,7 +110,7 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
     """
     from .background import background_for_product, write_background
     from .calibrate import calibrate_science
-    from .cosmics import detect_cosmic_rays, write_cosmics
+    from .cosmics import detect_cosmic_rays, effective_objlim, write_cosmics
     from .masks import MaskBit
     from .photometry import frame_sources, write_sources
     from .products import write_product
@@ -168,15 +168,19 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
 
     def rays():
         product, result = state["product"], state["background"]
+        fwhm = result.seeing_px
         crmask = detect_cosmic_rays(
             data=product.data, error=_take_error(product, calibrated_path),
             mask=product.mask != 0,
             background=result.background, read_noise_e=product.header["RDNOISE"],
-            saturation_e=product.header["SATURATE"], **cosmics)
+            saturation_e=product.header["SATURATE"], fwhm_px=fwhm, **cosmics)
+        objlim = effective_objlim(objlim=cosmics.get("objlim", 5.0), fwhm_px=fwhm,
+                                  star_margin=cosmics.get("star_margin", 2.0))
         write_cosmics(product_path(out_dirs["cosmics"], frame, "cosmics"), crmask,
-                      inputs=[calibrated_path, background_path], params=cosmics)
+                      inputs=[calibrated_path, background_path], params=cosmics,
+                      fwhm_px=fwhm, objlim=objlim)
         state["crmask"] = crmask
-        return {"n_cosmic_px": int(crmask.sum())}
+        return {"n_cosmic_px": int(crmask.sum()), "objlim": round(objlim, 3)}
 
     def stars():
         product, result = state["product"], state["background"]
@@ -192,6 +196,7 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
         write_sources(product_path(out_dirs["sources"], frame, "sources"), sources,
                       {**meta, **(provenance or {})}, frame=frame)
         return {"n_sources": int(meta["n_sources"]), "fwhm_px": round(meta["fwhm_px"], 4),
+                "npixels": int(meta["npixels"]),
                 **{k: int(v) for k, v in meta.items() if k.startswith("rejected_")}}
 
     run("calibrated", calibrate)

@@ -11,28 +11,99 @@ per 2k² frame.  Two methods give that mask:
   ``sepmed=True``;
 * ``astroscrappy``: ``astroscrappy.detect_cosmics`` itself (any ``sepmed``), the
   reference.
+
+Undersampled stars: L.A.Cosmic tells a star from a cosmic ray by its fine-structure
+contrast (``objlim``), and the core of a star of FWHM 1.2 px is as sharp as a cosmic
+ray to that test at ``objlim`` 5 (on a simulated 12-bit night, 99 of 249 stars above
+1,500 e- lost their cores to the mask).  :func:`effective_objlim` raises ``objlim``
+for such a frame to ``star_margin`` × the contrast a noise-free star of the frame's
+FWHM reaches (:func:`star_contrast`), so stars are spared and cosmic rays on the sky,
+which have no fine structure around them, are flagged as before.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CosmicsError", "detect_cosmic_rays", "write_cosmics"]
+__all__ = ["CosmicsError", "detect_cosmic_rays", "effective_objlim", "star_contrast",
+           "write_cosmics"]
 
 
 class CosmicsError(ValueError):
     """Cosmic-ray detection cannot run; the message says why."""
 
 
+#: FWHM grid step (px) of :func:`star_contrast`: a FWHM is rounded down to it (a smaller
+#: FWHM has the larger contrast, so the rounding errs towards sparing stars)
+CONTRAST_STEP_PX = 0.05
+
+
+@functools.lru_cache(maxsize=128)
+def _contrast_on_grid(step_index: int) -> float:
+    from scipy import ndimage
+    from scipy.special import ndtr
+
+    from .lacosmic import _laplace_rebin
+
+    sigma = step_index * CONTRAST_STEP_PX / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    n, c = 21, 10
+    edges = np.arange(n + 1) - c - 0.5
+    worst = 0.0
+    for dx in np.linspace(0.0, 0.5, 6):  # the star's centre within its pixel (symmetric)
+        for dy in np.linspace(0.0, 0.5, 6):
+            ex, ey = np.diff(ndtr((edges - dx) / sigma)), np.diff(ndtr((edges - dy) / sigma))
+            star = (np.outer(ey, ex) * 1e5).astype(np.float32)
+            s = _laplace_rebin(star) / np.float32(2.0)  # unit noise: the ratio is scale-free
+            sp = s - ndimage.median_filter(s, 5, mode="nearest")
+            m3 = ndimage.median_filter(star, 3, mode="nearest")
+            f = np.maximum(m3 - ndimage.median_filter(m3, 7, mode="nearest"), 0.01)
+            core = (slice(c - 1, c + 2), slice(c - 1, c + 2))
+            seeds = sp[core] > 0.05 * sp.max()
+            worst = max(worst, float((sp[core] / f[core])[seeds].max()))
+    return worst
+
+
+def star_contrast(fwhm_px: float) -> float:
+    """The largest fine-structure contrast (sp / f, the number L.A.Cosmic compares with
+    ``objlim``) that the core pixels of a noise-free, pixel-integrated Gaussian star of
+    ``fwhm_px`` reach, over the star's position within its pixel.
+
+    The ratio does not depend on the star's flux or the noise (both terms scale
+    alike): 26 at FWHM 1.0 px, 9.1 at 1.2, 4.4 at 1.4, 1.7 at 1.8, 1.2 at 2.0, 0.6 at
+    2.5.  Computed once per FWHM step of :data:`CONTRAST_STEP_PX` (rounded down).
+    """
+    if not np.isfinite(fwhm_px) or fwhm_px <= 0:
+        raise CosmicsError(f"fwhm_px must be a positive number, got {fwhm_px}")
+    step = int(np.clip(math.floor(fwhm_px / CONTRAST_STEP_PX + 1e-9), 10, 100))
+    return _contrast_on_grid(step)
+
+
+def effective_objlim(*, objlim: float, fwhm_px: float | None, star_margin: float) -> float:
+    """``objlim``, raised to ``star_margin`` × :func:`star_contrast` of the frame's
+    FWHM where that is higher (undersampled stars); ``objlim`` itself without a FWHM
+    (NaN or None) or with ``star_margin`` 0.  A margin of 2 leaves the noise of a
+    faint star's core room: at FWHM 1.2 px, ``objlim`` 10 (1.1×) still flagged 13 of
+    249 stars' cores, 20 (2.2×) one, with the same 71 of 74 cosmic-ray pixels found.
+    """
+    if star_margin < 0:
+        raise CosmicsError(f"star_margin must be >= 0, got {star_margin}")
+    if not star_margin or fwhm_px is None or not np.isfinite(fwhm_px) or fwhm_px <= 0:
+        return float(objlim)
+    return float(max(objlim, star_margin * star_contrast(fwhm_px)))
+
+
 def detect_cosmic_rays(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray | None,
                        background: np.ndarray | None, read_noise_e: float,
                        saturation_e: float, sigclip: float = 4.5, sigfrac: float = 0.3,
                        objlim: float = 5.0, niter: int = 4, sepmed: bool = False,
-                       psffwhm: float = 2.5, method: str = "lacosmic") -> np.ndarray:
+                       psffwhm: float = 2.5, method: str = "lacosmic",
+                       fwhm_px: float | None = None, star_margin: float = 2.0) -> np.ndarray:
     """Boolean cosmic-ray mask of a calibrated frame.
 
     Parameters
@@ -50,6 +121,9 @@ def detect_cosmic_rays(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray 
         default ``fsmode='median'``).
     method : {'lacosmic', 'astroscrappy'}
         See the module docstring; ``lacosmic`` needs ``sepmed=False``.
+    fwhm_px, star_margin : float, optional
+        The frame's seeing and the margin of :func:`effective_objlim`: ``objlim``
+        is raised where stars of this FWHM would pass for cosmic rays.
 
     Returns
     -------
@@ -78,6 +152,12 @@ def detect_cosmic_rays(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray 
         bad |= np.asarray(mask, bool)
     if bad.all():
         raise CosmicsError("every pixel is masked: nothing to search")
+    used = effective_objlim(objlim=objlim, fwhm_px=fwhm_px, star_margin=star_margin)
+    if used > objlim:
+        log.info("cosmic rays: objlim %.3g instead of %.3g: the cores of stars of FWHM %.2f px "
+                 "reach a fine-structure contrast of %.3g (undersampled)", used, objlim,
+                 fwhm_px, star_contrast(fwhm_px))
+    objlim = used
     from .lacosmic import padded_plane
 
     # lacosmic works in padded planes: made so, they are not copied again
@@ -115,8 +195,10 @@ def detect_cosmic_rays(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray 
     return crmask
 
 
-def write_cosmics(path, crmask: np.ndarray, *, inputs, params) -> None:
-    """Write the cosmic-ray mask (uint8 CRMASK, count NCOSMIC) with provenance, atomically."""
+def write_cosmics(path, crmask: np.ndarray, *, inputs, params, fwhm_px: float | None = None,
+                  objlim: float | None = None) -> None:
+    """Write the cosmic-ray mask (uint8 CRMASK, count NCOSMIC) with provenance, atomically;
+    with the seeing (CRFWHM) and the ``objlim`` used (CROBJLIM) when given."""
     from astropy.io import fits
 
     from .io import atomic_path
@@ -124,6 +206,10 @@ def write_cosmics(path, crmask: np.ndarray, *, inputs, params) -> None:
 
     header = provenance_header(step="detect_cosmics", inputs=inputs, params=params)
     header["NCOSMIC"] = (int(crmask.sum()), "pixels flagged as cosmic rays")
+    if fwhm_px is not None and np.isfinite(fwhm_px):
+        header["CRFWHM"] = (round(float(fwhm_px), 3), "[pix] seeing from segment moments")
+    if objlim is not None:
+        header["CROBJLIM"] = (round(float(objlim), 3), "L.A.Cosmic objlim used (star_margin)")
     with atomic_path(path) as tmp:
         fits.HDUList([fits.PrimaryHDU(header=header),
                       fits.ImageHDU(crmask.astype(np.uint8), name="CRMASK")]).writeto(tmp)

@@ -25,9 +25,14 @@ import warnings
 import numpy as np
 import pandas as pd
 
-__all__ = ["BACKENDS", "detect_segments", "segment_table"]
+__all__ = ["BACKENDS", "UNDERSAMPLED_FWHM_PX", "detect_segments", "moment_fwhm",
+           "segment_table", "star_npixels"]
 
 BACKENDS = ("sep", "photutils")
+
+#: below this FWHM (px) a frame is undersampled (Nyquist: 2 px): sources need fewer
+#: pixels (:func:`star_npixels`)
+UNDERSAMPLED_FWHM_PX = 2.0
 
 #: SEP's number of sub-objects one deblending may create (default 1 024)
 SEP_SUB_OBJECTS = 8192
@@ -188,3 +193,37 @@ def segment_table(*, labels: np.ndarray, values: np.ndarray, rms: np.ndarray,
         "saturated_or_masked": masked[present]})
     table["snr"] = table["flux"] / np.sqrt(table["noise"] ** 2 + np.clip(table["flux"], 0, None))
     return table
+
+
+def moment_fwhm(table: pd.DataFrame, *, min_snr: float = 30.0, min_count: int = 3) -> float:
+    """A quick seeing estimate from a :func:`segment_table`: the median FWHM of the
+    second moments of the unmasked segments above ``min_snr``, with the variance a
+    pixel's width adds (1/12 px² per axis) taken out, so that undersampled stars do
+    not read wide (FWHM 1.2 px reads 1.36 uncorrected, 1.18 corrected; segments cut at
+    the isophote read ~10 % low at 2.8 px).  No fit: ~2 ms a frame, for decisions that
+    need the seeing before the source list exists (the cosmic rays'
+    :func:`ccdflow.cosmics.effective_objlim`).  NaN with fewer than ``min_count``
+    such segments.
+    """
+    good = table[(table["snr"] > min_snr) & ~table["saturated_or_masked"].astype(bool)
+                 & np.isfinite(table["fwhm"]) & (table["fwhm"] > 0)]
+    if len(good) < min_count:
+        return float("nan")
+    to_sigma = 2.0 * math.sqrt(2.0 * math.log(2.0))
+    sigma2 = (good["fwhm"].to_numpy(float) / to_sigma) ** 2 - 1.0 / 12.0
+    return float(to_sigma * np.sqrt(max(float(np.median(sigma2)), 0.01)))
+
+
+def star_npixels(*, npixels: int, fwhm_px: float) -> int:
+    """The pixels above the threshold a detection needs on a frame of seeing ``fwhm_px``.
+
+    ``npixels`` on a sampled frame (FWHM ≥ 2 px, Nyquist).  Undersampled stars cover few
+    pixels: a star whose peak stands twice the threshold has only its FWHM disc,
+    π·FWHM²/4 pixels, above it, so ``npixels`` is capped there (at least 2: a lone
+    pixel is a spike).  With 5 required, a 12-bit night of FWHM 1.2 px kept 42-70 % of
+    its stars of 1,000-8,000 e-, with 2 all those above S/N 40, without one detection
+    more that is not a star (the shape test sees to spikes).  ``fwhm_px`` NaN (too few
+    bright segments) keeps ``npixels``."""
+    if not np.isfinite(fwhm_px) or fwhm_px <= 0 or fwhm_px >= UNDERSAMPLED_FWHM_PX:
+        return int(npixels)
+    return int(min(npixels, max(2, round(math.pi * fwhm_px**2 / 4.0))))

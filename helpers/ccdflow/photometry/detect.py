@@ -38,6 +38,7 @@ class SourceError(ValueError):
     """Sources cannot be found or matched; the message says why."""
 
 
+
 #: FWHM (px) of the DAOFIND kernel of the shape test.  A small kernel keeps
 def detect_stars(*, data: np.ndarray, background: np.ndarray, rms: np.ndarray,
                  mask: np.ndarray | None = None, nsigma: float = 5.0, npixels: int = 5,
@@ -62,7 +63,7 @@ def detect_stars(*, data: np.ndarray, background: np.ndarray, rms: np.ndarray,
         ``area`` (px), ``snr`` (flux over √(Σ rms² + flux)),
         ``saturated_or_masked``, ``sharpness``, ``roundness1``, ``roundness2``.
     """
-    from ..segmentation import detect_segments, segment_table
+    from ..segmentation import detect_segments, moment_fwhm, segment_table, star_npixels
 
     bad = np.zeros(data.shape, bool) if mask is None else np.asarray(mask) != 0
     sub = np.array(data, np.float64)  # data − background, 0 at bad pixels; in place
@@ -73,6 +74,7 @@ def detect_stars(*, data: np.ndarray, background: np.ndarray, rms: np.ndarray,
                                  mask=bad, backend=backend, deblend=deblend)
     above = (sub > nsigma * np.asarray(rms)) & ~bad
     table = segment_table(labels=labels, values=sub, rms=rms, mask=bad, count_above=above)
+    npixels = star_npixels(npixels=npixels, fwhm_px=moment_fwhm(table))
     table = table[(table["n_above"] >= npixels) & np.isfinite(table["x"])
                   & np.isfinite(table["y"])]
     table = table[["x", "y", "flux", "peak", "fwhm", "area", "snr",
@@ -81,6 +83,7 @@ def detect_stars(*, data: np.ndarray, background: np.ndarray, rms: np.ndarray,
     if table.empty:
         empty = pd.DataFrame(columns=SOURCE_COLUMNS)
         empty.attrs["rejected"] = {"sharp": 0, "flat": 0, "elongated": 0}
+        empty.attrs["npixels"] = npixels
         return empty
     shapes = star_shapes(data=sub, x=table["x"], y=table["y"], mask=bad)
     table = pd.concat([table, shapes], axis=1)
@@ -93,6 +96,7 @@ def detect_stars(*, data: np.ndarray, background: np.ndarray, rms: np.ndarray,
                               kind="stable").reset_index(drop=True)
     table.insert(0, "source_id", np.arange(1, len(table) + 1))
     table.attrs["rejected"] = rejected
+    table.attrs["npixels"] = npixels
     return table
 
 
@@ -336,7 +340,11 @@ def frame_sources(*, data: np.ndarray, mask: np.ndarray, background: np.ndarray,
                            nsigma=nsigma, npixels=npixels, shape_limits=shape_limits,
                            labels=labels, backend=backend)
     meta = {"n_sources": len(sources), "fwhm_px": float("nan"), "note": "",
+            "npixels": int(sources.attrs.get("npixels", npixels)),
             **{f"rejected_{k}": v for k, v in sources.attrs.get("rejected", {}).items()}}
+    if meta["npixels"] < npixels:
+        log.info("undersampled stars: %d pixels above the threshold make a detection instead "
+                 "of %d", meta["npixels"], npixels)
     if any(sources.attrs.get("rejected", {}).values()):
         log.info("detections that are not stars, left out: %s",
                  ", ".join(f"{v} {k}" for k, v in sources.attrs["rejected"].items()))
