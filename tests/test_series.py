@@ -398,6 +398,47 @@ def test_pixel_targets_on_the_first_frame_snap_and_follow_the_alignment(rng, tmp
                             reference_sources=_source_table(ref_xy, flux))
 
 
+def test_pixel_target_on_a_frame_that_does_not_align_with_the_reference(rng, tmp_path,
+                                                                        caplog):
+    """The target's frame shares no star with the reference (a cloud over half the field
+    on one, a flip and a drift on the other): it is carried through the frame nearest to
+    it in time that aligns with both, and lands on its star in the reference's pixels
+    (to the centroid noise, 0.02 px); with no such frame the error names the target, its
+    frame and how many frames were tried."""
+    from ccdflow.photometry import place_pixel_targets, write_sources
+
+    xy = rng.uniform(20, 480, (160, 2))
+    flux = 10 ** rng.uniform(3, 5, 160)
+    left, right = xy[:, 0] < 240, xy[:, 0] > 260
+    c = 249.5
+    frames = {  # f0: the left half, shifted; f1: everything; ref: the right half, flipped
+        "f0": (xy[left] + [4.0, -3.0], flux[left]),
+        "f1": (xy, flux),
+        "ref": (2 * c - xy[right] + [6.0, 2.0], flux[right]),
+    }
+    paths = {}
+    for name, (pos, f) in frames.items():
+        pos = pos + rng.normal(0, 0.02, pos.shape)
+        paths[name] = tmp_path / f"{name}.ecsv"
+        write_sources(paths[name], _source_table(pos, f), {"fwhm_px": 2.0}, frame=name)
+    star = int(np.flatnonzero(left)[3])
+    target = {"name": "T", "x": float(xy[star, 0] + 4.0 + 0.8), "y": float(xy[star, 1] - 3.0)}
+    ref_sources = _source_table(*frames["ref"])
+    caplog.set_level("INFO")
+    placed = place_pixel_targets(targets=[target], sources=paths, reference_frame="ref",
+                                 reference_sources=ref_sources)
+    expected = 2 * c - xy[star] + [6.0, 2.0]
+    assert np.hypot(placed[0]["x"] - expected[0], placed[0]["y"] - expected[1]) < 0.1
+    assert "frame f0 does not align with the reference ref" in caplog.text
+    assert "through frame f1" in caplog.text
+    del paths["f1"]
+    with pytest.raises(PhotometryError, match=r"target T: frame f0 cannot be aligned with the "
+                                              r"reference ref \(.*\), nor through any of the 0 "
+                                              r"frames nearest in time"):
+        place_pixel_targets(targets=[target], sources=paths, reference_frame="ref",
+                            reference_sources=ref_sources)
+
+
 def test_comparisons_fall_back_to_stars_measured_in_80_percent_of_frames(rng, caplog):
     """Issue 12: clouds and drift leave every comparison flagged in 15 % of the frames
     (below min_good_fraction 0.9): a differential light curve still comes out, from the

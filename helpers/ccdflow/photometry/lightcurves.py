@@ -322,9 +322,11 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
         label = _lowest_scatter(curves) if best else aperture
         light, choice, note = curves[label]
         if best:
-            scatter = ", ".join(f"{k} {_p2p(c[0]):.5f}" for k, c in curves.items())
+            scatter = ", ".join(f"{k} {_p2p(c[0]):.5f} ({int(c[0]['usable'].sum())} usable)"
+                                for k, c in curves.items())
             note = "; ".join(filter(None, [note, f"aperture {label}: lowest point-to-point "
-                                                 f"scatter of rel_flux ({scatter})"]))
+                                                 "scatter of rel_flux among the apertures "
+                                                 f"usable in as many frames ({scatter})"]))
             log.info("differential light curve of %s: %s", name, note)
         if note:
             notes[name] = note
@@ -344,10 +346,21 @@ def _p2p(light: pd.DataFrame) -> float:
     return _robust_std(np.diff(values)) / math.sqrt(2)
 
 
+#: 'best' aperture: only apertures usable in this fraction of the frames the best-covered
+#: one is usable in compete on scatter (the optimal aperture has no row on a frame without
+#: a PSF model: a quieter light curve with gaps does not beat a complete one)
+MIN_COVERAGE = 0.99
+
+
 def _lowest_scatter(curves: Mapping[str, tuple]) -> str:
-    """The label whose light curve scatters least (the first on ties and failures)."""
+    """The label whose light curve scatters least among those usable in at least
+    :data:`MIN_COVERAGE` of the frames the best-covered one is (the first on ties and
+    failures)."""
     scatter = {label: _p2p(c[0]) for label, c in curves.items()}
-    return min(scatter, key=lambda k: (scatter[k], list(curves).index(k)))
+    usable = {label: int(c[0]["usable"].to_numpy(bool).sum()) for label, c in curves.items()}
+    most = max(usable.values())
+    eligible = [k for k in curves if usable[k] >= MIN_COVERAGE * most]
+    return min(eligible, key=lambda k: (scatter[k], list(curves).index(k)))
 
 
 @dataclass
@@ -390,9 +403,10 @@ def _differential(pivot: _Pivot, *, sid: int, name: str, label: str, comparisons
             comparison_good=pivot.comparison_good, target=sid, comparisons=comparisons,
             **options)
     except PhotometryError as exc:  # e.g. a target off every frame: rows kept, no ratio
-        log.warning("differential light curve of %s in aperture %s not computed: %s", name,
-                    label, exc)
-        note = f"differential photometry not computed: {exc}"
+        why = _unusable_summary(pivot.flags[sid]) if not pivot.good[sid].any() else ""
+        log.warning("differential light curve of %s in aperture %s not computed: %s%s", name,
+                    label, exc, why)
+        note = f"differential photometry not computed: {exc}{why}"
         nan = np.full(len(pivot.frames), np.nan)
         light = pd.DataFrame({
             "flux": pivot.flux[sid].to_numpy(), "flux_err": pivot.flux_err[sid].to_numpy(),
@@ -406,6 +420,19 @@ def _differential(pivot: _Pivot, *, sid: int, name: str, label: str, comparisons
     for column, values in pivot.covariates.items():  # the target's, for detrending
         light[column] = values[sid].to_numpy()
     return light.reset_index(), choice, note
+
+
+def _unusable_summary(flags: pd.Series) -> str:
+    """Why rows are unusable, e.g. ' (SATURATED in 78 of 90 frames, MASKED in 12)': each
+    flag of BAD_FLAGS with the number of frames it is set in."""
+    values = flags.fillna(int(PhotFlag.OFF_FRAME)).to_numpy().astype(np.int64)
+    counts = [(int(((values & int(flag)) != 0).sum()), flag.name) for flag in PhotFlag
+              if flag & BAD_FLAGS]
+    parts = [f"{name} in {n}" for n, name in sorted(counts, reverse=True) if n]
+    if not parts:
+        return ""
+    parts[0] += f" of {len(values)} frames"
+    return " (" + ", ".join(parts) + ")"
 
 
 def _per_source(one: pd.DataFrame) -> dict[int, pd.DataFrame]:

@@ -39,11 +39,20 @@ def aperture_labels(*, radii_px: Sequence[float], radii_fwhm: Sequence[float],
             + ([OPTIMAL] if optimal else []))
 
 
+#: a neighbour within 4 FWHM spoils a PSF star when it has this fraction of its flux
+#: (fainter ones add < 0.3 % beyond the 2-FWHM stamp)
+PSF_NEIGHBOUR_FRACTION = 0.05
+
+
 def frame_psf(*, data: np.ndarray, background: np.ndarray, mask: np.ndarray, x: np.ndarray,
               y: np.ndarray, snr: np.ndarray, fwhm: float, kind: str = "gaussian",
-              max_stars: int = 15):
+              max_stars: int = 15, flux: np.ndarray | None = None):
     """The frame's PSF from the brightest isolated sources of the list (S/N ≥ 30 on the
     reference, no other source within 4 FWHM, no masked pixel within 2 FWHM).
+
+    With ``flux`` (the list's reference fluxes) a neighbour counts only when it has
+    :data:`PSF_NEIGHBOUR_FRACTION` of the star's flux (or an unknown one): the faint
+    detections an undersampled frame adds do not leave it without PSF stars.
 
     Returns the :class:`~ccdflow.photometry.psf.PSFModel`, or None (with the reason)
     when no star qualifies or the fits fail.
@@ -55,9 +64,14 @@ def frame_psf(*, data: np.ndarray, background: np.ndarray, mask: np.ndarray, x: 
     ny, nx = data.shape
     finite = np.isfinite(x) & np.isfinite(y)
     pos = np.column_stack([np.where(finite, x, -1e6), np.where(finite, y, -1e6)])
-    dist = cKDTree(pos).query(pos, k=2)[0][:, 1] if len(pos) > 1 else np.full(len(pos), np.inf)
+    crowded = np.zeros(len(pos), bool)
+    if len(pos) > 1:
+        level = np.full(len(pos), np.inf) if flux is None else np.asarray(flux, float)
+        for i, j in cKDTree(pos).query_pairs(4 * fwhm):
+            crowded[i] |= not level[j] < PSF_NEIGHBOUR_FRACTION * level[i]
+            crowded[j] |= not level[i] < PSF_NEIGHBOUR_FRACTION * level[j]
     edge = 2 * fwhm + 4
-    ok = (finite & (np.nan_to_num(snr) >= 30) & (dist > 4 * fwhm) & (x > edge)
+    ok = (finite & (np.nan_to_num(snr) >= 30) & ~crowded & (x > edge)
           & (x < nx - 1 - edge) & (y > edge) & (y < ny - 1 - edge))
     bad = np.asarray(mask) != 0
     if ok.any():
@@ -313,7 +327,8 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         map_err = (np.asarray(background_rms, np.float64) * math.sqrt(math.pi / 2)
                    / map_box_px)
     psf, psf_note = frame_psf(data=data, background=background, mask=mask, x=x, y=y,
-                              snr=catalog["snr_ref"].to_numpy(float), fwhm=fwhm, kind=psf_model)
+                              snr=catalog["snr_ref"].to_numpy(float), fwhm=fwhm, kind=psf_model,
+                              flux=catalog["flux_ref"].to_numpy(float))
     notes.append(psf_note)
     # HOT pixels hold corrected values where a dark, or the series' own dark rates
     # (HOTCORR), were subtracted; otherwise they are filled

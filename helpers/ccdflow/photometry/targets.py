@@ -187,6 +187,53 @@ def _snap(det: pd.DataFrame, x: float, y: float, radius: float) -> tuple[float, 
     return float(det["x"].iloc[k]), float(det["y"].iloc[k]), float(dist[k])
 
 
+#: frames nearest in time tried as a stepping stone when a target's frame does not align
+#: with the reference directly
+MAX_STEPPING_STONES = 10
+
+
+def _to_reference(frame: str, det: pd.DataFrame, name: str, *,
+                  sources: Mapping[str, str | Path], reference_frame: str,
+                  reference_sources: pd.DataFrame, tolerance_px: float) -> np.ndarray:
+    """The 3×3 transform from ``frame``'s pixels to the reference's: aligned directly,
+    or, when that fails (few stars on a cloudy or undersampled frame, a flip between the
+    two), through the frame nearest in time to ``frame`` (of the
+    :data:`MAX_STEPPING_STONES` nearest) that aligns with both."""
+    from .align import align_frame
+    from .detect import SourceError
+
+    try:
+        direct = align_frame(reference=reference_sources, sources=det, tolerance_px=tolerance_px)
+    except SourceError as exc:
+        failure = exc
+    else:
+        log.info("frame %s to the reference %s: %s", frame, reference_frame,
+                 direct.describe((0.0, 0.0)))
+        return np.linalg.inv(direct.matrix)
+    order = list(sources)
+    here = order.index(frame)
+    stones = sorted((f for f in order if f not in (frame, reference_frame)),
+                    key=lambda f: (abs(order.index(f) - here), order.index(f)))
+    for stone in stones[:MAX_STEPPING_STONES]:
+        between = read_sources(sources[stone])[0]
+        try:
+            stone_to_frame = align_frame(reference=between, sources=det,
+                                         tolerance_px=tolerance_px)
+            reference_to_stone = align_frame(reference=reference_sources, sources=between,
+                                             tolerance_px=tolerance_px)
+        except SourceError:
+            continue
+        log.info("target %s: frame %s does not align with the reference %s (%s); through "
+                 "frame %s: %s; then %s", name, frame, reference_frame, failure, stone,
+                 stone_to_frame.describe((0.0, 0.0)), reference_to_stone.describe((0.0, 0.0)))
+        return np.linalg.inv(stone_to_frame.matrix @ reference_to_stone.matrix)
+    raise PhotometryError(
+        f"target {name}: frame {frame} cannot be aligned with the reference "
+        f"{reference_frame} ({failure}), nor through any of the "
+        f"{min(len(stones), MAX_STEPPING_STONES)} frames nearest in time to it; give the "
+        "position on another frame (target 'frame')")
+
+
 def place_pixel_targets(*, targets: Sequence[Mapping], sources: Mapping[str, str | Path],
                         reference_frame: str, reference_sources: pd.DataFrame,
                         snap_radius_px: float = 5.0, tolerance_px: float = 2.0,
@@ -198,7 +245,8 @@ def place_pixel_targets(*, targets: Sequence[Mapping], sources: Mapping[str, str
     EXOTIC users read positions), snapped to the centroid of the detection
     within ``snap_radius_px`` (offset logged), and carried to the reference
     through the transform between the two frames
-    (:func:`~ccdflow.photometry.align_frame`).  With no detection within the
+    (:func:`~ccdflow.photometry.align_frame`; when the two do not align, through the
+    frame nearest in time that aligns with both).  With no detection within the
     radius it keeps the given position, is logged, and gets ``no_star`` (its
     rows are flagged NO_STAR): never silently measured on sky.  RA/Dec targets
     pass unchanged.
@@ -207,11 +255,9 @@ def place_pixel_targets(*, targets: Sequence[Mapping], sources: Mapping[str, str
     ------
     PhotometryError
         ``frame`` is not a frame of the series, or it cannot be aligned with the
-        reference; the message names the target and the frame.
+        reference, directly or through a frame near it in time; the message names
+        the target and the frame.
     """
-    from .align import align_frame
-    from .detect import SourceError
-
     first = next(iter(sources), None)
     frames: dict[str, tuple[pd.DataFrame, np.ndarray | None]] = {}
 
@@ -222,17 +268,9 @@ def place_pixel_targets(*, targets: Sequence[Mapping], sources: Mapping[str, str
                 frames[frame] = (reference_sources, None)
             else:
                 det = read_sources(sources[frame])[0]
-                try:
-                    to_frame = align_frame(reference=reference_sources, sources=det,
-                                           tolerance_px=tolerance_px)
-                except SourceError as exc:
-                    raise PhotometryError(
-                        f"target {name}: frame {frame} cannot be aligned with the reference "
-                        f"{reference_frame} ({exc}); give the position on another frame "
-                        "(target 'frame')") from None
-                log.info("frame %s to the reference %s: %s", frame, reference_frame,
-                         to_frame.describe((0.0, 0.0)))
-                frames[frame] = (det, np.linalg.inv(to_frame.matrix))
+                frames[frame] = (det, _to_reference(
+                    frame, det, name, sources=sources, reference_frame=reference_frame,
+                    reference_sources=reference_sources, tolerance_px=tolerance_px))
         return frames[frame]
 
     placed = []
