@@ -326,7 +326,8 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
                                 for k, c in curves.items())
             note = "; ".join(filter(None, [note, f"aperture {label}: lowest point-to-point "
                                                  "scatter of rel_flux among the apertures "
-                                                 f"usable in as many frames ({scatter})"]))
+                                                 "usable in as many frames, but one or 1 % "
+                                                 f"({scatter})"]))
             log.info("differential light curve of %s: %s", name, note)
         if note:
             notes[name] = note
@@ -346,20 +347,21 @@ def _p2p(light: pd.DataFrame) -> float:
     return _robust_std(np.diff(values)) / math.sqrt(2)
 
 
-#: 'best' aperture: only apertures usable in this fraction of the frames the best-covered
-#: one is usable in compete on scatter (the optimal aperture has no row on a frame without
-#: a PSF model: a quieter light curve with gaps does not beat a complete one)
-MIN_COVERAGE = 0.99
+#: 'best' aperture: an aperture competes on scatter when it is usable in all but this
+#: fraction (or one) of the frames the best-covered aperture is usable in (the optimal
+#: aperture has no row on a frame without a PSF model: a quieter light curve with gaps
+#: does not beat a complete one, but one lost frame does not cost a 2.6× quieter one)
+MAX_FRAMES_LOST = 0.01
 
 
 def _lowest_scatter(curves: Mapping[str, tuple]) -> str:
-    """The label whose light curve scatters least among those usable in at least
-    :data:`MIN_COVERAGE` of the frames the best-covered one is (the first on ties and
-    failures)."""
+    """The label whose light curve scatters least among those usable in all but
+    max(1, :data:`MAX_FRAMES_LOST` ×) of the frames the best-covered one is (the first
+    on ties and failures)."""
     scatter = {label: _p2p(c[0]) for label, c in curves.items()}
     usable = {label: int(c[0]["usable"].to_numpy(bool).sum()) for label, c in curves.items()}
     most = max(usable.values())
-    eligible = [k for k in curves if usable[k] >= MIN_COVERAGE * most]
+    eligible = [k for k in curves if usable[k] >= most - max(1.0, MAX_FRAMES_LOST * most)]
     return min(eligible, key=lambda k: (scatter[k], list(curves).index(k)))
 
 
