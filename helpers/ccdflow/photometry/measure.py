@@ -67,9 +67,10 @@ def frame_psf(*, data: np.ndarray, background: np.ndarray, mask: np.ndarray, x: 
     crowded = np.zeros(len(pos), bool)
     if len(pos) > 1:
         level = np.full(len(pos), np.inf) if flux is None else np.asarray(flux, float)
-        for i, j in cKDTree(pos).query_pairs(4 * fwhm):
-            crowded[i] |= not level[j] < PSF_NEIGHBOUR_FRACTION * level[i]
-            crowded[j] |= not level[i] < PSF_NEIGHBOUR_FRACTION * level[j]
+        i, j = cKDTree(pos).query_pairs(4 * fwhm, output_type="ndarray").T
+        with np.errstate(invalid="ignore"):  # an unknown (NaN) flux counts as bright
+            np.logical_or.at(crowded, i, ~(level[j] < PSF_NEIGHBOUR_FRACTION * level[i]))
+            np.logical_or.at(crowded, j, ~(level[i] < PSF_NEIGHBOUR_FRACTION * level[j]))
     edge = 2 * fwhm + 4
     ok = (finite & (np.nan_to_num(snr) >= 30) & ~crowded & (x > edge)
           & (x < nx - 1 - edge) & (y > edge) & (y < ny - 1 - edge))
