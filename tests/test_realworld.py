@@ -444,6 +444,23 @@ def test_a_camera_without_overscan_gets_its_zero_level_from_the_profile(night, c
     assert abs(report["gain_measured"] - 1.0) < 0.05, report
 
 
+def _reduce_with_first_frame_target(spec, directory):
+    """Simulate ``spec`` into ``directory`` and reduce it with the robotic profile and a
+    target read off the first frame 1.5 px from its star: (truth, results)."""
+    night = simulate_night(out_dir=directory / "night", spec=spec)
+    truth = load_truth(night)
+    first = truth.star_frames[(truth.star_frames["frame"] == truth.frames["frame"].iloc[0])
+                              & (truth.star_frames["star_id"] == 0)].iloc[0]
+    target = {"name": "TARGET", "x": float(first["x"] + 1.2), "y": float(first["y"] - 0.9)}
+    (directory / "robotic.yaml").write_text(PROFILE)
+    work = directory / "work"
+    work.mkdir()
+    run_snakemake(work, "--cores", "2", config={
+        "raw_dir": str(night / "raw"), "instrument": str(directory / "robotic.yaml"),
+        "photometry": {"targets": [target]}})
+    return truth, work / "results"
+
+
 def test_a_one_shot_colour_night_reduces_as_superpixels(tmp_path):
     """The real-world night through an RGGB colour filter array (BAYERPAT; R 0.55, G 1,
     B 0.35 of a Sun-like star), FWHM 3.6 px: reduced as a mosaic, the colour pattern
@@ -452,18 +469,7 @@ def test_a_one_shot_colour_night_reduces_as_superpixels(tmp_path):
     resolution: the target, given in the camera's full-frame pixels, lands on its
     star."""
     spec = replace(_spec(flip=False, n_science=24), fwhm_px=3.6, bayer_pattern="RGGB")
-    night = simulate_night(out_dir=tmp_path / "osc", spec=spec)
-    truth = load_truth(night)
-    first = truth.star_frames[(truth.star_frames["frame"] == truth.frames["frame"].iloc[0])
-                              & (truth.star_frames["star_id"] == 0)].iloc[0]
-    target = {"name": "TARGET", "x": float(first["x"] + 1.2), "y": float(first["y"] - 0.9)}
-    (tmp_path / "robotic.yaml").write_text(PROFILE)
-    work = tmp_path / "work"
-    work.mkdir()
-    run_snakemake(work, "--cores", "2", config={
-        "raw_dir": str(night / "raw"), "instrument": str(tmp_path / "robotic.yaml"),
-        "photometry": {"targets": [target]}})
-    results = work / "results"
+    truth, results = _reduce_with_first_frame_target(spec, tmp_path / "osc")
     calibrated = sorted(results.glob("calibrated/*/*/*.fits"))
     with fits.open(calibrated[0]) as hdul:
         assert hdul["SCI"].data.shape == (128, 160) and hdul[0].header["CCDFBIN"] == 2
@@ -493,18 +499,7 @@ def test_an_undersampled_night_keeps_its_stars(tmp_path):
     (CROBJLIM > 5 in every mask), detections need fewer pixels (npixels < 5), every
     frame aligns, the target is followed onto its star and its light curve comes out."""
     spec = replace(_spec(flip=True, n_science=24), fwhm_px=1.2, target_mag=16.0)
-    night = simulate_night(out_dir=tmp_path / "sharp", spec=spec)
-    truth = load_truth(night)
-    first = truth.star_frames[(truth.star_frames["frame"] == truth.frames["frame"].iloc[0])
-                              & (truth.star_frames["star_id"] == 0)].iloc[0]
-    target = {"name": "TARGET", "x": float(first["x"] + 1.2), "y": float(first["y"] - 0.9)}
-    (tmp_path / "robotic.yaml").write_text(PROFILE)
-    work = tmp_path / "work"
-    work.mkdir()
-    run_snakemake(work, "--cores", "2", config={
-        "raw_dir": str(night / "raw"), "instrument": str(tmp_path / "robotic.yaml"),
-        "photometry": {"targets": [target]}})
-    results = work / "results"
+    truth, results = _reduce_with_first_frame_target(spec, tmp_path / "sharp")
     cores, hit = 0, 0
     for path in sorted(results.glob("cosmics/*/*/*.fits")):
         assert fits.getheader(path, 0)["CROBJLIM"] > 5.0
