@@ -174,7 +174,7 @@ def run(size: int, work: Path) -> list[tuple[str, str, float]]:
     t_w, _ = timed(lambda: write_background(bkg_path, result, inputs=[cal_path], params={}))
     rows.append(("background", "ccdflow iterative masking + write", t + t_w))
     t, cr = timed(lambda: detect_cosmic_rays(
-        data=product.data, error=product.error, mask=product.mask != 0,
+        data=product.data, error=product.error, mask=product.mask,
         background=result.background, read_noise_e=product.header["RDNOISE"],
         saturation_e=product.header["SATURATE"]))
     t_w, _ = timed(lambda: write_cosmics(cr_path, cr, inputs=[], params={}))

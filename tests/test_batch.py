@@ -108,7 +108,7 @@ def test_chain_batch_equals_the_per_frame_helpers(cal_masters, tmp_path, large, 
         bkg = background_for_product(product=batch, box_size=32, filter_size=3)
         np.testing.assert_array_equal(
             fits.getdata(out["background"] / f"{item['frame']}.fits", "BKG"), bkg.background)
-        cr = detect_cosmic_rays(data=batch.data, error=batch.error, mask=batch.mask != 0,
+        cr = detect_cosmic_rays(data=batch.data, error=batch.error, mask=batch.mask,
                                 background=bkg.background,
                                 read_noise_e=batch.header["RDNOISE"],
                                 saturation_e=batch.header["SATURATE"], **cosmics)

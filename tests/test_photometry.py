@@ -99,11 +99,14 @@ def test_flags_and_off_frame_rows_are_kept(field, rng):
     assert table.loc[5, "flags"] & PhotFlag.BLENDED
 
 
-def test_a_saturated_hot_pixel_is_a_defect_not_a_saturated_star(field, rng):
+@pytest.mark.parametrize("cause", [MaskBit.HOT | MaskBit.BAD, MaskBit.COSMIC])
+def test_a_saturated_defect_or_cosmic_ray_is_not_a_saturated_star(field, rng, cause):
     # a hot pixel that fills its well in every exposure (SATURATED and, in the bad-pixel
     # mask, HOT|BAD) in a star's aperture is filled like a bad pixel: the row stays
-    # usable (REPAIRED), its flux within the errors of the truth; the same pixel without
-    # the defect bits is a saturated star and the row is unusable
+    # usable (REPAIRED), its flux within the errors of the truth; so is a pixel a cosmic
+    # ray saturated (SATURATED|COSMIC: the cosmic-ray stage never flags a saturated
+    # star's core); the same pixel with SATURATED alone is a saturated star and the row
+    # is unusable
     x, y, flux, truth = field
     image = rng.poisson(truth) + rng.normal(0, RN, truth.shape)
     k = int(np.argmax(flux))
@@ -112,7 +115,7 @@ def test_a_saturated_hot_pixel_is_a_defect_not_a_saturated_star(field, rng):
     error = np.sqrt(truth + RN**2)
     kw = dict(data=image, error=error, x=x, y=y, radii=[5.0], annulus=(12.0, 20.0))
     mask = np.zeros(truth.shape, np.uint16)
-    mask[hot] = MaskBit.SATURATED | MaskBit.HOT | MaskBit.BAD
+    mask[hot] = MaskBit.SATURATED | cause
     row = measure_apertures(mask=mask, **kw).set_index("source_id").loc[k]
     flags = int(row["flags"])
     assert not flags & PhotFlag.SATURATED and flags & PhotFlag.REPAIRED

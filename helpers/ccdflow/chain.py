@@ -171,7 +171,7 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
         fwhm = result.seeing_px
         crmask = detect_cosmic_rays(
             data=product.data, error=_take_error(product, calibrated_path),
-            mask=product.mask != 0,
+            mask=product.mask,
             background=result.background, read_noise_e=product.header["RDNOISE"],
             saturation_e=product.header["SATURATE"], fwhm_px=fwhm, **cosmics)
         objlim = effective_objlim(objlim=cosmics.get("objlim", 5.0), fwhm_px=fwhm,

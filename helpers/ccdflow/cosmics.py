@@ -19,6 +19,17 @@ ray to that test at ``objlim`` 5 (on a simulated 12-bit night, 99 of 249 stars a
 for such a frame to ``star_margin`` × the contrast a noise-free star of the frame's
 FWHM reaches (:func:`star_contrast`), so stars are spared and cosmic rays on the sky,
 which have no fine structure around them, are flagged as before.
+
+Saturated pixels: astroscrappy masks every pixel at ``satlevel`` whose 5×5 median
+exceeds ``satlevel / 10`` (a saturated star's core), and a caller's mask of
+SATURATED pixels is dilated 3×3 with the rest of ``inmask``.  On a 12-bit camera
+most bright cosmic rays saturate, so both hid them: on simulated 12-bit nights 86 %
+of the cosmic-ray pixels above 5σ were found, and 77 of the 97 missed were saturated
+cores or their neighbours.  Given a MaskBit plane, :func:`detect_cosmic_rays` examines
+SATURATED pixels like any other, except the cores of saturated stars
+(:func:`saturated_star_cores`: astroscrappy's test measured above the sky, or light
+all around the saturated pixels), which it masks with astroscrappy's 5×5-twice
+dilation for both methods (``satlevel`` is then not passed on).
 """
 
 from __future__ import annotations
@@ -31,8 +42,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CosmicsError", "detect_cosmic_rays", "effective_objlim", "star_contrast",
-           "write_cosmics"]
+__all__ = ["CosmicsError", "detect_cosmic_rays", "effective_objlim", "saturated_star_cores",
+           "star_contrast", "write_cosmics"]
 
 
 class CosmicsError(ValueError):
@@ -98,6 +109,103 @@ def effective_objlim(*, objlim: float, fwhm_px: float | None, star_margin: float
     return float(max(objlim, star_margin * star_contrast(fwhm_px)))
 
 
+#: astroscrappy's saturated-star test: 5×5 median above this fraction of the saturation
+#: level (here both measured above the sky)
+SAT_STAR_MEDIAN_FRACTION = 0.1
+#: a pixel bordering a saturated region is lit when it stands this many ERR above the sky
+SAT_STAR_RING_SIGMA = 5.0
+
+
+def saturated_star_cores(*, data: np.ndarray, error: np.ndarray, saturated: np.ndarray,
+                         background: np.ndarray | None, saturation_e: float,
+                         bad: np.ndarray | None = None) -> np.ndarray:
+    """The saturated pixels that belong to stars (or other extended light), not to
+    cosmic rays.
+
+    Each 8-connected region of ``saturated`` is a star's core when either
+
+    * astroscrappy's test passes above the sky: the 5×5 median around one of its pixels,
+      less the sky, exceeds ``SAT_STAR_MEDIAN_FRACTION`` × (``saturation_e`` − sky)
+      (astroscrappy compares the median with ``satlevel / 10``, which the sky itself
+      nearly reaches on a 12-bit camera), or
+    * light surrounds it: the unmasked pixels bordering it that stand
+      ``SAT_STAR_RING_SIGMA`` × ERR above the sky lie on three or four of its sides
+      (right, above, left, below, seen from its centroid), or on two adjacent ones.  An
+      undersampled star fails the median test (most of its 5×5 box is sky) but lights
+      its sides; a cosmic-ray track lights at most its two ends, opposite sides.
+
+    Measured on simulated 12-bit frames (saturated stars 2-20× over, tracks of 1-3
+    pixels of 2,000-20,000 e-, 50 frames): every saturated star of FWHM 1.5-3 px passes
+    (448), 95-97 % of those of 1.0-1.2 px (285 of 297: the rest light two opposite
+    sides), and none of 2,001 cosmic-ray tracks.  Regions that pass neither test are left
+    to L.A.Cosmic, whose ``objlim`` (raised for undersampled frames,
+    :func:`effective_objlim`) spares star cores.
+
+    Parameters
+    ----------
+    data, error : ndarray
+        SCI and ERR in electrons.
+    saturated : ndarray of bool
+        Pixels at saturation (MaskBit.SATURATED).
+    background : ndarray, optional
+        Sky map in electrons (0 when not given).
+    saturation_e : float
+        Saturation level in electrons.
+    bad : ndarray of bool, optional
+        Pixels whose values mean nothing (left out of the ring).
+
+    Returns
+    -------
+    ndarray of bool
+        True at the saturated pixels of star cores (not dilated).
+    """
+    from scipy import ndimage
+
+    saturated = np.asarray(saturated, bool)
+    cores = np.zeros(saturated.shape, bool)
+    labels, n = ndimage.label(saturated, structure=np.ones((3, 3), bool))
+    if not n:
+        return cores
+    ny, nx = saturated.shape
+    sky = (np.zeros(saturated.shape, np.float32) if background is None
+           else np.asarray(background, np.float32))
+    rows, cols = np.nonzero(saturated)
+    d = np.arange(-2, 3)
+    rr = np.clip(rows[:, None, None] + d[None, :, None], 0, ny - 1)
+    cc = np.clip(cols[:, None, None] + d[None, None, :], 0, nx - 1)
+    median = np.median(np.asarray(data, np.float32)[rr, cc].reshape(len(rows), 25), axis=1)
+    level = sky[rows, cols]
+    by_median = np.zeros(n + 1, bool)
+    by_median[labels[rows, cols][median - level > SAT_STAR_MEDIAN_FRACTION
+                                 * (float(saturation_e) - level)]] = True
+    usable = ~saturated if bad is None else ~saturated & ~np.asarray(bad, bool)
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if by_median[index]:
+            cores[box] |= labels[box] == index
+            continue
+        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        region = labels[grown] == index
+        ring = ndimage.binary_dilation(region, np.ones((3, 3), bool)) & usable[grown]
+        if not ring.any():  # nothing around it to judge by: kept out, as astroscrappy would
+            cores[grown] |= region
+            continue
+        if _lit_sides_surround(region, ring & (np.asarray(data[grown]) - sky[grown] > (
+                SAT_STAR_RING_SIGMA * np.asarray(error[grown])))):
+            cores[grown] |= region
+    return cores
+
+
+def _lit_sides_surround(region: np.ndarray, lit: np.ndarray) -> bool:
+    """Whether the ``lit`` pixels around ``region`` lie on three or four of its sides
+    (quadrants of direction seen from its centroid), or on two adjacent ones."""
+    if not lit.any():
+        return False
+    cy, cx = np.argwhere(region).mean(axis=0)
+    ys, xs = np.nonzero(lit)
+    sides = np.unique(np.rint(np.arctan2(ys - cy, xs - cx) / (np.pi / 2)).astype(int) % 4)
+    return len(sides) >= 3 or (len(sides) == 2 and (sides[1] - sides[0]) % 2 == 1)
+
+
 def detect_cosmic_rays(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray | None,
                        background: np.ndarray | None, read_noise_e: float,
                        saturation_e: float, sigclip: float = 4.5, sigfrac: float = 0.3,
@@ -110,12 +218,16 @@ def detect_cosmic_rays(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray 
     ----------
     data, error : ndarray
         SCI and ERR planes in electrons (gain 1); not modified.
-    mask : ndarray of bool, optional
-        Pixels not to examine (bad, saturated, no data).
+    mask : ndarray of bool or of MaskBit integers, optional
+        Boolean: pixels not to examine (bad, saturated, no data).  A MaskBit plane:
+        pixels with any bit but SATURATED are not examined; SATURATED ones are,
+        except the cores of saturated stars (:func:`saturated_star_cores`), so that
+        a cosmic ray that saturated is found (module docstring).
     background : ndarray, optional
         Sky map in electrons, passed as ``inbkg``.
     read_noise_e, saturation_e : float
-        Detector read noise and saturation level, both in electrons.
+        Detector read noise and saturation level, both in electrons.  Pixels at or
+        above ``saturation_e`` outside ``mask`` count as saturated too.
     sigclip, sigfrac, objlim, niter, sepmed, psffwhm
         astroscrappy ``detect_cosmics`` options (``psffwhm`` is unused by its
         default ``fsmode='median'``).
@@ -148,10 +260,33 @@ def detect_cosmic_rays(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray 
     if not read_noise_e > 0:
         raise CosmicsError(f"read_noise_e must be > 0, got {read_noise_e}")
     bad = ~np.isfinite(data) | ~np.isfinite(error) | (error <= 0)
+    saturated = np.zeros(data.shape, bool)
     if mask is not None:
-        bad |= np.asarray(mask, bool)
+        mask = np.asarray(mask)
+        if mask.shape != data.shape:
+            raise CosmicsError(f"mask {mask.shape} and data {data.shape} differ in shape")
+        if mask.dtype == bool:
+            bad |= mask
+        else:
+            from .masks import MaskBit
+
+            sat_bit = int(MaskBit.SATURATED)
+            bad |= (mask & ~np.asarray(sat_bit, mask.dtype)) != 0
+            saturated = (mask & np.asarray(sat_bit, mask.dtype)) != 0
     if bad.all():
         raise CosmicsError("every pixel is masked: nothing to search")
+    with np.errstate(invalid="ignore"):
+        saturated |= data >= np.float32(saturation_e)
+    saturated &= ~bad
+    if saturated.any():  # astroscrappy's saturated-star mask, made here for both methods
+        from astroscrappy.utils import dilate5
+
+        cores = saturated_star_cores(data=data, error=error, saturated=saturated,
+                                     background=background, saturation_e=saturation_e, bad=bad)
+        log.info("cosmic rays: %d saturated pixels, %d of them in star cores (masked); the "
+                 "rest examined", saturated.sum(), cores.sum())
+        if cores.any():
+            bad |= np.asarray(dilate5(cores.view(np.uint8), 2), bool)
     used = effective_objlim(objlim=objlim, fwhm_px=fwhm_px, star_margin=star_margin)
     if used > objlim:
         log.info("cosmic rays: objlim %.3g instead of %.3g: the cores of stars of FWHM %.2f px "
@@ -180,7 +315,7 @@ def detect_cosmic_rays(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray 
 
         crmask = lacosmic_mask(data=clean, inmask=bad, inbkg=bkg, invar=var,
                                sigclip=sigclip, sigfrac=sigfrac, objlim=objlim,
-                               readnoise=float(read_noise_e), satlevel=float(saturation_e),
+                               readnoise=float(read_noise_e), satlevel=np.inf,
                                niter=niter, overwrite_input=True)  # clean, var: ours
     else:
         import astroscrappy
@@ -188,7 +323,7 @@ def detect_cosmic_rays(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray 
         crmask, _ = astroscrappy.detect_cosmics(
             clean, inmask=bad, inbkg=bkg, invar=var, sigclip=sigclip,
             sigfrac=sigfrac, objlim=objlim, gain=1.0, readnoise=float(read_noise_e),
-            satlevel=float(saturation_e), niter=niter, sepmed=sepmed, cleantype="meanmask",
+            satlevel=np.inf, niter=niter, sepmed=sepmed, cleantype="meanmask",
             psffwhm=psffwhm, verbose=False)
     crmask = np.asarray(crmask, bool) & ~bad
     log.info("cosmic rays: %d pixels flagged (%.4f%%)", crmask.sum(), 100 * crmask.mean())

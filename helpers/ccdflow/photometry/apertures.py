@@ -20,7 +20,9 @@ the model's error enter ``flux_err``.  The row carries REPAIRED and
 ``repaired_fraction`` (the share of the star's light in the aperture that is
 model); above ``max_repaired_fraction`` it is MASKED (unusable).  Without a PSF
 model a filled pixel is the mean of its unmasked 5×5 neighbours.  SATURATED
-pixels are not filled: they count zero, leave the area, and the row is unusable.
+pixels are not filled: they count zero, leave the area, and the row is unusable
+(unless the pixel is also BAD, HOT or COSMIC: a defect or a cosmic ray filled it,
+not the star, and it is filled like them).
 
 *Neighbour light.*  ``contamination`` is the light of the other sources inside
 the aperture (their fitted fluxes × the PSF) over the star's own: the sources of
@@ -278,7 +280,10 @@ def _pixel_classes(bits: np.ndarray, data: np.ndarray, *,
     hot pixel that fills its well in every exposure, a bad column), not a star's core
     run over: it is filled like any bad pixel.  A star saturating on it saturates its
     neighbours too, which keep the row SATURATED; a star's single brightest pixel on a
-    defect is filled from the PSF and counted in ``repaired_fraction``.
+    defect is filled from the PSF and counted in ``repaired_fraction``.  So is a
+    saturated pixel the cosmic-ray stage flagged COSMIC: the cosmic ray filled its well
+    (the cores of saturated stars are never flagged, see
+    :func:`ccdflow.cosmics.saturated_star_cores`).
     """
     if bits.dtype == bool:  # a plain bad-pixel mask: every bad pixel is filled
         fill = bits.copy()
@@ -286,7 +291,7 @@ def _pixel_classes(bits: np.ndarray, data: np.ndarray, *,
     else:
         b = bits if bits.dtype in (np.uint16, np.uint32) else bits.astype(np.uint32)
         fill_bits = int(FILL_BITS) | (0 if dark_subtracted else int(MaskBit.HOT))
-        defect = (b & int(MaskBit.BAD | MaskBit.HOT)) != 0
+        defect = (b & int(MaskBit.BAD | MaskBit.HOT | MaskBit.COSMIC)) != 0
         saturated = ((b & int(MaskBit.SATURATED)) != 0) & ~defect
         fill = (((b & fill_bits) != 0) | ((b & int(MaskBit.SATURATED)) != 0)) & ~saturated
     fill |= ~np.isfinite(data) & ~saturated
