@@ -237,9 +237,9 @@ def test_undersampled_stars_are_not_cosmic_rays(rng, method):
 
 def _saturating_frame(rng, *, fwhm, size=300, sky=330.0, read_noise=10.0, saturation=4000.0):
     """A 12-bit-like frame (saturation 4,000 e-, sky 330 e-): 15 stars saturated 2-20×
-    over, 60 unsaturated ones, and 40 cosmic rays of 1-3 pixels of 2,000-20,000 e- each on
-    the sky (two thirds of their pixels saturate).  Returns (data, error, MaskBit plane,
-    background, saturated-star pixels, cosmic-ray pixels)."""
+    over, 60 unsaturated ones, and 40 cosmic rays of 1-3 pixels of 2,000-20,000 e- each
+    on the sky, straight or kinked (two thirds of their pixels saturate).  Returns (data,
+    error, MaskBit plane, background, saturated-star pixels, cosmic-ray pixels)."""
     from ccdflow.simulate import render_gaussian_stars
 
     n_sat, n_faint = 15, 60
@@ -261,9 +261,11 @@ def _saturating_frame(rng, *, fwhm, size=300, sky=330.0, read_noise=10.0, satura
         if near_star[cy - 3: cy + 4, cx - 3: cx + 4].any() or rays[cy - 3: cy + 4,
                                                                     cx - 3: cx + 4].any():
             continue
-        for dx in range(int(rng.integers(1, 4))):
-            rays[cy, cx + dx] = True
-            truth[cy, cx + dx] += rng.uniform(2000, 20000)
+        for _ in range(int(rng.integers(1, 4))):  # each step right, down or diagonal
+            rays[cy, cx] = True
+            truth[cy, cx] += rng.uniform(2000, 20000)
+            dy, dx = ((0, 1), (1, 0), (1, 1))[int(rng.integers(3))]
+            cy, cx = cy + dy, cx + dx
         n += 1
     data = rng.poisson(truth) + rng.normal(0, read_noise, truth.shape)
     error = np.sqrt(truth + read_noise**2).astype(np.float32)
@@ -303,8 +305,8 @@ def test_saturated_cosmic_rays_found_and_saturated_stars_spared(rng, method, fwh
     assert not bits[grown_stars].any()
     cores = saturated_star_cores(data=data, error=error, saturated=mask != 0, background=bkg,
                                  saturation_e=4000.0)
-    # the star test alone: every saturated star of 3 px; at 1.2 px 95-97 % of the stars
-    # (some light only two opposite sides, like a track's ends: L.A.Cosmic decides)
+    # the star test alone: every saturated star (all 747 of 50 such frames at FWHM
+    # 1.0-3.0 px); at 1.2 px one of 15 stars missed would be ~7 % of their pixels
     called = cores[star_sat & (mask != 0)].mean()
-    assert called == 1.0 if fwhm >= 1.5 else called >= 0.85
+    assert called == 1.0 if fwhm >= 1.5 else called >= 0.9
     assert not cores[rays].any()
