@@ -316,6 +316,28 @@ def test_date_with_a_utc_offset_is_converted_and_sets_the_night(tmp_path):
         parse_iso_utc("tonight", "DATE-OBS")
 
 
+@pytest.mark.parametrize(("text", "utc"), [
+    ("2017-12-19T18:33:60.000", "2017-12-19T18:34:00"),  # 59.9996 s rounded up
+    ("2017-12-19T24:00:00", "2017-12-20T00:00:00"),  # ISO 8601's end of the day
+    ("2017-12-19T23:59:60.5-0700", "2017-12-20T07:00:00.500000"),  # carried, then offset
+    ("2016-12-31T23:59:60.5", "2017-01-01T00:00:00.500000"),  # a leap second: 1 s late
+])
+def test_clocks_past_their_minute_or_day_are_carried(tmp_path, text, utc):
+    # what astropy's Time does with '…:60' (and a leap second's exact time is lost by a
+    # datetime); the inventory dates the frame instead of calling it unreadable
+    from ccdflow.times import parse_iso_utc
+
+    assert parse_iso_utc(text, "DATE-OBS").replace(tzinfo=None).isoformat() == utc
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _write(raw / "odd.fits", {"IMAGETYP": "Light Frame", "EXPTIME": 60.0, "DATE-OBS": text})
+    row = build_inventory(raw_dir=raw, profile=profile("default")).set_index("frame").loc["odd"]
+    assert row["date_obs"].startswith(utc[:19]) and row["night"]
+    for bad in ("2017-12-19T24:00:01", "2017-12-19T18:60:00", "2017-12-19T18:33:61"):
+        with pytest.raises(ValueError, match="is not an ISO 8601 date and time"):
+            parse_iso_utc(bad, "DATE-OBS")
+
+
 def test_a_one_shot_colour_camera_is_said(tmp_path, caplog):
     import copy
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .times import parse_iso_utc
+from .times import parse_iso_utc, read_iso
 
 __all__ = ["observing_night"]
 
@@ -146,10 +146,8 @@ def _utc_offset(header: Mapping, profile: Mapping) -> float:
     for key in profile.get("keywords", {}).get("date_obs", []) or ["DATE-OBS"]:
         value = _first(header, [key])
         if isinstance(value, str):
-            try:
-                offset = datetime.fromisoformat(value.strip().replace(" ", "T")).utcoffset()
-            except ValueError:
-                continue
+            stamp = read_iso(value)
+            offset = None if stamp is None else stamp.utcoffset()
             if offset is not None:
                 return offset.total_seconds() / 3600.0
     lon = _as_float(_first(header, profile.get("keywords", {}).get("longitude", [])))

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-__all__ = ["TimeError", "barycentric_times", "mid_exposure", "parse_iso_utc"]
+__all__ = ["TimeError", "barycentric_times", "mid_exposure", "parse_iso_utc", "read_iso"]
 
 
 class TimeError(ValueError):
@@ -36,19 +36,55 @@ def parse_iso_utc(text: str, keyword: str = "date") -> datetime:
     space before the offset); ``Z``, ``UTC`` or ``UT`` at the end is UTC; no offset is
     UTC (the FITS standard's convention for DATE-OBS).
 
+    Clocks past the end of their minute or day are carried, as astropy's ``Time``
+    carries them: ``…T18:33:60.000`` (software that rounds 59.9996 s to 60.000) is
+    18:34:00, ``…T24:00:00`` is the next day's 00:00:00.  A leap second
+    (``2016-12-31T23:59:60.5``) is read the same way, 1 s late for a frame that starts
+    within it (a datetime has no 61st second).
+
     Raises
     ------
     ValueError
         The text is not ISO 8601; the message names ``keyword`` and the value.
     """
+    stamp = read_iso(text)
+    if stamp is None:
+        raise ValueError(f"{keyword} = {text!r} is not an ISO 8601 date and time")
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+
+
+def read_iso(text: str) -> datetime | None:
+    """An ISO 8601 date and time as written (aware when it carries an offset, ``Z``,
+    ``UTC`` or ``UT``; clocks past their minute or day carried, see
+    :func:`parse_iso_utc`); None when it is not one."""
     clean = re.sub(r"\s+([+-]\d{2}:?\d{2})$", r"\1", text.strip())  # '... -0700'
     clean = re.sub(r"\s*(Z|UTC?)$", "+00:00", clean, flags=re.IGNORECASE)  # 'Z', 'UTC', 'UT'
     clean = clean.replace(" ", "T")
     try:
-        stamp = datetime.fromisoformat(clean)
+        return datetime.fromisoformat(clean)
     except ValueError:
-        raise ValueError(f"{keyword} = {text!r} is not an ISO 8601 date and time") from None
-    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+        return _carried_clock(clean)
+
+
+_CLOCK = re.compile(r"(?P<day>\d{4}-\d{2}-\d{2})T(?P<h>\d{2}):(?P<m>\d{2}):(?P<s>\d{2}(\.\d+)?)"
+                    r"(?P<zone>[+-]\d{2}:?\d{2})?$")
+
+
+def _carried_clock(clean: str) -> datetime | None:
+    """``…T24:00:00`` or a 60th second as the datetime they carry to; None otherwise."""
+    from datetime import timedelta
+
+    match = _CLOCK.match(clean)
+    if match is None:
+        return None
+    h, m, sec = int(match["h"]), int(match["m"]), float(match["s"])
+    if not (m < 60 and ((sec < 61 and h < 24) or (h == 24 and m == 0 and sec == 0))):
+        return None
+    try:
+        midnight = datetime.fromisoformat(f"{match['day']}T00:00:00{match['zone'] or ''}")
+    except ValueError:
+        return None
+    return midnight + timedelta(hours=h, minutes=m, seconds=sec)
 
 
 def mid_exposure(*, header: Mapping, date_keywords: Sequence[str] = ("DATE-OBS", "DATE-BEG"),
