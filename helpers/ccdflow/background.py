@@ -74,12 +74,13 @@ class BackgroundResult:
 
 
 def _seeing_and_npixels(found: np.ndarray, *, residual: np.ndarray, rms: np.ndarray,
-                        bad: np.ndarray, npixels: int, nsigma: float, backend: str,
-                        deblend: bool) -> tuple[float, int, np.ndarray]:
-    """The segments' seeing (:func:`ccdflow.segmentation.moment_fwhm`), and ``npixels``
-    with the segmentation ``found``, or, when that seeing is undersampled, the fewer
-    pixels a star then covers (:func:`ccdflow.segmentation.star_npixels`) and the
-    segmentation with them: faint stars of FWHM 1.2 px have only 2-4 pixels above 3σ."""
+                        bad: np.ndarray, seg_bad: np.ndarray, npixels: int, nsigma: float,
+                        backend: str, deblend: bool) -> tuple[float, int, np.ndarray]:
+    """The segments' seeing (:func:`ccdflow.segmentation.moment_fwhm`, segments touching
+    ``bad`` left out), and ``npixels`` with the segmentation ``found``, or, when that
+    seeing is undersampled, the fewer pixels a star then covers
+    (:func:`ccdflow.segmentation.star_npixels`) and the segmentation with them (masked
+    at ``seg_bad``): faint stars of FWHM 1.2 px have only 2-4 pixels above 3σ."""
     from .segmentation import detect_segments, moment_fwhm, segment_table, star_npixels
 
     fwhm = moment_fwhm(segment_table(labels=found, values=residual, rms=rms, mask=bad))
@@ -89,7 +90,7 @@ def _seeing_and_npixels(found: np.ndarray, *, residual: np.ndarray, rms: np.ndar
     log.info("background: stars of FWHM %.2f px (undersampled): sources of %d pixels instead "
              "of %d", fwhm, fewer, npixels)
     return fwhm, fewer, detect_segments(values=residual, rms=rms, nsigma=nsigma,
-                                        npixels=fewer, mask=bad, backend=backend,
+                                        npixels=fewer, mask=seg_bad, backend=backend,
                                         deblend=deblend, overwrite_values=True)
 
 
@@ -212,7 +213,10 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
     mask : ndarray of bool, optional
         Bad pixels (True) never used: the frame's MASK plane != 0.
     saturated : ndarray of bool, optional
-        Saturated pixels: their sources get ``saturated_factor`` × the dilation.
+        Saturated pixels (stars' cores; also in ``mask``, so never sky): the source
+        detection sees their values, so a core belongs to its star's segment instead of
+        leaving a hole that splits the star, and their sources get ``saturated_factor``
+        × the dilation.
     mode : {'map', 'scalar'}
         ``map``: a mesh of ``box_size`` boxes, median-filtered over
         ``filter_size`` boxes and interpolated; ``scalar``: one sigma-clipped
@@ -284,9 +288,11 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
         raise BackgroundError(f"box_size must be >= 4 and filter_size odd >= 1, got "
                               f"{box_size}, {filter_size}")
     saturated = np.zeros(data.shape, bool) if saturated is None else np.asarray(saturated, bool)
+    saturated = saturated & np.isfinite(data)
     extra = np.zeros(data.shape, bool) if extra_mask is None else np.asarray(extra_mask, bool)
-    clean = np.array(data, np.float32)  # masked pixels are never used
-    clean[bad] = 0.0
+    clean = np.array(data, np.float32)  # masked pixels are never used for the sky ...
+    clean[bad & ~saturated] = 0.0  # ... but saturated ones keep their light in their source
+    seg_bad = (bad & ~saturated) | extra  # a saturated core is part of its star's segment
 
     def fit(source_mask):
         used = bad | source_mask
@@ -314,12 +320,12 @@ def estimate_background(*, data: np.ndarray, mask: np.ndarray | None = None,
             # SEP works on the residual itself, zeroed at bad pixels (which no source
             # holds, so _grow_sources' peaks and sums are the same)
             found = detect_segments(values=residual, rms=rms, nsigma=nsigma,
-                                    npixels=npixels, mask=bad | extra, backend=backend,
+                                    npixels=npixels, mask=seg_bad, backend=backend,
                                     deblend=deblend, overwrite_values=True)
             if iterations == 1:  # undersampled stars: fewer pixels make a source
                 seeing, npixels, found = _seeing_and_npixels(
-                    found, residual=residual, rms=rms, bad=bad | extra, npixels=npixels,
-                    nsigma=nsigma, backend=backend, deblend=deblend)
+                    found, residual=residual, rms=rms, bad=bad | extra, seg_bad=seg_bad,
+                    npixels=npixels, nsigma=nsigma, backend=backend, deblend=deblend)
             new = _grow_sources(found, saturated=saturated, factor=dilate_factor,
                                 min_radius=min_radius_px, max_radius=max_radius_px,
                                 saturated_factor=saturated_factor, values=residual) | extra
@@ -409,7 +415,7 @@ def background_for_product(*, product, manual_circles: Sequence[Mapping] = (),
     if mask.all():
         raise BackgroundError(f"every pixel is masked ({describe_mask(product.mask)}): "
                               "no sky to measure")
-    saturated = (product.mask & MaskBit.SATURATED) != 0
+    saturated = product.mask == MaskBit.SATURATED  # a star's core (not a hot pixel, ...)
     extra = None
     if manual_circles:
         import warnings

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..masks import MaskBit
 from .shapes import SHAPE_LIMITS, shape_rejections, star_shapes
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,17 @@ def detect_stars(*, data: np.ndarray, background: np.ndarray, rms: np.ndarray,
     from ..segmentation import detect_segments, moment_fwhm, segment_table, star_npixels
 
     bad = np.zeros(data.shape, bool) if mask is None else np.asarray(mask) != 0
+    # a pixel whose only bit is SATURATED is a star's core: its (clipped) light stays in
+    # the segment, whose barycentre a hole would pull off the star; the source is
+    # saturated_or_masked all the same
+    core = (np.zeros(data.shape, bool) if mask is None or np.asarray(mask).dtype == bool
+            else (np.asarray(mask) == int(MaskBit.SATURATED)) & np.isfinite(data))
     sub = np.array(data, np.float64)  # data − background, 0 at bad pixels; in place
     sub -= background
-    sub[bad] = 0.0
+    sub[bad & ~core] = 0.0
     if labels is None:
         labels = detect_segments(values=sub, rms=rms, nsigma=nsigma, npixels=npixels,
-                                 mask=bad, backend=backend, deblend=deblend)
+                                 mask=bad & ~core, backend=backend, deblend=deblend)
     above = (sub > nsigma * np.asarray(rms)) & ~bad
     table = segment_table(labels=labels, values=sub, rms=rms, mask=bad, count_above=above)
     npixels = star_npixels(npixels=npixels, fwhm_px=moment_fwhm(table))
@@ -388,16 +394,25 @@ def masked_near(mask: np.ndarray | None, x: np.ndarray, y: np.ndarray, *,
 
 def refine_centres(*, data: np.ndarray, background: np.ndarray, x: np.ndarray, y: np.ndarray,
                    fwhm: float, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Star centres: Gaussian-windowed centroids (:func:`recentroid`), or, for a star
-    with masked pixels within 1.5 FWHM of it, the centre of a Gaussian PRF fitted to
-    its unmasked pixels (:func:`fit_gaussian_prf`): a centroid of what a mask leaves is
-    pulled off the star.  Where a fit fails the centroid stands."""
+    """Star centres: Gaussian-windowed centroids (:func:`recentroid`), or the centre of a
+    Gaussian PRF fitted to the unmasked pixels (:func:`fit_gaussian_prf`) for a star with
+    masked pixels within 1.5 FWHM of it (a centroid of what a mask leaves is pulled off
+    the star) and for every star of an undersampled frame (FWHM below
+    ``UNDERSAMPLED_FWHM_PX``: a windowed centroid of a star sampled by a few pixels is
+    pulled towards the centre of its brightest pixel).  Where a fit fails the centroid
+    stands."""
+    from ..segmentation import UNDERSAMPLED_FWHM_PX
+
     x = np.asarray(x, float)
     y = np.asarray(y, float)
     cx, cy = recentroid(data=data, background=background, x=x, y=y, fwhm=fwhm, mask=mask)
     hit = masked_near(mask, x, y, half=max(2, math.ceil(1.5 * fwhm)))
+    if fwhm < UNDERSAMPLED_FWHM_PX:
+        hit = np.isfinite(x) & np.isfinite(y)
     if hit.any():
-        image = np.where(np.asarray(mask) != 0, np.nan, np.asarray(data, float) - background)
+        image = np.asarray(data, float) - background
+        if mask is not None:
+            image[np.asarray(mask) != 0] = np.nan
         size = int(np.clip(2 * np.ceil(2 * fwhm) + 1, 7, 25))
         fits = fit_gaussian_prf(data=image, x=x[hit], y=y[hit], fit_shape=size, fwhm_guess=fwhm)
         fx, fy = fits["x0"].to_numpy(float), fits["y0"].to_numpy(float)
