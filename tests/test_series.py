@@ -582,6 +582,25 @@ def test_best_aperture_is_the_quietest_per_target(rng, tmp_path):
         build_lightcurves(tables=tables, catalog=catalog, aperture="nosuch")
 
 
+def test_errors_that_do_not_describe_the_scatter_are_said(rng, caplog):
+    # the note of every differential light curve says its point-to-point scatter over its
+    # median error (~1 when the errors are right: flux_err matches the 1 % scatter here,
+    # and the differential curve's ratio comes out 0.9-1.1); errors 10× too large (the
+    # optimal photometry of an undersampled night with misplaced positions, stop 26) or
+    # 10× too small are warned about
+    for factor, warned in ((1.0, False), (10.0, True), (0.1, True)):
+        tables, catalog = _tables_two_apertures(rng, scatter={"tight": 0.01})
+        for table in tables:
+            table["flux_err"] = table["flux_err"] * factor
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="ccdflow.photometry.lightcurves"):
+            out = build_lightcurves(tables=tables, catalog=catalog, aperture="tight")
+        note = out["notes"]["T"]
+        ratio = float(note.split(" = ")[1].split(" ×")[0])
+        assert ratio == pytest.approx(1.0 / factor, rel=0.25), note
+        assert ("WARNING" in note) == warned and ("rel_flux_err" in caplog.text) == warned
+
+
 def test_best_aperture_does_not_trade_frames_for_scatter(rng):
     """'best': the quietest light curve among the apertures usable in as many frames as
     the best-covered one but one (or 1 %).  A light curve 2.6× quieter that lost one frame

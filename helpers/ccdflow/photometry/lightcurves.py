@@ -329,6 +329,7 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
                                                  "usable in as many frames, but one or 1 % "
                                                  f"({scatter})"]))
             log.info("differential light curve of %s: %s", name, note)
+        note = "; ".join(filter(None, [note, _error_check(light, name=name)]))
         if note:
             notes[name] = note
         chosen[name] = label
@@ -345,6 +346,36 @@ def _p2p(light: pd.DataFrame) -> float:
     if values.size < 5:
         return float("inf")
     return _robust_std(np.diff(values)) / math.sqrt(2)
+
+
+#: a differential light curve whose point-to-point scatter is outside this range of its
+#: median ``rel_flux_err`` gets a warning: its errors do not describe it (the p2p estimate
+#: of 50 points is good to ~10 %, so this is no statistical fluctuation)
+ERROR_RATIO_RANGE = (0.5, 2.0)
+
+
+def _error_check(light: pd.DataFrame | None, *, name: str) -> str:
+    """'point-to-point scatter S = R × the median rel_flux_err' for a light curve's note,
+    with a warning (logged too) when R is outside :data:`ERROR_RATIO_RANGE`."""
+    if light is None or "rel_flux_err" not in light:
+        return ""
+    ok = light["usable"].to_numpy(bool) & np.isfinite(light["rel_flux_err"].to_numpy(float))
+    errors = light["rel_flux_err"].to_numpy(float)[ok]
+    scatter = _p2p(light)
+    if errors.size < 5 or not np.isfinite(scatter) or not np.median(errors) > 0:
+        return ""
+    ratio = scatter / float(np.median(errors))
+    text = f"point-to-point scatter {scatter:.5f} = {ratio:.2f} × the median rel_flux_err"
+    low, high = ERROR_RATIO_RANGE
+    if ratio > high:
+        text += (" (WARNING: more scatter than the errors hold: noise outside the error "
+                 "model, e.g. flat-field structure, clouds, a variable comparison star)")
+    elif ratio < low:
+        text += (" (WARNING: the errors overstate the scatter, e.g. a PSF model error from "
+                 "misplaced positions; a fit's uncertainties would be too large)")
+    if not low <= ratio <= high:
+        log.warning("differential light curve of %s: %s", name, text)
+    return text
 
 
 #: 'best' aperture: an aperture competes on scatter when it is usable in all but this
