@@ -620,3 +620,22 @@ def test_best_aperture_does_not_trade_frames_for_scatter(rng):
                             "optimal": curve(24, 4, 0.034)}) == "1.5fwhm"
     assert _lowest_scatter({"1.5fwhm": curve(24, 1, 0.038),
                             "optimal": curve(24, 2, 0.020)}) == "optimal"
+
+
+def test_best_aperture_has_errors_that_describe_it(rng):
+    """'best' passes over a quieter light curve whose errors are 4.5× its scatter (the
+    optimal aperture of an undersampled night with misplaced positions gave 0.22× before
+    stop 26's PRF centres) for one whose errors hold its scatter; when no aperture's
+    errors do, the quietest is taken as before (and its note warns)."""
+    from ccdflow.photometry.lightcurves import _lowest_scatter
+
+    def curve(sigma, error):
+        n = 90
+        return (pd.DataFrame({"rel_flux": 1 + sigma * rng.standard_normal(n),
+                              "rel_flux_err": np.full(n, error), "usable": np.ones(n, bool)}),
+                None, "")
+
+    honest, inflated = curve(0.018, 0.018), curve(0.013, 0.058)
+    assert _lowest_scatter({"1.5fwhm": honest, "optimal": inflated}) == "1.5fwhm"
+    assert _lowest_scatter({"1.5fwhm": curve(0.018, 0.09), "optimal": inflated}) == "optimal"
+    assert _lowest_scatter({"1.5fwhm": honest, "optimal": curve(0.013, 0.013)}) == "optimal"

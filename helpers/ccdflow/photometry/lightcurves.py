@@ -326,7 +326,8 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
                                 for k, c in curves.items())
             note = "; ".join(filter(None, [note, f"aperture {label}: lowest point-to-point "
                                                  "scatter of rel_flux among the apertures "
-                                                 "usable in as many frames, but one or 1 % "
+                                                 "usable in as many frames, but one or 1 %, "
+                                                 "whose errors describe their scatter "
                                                  f"({scatter})"]))
             log.info("differential light curve of %s: %s", name, note)
         note = "; ".join(filter(None, [note, _error_check(light, name=name)]))
@@ -357,14 +358,10 @@ ERROR_RATIO_RANGE = (0.5, 2.0)
 def _error_check(light: pd.DataFrame | None, *, name: str) -> str:
     """'point-to-point scatter S = R × the median rel_flux_err' for a light curve's note,
     with a warning (logged too) when R is outside :data:`ERROR_RATIO_RANGE`."""
-    if light is None or "rel_flux_err" not in light:
+    scatter = _p2p(light) if light is not None else float("nan")
+    ratio = _error_ratio(light, scatter)
+    if not np.isfinite(ratio):
         return ""
-    ok = light["usable"].to_numpy(bool) & np.isfinite(light["rel_flux_err"].to_numpy(float))
-    errors = light["rel_flux_err"].to_numpy(float)[ok]
-    scatter = _p2p(light)
-    if errors.size < 5 or not np.isfinite(scatter) or not np.median(errors) > 0:
-        return ""
-    ratio = scatter / float(np.median(errors))
     text = f"point-to-point scatter {scatter:.5f} = {ratio:.2f} × the median rel_flux_err"
     low, high = ERROR_RATIO_RANGE
     if ratio > high:
@@ -387,13 +384,34 @@ MAX_FRAMES_LOST = 0.01
 
 def _lowest_scatter(curves: Mapping[str, tuple]) -> str:
     """The label whose light curve scatters least among those usable in all but
-    max(1, :data:`MAX_FRAMES_LOST` ×) of the frames the best-covered one is (the first
-    on ties and failures)."""
+    max(1, :data:`MAX_FRAMES_LOST` ×) of the frames the best-covered one is and whose
+    errors describe their scatter (:data:`ERROR_RATIO_RANGE`; when none does, among all
+    of them), the first on ties and failures."""
     scatter = {label: _p2p(c[0]) for label, c in curves.items()}
     usable = {label: int(c[0]["usable"].to_numpy(bool).sum()) for label, c in curves.items()}
     most = max(usable.values())
     eligible = [k for k in curves if usable[k] >= most - max(1.0, MAX_FRAMES_LOST * most)]
-    return min(eligible, key=lambda k: (scatter[k], list(curves).index(k)))
+    honest = [k for k in eligible if _errors_describe(curves[k][0], scatter[k])]
+    return min(honest or eligible, key=lambda k: (scatter[k], list(curves).index(k)))
+
+
+def _errors_describe(light: pd.DataFrame, scatter: float) -> bool:
+    """Whether ``scatter`` is within :data:`ERROR_RATIO_RANGE` of the light curve's median
+    ``rel_flux_err`` (True when it has no errors to judge)."""
+    ratio = _error_ratio(light, scatter)
+    return not np.isfinite(ratio) or ERROR_RATIO_RANGE[0] <= ratio <= ERROR_RATIO_RANGE[1]
+
+
+def _error_ratio(light: pd.DataFrame | None, scatter: float) -> float:
+    """``scatter`` over the median ``rel_flux_err`` of the usable rows (NaN: fewer than 5
+    rows with errors, or no scatter)."""
+    if light is None or "rel_flux_err" not in light:
+        return float("nan")
+    ok = light["usable"].to_numpy(bool) & np.isfinite(light["rel_flux_err"].to_numpy(float))
+    errors = light["rel_flux_err"].to_numpy(float)[ok]
+    if errors.size < 5 or not np.isfinite(scatter) or not np.median(errors) > 0:
+        return float("nan")
+    return scatter / float(np.median(errors))
 
 
 @dataclass
