@@ -409,13 +409,13 @@ def background_for_product(*, product, manual_circles: Sequence[Mapping] = (),
     pixels, saturated pixels widen their sources' masks, and ``manual_circles`` use
     the product's WCS for RA/Dec circles.  ``options`` are those of
     :func:`estimate_background`."""
-    from .masks import MaskBit, describe_mask
+    from .masks import describe_mask, saturated_only
 
     mask = product.mask != 0
     if mask.all():
         raise BackgroundError(f"every pixel is masked ({describe_mask(product.mask)}): "
                               "no sky to measure")
-    saturated = product.mask == MaskBit.SATURATED  # a star's core (not a hot pixel, ...)
+    saturated = saturated_only(product.mask)  # a star's core (not a hot pixel, ...)
     extra = None
     if manual_circles:
         import warnings

@@ -110,7 +110,13 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
     """
     from .background import background_for_product, write_background
     from .calibrate import calibrate_science
-    from .cosmics import detect_cosmic_rays, effective_objlim, write_cosmics
+    from .cosmics import (
+        DEFAULT_OBJLIM,
+        DEFAULT_STAR_MARGIN,
+        detect_cosmic_rays,
+        effective_objlim,
+        write_cosmics,
+    )
     from .masks import MaskBit
     from .photometry import frame_sources, write_sources
     from .products import write_product
@@ -174,8 +180,8 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
             mask=product.mask,
             background=result.background, read_noise_e=product.header["RDNOISE"],
             saturation_e=product.header["SATURATE"], fwhm_px=fwhm, **cosmics)
-        objlim = effective_objlim(objlim=cosmics.get("objlim", 5.0), fwhm_px=fwhm,
-                                  star_margin=cosmics.get("star_margin", 2.0))
+        objlim = effective_objlim(objlim=cosmics.get("objlim", DEFAULT_OBJLIM), fwhm_px=fwhm,
+                                  star_margin=cosmics.get("star_margin", DEFAULT_STAR_MARGIN))
         write_cosmics(product_path(out_dirs["cosmics"], frame, "cosmics"), crmask,
                       inputs=[calibrated_path, background_path], params=cosmics,
                       fwhm_px=fwhm, objlim=objlim)

@@ -109,6 +109,10 @@ def effective_objlim(*, objlim: float, fwhm_px: float | None, star_margin: float
     return float(max(objlim, star_margin * star_contrast(fwhm_px)))
 
 
+#: ``objlim`` (astroscrappy's default) and ``star_margin`` when not given
+DEFAULT_OBJLIM = 5.0
+DEFAULT_STAR_MARGIN = 2.0
+
 #: astroscrappy's saturated-star test: 5×5 median above this fraction of the saturation
 #: level (here both measured above the sky)
 SAT_STAR_MEDIAN_FRACTION = 0.1
@@ -214,9 +218,10 @@ def _light_surrounds(region: np.ndarray, lit: np.ndarray) -> bool:
 def detect_cosmic_rays(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray | None,
                        background: np.ndarray | None, read_noise_e: float,
                        saturation_e: float, sigclip: float = 4.5, sigfrac: float = 0.3,
-                       objlim: float = 5.0, niter: int = 4, sepmed: bool = False,
+                       objlim: float = DEFAULT_OBJLIM, niter: int = 4, sepmed: bool = False,
                        psffwhm: float = 2.5, method: str = "lacosmic",
-                       fwhm_px: float | None = None, star_margin: float = 2.0) -> np.ndarray:
+                       fwhm_px: float | None = None,
+                       star_margin: float = DEFAULT_STAR_MARGIN) -> np.ndarray:
     """Boolean cosmic-ray mask of a calibrated frame.
 
     Parameters
@@ -273,11 +278,10 @@ def detect_cosmic_rays(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray 
         if mask.dtype == bool:
             bad |= mask
         else:
-            from .masks import MaskBit
+            from .masks import saturated_only
 
-            sat_bit = int(MaskBit.SATURATED)
-            bad |= (mask & ~np.asarray(sat_bit, mask.dtype)) != 0
-            saturated = (mask & np.asarray(sat_bit, mask.dtype)) != 0
+            saturated = saturated_only(mask)
+            bad |= (mask != 0) & ~saturated
     if bad.all():
         raise CosmicsError("every pixel is masked: nothing to search")
     with np.errstate(invalid="ignore"):

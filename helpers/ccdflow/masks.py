@@ -9,7 +9,7 @@ from enum import IntFlag
 
 import numpy as np
 
-__all__ = ["MaskBit", "describe_bits", "header_cards"]
+__all__ = ["MaskBit", "describe_bits", "header_cards", "saturated_only"]
 
 
 class MaskBit(IntFlag):
@@ -49,3 +49,11 @@ def header_cards() -> list[tuple[str, int, str]]:
 def any_of(mask: np.ndarray, bits: int) -> np.ndarray:
     """Boolean array: pixels with any of ``bits`` set."""
     return (np.asarray(mask) & int(bits)) != 0
+
+
+def saturated_only(mask: np.ndarray) -> np.ndarray:
+    """Boolean array: pixels whose only bit is SATURATED.  Their (clipped) values are a
+    star's light, or a cosmic ray's: unlike a hot pixel or a bad column that also
+    saturates (HOT or BAD set too), they belong to their source's segment and are
+    examined for cosmic rays."""
+    return np.asarray(mask) == int(MaskBit.SATURATED)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -72,8 +72,6 @@ _CLOCK = re.compile(r"(?P<day>\d{4}-\d{2}-\d{2})T(?P<h>\d{2}):(?P<m>\d{2}):(?P<s
 
 def _carried_clock(clean: str) -> datetime | None:
     """``…T24:00:00`` or a 60th second as the datetime they carry to; None otherwise."""
-    from datetime import timedelta
-
     match = _CLOCK.match(clean)
     if match is None:
         return None

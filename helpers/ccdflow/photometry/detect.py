@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..masks import MaskBit
+from ..masks import saturated_only
 from .shapes import SHAPE_LIMITS, shape_rejections, star_shapes
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def detect_stars(*, data: np.ndarray, background: np.ndarray, rms: np.ndarray,
     # the segment, whose barycentre a hole would pull off the star; the source is
     # saturated_or_masked all the same
     core = (np.zeros(data.shape, bool) if mask is None or np.asarray(mask).dtype == bool
-            else (np.asarray(mask) == int(MaskBit.SATURATED)) & np.isfinite(data))
+            else saturated_only(mask) & np.isfinite(data))
     sub = np.array(data, np.float64)  # data − background, 0 at bad pixels; in place
     sub -= background
     sub[bad & ~core] = 0.0
@@ -406,9 +406,8 @@ def refine_centres(*, data: np.ndarray, background: np.ndarray, x: np.ndarray, y
     x = np.asarray(x, float)
     y = np.asarray(y, float)
     cx, cy = recentroid(data=data, background=background, x=x, y=y, fwhm=fwhm, mask=mask)
-    hit = masked_near(mask, x, y, half=max(2, math.ceil(1.5 * fwhm)))
-    if fwhm < UNDERSAMPLED_FWHM_PX:
-        hit = np.isfinite(x) & np.isfinite(y)
+    hit = (np.isfinite(x) & np.isfinite(y) if fwhm < UNDERSAMPLED_FWHM_PX
+           else masked_near(mask, x, y, half=max(2, math.ceil(1.5 * fwhm))))
     if hit.any():
         image = np.asarray(data, float) - background
         if mask is not None:

@@ -355,10 +355,10 @@ def _p2p(light: pd.DataFrame) -> float:
 ERROR_RATIO_RANGE = (0.5, 2.0)
 
 
-def _error_check(light: pd.DataFrame | None, *, name: str) -> str:
+def _error_check(light: pd.DataFrame, *, name: str) -> str:
     """'point-to-point scatter S = R × the median rel_flux_err' for a light curve's note,
     with a warning (logged too) when R is outside :data:`ERROR_RATIO_RANGE`."""
-    scatter = _p2p(light) if light is not None else float("nan")
+    scatter = _p2p(light)
     ratio = _error_ratio(light, scatter)
     if not np.isfinite(ratio):
         return ""
@@ -402,10 +402,10 @@ def _errors_describe(light: pd.DataFrame, scatter: float) -> bool:
     return not np.isfinite(ratio) or ERROR_RATIO_RANGE[0] <= ratio <= ERROR_RATIO_RANGE[1]
 
 
-def _error_ratio(light: pd.DataFrame | None, scatter: float) -> float:
+def _error_ratio(light: pd.DataFrame, scatter: float) -> float:
     """``scatter`` over the median ``rel_flux_err`` of the usable rows (NaN: fewer than 5
     rows with errors, or no scatter)."""
-    if light is None or "rel_flux_err" not in light:
+    if "rel_flux_err" not in light:
         return float("nan")
     ok = light["usable"].to_numpy(bool) & np.isfinite(light["rel_flux_err"].to_numpy(float))
     errors = light["rel_flux_err"].to_numpy(float)[ok]
