@@ -609,3 +609,99 @@ def test_a_colour_mosaic_becomes_superpixels(tmp_path, rng):
                          superpixel=2)
     yy, xx = np.indices((32, 40))
     np.testing.assert_array_equal(circle, (xx - 9.75) ** 2 + (yy - 14.75) ** 2 <= 9.0)
+
+
+_CFA_ADU = {"R": 1000, "G": 2000, "B": 3000}
+
+
+def _cfa_frame(pattern, *, x_off=0, y_off=0, shape=(64, 82)):
+    """A raw colour frame whose every pixel reads its colour's level (_CFA_ADU):
+    the pattern read row by row from the first stored pixel, shifted by the offsets."""
+    rows, cols = np.indices(shape)
+    letters = np.array(list(pattern)).reshape(2, 2)[(rows + y_off) % 2, (cols + x_off) % 2]
+    levels = np.vectorize(_CFA_ADU.get)(letters)
+    return levels.astype(np.uint16), letters
+
+
+@pytest.mark.parametrize("pattern, offsets, trim", [
+    ("RGGB", None, None),
+    ("BGGR", None, None),
+    ("GRBG", ("XBAYROFF", "YBAYROFF", 1, 0), None),  # MaxIm's origin keywords
+    ("GBRG", ("BAYOFFX", "BAYOFFY", 1, 1), None),  # N.I.N.A.'s
+    ("RGGB", None, "[2:81,2:63]"),  # a trim from an odd column and row
+])
+@pytest.mark.parametrize("mode, colour, n", [("green", "G", 2), ("red", "R", 1),
+                                             ("blue", "B", 1)])
+def test_a_colour_mosaic_gives_one_colour_plane(tmp_path, pattern, offsets, trim, mode,
+                                                colour, n):
+    """detector.bayer.mode green/red/blue: each 2x2 superpixel holds only its block's
+    pixels of that colour (2 G, 1 R, 1 B), wherever the pattern starts: every pixel of
+    the raw frame reads its colour's level, so a superpixel of any other pixel would
+    read another sum.  Read noise √n, saturation n × the pixel's, flags from the
+    pixels used only, CFAPLANE in the header."""
+    x_off, y_off = (offsets[2], offsets[3]) if offsets else (0, 0)
+    data, letters = _cfa_frame(pattern, x_off=x_off, y_off=y_off)
+    header = fits.Header({"EXPTIME": 30.0, "BAYERPAT": pattern})
+    if offsets:
+        header[offsets[0]], header[offsets[1]] = x_off, y_off
+    # one saturated pixel of the plane and one of another colour
+    other = next(c for c in "RGB" if c != colour)
+    plane_px = tuple(int(v[0]) for v in np.nonzero(letters[10:12, 20:22] == colour))
+    other_px = tuple(int(v[0]) for v in np.nonzero(letters[30:32, 40:42] == other))
+    data[10 + plane_px[0], 20 + plane_px[1]] = 65535
+    data[30 + other_px[0], 40 + other_px[1]] = 65535
+    path = tmp_path / "osc.fits"
+    fits.PrimaryHDU(data, header=header).writeto(path)
+    det = {"gain_e_per_adu": 2.0, "read_noise_e": 5.0, "saturation_adu": 65535,
+           "bayer": {"mode": mode}}
+    if trim:
+        det["trim"] = {"from": "section", "section": trim}
+    frame = read_raw_frame(path, detector=det)
+    expected = n * _CFA_ADU[colour] * 2.0
+    ok = ~frame.saturated
+    np.testing.assert_array_equal(frame.data[ok], np.float32(expected))
+    assert frame.read_noise_e == pytest.approx(5.0 * np.sqrt(n))
+    assert frame.header["CFAPLANE"] == "+".join([colour] * n)
+    assert f"the {colour} plane" in frame.notes[-1] and frame.superpixel == 2
+    if trim is None:  # the saturated pixels' superpixels: only the plane's one flagged
+        assert frame.saturated.sum() == 1 and frame.saturated[5, 10]
+        assert frame.data.shape == (32, 41)
+
+
+def test_one_colour_plane_holds_that_colours_light(rng):
+    """Injection-recovery on truth: a star through an RGGB filter array (the
+    simulator's responses R 0.55, G 1, B 0.35) keeps half its G light in the green
+    plane (two pixels of four) and a quarter of its R or B light in the red or blue
+    one.  Noise-free, so the only error is the sampling of a 3.6-px Gaussian on a
+    2-px grid (measured 1.1e-5); a plane taken at the wrong phase would be off by a
+    third or more (R+B for G: 0.45 of it)."""
+    from ccdflow.ccd import RawFrame, bayer_cells, superpixel_frame
+
+    shape = (64, 64)
+    star = render_gaussian_stars(shape=shape, x=np.array([31.3]), y=np.array([32.6]),
+                                 flux=np.array([1e6]), fwhm=3.6)
+    response = {"R": 0.55, "G": 1.0, "B": 0.35}
+    letters = np.array(list("RGGB")).reshape(2, 2)[np.indices(shape)[0] % 2,
+                                                    np.indices(shape)[1] % 2]
+    image = (star * np.vectorize(response.get)(letters)).astype(np.float32)
+    frame = RawFrame(data=image, saturated=np.zeros(shape, bool),
+                     nonfinite=np.zeros(shape, bool), no_data=np.zeros(shape, bool),
+                     header=fits.Header(), exptime_s=1.0, read_noise_e=1.0,
+                     saturation_e=1e9)
+    cells = bayer_cells({"BAYERPAT": "RGGB"}, {})
+    for colour, share in (("G", 0.5), ("R", 0.25), ("B", 0.25)):
+        plane = superpixel_frame(frame, pattern="RGGB", channel=colour, cells=cells)
+        assert plane.data.sum() == pytest.approx(share * response[colour] * 1e6, rel=1e-4)
+
+
+def test_a_colour_pattern_that_is_not_one_is_named(tmp_path):
+    from ccdflow.ccd import bayer_cells
+
+    with pytest.raises(CalibrationError, match=r"osc.fits: colour pattern 'RRGB' is not one "
+                                               r"R, two G and one B"):
+        bayer_cells({"BAYERPAT": "RRGB"}, {}, where=str(tmp_path / "osc.fits"))
+    with pytest.raises(CalibrationError, match=r"set detector\.bayer\.pattern"):
+        bayer_cells({}, {})
+    # the profile's pattern wins over a header that has it wrong
+    cells = bayer_cells({"BAYERPAT": "RGGB"}, {"bayer": {"pattern": "GRBG"}})
+    assert cells.tolist() == [["G", "R"], ["B", "G"]]

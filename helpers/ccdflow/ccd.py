@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from .config import superpixel_mosaics
+from .config import bayer_channel, superpixel_mosaics
 from .errors import CalibrationError
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CalibrationError",
     "RawFrame",
+    "bayer_cells",
     "detector_constant",
     "fit_overscan",
     "overscan_level_noise",
@@ -369,7 +370,15 @@ def read_raw_frame(path: str | Path, *, detector: Mapping, exptime_keywords: Seq
                      zero_level=pieces[0]["zero_level"])
     mosaic = colour_mosaic(merged, detector)
     if mosaic is not None and superpixel_mosaics(detector):
-        frame = superpixel_frame(frame, pattern=mosaic)
+        channel = bayer_channel(detector)
+        cells = None
+        if channel is not None:
+            if len(pieces) > 1:
+                raise CalibrationError(f"{path}: detector.bayer.mode {detector['bayer']['mode']} "
+                                       "(one colour plane) needs a single-amplifier frame; use "
+                                       "mode superpixel")
+            cells = bayer_cells(merged, detector, origin=pieces[0]["origin"], where=str(path))
+        frame = superpixel_frame(frame, pattern=mosaic, channel=channel, cells=cells)
     return frame
 
 
@@ -388,6 +397,48 @@ def colour_mosaic(header: Mapping, detector: Mapping) -> str | None:
     return None
 
 
+#: keywords giving the colour pattern's origin (MaxIm DL; N.I.N.A. and ASCOM)
+_BAYER_OFFSETS = (("XBAYROFF", "YBAYROFF"), ("BAYOFFX", "BAYOFFY"))
+
+
+def bayer_cells(header: Mapping, detector: Mapping, *, origin: tuple[int, int] = (0, 0),
+                where: str = "frame") -> np.ndarray:
+    """The colour of each position of the trimmed frame's 2×2 blocks, as a 2×2 array of
+    'R', 'G', 'B'.
+
+    The pattern (the profile's ``detector.bayer.pattern`` when given, else the header's
+    ``BAYERPAT`` or ``detector.bayer.keywords``) is read row by row from the raw array's
+    first stored pixel, shifted by the header's ``XBAYROFF``/``YBAYROFF`` (or
+    ``BAYOFFX``/``BAYOFFY``) and by the trim's ``origin`` (first raw row and column
+    kept): a trim that starts on an odd column swaps the colours of a block's two
+    columns.
+
+    Raises
+    ------
+    CalibrationError
+        A pattern that is not four of R, G, B with one R, two G and one B.
+    """
+    bayer = detector.get("bayer", {})
+    text = bayer.get("pattern")  # the profile's, when given, wins over the header's
+    for key in ([] if text else bayer.get("keywords") or ["BAYERPAT"]):
+        value = header.get(key)
+        if isinstance(value, str) and value.strip():
+            text = value.strip()
+            break
+    text = (text or "").upper()
+    if sorted(text) != ["B", "G", "G", "R"]:
+        raise CalibrationError(f"{where}: colour pattern {text!r} is not one R, two G and one "
+                               "B (e.g. RGGB); set detector.bayer.pattern")
+    x_off = y_off = 0
+    for kx, ky in _BAYER_OFFSETS:
+        if kx in header or ky in header:
+            x_off, y_off = int(header.get(kx, 0)), int(header.get(ky, 0))
+            break
+    cell = np.array(list(text)).reshape(2, 2)
+    dy, dx = (origin[0] + y_off) % 2, (origin[1] + x_off) % 2
+    return np.roll(cell, (-dy, -dx), axis=(0, 1))
+
+
 def full_frame_to_superpixels(value, factor: int):
     """A 0-based pixel coordinate of the camera's full frame on a frame of ``factor`` ×
     ``factor`` superpixels: superpixel i spans full-frame pixels ``factor·i .. factor·i +
@@ -395,35 +446,56 @@ def full_frame_to_superpixels(value, factor: int):
     return (np.asarray(value, np.float64) + 0.5) / factor - 0.5
 
 
-def superpixel_frame(frame: RawFrame, *, pattern: str) -> RawFrame:
-    """A colour mosaic as a monochrome frame of 2×2 superpixels, each the sum of its
-    R, G, G and B pixels (in electrons: whatever the pattern's phase, every 2×2 block
-    holds one of each).  A superpixel is SATURATED, NONFINITE or NO_DATA when any of
-    its pixels is; the read noise doubles (four reads), the overscan's row noise
-    becomes 2√2 × (two pixels from each of two rows); an odd last row or column is
-    dropped.  The header's WCS is scaled to the superpixels and ``CCDFBIN = 2`` says
-    so."""
+def superpixel_frame(frame: RawFrame, *, pattern: str, channel: str | None = None,
+                     cells: np.ndarray | None = None) -> RawFrame:
+    """A colour mosaic as a monochrome frame of 2×2 superpixels.
+
+    ``channel`` None: each superpixel is the sum of its block's R, G, G and B pixels
+    (in electrons: whatever the pattern's phase, every 2×2 block holds one of each).
+    ``channel`` 'G', 'R' or 'B': the sum of the block's pixels of that colour only (two
+    G, one R, one B), whose positions ``cells`` (:func:`bayer_cells`) gives: one colour
+    plane, as AAVSO's DSLR photometry takes the green one (TG).
+
+    A superpixel is SATURATED, NONFINITE or NO_DATA when any of the pixels it sums is;
+    the read noise grows as √n for n pixels summed, the overscan's row noise as
+    √(Σ per-row count²) (the row's level is common to the pixels of one row); an odd
+    last row or column is dropped.  The header's WCS is scaled to the superpixels,
+    ``CCDFBIN = 2`` and ``CFAPLANE`` (the colours summed) say so.
+    """
+    if channel is not None and cells is None:
+        raise ValueError("superpixel_frame: channel needs cells (bayer_cells)")
     ny, nx = (n - n % 2 for n in frame.data.shape)
+    used = [(dy, dx) for dy in (0, 1) for dx in (0, 1)
+            if channel is None or cells[dy, dx] == channel]
 
     def summed(a):
         a = np.asarray(a[:ny, :nx], np.float64)
-        return a[0::2, 0::2] + a[0::2, 1::2] + a[1::2, 0::2] + a[1::2, 1::2]
+        return sum(a[dy::2, dx::2] for dy, dx in used)
 
     def any_of(a):
         a = np.asarray(a[:ny, :nx], bool)
-        return a[0::2, 0::2] | a[0::2, 1::2] | a[1::2, 0::2] | a[1::2, 1::2]
+        out = np.zeros((ny // 2, nx // 2), bool)
+        for dy, dx in used:
+            out |= a[dy::2, dx::2]
+        return out
 
+    n = len(used)
+    per_row = [sum(1 for dy, _ in used if dy == row) for row in (0, 1)]
+    plane = "R+G+G+B" if channel is None else "+".join([channel] * n)
     header = _superpixel_header(frame.header)
+    header["CFAPLANE"] = (plane, "colour-mosaic pixels summed in each 2x2 superpixel")
     dropped = frame.data.shape != (ny, nx)
-    note = (f"colour mosaic ({pattern}): 2x2 superpixels R+G+G+B"
+    note = (f"colour mosaic ({pattern}): 2x2 superpixels {plane}"
+            + (f" (the {channel} plane)" if channel is not None else "")
             + (", odd last row/column dropped" if dropped else ""))
     return RawFrame(data=summed(frame.data).astype(np.float32),
                     saturated=any_of(frame.saturated), nonfinite=any_of(frame.nonfinite),
                     no_data=any_of(frame.no_data), header=header, exptime_s=frame.exptime_s,
-                    read_noise_e=2.0 * frame.read_noise_e,
-                    saturation_e=4.0 * frame.saturation_e, gains=list(frame.gains),
+                    read_noise_e=math.sqrt(n) * frame.read_noise_e,
+                    saturation_e=n * frame.saturation_e, gains=list(frame.gains),
                     notes=[*frame.notes, note],
-                    overscan_noise_e=2.0 * math.sqrt(2.0) * frame.overscan_noise_e,
+                    overscan_noise_e=math.sqrt(sum(k * k for k in per_row))
+                    * frame.overscan_noise_e,
                     zero_level=frame.zero_level, superpixel=2)
 
 
@@ -564,7 +636,7 @@ def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool
     out = {"data": data.astype(np.float32), "saturated": saturated[rows, cols],
            "nonfinite": nonfinite[rows, cols], "gain": gain, "saturation_e": sat_e,
            "notes": notes, "overscan_noise_e": noise_e, "overscan_columns": n_over,
-           "zero_level": zero_level}
+           "zero_level": zero_level, "origin": (rows.start or 0, cols.start or 0)}
     if multi:
         detsec = header.get("DETSEC")
         if not detsec:

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "check_photometry", "has_overscan", "has_zero_level", "load_profile",
-           "load_yaml", "resolve_profile_path", "superpixel_mosaics", "validate"]
+__all__ = ["BAYER_CHANNELS", "ConfigError", "bayer_channel", "check_photometry", "has_overscan",
+           "has_zero_level", "load_profile", "load_yaml", "resolve_profile_path",
+           "superpixel_mosaics", "validate"]
 
 
 class ConfigError(ValueError):
@@ -96,10 +97,22 @@ def has_overscan(detector: Mapping) -> bool:
     return detector.get("overscan", {}).get("from", "none") != "none"
 
 
+#: ``detector.bayer.mode`` -> the colour plane its 2×2 superpixels hold (None: all four)
+BAYER_CHANNELS = {"superpixel": None, "green": "G", "red": "R", "blue": "B"}
+
+
 def superpixel_mosaics(detector: Mapping) -> bool:
-    """Whether colour-mosaic frames are summed into 2×2 superpixels (``detector.bayer.mode``,
-    default superpixel) rather than reduced as they are."""
-    return detector.get("bayer", {}).get("mode", "superpixel") == "superpixel"
+    """Whether colour-mosaic frames become 2×2 superpixels (``detector.bayer.mode``
+    superpixel, the default, or one colour plane: green, red, blue) rather than being
+    reduced as they are (mosaic)."""
+    return detector.get("bayer", {}).get("mode", "superpixel") in BAYER_CHANNELS
+
+
+def bayer_channel(detector: Mapping) -> str | None:
+    """The colour ('G', 'R' or 'B') a colour mosaic's superpixels keep
+    (``detector.bayer.mode`` green, red or blue); None: R+G+G+B summed, or no
+    superpixels."""
+    return BAYER_CHANNELS.get(detector.get("bayer", {}).get("mode", "superpixel"))
 
 
 def has_zero_level(detector: Mapping) -> bool:

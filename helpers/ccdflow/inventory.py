@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import superpixel_mosaics
+from .config import bayer_channel, superpixel_mosaics
 from .headertime import (
     _MJD0,
     _as_float,
@@ -303,9 +303,7 @@ def _header_fields(header: Mapping, n_ext: int, shape: tuple[int, int], relpath:
                   if isinstance(_first(header, [k]), str)), None)
     if bayer is not None:
         problems.append(f"{_COLOUR_MOSAIC} ({bayer} = '{_first(header, [bayer])}'): reduced "
-                        + ("as 2x2 superpixels (R+G+G+B), half the resolution"
-                           if superpixel_mosaics(profile.get("detector", {})) else
-                           "as a monochrome image, every star's colours mixed"))
+                        + _mosaic_reduction(profile.get("detector", {})))
     night = _night_from_filename(relpath, profile.get("night", {}))
     night_source = "filename" if night else "header"
     if night is None and stamp is not None:
@@ -487,11 +485,19 @@ def build_inventory(*, raw_dir: str | Path, profile: Mapping,
     for _, row in table[table["type"].isin(["unknown", "rejected"])].iterrows():
         log.warning("%s: %s (%s)", row["file"], row["type"], row["reason"])
     colour = table["reason"].str.contains(_COLOUR_MOSAIC, regex=False)
-    if colour.any():
+    channel = bayer_channel(profile.get("detector", {}))
+    if colour.any() and channel:
+        log.info("%d frame(s) are one-shot colour (Bayer) mosaics, e.g. %s: ccdflow keeps "
+                 "their %s plane as 2x2 superpixels (detector.bayer.mode; half the "
+                 "resolution, pixel positions in the config stay full-frame)",
+                 int(colour.sum()), table.loc[colour, "file"].iloc[0], channel)
+        _warn_mixed_mosaics(table, colour, profile)
+    elif colour.any():
         superpixel = superpixel_mosaics(profile.get("detector", {}))
         log.warning("%d frame(s) are one-shot colour (Bayer) mosaics, e.g. %s: ccdflow "
                     "%s, so every star's light mixes the mosaic's colours (a broad, white "
-                    "band); for single-band photometry give it one colour plane per frame",
+                    "band); for single-band photometry set detector.bayer.mode green (or "
+                    "red, blue)",
                     int(colour.sum()), table.loc[colour, "file"].iloc[0],
                     "sums each 2x2 R+G+G+B block into one pixel (half the resolution; "
                     "pixel positions in the config stay full-frame)" if superpixel else
@@ -499,6 +505,16 @@ def build_inventory(*, raw_dir: str | Path, profile: Mapping,
                     "mosaic)")
         _warn_mixed_mosaics(table, colour, profile)
     return table
+
+
+def _mosaic_reduction(detector: Mapping) -> str:
+    """How a colour-mosaic frame is reduced, for its inventory row."""
+    channel = bayer_channel(detector)
+    if channel:
+        return f"as 2x2 superpixels of its {channel} plane, half the resolution"
+    if superpixel_mosaics(detector):
+        return "as 2x2 superpixels (R+G+G+B), half the resolution"
+    return "as a monochrome image, every star's colours mixed"
 
 
 def _warn_mixed_mosaics(table: pd.DataFrame, colour: pd.Series, profile: Mapping) -> None:
