@@ -668,6 +668,32 @@ def test_a_colour_mosaic_gives_one_colour_plane(tmp_path, pattern, offsets, trim
         assert frame.data.shape == (32, 41)
 
 
+def test_a_pattern_at_the_wrong_phase_is_said(tmp_path, caplog):
+    """The header says RGGB but the array is GRBG (a capture program that flipped the
+    rows, say): the 'G' pair is then R and B, whose levels differ (1000 vs 3000 ADU)
+    while the other diagonal agrees; the log and the frame's notes say so and name the
+    setting.  The right pattern says nothing; nor does a bias (too faint to tell)."""
+    data, _ = _cfa_frame("GRBG")
+    det = {"gain_e_per_adu": 2.0, "read_noise_e": 5.0, "saturation_adu": 65535,
+           "bayer": {"mode": "green"}}
+    for told, doubt in (("RGGB", True), ("GRBG", False)):
+        path = tmp_path / f"osc_{told}.fits"
+        fits.PrimaryHDU(data, header=fits.Header({"EXPTIME": 30.0, "BAYERPAT": told})
+                        ).writeto(path)
+        caplog.clear()
+        frame = read_raw_frame(path, detector=det)
+        said = "the two G positions' medians differ by 100 %, the other diagonal's by 0 %"
+        assert (said in caplog.text) is doubt and ("CHECK THE PATTERN" in frame.notes[-1]) is doubt
+        if doubt:
+            assert "set detector.bayer.pattern" in caplog.text
+    bias = (data // 100).astype(np.uint16)  # 10-30 ADU: 20-60 e-
+    fits.PrimaryHDU(bias, header=fits.Header({"EXPTIME": 0.0, "BAYERPAT": "RGGB"})
+                    ).writeto(tmp_path / "bias.fits")
+    caplog.clear()
+    read_raw_frame(tmp_path / "bias.fits", detector=det)
+    assert "G positions" not in caplog.text
+
+
 def test_one_colour_plane_holds_that_colours_light(rng):
     """Injection-recovery on truth: a star through an RGGB filter array (the
     simulator's responses R 0.55, G 1, B 0.35) keeps half its G light in the green

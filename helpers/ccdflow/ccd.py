@@ -30,6 +30,7 @@ __all__ = [
     "bayer_cells",
     "detector_constant",
     "fit_overscan",
+    "green_pair_doubt",
     "overscan_level_noise",
     "parse_section",
     "plane_count",
@@ -482,12 +483,19 @@ def superpixel_frame(frame: RawFrame, *, pattern: str, channel: str | None = Non
     n = len(used)
     per_row = [sum(1 for dy, _ in used if dy == row) for row in (0, 1)]
     plane = "R+G+G+B" if channel is None else "+".join([channel] * n)
+    doubt = None if channel is None else green_pair_doubt(
+        frame.data[:ny, :nx], ok=~(frame.saturated | frame.nonfinite | frame.no_data)[:ny, :nx],
+        cells=cells)
+    if doubt:
+        log.warning("colour mosaic (%s): %s; if the %s plane is wrong, set "
+                    "detector.bayer.pattern to the stored array's", pattern, doubt, channel)
     header = _superpixel_header(frame.header)
     header["CFAPLANE"] = (plane, "colour-mosaic pixels summed in each 2x2 superpixel")
     dropped = frame.data.shape != (ny, nx)
     note = (f"colour mosaic ({pattern}): 2x2 superpixels {plane}"
             + (f" (the {channel} plane)" if channel is not None else "")
-            + (", odd last row/column dropped" if dropped else ""))
+            + (", odd last row/column dropped" if dropped else "")
+            + (f"; CHECK THE PATTERN: {doubt}" if doubt else ""))
     return RawFrame(data=summed(frame.data).astype(np.float32),
                     saturated=any_of(frame.saturated), nonfinite=any_of(frame.nonfinite),
                     no_data=any_of(frame.no_data), header=header, exptime_s=frame.exptime_s,
@@ -497,6 +505,40 @@ def superpixel_frame(frame: RawFrame, *, pattern: str, channel: str | None = Non
                     overscan_noise_e=math.sqrt(sum(k * k for k in per_row))
                     * frame.overscan_noise_e,
                     zero_level=frame.zero_level, superpixel=2)
+
+
+#: levels (e-) below which a frame says nothing about its colours (a bias)
+_PAIR_CHECK_MIN_E = 100.0
+
+
+def green_pair_doubt(data: np.ndarray, *, ok: np.ndarray, cells: np.ndarray) -> str | None:
+    """Whether the pattern's two G positions look like G: the two G pixels of a block
+    sit behind one filter, so over a whole frame of sky or a flat their medians agree,
+    while R and B, the other diagonal, differ by the light's colour.  When the chosen
+    G pair differs by more than 5 % and the other diagonal agrees three times better,
+    the pattern's phase is likely wrong: a sentence saying so, else None (also when
+    the frame is too faint to tell, below :data:`_PAIR_CHECK_MIN_E`, or grey)."""
+    medians = {}
+    for dy in (0, 1):
+        for dx in (0, 1):
+            values = data[dy::2, dx::2][ok[dy::2, dx::2]]
+            if values.size < 100:
+                return None
+            medians[dy, dx] = float(np.median(values))
+    if min(medians.values()) < _PAIR_CHECK_MIN_E:
+        return None
+    green = [p for p in medians if cells[p] == "G"]
+    other = [p for p in medians if cells[p] != "G"]
+
+    def spread(pair):
+        a, b = medians[pair[0]], medians[pair[1]]
+        return 2.0 * abs(a - b) / (a + b)
+
+    if spread(green) > 0.05 and spread(other) < spread(green) / 3:
+        levels = ", ".join(f"{cells[p]}{p[0]}{p[1]} {medians[p]:.0f}" for p in medians)
+        return (f"the two G positions' medians differ by {100 * spread(green):.0f} %, the "
+                f"other diagonal's by {100 * spread(other):.0f} % (e-: {levels})")
+    return None
 
 
 def _superpixel_header(header) -> fits.Header:
