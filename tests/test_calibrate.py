@@ -676,9 +676,11 @@ def test_a_pattern_at_the_wrong_phase_is_said(tmp_path, caplog):
     data, _ = _cfa_frame("GRBG")
     det = {"gain_e_per_adu": 2.0, "read_noise_e": 5.0, "saturation_adu": 65535,
            "bayer": {"mode": "green"}}
-    for told, doubt in (("RGGB", True), ("GRBG", False)):
-        path = tmp_path / f"osc_{told}.fits"
-        fits.PrimaryHDU(data, header=fits.Header({"EXPTIME": 30.0, "BAYERPAT": told})
+    large, _ = _cfa_frame("GRBG", shape=(1024, 1026))  # sampled every 4th block
+    for told, doubt, pixels in (("RGGB", True, data), ("GRBG", False, data),
+                                ("RGGB", True, large)):
+        path = tmp_path / f"osc_{told}_{pixels.shape[0]}.fits"
+        fits.PrimaryHDU(pixels, header=fits.Header({"EXPTIME": 30.0, "BAYERPAT": told})
                         ).writeto(path)
         caplog.clear()
         frame = read_raw_frame(path, detector=det)
