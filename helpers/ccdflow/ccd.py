@@ -389,12 +389,21 @@ def colour_mosaic(header: Mapping, detector: Mapping) -> str | None:
     from ``keywords.bayer_pattern``; default BAYERPAT) or the profile does
     (``detector.bayer.pattern``, for every frame), else None."""
     bayer = detector.get("bayer", {})
+    found = _header_pattern(header, bayer)
+    if found is not None:
+        return f"{found[0]} = {found[1]}"
+    if bayer.get("pattern"):
+        return f"detector.bayer.pattern {bayer['pattern']}"
+    return None
+
+
+def _header_pattern(header: Mapping, bayer: Mapping) -> tuple[str, str] | None:
+    """(keyword, pattern) of the first of ``bayer['keywords']`` (default BAYERPAT) the
+    header gives as a non-empty string, else None."""
     for key in bayer.get("keywords") or ["BAYERPAT"]:
         value = header.get(key)
         if isinstance(value, str) and value.strip():
-            return f"{key} = {value.strip()}"
-    if bayer.get("pattern"):
-        return f"detector.bayer.pattern {bayer['pattern']}"
+            return key, value.strip()
     return None
 
 
@@ -421,12 +430,10 @@ def bayer_cells(header: Mapping, detector: Mapping, *, origin: tuple[int, int] =
     """
     bayer = detector.get("bayer", {})
     text = bayer.get("pattern")  # the profile's, when given, wins over the header's
-    for key in ([] if text else bayer.get("keywords") or ["BAYERPAT"]):
-        value = header.get(key)
-        if isinstance(value, str) and value.strip():
-            text = value.strip()
-            break
-    text = (text or "").upper()
+    if not text:
+        found = _header_pattern(header, bayer)
+        text = found[1] if found else ""
+    text = text.upper()
     if sorted(text) != ["B", "G", "G", "R"]:
         raise CalibrationError(f"{where}: colour pattern {text!r} is not one R, two G and one "
                                "B (e.g. RGGB); set detector.bayer.pattern")

@@ -491,7 +491,6 @@ def build_inventory(*, raw_dir: str | Path, profile: Mapping,
                  "their %s plane as 2x2 superpixels (detector.bayer.mode; half the "
                  "resolution, pixel positions in the config stay full-frame)",
                  int(colour.sum()), table.loc[colour, "file"].iloc[0], channel)
-        _warn_mixed_mosaics(table, colour, profile)
     elif colour.any():
         superpixel = superpixel_mosaics(profile.get("detector", {}))
         log.warning("%d frame(s) are one-shot colour (Bayer) mosaics, e.g. %s: ccdflow "
@@ -503,6 +502,7 @@ def build_inventory(*, raw_dir: str | Path, profile: Mapping,
                     "pixel positions in the config stay full-frame)" if superpixel else
                     "calibrates and measures them as monochrome images (detector.bayer.mode "
                     "mosaic)")
+    if colour.any():
         _warn_mixed_mosaics(table, colour, profile)
     return table
 

@@ -319,18 +319,20 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
         curves = {label: _differential(pivot, sid=sid, name=name, label=label,
                                        comparisons=listed.get(name), options=options)
                   for label, pivot in by_label.items()}
-        label = _lowest_scatter(curves) if best else aperture
+        scatter = {k: _p2p(c[0]) for k, c in curves.items()}
+        label = _lowest_scatter(curves, scatter=scatter) if best else aperture
         light, choice, note = curves[label]
         if best:
-            scatter = ", ".join(f"{k} {_p2p(c[0]):.5f} ({int(c[0]['usable'].sum())} usable)"
-                                for k, c in curves.items())
+            listed_scatter = ", ".join(f"{k} {scatter[k]:.5f} ({int(c[0]['usable'].sum())} "
+                                       "usable)" for k, c in curves.items())
             note = "; ".join(filter(None, [note, f"aperture {label}: lowest point-to-point "
                                                  "scatter of rel_flux among the apertures "
                                                  "usable in as many frames, but one or 1 %, "
                                                  "whose errors describe their scatter "
-                                                 f"({scatter})"]))
+                                                 f"({listed_scatter})"]))
             log.info("differential light curve of %s: %s", name, note)
-        note = "; ".join(filter(None, [note, _error_check(light, name=name)]))
+        note = "; ".join(filter(None, [note, _error_check(light, name=name,
+                                                          scatter=scatter[label])]))
         if note:
             notes[name] = note
         chosen[name] = label
@@ -355,10 +357,10 @@ def _p2p(light: pd.DataFrame) -> float:
 ERROR_RATIO_RANGE = (0.5, 2.0)
 
 
-def _error_check(light: pd.DataFrame, *, name: str) -> str:
-    """'point-to-point scatter S = R × the median rel_flux_err' for a light curve's note,
-    with a warning (logged too) when R is outside :data:`ERROR_RATIO_RANGE`."""
-    scatter = _p2p(light)
+def _error_check(light: pd.DataFrame, *, name: str, scatter: float) -> str:
+    """'point-to-point scatter S = R × the median rel_flux_err' for a light curve's note
+    (``scatter``: its :func:`_p2p`), with a warning (logged too) when R is outside
+    :data:`ERROR_RATIO_RANGE`."""
     ratio = _error_ratio(light, scatter)
     if not np.isfinite(ratio):
         return ""
@@ -382,12 +384,15 @@ def _error_check(light: pd.DataFrame, *, name: str) -> str:
 MAX_FRAMES_LOST = 0.01
 
 
-def _lowest_scatter(curves: Mapping[str, tuple]) -> str:
+def _lowest_scatter(curves: Mapping[str, tuple], *,
+                    scatter: Mapping[str, float] | None = None) -> str:
     """The label whose light curve scatters least among those usable in all but
     max(1, :data:`MAX_FRAMES_LOST` ×) of the frames the best-covered one is and whose
     errors describe their scatter (:data:`ERROR_RATIO_RANGE`; when none does, among all
-    of them), the first on ties and failures."""
-    scatter = {label: _p2p(c[0]) for label, c in curves.items()}
+    of them), the first on ties and failures.  ``scatter``: each curve's :func:`_p2p`,
+    when the caller has it."""
+    if scatter is None:
+        scatter = {label: _p2p(c[0]) for label, c in curves.items()}
     usable = {label: int(c[0]["usable"].to_numpy(bool).sum()) for label, c in curves.items()}
     most = max(usable.values())
     eligible = [k for k in curves if usable[k] >= most - max(1.0, MAX_FRAMES_LOST * most)]
