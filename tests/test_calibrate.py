@@ -226,7 +226,7 @@ def test_an_adc_full_scale_below_the_profiles_saturation_is_saturation(tmp_path,
     flagged SATURATED from it, the log says so once, naming the profile key."""
     import logging
 
-    from ccdflow import ccd as ccd_module
+    from ccdflow.ccd import raw as ccd_module
 
     sky = rng.normal(300.0, 18.0, (80, 80))
     stars = render_gaussian_stars(shape=(80, 80), x=np.array([20.3, 55.7]),
