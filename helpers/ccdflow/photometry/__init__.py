@@ -31,7 +31,10 @@ module          what it holds
                 (:func:`frame_photometry`)
 ``frameio``     a frame's products read for photometry (:func:`load_frame`), the CSV
                 read back and its unit comments
-``lightcurves`` per-source and differential light curves (:func:`build_lightcurves`)
+``ensemble``    differential photometry: comparison choice, weighted ensemble
+                (:func:`differential_photometry`)
+``lightcurves`` per-source and differential light curves of a series, the aperture
+                chosen, the files (:func:`build_lightcurves`)
 ==============  =================================================================
 
 Everything public is importable from ``ccdflow.photometry`` itself.
@@ -60,8 +63,9 @@ from .detect import (
     refine_centres,
     write_sources,
 )
+from .ensemble import differential_photometry
 from .frameio import LONG_UNITS, FrameData, load_frame, read_photometry, unit_comments
-from .lightcurves import build_lightcurves, differential_photometry, good_mask, write_lightcurves
+from .lightcurves import build_lightcurves, good_mask, write_lightcurves
 from .measure import (
     OPTIMAL,
     PHOTOMETRY_COLUMNS,
