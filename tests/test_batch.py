@@ -20,7 +20,7 @@ from .conftest import write_masters
 
 
 def test_frames_per_job_auto_and_explicit():
-    assert frames_per_job(n_frames=12) == 4  # short night: at least 4 per job
+    assert frames_per_job(n_frames=12) == 6  # short night: at least 4 per job; 2 jobs, not 3
     assert frames_per_job(n_frames=160) == 10  # 16 jobs
     assert frames_per_job(n_frames=10_000) == 100  # capped
     # frames of known size: at least MIN_JOB_SECONDS of science per job, spread evenly
@@ -28,8 +28,15 @@ def test_frames_per_job_auto_and_explicit():
     assert frames_per_job(n_frames=8, megapixels=1.08) == 8  # one job, not two of 4
     assert frames_per_job(n_frames=24, megapixels=1.08) == 12  # two even jobs, not 15 + 9
     assert frames_per_job(n_frames=10, megapixels=16.8) == 1
-    assert frames_per_job(n_frames=142, megapixels=0.325) == 48  # 3 jobs of 47-48
+    assert frames_per_job(n_frames=142, megapixels=0.325) == 71  # 2 jobs, not 3 of 47-48
     assert frames_per_job(n_frames=2000, megapixels=0.07) == 100
+    # an odd count of jobs leaves a core idle through the last round on two cores: one
+    # fewer, or one more when fewer would exceed max_frames (2 100 frames: 22 jobs, not 21)
+    assert frames_per_job(n_frames=2100) == 96
+    for megapixels in (0.07, 0.325, 1.08, 4.2, 16.8):
+        for n in range(2, 2001):
+            jobs = -(-n // frames_per_job(n_frames=n, megapixels=megapixels))
+            assert jobs == 1 or jobs % 2 == 0, (n, megapixels, jobs)
     assert frames_per_job(n_frames=10, setting=1) == 1
     for bad in (0, -2, 2.5, "many", True):
         with pytest.raises(BatchError, match="frames_per_job must be a positive integer"):

@@ -69,8 +69,12 @@ def frames_per_job(*, n_frames: int, setting: int | str = "auto", target_jobs: i
     then spread evenly over the jobs that makes.  A short night of small frames
     thus runs in a few jobs instead of paying a job start per handful of frames,
     a long one still spreads over ``target_jobs`` cores and pays the start once
-    per up to ``max_frames`` frames.  The result depends on the data only (never
-    on ``--cores``), so reruns on another machine find the same jobs.
+    per up to ``max_frames`` frames.  An odd number of jobs above one becomes an
+    even number, below it (above, when that would exceed ``max_frames``): three jobs
+    on two cores run in two rounds, the second on one core, and a 140-frame night of
+    0.3 Mpx frames took 53-56 s in three jobs, 44-47 s in two.  The result depends on
+    the data only (never on ``--cores``), so reruns on another machine find the same
+    jobs.
     """
     if n_frames < 0:
         raise BatchError(f"n_frames must be >= 0, got {n_frames}")
@@ -81,10 +85,26 @@ def frames_per_job(*, n_frames: int, setting: int | str = "auto", target_jobs: i
             least = 4
         size = int(min(max_frames, max(1, least, math.ceil(n_frames / target_jobs))))
         jobs = max(1, math.ceil(n_frames / size))
-        return max(1, math.ceil(n_frames / jobs))
+        return _even_jobs(n_frames, jobs, max_frames)
     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
         raise BatchError(f"frames_per_job must be a positive integer or 'auto', got {setting!r}")
     return setting
+
+
+def _even_jobs(n_frames: int, jobs: int, max_frames: int) -> int:
+    """Frames per job spreading ``n_frames`` evenly over ``jobs`` jobs, or, when that
+    count is odd and above one, over the nearest even count below it that frames per
+    job can give exactly (larger jobs, fewer starts), else the nearest above it (when
+    fewer would exceed ``max_frames``)."""
+    def size_for(n_jobs: int) -> int:
+        return max(1, math.ceil(n_frames / n_jobs))
+
+    if jobs > 1 and jobs % 2:
+        for count in (*range(jobs - 1, 1, -2), *range(jobs + 1, n_frames + 1, 2)):
+            size = size_for(count)
+            if size <= max_frames and math.ceil(n_frames / size) == count:
+                return size
+    return size_for(jobs)
 
 
 #: peak RSS of a batch job ≈ base + slope × the largest frame's megapixels, measured on
