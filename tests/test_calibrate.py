@@ -264,6 +264,36 @@ def test_an_adc_full_scale_below_the_profiles_saturation_is_saturation(tmp_path,
     assert not read_raw_frame(tmp_path / "one.fits", detector=det).saturated.any()
 
 
+def test_a_noise_tail_ending_at_a_full_scale_value_is_no_adc_ceiling(tmp_path, rng, caplog):
+    """A bias of 1 000 ± 5 ADU (a common pedestal) whose highest pixels read exactly
+    1 023 = 2¹⁰ − 1, none above (a demo bias did): its tail thins out towards 1 023 (more
+    pixels at 1 022), where a clip would pile up.  No pixel is SATURATED, nothing said;
+    the same frame with its tail clipped at 1 023 is a 10-bit ceiling."""
+    import logging
+
+    from ccdflow.ccd import raw as raw_module
+
+    values = np.round(rng.normal(1000.0, 5.0, (1024, 1024)))
+    values[values > 1023] = 1000.0
+    values[:2, :4] = 1023.0  # four pixels at the top ...
+    values[2:4, :5] = 1022.0  # ... and more just below it, as the tail gives (~5 and ~2)
+    assert values.max() == 1023 and (values == 1023).sum() < (values == 1022).sum()
+    det = {"gain_e_per_adu": 1.0, "read_noise_e": 5.0}
+    fits.PrimaryHDU(values.astype(np.uint16), header=fits.Header({"EXPTIME": 0.0})).writeto(
+        tmp_path / "bias.fits")
+    raw_module._CEILING_WARNED.clear()
+    with caplog.at_level(logging.WARNING):
+        frame = read_raw_frame(tmp_path / "bias.fits", detector=det)
+    assert not frame.saturated.any() and not caplog.records
+    assert frame.saturation_e == pytest.approx(65535.0)
+    clipped = np.minimum(np.round(rng.normal(1000.0, 5.0, (256, 256))) + 20, 1023)
+    fits.PrimaryHDU(clipped.astype(np.uint16), header=fits.Header({"EXPTIME": 0.0})).writeto(
+        tmp_path / "clipped.fits")
+    frame = read_raw_frame(tmp_path / "clipped.fits", detector=det)
+    np.testing.assert_array_equal(frame.saturated, clipped == 1023)
+    assert frame.saturation_e == pytest.approx(1023.0)
+
+
 def test_multi_amplifier_mosaic_by_detsec(tmp_path):
     """Two 4x4 amplifiers, the right one read out mirrored; overscan 100 ADU, gain 2."""
     left = np.zeros((4, 6)) + 100

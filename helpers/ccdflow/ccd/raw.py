@@ -188,8 +188,11 @@ def _adc_ceiling(pixels: np.ndarray, *, min_pixels: int = 3) -> tuple[int | None
     value is a multiple of (16 for a 12-bit ADC stored in the top bits of 16).
 
     The full scale is ``2^k − step`` (4095, 16383, 65520, ...), held by at least
-    ``min_pixels`` pixels with none above: clipped, whatever the profile's saturation
-    says.  ``(None, step)`` when the frame does not reach one (or is not integer)."""
+    ``min_pixels`` pixels with none above, and by more pixels than the value one step
+    below: a clip piles up everything above it there, while a noise tail thins out
+    towards its maximum (a bias of 1000 ± 5 ADU whose four highest pixels read 1023 is
+    not a 10-bit ADC).  ``(None, step)`` when the frame does not reach one (or is not
+    integer)."""
     if not np.issubdtype(pixels.dtype, np.integer) or pixels.size == 0:
         return None, 1
     top = int(pixels.max())
@@ -198,7 +201,10 @@ def _adc_ceiling(pixels: np.ndarray, *, min_pixels: int = 3) -> tuple[int | None
     bits = int(np.bitwise_or.reduce(pixels, axis=None))
     step = bits & -bits
     full = next(((1 << k) - step for k in range(8, 17) if (1 << k) - step == top), None)
-    if full is None or int(np.count_nonzero(pixels == top)) < min_pixels:
+    if full is None:
+        return None, step
+    at_top = int(np.count_nonzero(pixels == top))
+    if at_top < min_pixels or at_top <= int(np.count_nonzero(pixels == top - step)):
         return None, step
     return full, step
 
