@@ -40,7 +40,7 @@ rule master_bias:
         software=SOFTWARE,
     log:
         LOGS / "masters" / "{night}" / "{group}" / "bias.log",
-    threads: master_threads
+    threads: master_threads("bias")
     resources:
         mem_mb=CAL["memory_limit_mb"] + 1500,
         runtime=60,
@@ -65,7 +65,7 @@ rule master_dark:
         software=SOFTWARE,
     log:
         LOGS / "masters" / "{night}" / "{group}" / "dark.log",
-    threads: master_threads
+    threads: master_threads("dark")
     resources:
         mem_mb=CAL["memory_limit_mb"] + 1500,
         runtime=60,
@@ -90,7 +90,7 @@ rule master_flat:
         software=SOFTWARE,
     log:
         LOGS / "masters" / "{night}" / "{group}" / "flat_{filt}.log",
-    threads: master_threads
+    threads: master_threads("flat")
     resources:
         mem_mb=CAL["memory_limit_mb"] + 1500,
         runtime=60,

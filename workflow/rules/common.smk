@@ -168,12 +168,29 @@ def get_master_raw(kind):
     return inner
 
 
-def master_threads(wildcards, input):
-    """Threads of a master's combination: 2 for large sets (the row blocks are combined
-    in parallel), 1 for small ones, so a short night's masters run side by side. Sized
-    from the raw frames (they exist; a master input may not yet, in a dry run)."""
-    size_mb = sum(os.path.getsize(f) for f in input.raw if os.path.exists(f)) / 1e6
-    return 2 if size_mb > 400 else 1
+def master_threads(kind):
+    """Threads of a master's combination (the row blocks are read, corrected and
+    combined in parallel), for a core that would otherwise idle: the dark runs alone
+    (after the bias, before the flats) and gets two; a flat gets two when it is its night
+    and group's only one, one when flats of several filters run side by side (two
+    threads combine a 1k² flat only 1.3x faster); the bias gets one, beside the detector
+    report and the calibration plan that start with it.  Measured on the demo's 1k²
+    masters: dark 0.74 -> 0.43 s, V flat 1.66 -> 1.31 s.  Snakemake gives no job more
+    threads than --cores.  Any master of over 400 MB of raw frames gets two (sized from
+    the raw frames: they exist; a master input may not yet, in a dry run)."""
+
+    def inner(wildcards, input):
+        size_mb = sum(os.path.getsize(f) for f in input.raw if os.path.exists(f)) / 1e6
+        if kind == "dark" or size_mb > 400:
+            return 2
+        if kind in ("flat", "specflat"):
+            t = state()[1].table
+            flats = t[(t["kind"] == kind) & (t["night"] == wildcards.night)
+                      & (t["group"] == wildcards.group)]
+            return 2 if len(flats) == 1 else 1
+        return 1
+
+    return inner
 
 
 def get_dark_inputs(wildcards):

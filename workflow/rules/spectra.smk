@@ -18,7 +18,7 @@ rule spectra_flat:
         software=SOFTWARE,
     log:
         LOGS / "masters" / "{night}" / "{group}" / "specflat_{filt}.log",
-    threads: master_threads
+    threads: master_threads("specflat")
     resources:
         mem_mb=CAL["memory_limit_mb"] + 1500,
         runtime=60,
