@@ -175,7 +175,7 @@ def master_threads(kind):
     and group's only one, one when flats of several filters run side by side (two
     threads combine a 1k² flat only 1.3x faster); the bias gets one, beside the detector
     report and the calibration plan that start with it.  Measured on the demo's 1k²
-    masters: dark 0.74 -> 0.43 s, V flat 1.66 -> 1.31 s.  Snakemake gives no job more
+    masters: dark 0.74 -> 0.43 s, V flat 1.66 -> 1.37 s.  Snakemake gives no job more
     threads than --cores.  Any master of over 400 MB of raw frames gets two (sized from
     the raw frames: they exist; a master input may not yet, in a dry run)."""
 

@@ -50,7 +50,6 @@ def merged_header(primary: fits.Header, first: fits.Header) -> fits.Header:
     return merged
 
 
-
 def _pixels(path: Path, hdu) -> np.ndarray:
     """The pixels of one HDU as a 2-D array (a cube of one plane loses its extra axes);
     a file cut short names itself (astropy's error does not)."""

@@ -31,7 +31,6 @@ def clipped_stats(values: np.ndarray, *, axis: int | None = None, sigma: float =
                 np.nanstd(data, axis=axis))
 
 
-
 def fit_overscan(strip: np.ndarray, *, function: str = "median", order: int = 1,
                  niterate: int = 3, reject_sigma: float = 3.0) -> np.ndarray:
     """Overscan level per row of ``strip`` (rows × overscan columns), in its units.

@@ -111,7 +111,6 @@ def read_raw_frame(path: str | Path, *, detector: Mapping, exptime_keywords: Seq
     return frame
 
 
-
 def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool) -> dict:
     header = hdu.header
     where = f"{path}[{hdu.name or 0}]" if multi else str(path)
@@ -226,7 +225,6 @@ def _warn_ceiling(where: str, ceiling: int, step: int, sat_adu: float) -> None:
                 ceiling, ceiling,
                 f", and a gain in e- per stored ADU (the camera's e-/count / {step})"
                 if step > 1 else "")
-
 
 
 def _mosaic(pieces: list[dict], *, where: str):

@@ -37,7 +37,6 @@ def parse_section(text: str) -> tuple[slice, slice, bool, bool]:
             x1 > x2, y1 > y2)
 
 
-
 def detector_constant(spec: Any, headers: Sequence[Mapping], *, name: str, where: str) -> float:
     """A number from the profile: a constant, or ``{keyword, default}`` read from ``headers``.
 
@@ -60,7 +59,6 @@ def detector_constant(spec: Any, headers: Sequence[Mapping], *, name: str, where
         raise CalibrationError(f"{where}: no {spec['keyword']} keyword for {name} and no "
                                "default in the instrument profile")
     raise CalibrationError(f"{where}: profile gives no {name}")
-
 
 
 def _section_from(kind: str, cfg: Mapping, header: Mapping, shape: tuple[int, int], *,
