@@ -485,24 +485,8 @@ def build_inventory(*, raw_dir: str | Path, profile: Mapping,
     for _, row in table[table["type"].isin(["unknown", "rejected"])].iterrows():
         log.warning("%s: %s (%s)", row["file"], row["type"], row["reason"])
     colour = table["reason"].str.contains(_COLOUR_MOSAIC, regex=False)
-    channel = bayer_channel(profile.get("detector", {}))
-    if colour.any() and channel:
-        log.info("%d frame(s) are one-shot colour (Bayer) mosaics, e.g. %s: ccdflow keeps "
-                 "their %s plane as 2x2 superpixels (detector.bayer.mode; half the "
-                 "resolution, pixel positions in the config stay full-frame)",
-                 int(colour.sum()), table.loc[colour, "file"].iloc[0], channel)
-    elif colour.any():
-        superpixel = superpixel_mosaics(profile.get("detector", {}))
-        log.warning("%d frame(s) are one-shot colour (Bayer) mosaics, e.g. %s: ccdflow "
-                    "%s, so every star's light mixes the mosaic's colours (a broad, white "
-                    "band); for single-band photometry set detector.bayer.mode green (or "
-                    "red, blue)",
-                    int(colour.sum()), table.loc[colour, "file"].iloc[0],
-                    "sums each 2x2 R+G+G+B block into one pixel (half the resolution; "
-                    "pixel positions in the config stay full-frame)" if superpixel else
-                    "calibrates and measures them as monochrome images (detector.bayer.mode "
-                    "mosaic)")
     if colour.any():
+        _log_mosaics(table, colour, profile.get("detector", {}))
         _warn_mixed_mosaics(table, colour, profile)
     return table
 
@@ -515,6 +499,24 @@ def _mosaic_reduction(detector: Mapping) -> str:
     if superpixel_mosaics(detector):
         return "as 2x2 superpixels (R+G+G+B), half the resolution"
     return "as a monochrome image, every star's colours mixed"
+
+
+def _log_mosaics(table: pd.DataFrame, colour: pd.Series, detector: Mapping) -> None:
+    """Say once how the night's colour-mosaic frames are reduced (:func:`_mosaic_reduction`):
+    as information for one colour plane, as a warning when every star's light mixes the
+    mosaic's colours, with the setting that keeps one plane."""
+    mode = detector.get("bayer", {}).get("mode", "superpixel")
+    said = (f"{int(colour.sum())} frame(s) are one-shot colour (Bayer) mosaics, e.g. "
+            f"{table.loc[colour, 'file'].iloc[0]}: reduced {_mosaic_reduction(detector)} "
+            f"(detector.bayer.mode {mode}"
+            + ("; pixel positions in the config stay full-frame)"
+               if superpixel_mosaics(detector) else ")"))
+    if bayer_channel(detector):
+        log.info("%s", said)
+    else:
+        log.warning("%s: every star's light mixes the mosaic's colours (a broad, white "
+                    "band); for single-band photometry set detector.bayer.mode green (or "
+                    "red, blue)", said)
 
 
 def _warn_mixed_mosaics(table: pd.DataFrame, colour: pd.Series, profile: Mapping) -> None:
