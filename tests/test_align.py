@@ -137,3 +137,48 @@ def test_another_field_or_no_stars_is_not_aligned(rng):
         align_frame(reference=field, sources=field.head(2))
     with pytest.raises(SourceError, match="tolerance_px must be > 0"):
         align_frame(reference=field, sources=field, tolerance_px=0)
+
+
+def test_chance_pairs_of_a_crowded_flipped_field_lose_to_the_flip(rng):
+    """A crowded small frame (60 stars on 400×300 px, tolerance 3 px: FWHM 3) seen after
+    a meridian flip.  The shift vote searches every shift and finds ~6-8 chance pairs
+    (~1 is expected at any one shift, the best of ~350 is several), onto which the
+    affine fit bends: taken as aligned, that put a target on sky before and after a
+    flip on a simulated night.  Chance pairs spread over the tolerance's disc, the
+    flip's stars sit within centroid errors: the flip must win on every field (the old
+    acceptance took the chance shift on 8 of 40 such fields, so 20 pass by chance
+    with probability ~1 %)."""
+    width, height = 400, 300
+    centre = np.array([(width - 1) / 2, (height - 1) / 2])
+    for _ in range(20):
+        field = pd.DataFrame({"x": rng.uniform(0, width, 60), "y": rng.uniform(0, height, 60),
+                              "flux": 10 ** rng.uniform(3, 6, 60)})
+        xy = centre - (field[["x", "y"]].to_numpy() - centre) + [20.0, -10.0]
+        xy += rng.normal(0, 0.1, xy.shape)
+        seen = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "flux": field["flux"].to_numpy()})
+        seen = seen[seen["x"].between(0, width) & seen["y"].between(0, height)]
+        fake = pd.DataFrame({"x": rng.uniform(0, width, 18), "y": rng.uniform(0, height, 18),
+                             "flux": 10 ** rng.uniform(3, 6, 18)})
+        found = align_frame(reference=field, sources=pd.concat([seen, fake]), tolerance_px=3.0)
+        assert abs(abs(found.rotation_deg) - 180.0) < 0.1, found.describe(tuple(centre))
+        assert found.n_matched >= 0.8 * len(seen) and found.residual_px < 0.3, found
+
+
+def test_a_shift_matching_few_of_the_stars_does_not_stop_the_search(rng):
+    """Half the stars lost to clouds is still a strong match (tracked, no asterism
+    needed); a guess whose few matches are not most of the stars the lists share gives
+    way to the method matching the most."""
+    field = _field(rng)
+    matrix = _transform(dx=30.0, dy=-20.0)
+    cloudy = _observe(rng, field, matrix, lost=0.45)
+    found = align_frame(reference=field, sources=cloudy, guess=matrix, tolerance_px=1.5)
+    assert found.method == "tracked" and _max_error(found, matrix) <= 0.1
+    flipped = _transform(rotation_deg=180.0, dx=4.0)
+    frame = _observe(rng, field, flipped)
+    # a guess that puts 25 stars on detections (more than the 20 needed), of the ~110 it
+    # puts on the frame: decoys where it predicts them (spurious sources, another star)
+    wrong = _transform(dx=300.0, dy=200.0)
+    moved = field[["x", "y"]].to_numpy()[:25] @ wrong[:2, :2].T + wrong[:2, 2]
+    decoys = pd.DataFrame({"x": moved[:, 0], "y": moved[:, 1], "flux": 1e3})
+    found = align_frame(reference=field, sources=pd.concat([frame, decoys]), guess=wrong)
+    assert found.method == "asterism" and _max_error(found, flipped) <= 0.1, found

@@ -13,8 +13,12 @@ affine fit to every star it matches:
    rotation (a meridian flip is 180°) and small scale change, robust to lost
    stars (clouds) and to spurious detections (~0.15-0.6 s for 50 control points).
 
-A frame is aligned only when enough reference stars are matched (see
-:func:`align_frame`); otherwise :class:`~ccdflow.photometry.SourceError` says why.
+A frame is aligned only when enough reference stars are matched, most of them
+within half the tolerance (chance pairs of a crowded field are not), see
+:func:`align_frame`; otherwise :class:`~ccdflow.photometry.SourceError` says why.
+A method that matches fewer than half the stars it could does not stop the search:
+the method matching the most stars wins (a shift vote's chance pairs across a
+meridian flip lose to the asterism's rotation).
 """
 
 from __future__ import annotations
@@ -106,6 +110,38 @@ def _refine(matrix: np.ndarray, ref: np.ndarray, cur: np.ndarray, *, tolerance: 
     return matrix, n, rms
 
 
+#: of the stars a transform matches within the tolerance, the fraction that must sit
+#: within half of it: a true transform puts its stars within centroid errors of their
+#: detections, chance pairs spread evenly over the tolerance's disc (a quarter of them
+#: within half its radius)
+TIGHT_FRACTION = 0.5
+
+
+#: a transform that matches this fraction of the stars both lists can share is taken at
+#: once; below it (chance pairs of a crowded field, a frame thinned by clouds) the next
+#: method is tried too and the transform matching the most stars wins
+STRONG_FRACTION = 0.5
+
+
+def _shared(matrix: np.ndarray, ref: np.ndarray, cur: np.ndarray) -> int:
+    """How many stars the two lists can share under ``matrix``: the reference stars it
+    puts inside the frame's detections' bounding box, at most the frame's count."""
+    moved = ref @ matrix[:2, :2].T + matrix[:2, 2]
+    lo, hi = cur.min(axis=0), cur.max(axis=0)
+    inside = ((moved >= lo) & (moved <= hi)).all(axis=1)
+    return int(min(inside.sum(), len(cur)))
+
+
+def _tight_matches(matrix: np.ndarray, ref: np.ndarray, cur: np.ndarray, *,
+                   radius: float) -> int:
+    """Reference stars that ``matrix`` puts within ``radius`` px of a detection."""
+    from scipy.spatial import cKDTree
+
+    moved = ref @ matrix[:2, :2].T + matrix[:2, 2]
+    dist, _ = cKDTree(cur).query(moved, distance_upper_bound=radius)
+    return int(np.isfinite(dist).sum())
+
+
 def _asterism(ref: np.ndarray, cur: np.ndarray, max_control_points: int) -> np.ndarray:
     """Similarity transform from triangle asterisms (astroalign's RANSAC)."""
     import astroalign
@@ -139,7 +175,16 @@ def align_frame(*, reference: pd.DataFrame, sources: pd.DataFrame,
         A transform is accepted when it matches at least
         ``min(min_matched, len(reference))`` stars, but no fewer than 3, and at
         least ``min_matched_fraction`` of the reference's sources, so a frame of
-        another field (a few chance pairs) is not taken for aligned.
+        another field (a few chance pairs) is not taken for aligned; as many of
+        them, and :data:`TIGHT_FRACTION` of all it matched, must lie within half
+        the tolerance.  In a crowded field the shift vote, which searches every
+        shift, can find as many chance pairs, and a 6-parameter fit bends onto
+        them: they spread over the tolerance's disc, a true match's stars sit
+        within centroid errors.  A transform matching fewer than
+        :data:`STRONG_FRACTION` of the stars the two lists can share (the
+        reference's stars it puts on the frame, at most the frame's count) does
+        not stop the search: the next method is tried, and the transform matching
+        the most stars is taken.
 
     Returns
     -------
@@ -167,29 +212,44 @@ def align_frame(*, reference: pd.DataFrame, sources: pd.DataFrame,
 
     def attempt(method, start):
         matrix, n, rms = _refine(start, ref, cur, tolerance=tolerance_px)
-        if n >= needed:
-            return Alignment(matrix=matrix, n_matched=n, residual_px=rms, method=method)
-        tried.append(f"{method}: {n} stars matched of {needed} needed")
-        return None
+        if n < needed:
+            tried.append(f"{method}: {n} stars matched of {needed} needed")
+            return None
+        tight = _tight_matches(matrix, ref, cur, radius=tolerance_px / 2)
+        if tight < max(needed, TIGHT_FRACTION * n):
+            tried.append(f"{method}: {n} stars matched, but only {tight} within "
+                         f"{tolerance_px / 2:.2f} px (chance pairs, not the field)")
+            return None
+        return Alignment(matrix=matrix, n_matched=n, residual_px=rms, method=method)
 
-    if guess is not None:
-        found = attempt("tracked", np.asarray(guess, float))
-        if found is not None:
-            return found
-    try:  # the vote costs milliseconds; the asterism ~0.2 s: the vote goes first
+    def vote():  # milliseconds: tried before the asterism (~0.2 s)
         dx, dy, _ = frame_offset(reference=ref_sorted, sources=cur_sorted,
                                  max_shift=max_shift_px, tolerance=tolerance_px)
-        found = attempt("translation", _translation(dx, dy))
-        if found is not None:
+        return _translation(dx, dy)
+
+    steps = [("translation", vote), ("asterism",
+                                      lambda: _asterism(ref, cur, max_control_points))]
+    if guess is not None:
+        steps.insert(0, ("tracked", lambda: np.asarray(guess, float)))
+    weak = []
+    for method, start in steps:
+        try:
+            found = attempt(method, start())
+        except SourceError as exc:
+            tried.append(f"{method}: {exc}")
+            continue
+        except Exception as exc:  # astroalign: MaxIterError, ValueError for degenerate lists
+            if method != "asterism":
+                raise
+            tried.append(f"{method}: {type(exc).__name__}: {exc}")
+            continue
+        if found is None:
+            continue
+        if found.n_matched >= STRONG_FRACTION * _shared(found.matrix, ref, cur):
             return found
-    except SourceError as exc:
-        tried.append(f"translation: {exc}")
-    try:
-        found = attempt("asterism", _asterism(ref, cur, max_control_points))
-        if found is not None:
-            return found
-    except Exception as exc:  # astroalign: MaxIterError, ValueError for degenerate lists
-        tried.append(f"asterism: {type(exc).__name__}: {exc}")
+        weak.append(found)
+    if weak:  # none matched most of the stars it could: the one matching the most
+        return max(weak, key=lambda a: a.n_matched)
     raise SourceError("cannot align: " + "; ".join(tried))
 
 
