@@ -12,8 +12,10 @@ photutils' ``aperture_photometry(method='exact')``)::
 *Repair, don't discard.*  Pixels the calibration corrected (HOT where a dark was
 subtracted or the series' own hot-pixel dark rates, LOW_FLAT above the floor)
 are measured with their larger ERR.
-Pixels with no usable value (COSMIC, BAD, NONFINITE, NO_DATA, BADCAL, and HOT
-when no dark was subtracted) are filled with the sky map plus the PSF model of
+Pixels with no usable value (COSMIC, BAD, NONFINITE, NO_DATA, BADCAL, HOT
+when no dark was subtracted, and pixels standing more than 8σ above the PSF model of
+every source: cosmic rays the mask missed on the stars, see
+:mod:`ccdflow.photometry.outliers`) are filled with the sky map plus the PSF model of
 every source near them, each source's flux F̂ fitted to its unmasked pixels;
 the filled pixels' own noise (``V_model`` = sky variance + source photons) and
 the model's error enter ``flux_err``.  The row carries REPAIRED and
@@ -70,12 +72,12 @@ from .model import (
     cut_stamps,
     find_hidden_neighbours,
     fit_source_fluxes,
-    model_sources,
     neighbour_variance,
     overlap_fraction,
 )
 from .noise import RandomVariance
 from .optimal import optimal_photometry
+from .outliers import model_without_outliers
 from .sky import SKY_VARIANCE_FACTOR, _local_sky, _Sky, annulus_statistics
 
 __all__ = ["BAD_FLAGS", "COMPARISON_BAD_FLAGS", "CORRECTED_BITS", "FILL_BITS",
@@ -200,9 +202,9 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
     sample = rand_var.at(np.s_[::7, ::7])[~bad_any[::7, ::7]]
     typical_noise = (float(np.nanmedian(sky.rms)) if np.isfinite(sky.rms).any()
                      else float(np.sqrt(np.median(sample))) if sample.size else 1.0)
-    model, image, n_hidden = None, None, 0
-    if psf is not None:
-        model, image, n_hidden = model_sources(
+    model, image, n_hidden, n_outliers = None, None, 0, 0
+    if psf is not None:  # cosmic rays the mask missed on stars are filled like it
+        model, image, n_hidden, outliers = model_without_outliers(
             data=data, usable=~bad_any, saturated=saturated, psf=psf,
             x=np.where(inside, x, np.nan), y=np.where(inside, y, np.nan),
             sky=np.nan_to_num(sky.at_sources(x, y, inside)),
@@ -210,6 +212,8 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
                                   nan=1.0),
             sky_map=background_map,
             typical_noise=typical_noise, radius=max(radii), recentre=subtract_neighbours)
+        fill[outliers] = bad_any[outliers] = True
+        n_outliers = len(outliers[0])
         if subtract_neighbours:  # apertures on the recentred stars of blends
             moved = inside & np.isfinite(model.x) & np.isfinite(model.y)
             x = np.where(moved, model.x, x)
@@ -242,6 +246,7 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
             subtract_neighbours=subtract_neighbours, row_noise_e=row_noise_e))
     table = pd.concat(rows, ignore_index=True)
     table.attrs["hidden_neighbours"] = n_hidden
+    table.attrs["model_outliers"] = n_outliers
     if model is not None:
         table.attrs["psf_model_error"] = model.rel_error
     if optimal:

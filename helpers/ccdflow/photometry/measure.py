@@ -13,6 +13,7 @@ import pandas as pd
 from .align import Alignment, _guard_centroids, align_frame
 from .apertures import PhotFlag, PhotometryError, measure_apertures
 from .detect import SourceError, refine_centres
+from .outliers import MODEL_OUTLIER_NSIGMA
 from .targets import _wcs, sky_coord
 
 log = logging.getLogger(__name__)
@@ -438,6 +439,10 @@ def _note_model(attrs: Mapping, *, use_optimal: bool, notes: list[str]) -> None:
     if hidden:
         notes.append(f"{hidden} star(s) missing from the source list found in the residual of "
                      "its PSF model: their light counts as neighbour light")
+    outliers = attrs.get("model_outliers", 0)
+    if outliers:
+        notes.append(f"{outliers} pixel(s) on stars more than {MODEL_OUTLIER_NSIGMA:g}σ above "
+                     "the PSF model (cosmic rays the mask missed): filled from the model")
     if attrs.get("psf_model_error"):
         notes.append(f"PSF model error {100 * attrs['psf_model_error']:.1f} % of the modelled "
                      "light per pixel (in the variance of filled pixels)")

@@ -75,7 +75,8 @@ def render_psf(psf, x, y, px, py, subsample):
 def fit_source_fluxes(*, data: np.ndarray, usable: np.ndarray, sky: np.ndarray,
                       sky_rms: np.ndarray, x: np.ndarray, y: np.ndarray, psf,
                       radius: float, iterations: int = 6, recentre_above: float = 0.01,
-                      max_shift: float = 1.0, canvas: np.ndarray | None = None) -> SourceModel:
+                      max_shift: float = 1.0, canvas: np.ndarray | None = None,
+                      free_centres: np.ndarray | None = None) -> SourceModel:
     """PSF amplitude of every source from its usable pixels within ``radius`` (weighted
     linear least squares, the variance from the model: sky + source photons).
 
@@ -90,6 +91,8 @@ def fit_source_fluxes(*, data: np.ndarray, usable: np.ndarray, sky: np.ndarray,
     result are the fitted centres.  ``canvas`` (float64, the data's shape) is the
     scratch image each pass renders the model on (:func:`model_image`'s ``out``; its
     content is overwritten); default: one allocated here for all passes.
+    ``free_centres`` (bool per source) have their centres fitted whatever their
+    neighbours (a pixel standing out of a star's model may be its centre's error).
     """
     half = math.ceil(radius) + 3  # the model reaches 2 px beyond the apertures' boxes
     sub_n = 5 if psf.fwhm < 2.5 else 3
@@ -154,6 +157,8 @@ def fit_source_fluxes(*, data: np.ndarray, usable: np.ndarray, sky: np.ndarray,
                     axis=(1, 2))
                 foreign = np.where(use, np.clip(others, 0, None), 0.0).sum(axis=(1, 2))
                 movable = ok & (flux > 0) & (foreign > recentre_above * own)
+            if k == 0 and free_centres is not None:
+                movable = movable | (ok & (flux > 0) & free_centres)
     # 1/denom only where it is defined (a bad source's denom is 0: no warning in the log)
     model.flux_var = np.divide(1.0, denom, out=np.zeros(np.shape(denom)), where=~bad)
     # boxes centred on the pixel of each final centre (a recentred star may have moved)
@@ -197,7 +202,8 @@ def _recentre_step(*, psf, x, y, px, py, sub_n, flux, unit, resid, weight, use,
 def model_sources(*, data: np.ndarray, usable: np.ndarray, saturated: np.ndarray, psf,
                   x: np.ndarray, y: np.ndarray, sky: np.ndarray, sky_rms: np.ndarray,
                   sky_map: np.ndarray | None, typical_noise: float, radius: float,
-                  recentre: bool) -> tuple[SourceModel, np.ndarray, int]:
+                  recentre: bool, free_centres: np.ndarray | None = None,
+                  ) -> tuple[SourceModel, np.ndarray, int]:
     """The frame's source model: the listed sources fitted jointly
     (:func:`fit_source_fluxes`), then the stars the list lacks that the model's
     residual reveals (:func:`find_hidden_neighbours`) fitted with them.
@@ -219,6 +225,8 @@ def model_sources(*, data: np.ndarray, usable: np.ndarray, saturated: np.ndarray
         Fitting radius (the largest aperture).
     recentre : bool
         Recentre sources their neighbours pull (``recentre_above`` 0.1) or not.
+    free_centres : ndarray of bool, optional
+        Listed sources whose centres are fitted in any case.
 
     Returns
     -------
@@ -234,7 +242,8 @@ def model_sources(*, data: np.ndarray, usable: np.ndarray, saturated: np.ndarray
                recentre_above=0.1 if recentre else 0.0)
     # one frame-sized float64 image serves both fits' passes and both scene images
     image = np.empty(data.shape)
-    model = fit_source_fluxes(sky=sky, sky_rms=sky_rms, x=x, y=y, canvas=image, **fit)
+    model = fit_source_fluxes(sky=sky, sky_rms=sky_rms, x=x, y=y, canvas=image,
+                              free_centres=free_centres, **fit)
     model_image(model, data.shape, out=image)
     sky_level = sky_map if sky_map is not None else float(np.nanmedian(sky))
 
@@ -266,7 +275,8 @@ def model_sources(*, data: np.ndarray, usable: np.ndarray, saturated: np.ndarray
             sky=np.concatenate([sky, hidden_sky]),
             sky_rms=np.concatenate([sky_rms, np.full(len(hidden_x), typical_noise)]),
             x=np.concatenate([x, hidden_x]), y=np.concatenate([y, hidden_y]), canvas=image,
-            **fit)
+            free_centres=None if free_centres is None else np.concatenate(
+                [free_centres, np.zeros(len(hidden_x), bool)]), **fit)
         model = SourceModel(psf=psf, x=everything.x[:n], y=everything.y[:n],
                             flux=everything.flux[:n], flux_var=everything.flux_var[:n],
                             half=everything.half, stamps=everything.stamps[:n],
