@@ -267,7 +267,10 @@ def fit_psf(*, data: np.ndarray, x: Sequence[float], y: Sequence[float], kind: s
     converged = np.zeros(len(idx), bool)
     for _ in range(max_iterations):
         if kind == "gaussian":
-            base, jac = _gaussian_and_jacobian(p, px, py, sub)
+            # a star whose fit ran away (a width near 0 or inf; left out of the PSF
+            # below) overflows here: no warnings in the log for it
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                base, jac = _gaussian_and_jacobian(p, px, py, sub)
             jac = jac.reshape(len(idx), -1, n_par)
         else:
             base = _model_stamps(p, px, py, kind, sub)
@@ -311,7 +314,8 @@ def fit_psf(*, data: np.ndarray, x: Sequence[float], y: Sequence[float], kind: s
                      beta=float(np.median(beta[use])) if beta is not None else float("nan"),
                      n_stars=int(use.sum()))
     scale = model._fwhm_scale
-    fw = scale * np.sqrt(np.sqrt(np.clip(cxx * cyy - cxy * cxy, 0, None)))
+    with np.errstate(over="ignore", invalid="ignore"):  # run-away fits: NaN rows below
+        fw = scale * np.sqrt(np.sqrt(np.clip(cxx * cyy - cxy * cxy, 0, None)))
     per_star[idx] = np.column_stack([flux, x0, y0, fw, (converged & use).astype(float)])
     per_star[idx[~use]] = np.nan
     return model, per_star
