@@ -420,7 +420,7 @@ def test_a_cosmic_ray_the_mask_missed_on_an_undersampled_star_is_no_flux(rng):
     assert false_pixels == 0
     hit = 40
     image = truth + rng.normal(0.0, error)
-    image[int(round(y[hit])), int(round(x[hit])) + 1] += 1900.0
+    image[round(y[hit]), round(x[hit]) + 1] += 1900.0
     # the star's measured centre: a windowed centroid the ray pulls by ~0.1-0.3 px
     cx, cy = x.copy(), y.copy()
     cx[hit] += 0.2
@@ -451,15 +451,15 @@ def test_a_frame_psf_from_stars_with_hot_pixels_in_their_wings(rng):
     mask = np.zeros(data.shape, np.uint16)
     for xc, yc in zip(x, y, strict=True):  # two hot pixels in every star's wings (1.5 FWHM)
         for dx, dy in ((7, 0), (-5, 5)):
-            mask[int(round(yc)) + dy, int(round(xc)) + dx] = MaskBit.HOT
-            data[int(round(yc)) + dy, int(round(xc)) + dx] = 4e4
+            mask[round(yc) + dy, round(xc) + dx] = MaskBit.HOT
+            data[round(yc) + dy, round(xc) + dx] = 4e4
     psf, note = frame_psf(data=data, background=np.full(data.shape, SKY), mask=mask, x=x, y=y,
                           snr=np.full(x.size, 300.0), fwhm=fwhm, flux=flux)
     assert psf is not None, note
     assert psf.fwhm == pytest.approx(fwhm, rel=0.03), note
     # a masked pixel in the core still keeps a star out
     for xc, yc in zip(x, y, strict=True):
-        mask[int(round(yc)), int(round(xc)) + 2] = MaskBit.HOT
+        mask[round(yc), round(xc) + 2] = MaskBit.HOT
     psf, note = frame_psf(data=data, background=np.full(data.shape, SKY), mask=mask, x=x, y=y,
                           snr=np.full(x.size, 300.0), fwhm=fwhm, flux=flux)
     assert psf is None and "0 isolated unmasked star(s)" in note
