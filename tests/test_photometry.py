@@ -431,6 +431,8 @@ def test_a_cosmic_ray_the_mask_missed_on_an_undersampled_star_is_no_flux(rng):
     pulls = (rows["flux"] - flux[hit]) / rows["flux_err"]
     bad = (rows["flags"] & int(PhotFlag.MASKED | PhotFlag.SATURATED)) != 0
     assert (bad | (np.abs(pulls) < 4)).all(), rows[["radius", "flux", "flux_err", "flags"]]
+    # ... and measured at its PSF-fitted centre, not at the centroid the ray pulled 0.2 px
+    assert np.hypot(rows["x"] - x[hit], rows["y"] - y[hit]).max() < 0.1, rows[["x", "y"]]
 
 
 def test_a_frame_psf_from_stars_with_hot_pixels_in_their_wings(rng):

@@ -15,7 +15,8 @@ are measured with their larger ERR.
 Pixels with no usable value (COSMIC, BAD, NONFINITE, NO_DATA, BADCAL, HOT
 when no dark was subtracted, and pixels standing more than 8σ above the PSF model of
 every source: cosmic rays the mask missed on the stars, see
-:mod:`ccdflow.photometry.outliers`) are filled with the sky map plus the PSF model of
+:mod:`ccdflow.photometry.outliers`; such a star is measured at its PSF-fitted centre)
+are filled with the sky map plus the PSF model of
 every source near them, each source's flux F̂ fitted to its unmasked pixels;
 the filled pixels' own noise (``V_model`` = sky variance + source photons) and
 the model's error enter ``flux_err``.  The row carries REPAIRED and
@@ -204,7 +205,7 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
                      else float(np.sqrt(np.median(sample))) if sample.size else 1.0)
     model, image, n_hidden, n_outliers = None, None, 0, 0
     if psf is not None:  # cosmic rays the mask missed on stars are filled like it
-        model, image, n_hidden, outliers = model_without_outliers(
+        model, image, n_hidden, outliers, refitted = model_without_outliers(
             data=data, usable=~bad_any, saturated=saturated, psf=psf,
             x=np.where(inside, x, np.nan), y=np.where(inside, y, np.nan),
             sky=np.nan_to_num(sky.at_sources(x, y, inside)),
@@ -214,10 +215,12 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
             typical_noise=typical_noise, radius=max(radii), recentre=subtract_neighbours)
         fill[outliers] = bad_any[outliers] = True
         n_outliers = len(outliers[0])
-        if subtract_neighbours:  # apertures on the recentred stars of blends
-            moved = inside & np.isfinite(model.x) & np.isfinite(model.y)
-            x = np.where(moved, model.x, x)
-            y = np.where(moved, model.y, y)
+        # apertures on the recentred stars of blends, and on the PSF-fitted centres of
+        # stars a pixel stood out of (a cosmic ray pulled their centroids)
+        moved = (inside & np.isfinite(model.x) & np.isfinite(model.y)
+                 & (subtract_neighbours | refitted))
+        x = np.where(moved, model.x, x)
+        y = np.where(moved, model.y, y)
     geometry = _Geometry.build(x=x, y=y, inside=inside, ids=ids, reach=max(radii),
                                fill=fill, model=model, image=image)
     # the scene image is needed no further than its stamps and its filled pixels

@@ -99,14 +99,16 @@ def _blended(model: SourceModel, pick: np.ndarray) -> np.ndarray:
 def model_without_outliers(*, data: np.ndarray, usable: np.ndarray, sky: np.ndarray,
                            sky_rms: np.ndarray, nsigma: float = MODEL_OUTLIER_NSIGMA,
                            max_passes: int = 4, **fit,
-                           ) -> tuple[SourceModel, np.ndarray, int, tuple[np.ndarray, np.ndarray]]:
+                           ) -> tuple[SourceModel, np.ndarray, int,
+                                      tuple[np.ndarray, np.ndarray], np.ndarray]:
     """:func:`~ccdflow.photometry.model.model_sources`, fitted again without the pixels
     :func:`model_outliers` finds, one per star and pass, up to ``max_passes`` passes
     (Horne 1986: a cosmic ray pulls the fit of the star it hit, so that the star's own
     peak may stand out of the biased model until the ray's pixel is out); a star is
     refitted with its centre free before its pixel is taken:
-    ``(model, image, n_hidden, (rows, columns))``; ``fit`` holds model_sources' other
-    arguments."""
+    ``(model, image, n_hidden, (rows, columns), refitted)``, ``refitted`` the sources
+    whose centres were fitted (a ray pulls a star's measured centroid too: measure them
+    at ``model.x, model.y``); ``fit`` holds model_sources' other arguments."""
     from .model import model_sources
 
     free = np.zeros(len(fit["x"]), bool)
@@ -137,4 +139,4 @@ def model_without_outliers(*, data: np.ndarray, usable: np.ndarray, sky: np.ndar
     columns = np.concatenate(found_columns) if found_columns else np.zeros(0, np.intp)
     flat = np.unique(rows.astype(np.int64) * data.shape[1] + columns)
     rows, columns = flat // data.shape[1], flat % data.shape[1]
-    return model, image, n_hidden, (rows, columns)
+    return model, image, n_hidden, (rows, columns), free
