@@ -182,3 +182,27 @@ def test_a_shift_matching_few_of_the_stars_does_not_stop_the_search(rng):
     decoys = pd.DataFrame({"x": moved[:, 0], "y": moved[:, 1], "flux": 1e3})
     found = align_frame(reference=field, sources=pd.concat([frame, decoys]), guess=wrong)
     assert found.method == "asterism" and _max_error(found, flipped) <= 0.1, found
+
+
+def test_a_sparse_frame_aligns_on_a_few_stars_beyond_chance(rng):
+    """12 stars on 1024×768 px and a frame that kept 5 of them (clouds, a short exposure):
+    fewer than the 6 matches a frame needs, yet 4 or more detections within half the
+    tolerance of their predicted places cannot be chance at this density (~1e-5 per px²:
+    μ ~ 1e-4 chance pairs per transform).  Every such frame aligns (none did before);
+    another sparse field never does."""
+    width, height = 1024, 768
+
+    def sparse(n):
+        return pd.DataFrame({"x": rng.uniform(0, width, n), "y": rng.uniform(0, height, n),
+                             "flux": 10 ** rng.uniform(3, 6, n)})
+
+    for k in range(40):
+        field = sparse(12)
+        kept = field.sample(n=5, random_state=k)
+        frame = kept.assign(x=kept["x"] + 30.0 + rng.normal(0, 0.05, 5),
+                            y=kept["y"] - 12.0 + rng.normal(0, 0.05, 5))
+        found = align_frame(reference=field, sources=frame, tolerance_px=1.5)
+        assert abs(found.matrix[0, 2] - 30.0) < 0.2 and abs(found.matrix[1, 2] + 12.0) < 0.2
+        with pytest.raises(SourceError, match="cannot align"):
+            align_frame(reference=field, sources=sparse(int(rng.integers(3, 12))),
+                        tolerance_px=1.5)

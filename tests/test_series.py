@@ -260,6 +260,10 @@ def test_reference_choice_and_targets_without_a_wcs(caplog):
     metas = {"a": {"n_sources": 40, "fwhm_px": 3.1}, "b": {"n_sources": 35, "fwhm_px": 2.7},
              "cloudy": {"n_sources": 1, "fwhm_px": float("nan")}}
     assert choose_reference(metas=metas) == "b"
+    # a frame thinned by cloud (6 stars where the others have 10) is no reference for its
+    # sharp stars: a sparse night's flip could not be matched across from it
+    thin = {f"f{i}": {"n_sources": 10, "fwhm_px": 4.5 + 0.01 * i} for i in range(20)}
+    assert choose_reference(metas={**thin, "thin": {"n_sources": 6, "fwhm_px": 4.2}}) == "f0"
     assert choose_reference(metas=metas, has_wcs={"a": True}, prefer_wcs=True) == "a"
     # no WCS anywhere: the best frame all the same (the RA/Dec targets get NO_POSITION)
     assert choose_reference(metas=metas, has_wcs={}, prefer_wcs=True) == "b"

@@ -81,7 +81,8 @@ def _refine(matrix: np.ndarray, ref: np.ndarray, cur: np.ndarray, *, tolerance: 
             iterations: int = 3) -> tuple[np.ndarray, int, float]:
     """Affine fit to the reference/frame pairs that ``matrix`` brings within
     ``tolerance`` px, repeated with the refined transform; pairs beyond 3× the
-    robust residual are left out of each fit.  Fewer than 6 pairs keep ``matrix``."""
+    robust residual are left out of each fit.  Fewer than 6 pairs refine the shift only
+    (their median offset, from 3 pairs)."""
     from scipy.spatial import cKDTree
 
     tree = cKDTree(cur)
@@ -90,9 +91,16 @@ def _refine(matrix: np.ndarray, ref: np.ndarray, cur: np.ndarray, *, tolerance: 
         moved = ref @ matrix[:2, :2].T + matrix[:2, 2]
         dist, k = tree.query(moved, distance_upper_bound=tolerance)
         hit = np.isfinite(dist)
-        if hit.sum() < 6:
+        if hit.sum() < 6:  # too few for 6 parameters: the shift alone, once
             n = int(hit.sum())
-            rms = float(np.sqrt(np.mean(dist[hit] ** 2))) if n else float("nan")
+            if n >= 3:
+                shift = np.median(cur[k[hit]] - moved[hit], axis=0)
+                matrix = matrix.copy()
+                matrix[:2, 2] += shift
+                dist = np.hypot(*(moved[hit] + shift - cur[k[hit]]).T)
+            else:
+                dist = dist[hit]
+            rms = float(np.sqrt(np.mean(dist**2))) if n else float("nan")
             return matrix, n, rms
         src, dst = ref[hit], cur[k[hit]]
         keep = np.ones(len(src), bool)
@@ -130,6 +138,32 @@ def _shared(matrix: np.ndarray, ref: np.ndarray, cur: np.ndarray) -> int:
     lo, hi = cur.min(axis=0), cur.max(axis=0)
     inside = ((moved >= lo) & (moved <= hi)).all(axis=1)
     return int(min(inside.sum(), len(cur)))
+
+
+#: in a sparse field (a few stars left by clouds or a short exposure) fewer matches than
+#: ``min_matched`` align a frame when at least this many sit within half the tolerance and
+#: chance cannot put them there (:func:`_beyond_chance`)
+SPARSE_MIN_MATCHED = 4
+
+#: how many transforms a method may try (the shift vote's cells, RANSAC's hypotheses),
+#: and the chance of a false alignment allowed over all of them
+_TRIALS, _FALSE_ALIGNMENT = 1e5, 1e-3
+
+
+def _beyond_chance(matrix: np.ndarray, ref: np.ndarray, cur: np.ndarray, *, n: int,
+                   tight: int, radius: float) -> bool:
+    """Whether ``tight`` of the reference stars within ``radius`` px of a detection (all of
+    the ``n`` matched, at least :data:`SPARSE_MIN_MATCHED`) are beyond what chance gives
+    over :data:`_TRIALS` transforms: the Poisson tail of μ = shared stars × P(a detection
+    within ``radius``) at the frame's detection density."""
+    if tight < max(SPARSE_MIN_MATCHED, n):
+        return False
+    from scipy.stats import poisson
+
+    span = np.ptp(cur, axis=0)
+    density = len(cur) / max(float(span[0] * span[1]), 1.0)
+    mu = _shared(matrix, ref, cur) * -np.expm1(-density * np.pi * radius**2)
+    return bool(_TRIALS * poisson.sf(tight - 1, mu) < _FALSE_ALIGNMENT)
 
 
 def _tight_matches(matrix: np.ndarray, ref: np.ndarray, cur: np.ndarray, *,
@@ -212,11 +246,13 @@ def align_frame(*, reference: pd.DataFrame, sources: pd.DataFrame,
 
     def attempt(method, start):
         matrix, n, rms = _refine(start, ref, cur, tolerance=tolerance_px)
-        if n < needed:
+        if n < needed and n < SPARSE_MIN_MATCHED:
             tried.append(f"{method}: {n} stars matched of {needed} needed")
             return None
         tight = _tight_matches(matrix, ref, cur, radius=tolerance_px / 2)
-        if tight < max(needed, TIGHT_FRACTION * n):
+        if (tight < max(needed, TIGHT_FRACTION * n)
+                and not _beyond_chance(matrix, ref, cur, n=n, tight=tight,
+                                       radius=tolerance_px / 2)):
             tried.append(f"{method}: {n} stars matched, but only {tight} within "
                          f"{tolerance_px / 2:.2f} px (chance pairs, not the field)")
             return None

@@ -40,10 +40,18 @@ def _wcs(header):
     return wcs if wcs.has_celestial else None
 
 
+#: a reference frame needs this fraction of the detections of the series' well-detected
+#: frames (their 90th percentile): a frame thinned by cloud has sharp stars too, and a
+#: sparse field's cloudy frame chosen for its FWHM (6 stars where others had 10) left a
+#: flip impossible to match across
+REFERENCE_DETECTION_FRACTION = 0.8
+
+
 def choose_reference(*, metas: Mapping[str, Mapping], min_sources: int = 5,
                      has_wcs: Mapping[str, bool] | Callable[[str], bool] | None = None,
                      prefer_wcs: bool = False) -> str | None:
-    """Frame with the smallest FWHM among frames with ``min_sources`` detections.
+    """Frame with the smallest FWHM among frames with ``min_sources`` detections and
+    :data:`REFERENCE_DETECTION_FRACTION` of the series' usual count (its 90th percentile).
 
     Parameters
     ----------
@@ -73,9 +81,12 @@ def choose_reference(*, metas: Mapping[str, Mapping], min_sources: int = 5,
         log.warning("no frame of the series has a detected star with a measured FWHM "
                     "(clouds?); frames: %s", ", ".join(sorted(metas)[:5]))
         return None
-    rich = sorted((f for f in ok if int(ok[f]["n_sources"]) >= min_sources),
+    counts = np.array([int(m["n_sources"]) for m in ok.values()])
+    least = max(min_sources, math.ceil(REFERENCE_DETECTION_FRACTION
+                                       * float(np.percentile(counts, 90))))
+    rich = sorted((f for f in ok if int(ok[f]["n_sources"]) >= least),
                   key=lambda f: (float(ok[f]["fwhm_px"]), f))
-    sparse = sorted((f for f in ok if int(ok[f]["n_sources"]) < min_sources),
+    sparse = sorted((f for f in ok if int(ok[f]["n_sources"]) < least),
                     key=lambda f: (-int(ok[f]["n_sources"]), float(ok[f]["fwhm_px"]), f))
     ranking = rich + sparse
     if prefer_wcs:
