@@ -253,7 +253,8 @@ def align_frame(*, reference: pd.DataFrame, sources: pd.DataFrame,
         if (tight < max(needed, TIGHT_FRACTION * n)
                 and not _beyond_chance(matrix, ref, cur, n=n, tight=tight,
                                        radius=tolerance_px / 2)):
-            tried.append(f"{method}: {n} stars matched, but only {tight} within "
+            tried.append(f"{method}: {n} stars matched of {needed} needed" if n < needed
+                         else f"{method}: {n} stars matched, but only {tight} within "
                          f"{tolerance_px / 2:.2f} px (chance pairs, not the field)")
             return None
         return Alignment(matrix=matrix, n_matched=n, residual_px=rms, method=method)
