@@ -77,18 +77,20 @@ def _translation(dx: float, dy: float) -> np.ndarray:
     return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]])
 
 
-def _refine(matrix: np.ndarray, ref: np.ndarray, cur: np.ndarray, *, tolerance: float,
+def _moved(matrix: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Reference positions ``(n, 2)`` carried by the 3×3 ``matrix``."""
+    return ref @ matrix[:2, :2].T + matrix[:2, 2]
+
+
+def _refine(matrix: np.ndarray, ref: np.ndarray, cur: np.ndarray, *, tree, tolerance: float,
             iterations: int = 3) -> tuple[np.ndarray, int, float]:
     """Affine fit to the reference/frame pairs that ``matrix`` brings within
     ``tolerance`` px, repeated with the refined transform; pairs beyond 3× the
     robust residual are left out of each fit.  Fewer than 6 pairs refine the shift only
-    (their median offset, from 3 pairs)."""
-    from scipy.spatial import cKDTree
-
-    tree = cKDTree(cur)
+    (their median offset, from 3 pairs).  ``tree`` is the cKDTree of ``cur``."""
     n, rms = 0, float("nan")
     for _ in range(iterations):
-        moved = ref @ matrix[:2, :2].T + matrix[:2, 2]
+        moved = _moved(matrix, ref)
         dist, k = tree.query(moved, distance_upper_bound=tolerance)
         hit = np.isfinite(dist)
         if hit.sum() < 6:  # too few for 6 parameters: the shift alone, once
@@ -134,7 +136,7 @@ STRONG_FRACTION = 0.5
 def _shared(matrix: np.ndarray, ref: np.ndarray, cur: np.ndarray) -> int:
     """How many stars the two lists can share under ``matrix``: the reference stars it
     puts inside the frame's detections' bounding box, at most the frame's count."""
-    moved = ref @ matrix[:2, :2].T + matrix[:2, 2]
+    moved = _moved(matrix, ref)
     lo, hi = cur.min(axis=0), cur.max(axis=0)
     inside = ((moved >= lo) & (moved <= hi)).all(axis=1)
     return int(min(inside.sum(), len(cur)))
@@ -166,13 +168,10 @@ def _beyond_chance(matrix: np.ndarray, ref: np.ndarray, cur: np.ndarray, *, n: i
     return bool(_TRIALS * poisson.sf(tight - 1, mu) < _FALSE_ALIGNMENT)
 
 
-def _tight_matches(matrix: np.ndarray, ref: np.ndarray, cur: np.ndarray, *,
-                   radius: float) -> int:
-    """Reference stars that ``matrix`` puts within ``radius`` px of a detection."""
-    from scipy.spatial import cKDTree
-
-    moved = ref @ matrix[:2, :2].T + matrix[:2, 2]
-    dist, _ = cKDTree(cur).query(moved, distance_upper_bound=radius)
+def _tight_matches(matrix: np.ndarray, ref: np.ndarray, *, tree, radius: float) -> int:
+    """Reference stars that ``matrix`` puts within ``radius`` px of a detection (``tree``:
+    the cKDTree of the frame's detections)."""
+    dist, _ = tree.query(_moved(matrix, ref), distance_upper_bound=radius)
     return int(np.isfinite(dist).sum())
 
 
@@ -241,15 +240,18 @@ def align_frame(*, reference: pd.DataFrame, sources: pd.DataFrame,
     if len(ref) < 3 or len(cur) < 3:
         raise SourceError(f"too few sources to align: {len(cur)} in the frame, "
                           f"{len(ref)} in the reference (clouds?)")
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(cur)  # the frame's detections, for every method's matching
     needed = max(3, min(min_matched, len(ref)), int(np.ceil(min_matched_fraction * len(ref))))
     tried = []
 
     def attempt(method, start):
-        matrix, n, rms = _refine(start, ref, cur, tolerance=tolerance_px)
+        matrix, n, rms = _refine(start, ref, cur, tree=tree, tolerance=tolerance_px)
         if n < needed and n < SPARSE_MIN_MATCHED:
             tried.append(f"{method}: {n} stars matched of {needed} needed")
             return None
-        tight = _tight_matches(matrix, ref, cur, radius=tolerance_px / 2)
+        tight = _tight_matches(matrix, ref, tree=tree, radius=tolerance_px / 2)
         if (tight < max(needed, TIGHT_FRACTION * n)
                 and not _beyond_chance(matrix, ref, cur, n=n, tight=tight,
                                        radius=tolerance_px / 2)):
