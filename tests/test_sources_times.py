@@ -339,3 +339,111 @@ def test_undersampled_centres_are_prf_fits(rng, fwhm):
     windowed = np.median(np.hypot(wx - x, wy - y)[isolated])
     fitted = np.median(np.hypot(fx - x, fy - y)[isolated])
     assert fitted <= 0.03 and windowed > 2 * fitted, (windowed, fitted)
+
+
+def _shaped_stars(rng, *, psf, oversample, n_stars=120, size=512, sky=100.0, noise=10.0,
+                  n_hot=600, margin=20):
+    """A frame of stars of a given (non-Gaussian) PSF and single-pixel hot pixels."""
+    from ccdflow.simulate.scene import render_psf_stars
+
+    xs, ys = rng.uniform(margin, size - margin, n_stars), rng.uniform(margin, size - margin,
+                                                                      n_stars)
+    flux = 10 ** rng.uniform(3.7, 5.3, n_stars)
+    img = rng.normal(sky, noise, (size, size)) + render_psf_stars(
+        shape=(size, size), x=xs, y=ys, flux=flux, psf=psf, oversample=oversample)
+    hx, hy = rng.integers(6, size - 6, n_hot), rng.integers(6, size - 6, n_hot)
+    img[hy, hx] += 10 ** rng.uniform(2.3, 4.3, n_hot)
+    return img, np.column_stack([xs, ys]), flux, np.column_stack([hx, hy])
+
+
+def test_trailed_stars_are_stars_and_hot_pixels_still_are_not(rng):
+    """Wind shake or a tracking error trails every star the same way (5 px at 30°, FWHM
+    2 px): DAOFIND roundness1 ≈ −1.3 and roundness2 ≈ −0.8 for every star, beyond the
+    limit of 1 for roundness1.  Judged against round, 27 of 31 detections of such a
+    frame were "elongated", 4 were left, and the night stopped unaligned.  Judged
+    against the frame's own stars (psf_roundness) every clean star above S/N 20 is kept
+    and hot pixels are still dropped.  On round stars psf_roundness is (0, 0)."""
+    from ccdflow.photometry import psf_roundness, shape_rejections
+    from ccdflow.simulate.scene import psf_image
+
+    psf, oversample = psf_image(fwhm=2.0, trail_px=5.0, trail_angle_deg=30.0)
+    img, stars, flux, hot = _shaped_stars(rng, psf=psf, oversample=oversample)
+    bkg, rms = np.full(img.shape, 100.0), np.full(img.shape, 10.0)
+    raw = detect_stars(data=img, background=bkg, rms=rms, npixels=1, shape_limits={})
+    found = detect_stars(data=img, background=bkg, rms=rms, npixels=1)
+    centre = found.attrs["psf_roundness"]
+    assert centre[0] < -0.8 and centre == psf_roundness(raw)
+    # the star-like detections judged against round: most are "elongated"
+    star_like = raw[(raw["sharpness"] > 0.05) & (raw["sharpness"] < 0.95)]
+    assert (shape_rejections(star_like) == "elongated").mean() > 0.5
+    # every clean star above S/N 20 (aperture of radius 4 px) is kept, within 1 px
+    snr = flux / np.sqrt(flux + np.pi * 16 * 100.0)
+    isolated = cKDTree(stars).query(stars, k=2)[0][:, 1] > 12
+    near_hot = cKDTree(hot).query(stars)[0] < 5
+    clean = stars[(snr > 20) & isolated & ~near_hot]
+    dist, _ = cKDTree(found[["x", "y"]].to_numpy()).query(clean)
+    assert len(clean) > 40 and (dist < 1.0).mean() >= 0.98, ((dist >= 1).sum(), len(clean))
+    far = hot[cKDTree(stars).query(hot)[0] > 8]
+    detected_hot = cKDTree(raw[["x", "y"]].to_numpy()).query(far)[0] < 1.0
+    surviving = cKDTree(found[["x", "y"]].to_numpy()).query(far)[0] < 1.0
+    assert detected_hot.sum() > 200 and surviving.sum() <= 0.01 * detected_hot.sum()
+    # round stars: no shift of the test
+    round_img, *_ = _stars_and_spikes(rng, fwhm=2.5)
+    round_found = detect_stars(data=round_img, background=bkg, rms=rms, npixels=1)
+    assert round_found.attrs["psf_roundness"] == (0.0, 0.0)
+
+
+def test_defocused_stars_are_one_source_each(rng):
+    """Defocused "donut" stars (an annulus of radius 6 px with a 40 % central
+    obstruction, through FWHM 2.5 px of seeing), as transit observers take them: the
+    deblender cuts each ring into arcs and each arc's windowed centroid converges on
+    the ring's centre, so a star was listed two or three times (on a simulated night
+    the same comparison star was weighted twice and the transit depth came out 5.8σ
+    short).  Each star is now one source at its centre, with the arcs' summed flux."""
+    from ccdflow.photometry import frame_sources
+    from ccdflow.simulate.scene import psf_image
+
+    psf, oversample = psf_image(fwhm=2.5, defocus_radius_px=6.0)
+    img, stars, flux, _ = _shaped_stars(rng, psf=psf, oversample=oversample, n_stars=80,
+                                        n_hot=0)
+    bkg, rms = np.full(img.shape, 100.0), np.full(img.shape, 10.0)
+    sources, meta = frame_sources(data=img, mask=np.zeros(img.shape, np.uint16),
+                                  background=bkg, rms=rms)
+    assert meta["merged"] > 0 and meta["n_sources"] == len(sources)
+    assert 9.0 < meta["fwhm_px"] < 12.0  # the ring's diameter plus the seeing
+    xy = sources[["x", "y"]].to_numpy()
+    assert cKDTree(xy).query(xy, k=2)[0][:, 1].min() >= 0.5 * meta["fwhm_px"]
+    # every isolated star above S/N 50 is one source, within 0.3 px of its centre
+    snr = flux / np.sqrt(flux + np.pi * 100 * 100.0)
+    isolated = cKDTree(stars).query(stars, k=2)[0][:, 1] > 30
+    clean = stars[(snr > 50) & isolated]
+    near = cKDTree(xy).query_ball_point(clean, r=8.0)
+    assert len(clean) > 20 and all(len(n) == 1 for n in near), [len(n) for n in near]
+    dist, _ = cKDTree(xy).query(clean)
+    assert np.median(dist) < 0.3, np.median(dist)
+
+
+def test_merging_split_detections():
+    """Friends of friends within the radius: one row at the brightest one's centre with
+    the summed flux and area, largest peak, combined S/N; renumbered; input unchanged."""
+    import pandas as pd
+
+    from ccdflow.photometry import merge_split_sources
+
+    table = pd.DataFrame({
+        "source_id": [1, 2, 3, 4], "x": [10.0, 50.0, 10.3, 10.6], "y": [10.0, 50.0, 10.1, 10.0],
+        "flux": [500.0, 800.0, 300.0, 200.0], "peak": [50.0, 90.0, 40.0, 60.0],
+        "fwhm": [3.0] * 4, "area": [20.0, 30.0, 15.0, 10.0], "snr": [25.0, 40.0, 20.0, 10.0],
+        "saturated_or_masked": [False, False, False, True], "sharpness": [0.5] * 4,
+        "roundness1": [0.0] * 4, "roundness2": [0.0] * 4})
+    before = table.copy()
+    merged = merge_split_sources(table, radius_px=0.5)
+    pd.testing.assert_frame_equal(table, before)
+    assert merged.attrs["merged"] == 2 and len(merged) == 2
+    first = merged.iloc[0]  # 1 000 e- of the chain 10.0 → 10.3 → 10.6 against 800
+    assert (first["source_id"], first["x"], first["y"]) == (1, 10.0, 10.0)
+    assert (first["flux"], first["area"], first["peak"]) == (1000.0, 45.0, 60.0)
+    noise = np.sqrt((500 / 25) ** 2 + (300 / 20) ** 2 + (200 / 10) ** 2)
+    assert first["snr"] == pytest.approx(1000.0 / noise) and bool(first["saturated_or_masked"])
+    assert merged.iloc[1]["x"] == 50.0 and merged.iloc[1]["flux"] == 800.0
+    assert merge_split_sources(table, radius_px=0.1).attrs["merged"] == 0

@@ -202,7 +202,7 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
         write_sources(product_path(out_dirs["sources"], frame, "sources"), sources,
                       {**meta, **(provenance or {})}, frame=frame)
         return {"n_sources": int(meta["n_sources"]), "fwhm_px": round(meta["fwhm_px"], 4),
-                "npixels": int(meta["npixels"]),
+                "npixels": int(meta["npixels"]), "merged": int(meta.get("merged", 0)),
                 **{k: int(v) for k, v in meta.items() if k.startswith("rejected_")}}
 
     run("calibrated", calibrate)

@@ -58,6 +58,7 @@ from .detect import (
     estimate_fwhm,
     frame_sources,
     masked_near,
+    merge_split_sources,
     read_sources,
     recentroid,
     refine_centres,
@@ -75,7 +76,7 @@ from .measure import (
     frame_psf,
 )
 from .psf import PSF_KINDS, PSFModel, fit_psf, psf_stamps
-from .shapes import SHAPE_LIMITS, shape_rejections, star_shapes
+from .shapes import SHAPE_LIMITS, psf_roundness, shape_rejections, star_shapes
 from .targets import (
     build_reference,
     choose_reference,
@@ -123,7 +124,9 @@ __all__ = [
     "load_frame",
     "masked_near",
     "measure_apertures",
+    "merge_split_sources",
     "place_pixel_targets",
+    "psf_roundness",
     "psf_stamps",
     "read_photometry",
     "read_reference",

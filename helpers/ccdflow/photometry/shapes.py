@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["SHAPE_KERNEL_FWHM", "SHAPE_LIMITS", "shape_rejections", "star_shapes"]
+__all__ = ["SHAPE_KERNEL_FWHM", "SHAPE_LIMITS", "psf_roundness", "shape_rejections",
+           "star_shapes"]
 
 
 #: undersampled stars apart from single-pixel spikes: on simulated frames
@@ -64,18 +65,51 @@ def star_shapes(*, data: np.ndarray, x: Sequence[float], y: Sequence[float],
     return out
 
 
+#: fewest star-like detections (neither spikes nor flat) whose shared elongation can
+#: stand for the frame's PSF (:func:`psf_roundness`)
+MIN_COHERENT_SOURCES = 5
+
+
+def psf_roundness(shapes: pd.DataFrame, *,
+                  sharpness_min: float = SHAPE_LIMITS["sharpness_min"],
+                  sharpness_max: float = SHAPE_LIMITS["sharpness_max"],
+                  roundness_max: float = SHAPE_LIMITS["roundness_max"],
+                  min_sources: int = MIN_COHERENT_SOURCES, **_) -> tuple[float, float]:
+    """The roundness (``roundness1``, ``roundness2``) of the frame's PSF, against which
+    a detection is judged elongated: (0, 0) for round stars, or the median of the
+    detections that are neither spikes nor flat when at least ``min_sources`` of them
+    exist and more than half lie beyond ``roundness_max``: every star of a frame is
+    elongated the same way when the wind shook the telescope or the tracking ran
+    (trailed stars, an astigmatic or tilted camera), and a test against round would
+    leave no star at all.  A cosmic-ray track or a bleed trail still stands out of
+    such a population."""
+    sharp = shapes["sharpness"].to_numpy(float)
+    r1, r2 = (shapes[c].to_numpy(float) for c in ("roundness1", "roundness2"))
+    with np.errstate(invalid="ignore"):
+        star_like = ((sharp >= sharpness_min) & (sharp <= sharpness_max)
+                     & np.isfinite(r1) & np.isfinite(r2))
+        if star_like.sum() < min_sources:
+            return 0.0, 0.0
+        beyond = np.maximum(np.abs(r1[star_like]), np.abs(r2[star_like])) > roundness_max
+    if beyond.mean() <= 0.5:
+        return 0.0, 0.0
+    return float(np.median(r1[star_like])), float(np.median(r2[star_like]))
+
+
 def shape_rejections(shapes: pd.DataFrame, *, exempt: np.ndarray | None = None,
                      sharpness_min: float = SHAPE_LIMITS["sharpness_min"],
                      sharpness_max: float = SHAPE_LIMITS["sharpness_max"],
                      roundness_max: float = SHAPE_LIMITS["roundness_max"],
                      peak_fraction_max: float = SHAPE_LIMITS["peak_fraction_max"],
+                     roundness_centre: tuple[float, float] = (0.0, 0.0),
                      ) -> np.ndarray:
     """Why each source is not a star: ``"sharp"`` (a spike: hot pixel, cosmic-ray
     residue: sharpness above ``sharpness_max``, or more than ``peak_fraction_max``
     of the segment's flux in its brightest pixel, which a star of FWHM ≥ 1.5 px
     never has: ≤ 0.39 of its total, ~0.5 of an isophotal segment), ``"flat"``
     (sharpness below ``sharpness_min``), ``"elongated"`` (|roundness1| or
-    |roundness2| above ``roundness_max``), or ``""``.
+    |roundness2| above ``roundness_max`` from ``roundness_centre``: the frame's
+    PSF, :func:`psf_roundness`), or ``""``.
 
     ``shapes`` holds ``sharpness, roundness1, roundness2`` (:func:`star_shapes`)
     and, for the peak test, ``peak`` and ``flux``.  NaN shapes (a neighbour
@@ -83,8 +117,8 @@ def shape_rejections(shapes: pd.DataFrame, *, exempt: np.ndarray | None = None,
     or saturated pixels, whose cores are zeroed) pass all.
     """
     sharp = shapes["sharpness"].to_numpy(float)
-    round1 = np.abs(shapes["roundness1"].to_numpy(float))
-    round2 = np.abs(shapes["roundness2"].to_numpy(float))
+    round1 = np.abs(shapes["roundness1"].to_numpy(float) - roundness_centre[0])
+    round2 = np.abs(shapes["roundness2"].to_numpy(float) - roundness_centre[1])
     reason = np.full(len(shapes), "", dtype=object)
     with np.errstate(invalid="ignore"):
         reason[np.maximum(round1, round2) > roundness_max] = "elongated"

@@ -25,7 +25,9 @@ from .scene import (
     _star_list,
     _wcs,
     cosmic_ray_hits,
+    psf_image,
     render_gaussian_stars,
+    render_psf_stars,
     sky_model,
     transit_factor,
 )
@@ -264,8 +266,15 @@ def _science_electrons(rng: np.random.Generator, spec: NightSpec, *, flat: np.nd
     sky_level = spec.sky_rate_e_per_s * exptime * (1.0 + 0.6 * u)
     gx, gy = 0.08 + 0.02 * u, -0.04
     sky = sky_model(level_e=sky_level, gx=gx, gy=gy, shape=flat.shape)
-    electrons = flat * (sky + render_gaussian_stars(shape=flat.shape, x=xs, y=ys, flux=flux,
-                                                    fwhm=fwhm))
+    if spec.defocus_radius_px > 0 or spec.trail_px[0] > 0:
+        psf, oversample = psf_image(fwhm=fwhm, defocus_radius_px=spec.defocus_radius_px,
+                                    trail_px=spec.trail_px[0],
+                                    trail_angle_deg=spec.trail_px[1])
+        light = render_psf_stars(shape=flat.shape, x=xs, y=ys, flux=flux, psf=psf,
+                                 oversample=oversample)
+    else:
+        light = render_gaussian_stars(shape=flat.shape, x=xs, y=ys, flux=flux, fwhm=fwhm)
+    electrons = flat * (sky + light)
     info = {"transparency": transparency, "flipped": flipped, "extinction": extinction,
             "sky_level_e": sky_level, "sky_gx": gx, "sky_gy": gy, "fwhm_px": fwhm,
             "dx_px": dx, "dy_px": dy, "airmass": airmass}

@@ -50,6 +50,13 @@ class NightSpec:
     mag_range, mag_slope : (float, float), float
         Field stars' magnitudes: p(m) ∝ 10^(mag_slope·m) between the two limits (plus
         three bright stars of 10.3-11.3 mag that saturate the demo camera).
+    defocus_radius_px : float
+        Above 0, stars are defocused "donuts": an annulus of this outer radius (inner
+        radius 0.4 of it, a secondary mirror's shadow) seen through the seeing, as
+        transit observers defocus to spread a bright star's light.
+    trail_px : (float, float)
+        Trailed stars (wind shake, a tracking error): trail length in pixels and its
+        angle in degrees counter-clockwise from +x.
 
     :meth:`realworld` gives the night of a small robotic telescope (issue 12).
     """
@@ -94,6 +101,8 @@ class NightSpec:
     flat_structure: float = 1.0
     mag_range: tuple[float, float] = (13.0, 19.5)
     mag_slope: float = 0.3
+    defocus_radius_px: float = 0.0  # > 0: defocused "donut" stars of this outer radius
+    trail_px: tuple[float, float] = (0.0, 0.0)  # trailed stars: (length px, angle deg)
 
     @classmethod
     def realworld(cls, *, flip: bool = False, n_science: int = 140, nx: int = 650,
@@ -134,6 +143,8 @@ class NightSpec:
         if self.header_longitude not in ("east", "west"):
             raise ValueError(f"header_longitude must be 'east' or 'west', got "
                              f"{self.header_longitude!r}")
+        if self.defocus_radius_px < 0 or self.trail_px[0] < 0:
+            raise ValueError("defocus_radius_px and trail_px's length must be >= 0")
         for name in ("nx", "ny"):
             if getattr(self, name) < 64:
                 raise ValueError(f"{name} must be >= 64 pixels, got {getattr(self, name)}")
