@@ -563,7 +563,7 @@ def test_an_undersampled_night_keeps_its_stars(tmp_path):
 @pytest.mark.parametrize("stars", ["trailed", "defocused"])
 def test_trailed_and_defocused_nights_reduce(tmp_path, stars):
     """Two kinds of star real nights bring that a Gaussian-minded pipeline trips on:
-    every star trailed 5 px at 30° (wind shake, a tracking error; FWHM 2 px), and
+    every star trailed 5 px at −30° (wind shake, a tracking error; FWHM 2 px), and
     defocused "donuts" of radius 6 px (a 16-bit camera, the target at 12.8 mag, as
     transit observers defocus to spread a bright star).  Trailed, the shape test called
     every star elongated and the night stopped with the target's frame unaligned;
@@ -572,7 +572,7 @@ def test_trailed_and_defocused_nights_reduce(tmp_path, stars):
     star, a differential light curve whose scatter its errors cover."""
     base = _spec(flip=True, n_science=24)
     if stars == "trailed":
-        spec = replace(base, trail_px=(5.0, 30.0), fwhm_px=2.0)
+        spec = replace(base, trail_px=(5.0, -30.0), fwhm_px=2.0)
     else:
         spec = replace(base, defocus_radius_px=6.0, fwhm_px=2.5, adc_max=65535,
                        target_mag=12.8, mag_range=(11.5, 17.5), n_stars=60)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import replace
 
 from .night import simulate_night
 from .spec import NightSpec
@@ -41,6 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "local DATE-OBS + UT-OBS, no WCS); --size and the counts are ignored")
     p.add_argument("--flip", action="store_true", help="with --realworld: a 180° meridian "
                    "flip half-way through the night")
+    p.add_argument("--defocus", type=float, default=0.0, metavar="RADIUS_PX",
+                   help="defocused 'donut' stars of this outer radius (px)")
+    p.add_argument("--trail", type=float, nargs=2, default=(0.0, 0.0),
+                   metavar=("LENGTH_PX", "ANGLE_DEG"), help="trailed stars (wind shake, "
+                   "a tracking error): trail length and angle from +x")
     a = p.parse_args(argv)
     try:  # a spec that cannot be simulated is one usage line, not a traceback
         if a.realworld is not None:
@@ -50,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              n_flat=a.n_flat, filters=tuple(a.filters.split(",")),
                              science=tuple(a.science) if a.science else d.science,
                              n_stars=a.n_stars, seed=a.seed, night=a.night)
+        if a.defocus or a.trail[0]:
+            spec = replace(spec, defocus_radius_px=a.defocus, trail_px=tuple(a.trail))
     except ValueError as exc:
         p.error(str(exc))
     out = simulate_night(out_dir=a.out_dir, spec=spec)

@@ -75,7 +75,7 @@ def psf_image(*, fwhm: float, defocus_radius_px: float = 0.0, obstruction: float
         ang = math.radians(trail_angle_deg)
         smeared = np.zeros_like(kernel)
         for k in np.linspace(-trail_px / 2, trail_px / 2, steps + 1):
-            smeared += np.roll(kernel, (round(-k * math.sin(ang) * oversample),
+            smeared += np.roll(kernel, (round(k * math.sin(ang) * oversample),
                                         round(k * math.cos(ang) * oversample)), axis=(0, 1))
         kernel = smeared
     image = gaussian_filter(kernel, sigma * oversample, mode="constant")
