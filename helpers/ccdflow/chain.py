@@ -120,8 +120,11 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
     from .masks import MaskBit
     from .photometry import frame_sources, write_sources
     from .products import write_product
+    from .streaks import find_streaks
 
     frame = item["frame"]
+    detect = dict(detect)
+    mask_streaks = bool(detect.pop("mask_streaks", True))
     figures: dict[str, dict] = {}
     seconds: dict[str, float] = {}
     kinds = ("bias", "dark", "flat", "illumination")
@@ -182,11 +185,22 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
             saturation_e=product.header["SATURATE"], fwhm_px=fwhm, **cosmics)
         objlim = effective_objlim(objlim=cosmics.get("objlim", DEFAULT_OBJLIM), fwhm_px=fwhm,
                                   star_margin=cosmics.get("star_margin", DEFAULT_STAR_MARGIN))
+        streaks, trails = None, []
+        if mask_streaks and result.labels is not None and fwhm is not None and np.isfinite(fwhm):
+            streaks, trails = find_streaks(data=product.data, background=result.background,
+                                           rms=result.rms, labels=result.labels, fwhm_px=fwhm,
+                                           mask=product.mask)
+            if trails:
+                log.info("%s: %d satellite or aircraft trail(s) masked (STREAK, %d pixels): %s",
+                         frame, len(trails), int(streaks.sum()), trails)
+                state["streaks"] = streaks
         write_cosmics(product_path(out_dirs["cosmics"], frame, "cosmics"), crmask,
                       inputs=[calibrated_path, background_path], params=cosmics,
-                      fwhm_px=fwhm, objlim=objlim)
+                      fwhm_px=fwhm, objlim=objlim, streaks=streaks, n_streaks=len(trails))
         state["crmask"] = crmask
-        return {"n_cosmic_px": int(crmask.sum()), "objlim": round(objlim, 3)}
+        return {"n_cosmic_px": int(crmask.sum()), "objlim": round(objlim, 3),
+                "n_streaks": len(trails),
+                "n_streak_px": int(streaks.sum()) if streaks is not None else 0}
 
     def stars():
         product, result = state["product"], state["background"]
@@ -196,6 +210,10 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
             mask[state["crmask"]] |= np.uint16(MaskBit.COSMIC)
             if labels is not None:
                 labels[state["crmask"]] = 0  # the background's own segmentation, used last here
+        if "streaks" in state:
+            mask[state["streaks"]] |= np.uint16(MaskBit.STREAK)
+            if labels is not None:
+                labels[state["streaks"]] = 0
         sources, meta = frame_sources(data=product.data, mask=mask, background=result.background,
                                       rms=result.rms, labels=labels,
                                       backend=background.get("backend", "sep"), **detect)

@@ -340,9 +340,12 @@ def detect_cosmic_rays(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray 
 
 
 def write_cosmics(path, crmask: np.ndarray, *, inputs, params, fwhm_px: float | None = None,
-                  objlim: float | None = None) -> None:
-    """Write the cosmic-ray mask (uint8 CRMASK, count NCOSMIC) with provenance, atomically;
-    with the seeing (CRFWHM) and the ``objlim`` used (CROBJLIM) when given."""
+                  objlim: float | None = None, streaks: np.ndarray | None = None,
+                  n_streaks: int = 0) -> None:
+    """Write the cosmic-ray mask (uint8 CRMASK: 1 = cosmic ray, count NCOSMIC; 2 = a
+    satellite or aircraft trail's pixel from :func:`ccdflow.streaks.find_streaks`,
+    NSTREAK trails of STRKPIX pixels) with provenance, atomically; with the seeing
+    (CRFWHM) and the ``objlim`` used (CROBJLIM) when given."""
     from astropy.io import fits
 
     from .io import atomic_path
@@ -354,6 +357,11 @@ def write_cosmics(path, crmask: np.ndarray, *, inputs, params, fwhm_px: float | 
         header["CRFWHM"] = (round(float(fwhm_px), 3), "[pix] seeing from segment moments")
     if objlim is not None:
         header["CROBJLIM"] = (round(float(objlim), 3), "L.A.Cosmic objlim used (star_margin)")
+    values = crmask.astype(np.uint8)
+    if streaks is not None:
+        values |= np.asarray(streaks, bool).astype(np.uint8) << 1
+        header["NSTREAK"] = (int(n_streaks), "satellite/aircraft trails found")
+        header["STRKPIX"] = (int(np.count_nonzero(streaks)), "pixels of those trails (2)")
     with atomic_path(path) as tmp:
         fits.HDUList([fits.PrimaryHDU(header=header),
-                      fits.ImageHDU(crmask.astype(np.uint8), name="CRMASK")]).writeto(tmp)
+                      fits.ImageHDU(values, name="CRMASK")]).writeto(tmp)

@@ -24,6 +24,7 @@ class MaskBit(IntFlag):
     SOURCE = 64  #: inside a source footprint (set by the background stage)
     NO_DATA = 128  #: no detector data (outside every amplifier section)
     BADCAL = 256  #: too few frames survived rejection in a master at this pixel
+    STREAK = 512  #: satellite, aircraft or meteor trail (set with the cosmic rays)
 
 
 def describe_bits() -> dict[str, int]:

@@ -22,6 +22,7 @@ rule frames_reduce:
             "nsigma": PHOT["detect_nsigma"],
             "npixels": PHOT["detect_npixels"],
             "shape_limits": PHOT["star_shape"],
+            "mask_streaks": PHOT["mask_streaks"],
         },
         software=SOFTWARE,
     log:

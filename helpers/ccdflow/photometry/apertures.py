@@ -12,7 +12,7 @@ photutils' ``aperture_photometry(method='exact')``)::
 *Repair, don't discard.*  Pixels the calibration corrected (HOT where a dark was
 subtracted or the series' own hot-pixel dark rates, LOW_FLAT above the floor)
 are measured with their larger ERR.
-Pixels with no usable value (COSMIC, BAD, NONFINITE, NO_DATA, BADCAL, HOT
+Pixels with no usable value (COSMIC, STREAK, BAD, NONFINITE, NO_DATA, BADCAL, HOT
 when no dark was subtracted, and pixels standing more than 8σ above the PSF model of
 every source: cosmic rays the mask missed on the stars, see
 :mod:`ccdflow.photometry.outliers`; such a star is measured at its PSF-fitted centre)

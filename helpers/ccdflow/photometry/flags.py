@@ -64,7 +64,7 @@ COMPARISON_BAD_FLAGS = BAD_FLAGS | PhotFlag.CONTAMINATED
 
 #: mask bits with no usable pixel value: filled from the model
 FILL_BITS = (MaskBit.BAD | MaskBit.NONFINITE | MaskBit.COSMIC | MaskBit.NO_DATA
-             | MaskBit.BADCAL)
+             | MaskBit.BADCAL | MaskBit.STREAK)
 
 #: mask bits the calibration corrected (value usable, larger ERR); HOT only where a
 #: dark was subtracted (otherwise it is filled)

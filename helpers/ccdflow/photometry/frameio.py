@@ -72,7 +72,8 @@ def _native(array: np.ndarray) -> np.ndarray:
 
 def load_frame(*, calibrated: str | Path, background: str | Path,
                cosmics: str | Path | None = None, read_rms: bool = True) -> FrameData:
-    """Read the products of one frame; cosmic-ray pixels get MaskBit.COSMIC.
+    """Read the products of one frame; cosmic-ray pixels get MaskBit.COSMIC, those of a
+    satellite or aircraft trail MaskBit.STREAK.
 
     ``read_rms`` False leaves BKG_RMS unread (``rms`` None): photometry needs it only
     for the 'map' sky, and it is 67 MB at 4k²."""
@@ -88,8 +89,9 @@ def load_frame(*, calibrated: str | Path, background: str | Path,
         sources = hdul["SRCMASK"].data != 0
     mask = product.mask  # the product's own: not shared
     if cosmics is not None:
-        cr = fits.getdata(cosmics, "CRMASK").astype(bool)
-        mask[cr] |= np.uint16(MaskBit.COSMIC)
+        values = fits.getdata(cosmics, "CRMASK")
+        mask[(values & 1) != 0] |= np.uint16(MaskBit.COSMIC)
+        mask[(values & 2) != 0] |= np.uint16(MaskBit.STREAK)
     return FrameData(data=product.data.astype(np.float64), error=product.error,
                      mask=mask, header=product.header, background=bkg, rms=rms,
                      source_mask=sources, error_cal=product.extras.get("ERR_CAL"))
