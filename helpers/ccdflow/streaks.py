@@ -6,15 +6,17 @@ contaminated), and L.A.Cosmic leaves most of a trail as smooth as a star.  A tra
 found as a connected footprint of the background stage's detection (the deblender
 cuts a faint trail into pieces at its noise peaks; the footprint keeps it whole) whose
 pixels' geometry (not their light, which a bright star it crosses would dominate) is
-long and thin:
-length √12·σ_major at least ``min_length_fwhm`` FWHM and ``min_length_px``, and
-σ_major/σ_minor at least ``min_elongation``.  The deblender cuts a trail where it
-crosses stars, so each trail is then walked along its line across the frame in
-chunks of 2 FWHM: chunks whose core (±1.5 σ across) stands ``nsigma`` above the sky
-extend it, a gap of one chunk (noise) is bridged, and the stars it crosses lie
-inside the walked extent.  The band ±(3 σ_across + 1 px) over that extent is
-the trail's mask: :attr:`ccdflow.masks.MaskBit.STREAK`, filled from the PSF model
-in the photometry like a cosmic ray.
+long and thin: length √12·σ_major at least ``min_length_fwhm`` FWHM and
+``min_length_px``, and σ_major/σ_minor at least ``min_elongation``.  Across the line
+its median profile must peak on the line, fall below a quarter of that on both sides
+and be no wider than 3× the seeing's σ: a vignetted edge's ramp the sky map missed is
+long and thin too (a Nickel frame of ../shared had one, 1 024 px long).  The
+deblender cuts a trail where it crosses stars, so each trail is then walked along its
+line across the frame in chunks of 2 FWHM: chunks whose core (±1.5 σ across) stands
+``nsigma`` above the sky extend it, a gap of one chunk (noise) is bridged, and the
+stars it crosses lie inside the walked extent.  The band ±(3 σ_across + 1 px) over
+that extent is the trail's mask: :attr:`ccdflow.masks.MaskBit.STREAK`, filled from
+the PSF model in the photometry like a cosmic ray.
 """
 
 from __future__ import annotations
@@ -93,9 +95,12 @@ def _walk(*, values, rms, bad, cx, cy, ux, uy, sigma, t_seed, chunk, nsigma):
     return float(min(starts[lo], t_seed[0])), float(max(starts[hi] + chunk, t_seed[1]))
 
 
-def _across_sigma(*, values, cx, cy, ux, uy, t_range, floor):
-    """The trail's width σ across it: second moment of the median across-profile along
-    the seed's extent (the median leaves out the stars it crosses), at least ``floor``."""
+def _across_profile(*, values, bad, cx, cy, ux, uy, t_range, floor):
+    """The trail's width σ across it (second moment of the median across-profile along
+    the seed's extent: the median leaves out the stars it crosses; at least ``floor``)
+    and whether that profile is a trail's: highest within ``floor`` + 1 px of the line
+    and falling below a quarter of that on both sides (an edge's ramp, a gradient the
+    sky map missed, rises to one side; a masked or off-frame side proves nothing)."""
     ny, nx = values.shape
     reach = max(6.0, 4.0 * floor)
     t = np.arange(t_range[0], t_range[1] + 1.0)
@@ -103,13 +108,55 @@ def _across_sigma(*, values, cx, cy, ux, uy, t_range, floor):
     sx = np.rint(cx + t[:, None] * ux - d[None, :] * uy).astype(int)
     sy = np.rint(cy + t[:, None] * uy + d[None, :] * ux).astype(int)
     ok = (sx >= 0) & (sx < nx) & (sy >= 0) & (sy < ny)
-    samples = np.where(ok, values[np.clip(sy, 0, ny - 1), np.clip(sx, 0, nx - 1)], np.nan)
+    sx, sy = np.clip(sx, 0, nx - 1), np.clip(sy, 0, ny - 1)
+    ok &= ~bad[sy, sx]
+    samples = np.where(ok, values[sy, sx], np.nan)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        profile = np.clip(np.nan_to_num(np.nanmedian(samples, axis=0)), 0, None)
-    if profile.sum() <= 0:
-        return floor
-    return max(math.sqrt(float((profile * d**2).sum() / profile.sum())), floor)
+        median = np.nanmedian(samples, axis=0)
+    profile = np.clip(np.nan_to_num(median), 0, None)
+    if profile.sum() <= 0 or not np.isfinite(median).all():
+        return floor, False
+    peak = float(profile[np.abs(d) <= floor + 1.0].max())
+    outer = np.abs(d) >= reach / 2
+    peaked = (peak >= profile.max() and profile[outer & (d < 0)].min() <= 0.25 * peak
+              and profile[outer & (d > 0)].min() <= 0.25 * peak)
+    sigma = max(math.sqrt(float((profile * d**2).sum() / profile.sum())), floor)
+    return sigma, bool(peaked)
+
+
+def _refine_line(*, values, bad, cx, cy, ux, uy, t_range, reach, chunk):
+    """The line through the trail's ridge: per chunk of the walked extent the centroid of
+    the median across-profile, a weighted straight-line fit of those centroids along
+    the line; the angle of a short seed piece is off by a fraction of a degree, which
+    over a frame's width moves the line off the trail.  Returns (cx, cy, ux, uy)."""
+    ny, nx = values.shape
+    t = np.arange(t_range[0], t_range[1] + 1.0)
+    d = np.arange(-math.ceil(reach), math.ceil(reach) + 1.0)
+    sx = np.rint(cx + t[:, None] * ux - d[None, :] * uy).astype(int)
+    sy = np.rint(cy + t[:, None] * uy + d[None, :] * ux).astype(int)
+    ok = (sx >= 0) & (sx < nx) & (sy >= 0) & (sy < ny)
+    sx, sy = np.clip(sx, 0, nx - 1), np.clip(sy, 0, ny - 1)
+    ok &= ~bad[sy, sx]
+    samples = np.where(ok, values[sy, sx], np.nan)
+    index = np.floor((t - t[0]) / chunk).astype(int)
+    centres, weights, where = [], [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for i in range(int(index.max()) + 1):
+            rows = samples[index == i]
+            if len(rows) < 3:
+                continue
+            profile = np.clip(np.nan_to_num(np.nanmedian(rows, axis=0)), 0, None)
+            if profile.sum() > 0:
+                centres.append(float((profile * d).sum() / profile.sum()))
+                weights.append(float(profile.sum()))
+                where.append(float(t[index == i].mean()))
+    if len(centres) < 3:
+        return cx, cy, ux, uy
+    b, a = np.polyfit(where, centres, 1, w=np.sqrt(weights))
+    angle = math.atan2(uy, ux) + math.atan(b)
+    return cx - a * uy, cy + a * ux, math.cos(angle), math.sin(angle)
 
 
 def find_streaks(*, data: np.ndarray, background: np.ndarray, rms: np.ndarray,
@@ -159,6 +206,7 @@ def find_streaks(*, data: np.ndarray, background: np.ndarray, rms: np.ndarray,
                       >= max(min_length_px, min_length_fwhm * fwhm_px))
                      & (np.sqrt(major / minor) >= min_elongation) & (n > 0))
     candidates = np.flatnonzero(long_thin)
+    candidates = candidates[np.argsort(-major[candidates], kind="stable")]  # longest first
     if not len(candidates):
         return out, []
     values = np.asarray(data, float) - background
@@ -175,19 +223,33 @@ def find_streaks(*, data: np.ndarray, background: np.ndarray, rms: np.ndarray,
         ux, uy = math.cos(angle), math.sin(angle)
         pick = lab == k
         t_pix = (xx[pick] - mx[k]) * ux + (yy[pick] - my[k]) * uy
-        sigma = _across_sigma(values=values, cx=mx[k], cy=my[k], ux=ux, uy=uy,
-                              t_range=(t_pix.min(), t_pix.max()), floor=seeing_sigma)
-        t0, t1 = _walk(values=values, rms=np.asarray(rms), bad=bad, cx=mx[k], cy=my[k],
-                       ux=ux, uy=uy, sigma=sigma, t_seed=(t_pix.min(), t_pix.max()),
-                       chunk=chunk, nsigma=nsigma)
+        sigma, peaked = _across_profile(values=values, bad=bad, cx=mx[k], cy=my[k], ux=ux,
+                                        uy=uy, t_range=(t_pix.min(), t_pix.max()),
+                                        floor=seeing_sigma)
+        if not peaked or sigma > max(3.0 * seeing_sigma, 2.0):
+            continue  # not a trail's profile: an edge's ramp, a gradient, a wide blur
+        cx, cy = float(mx[k]), float(my[k])
+        t0, t1 = _walk(values=values, rms=np.asarray(rms), bad=bad, cx=cx, cy=cy, ux=ux,
+                       uy=uy, sigma=sigma, t_seed=(t_pix.min(), t_pix.max()), chunk=chunk,
+                       nsigma=nsigma)
+        cx, cy, ux, uy = _refine_line(values=values, bad=bad, cx=cx, cy=cy, ux=ux, uy=uy,
+                                      t_range=(t0, t1), reach=3.0 * sigma + 1.0,
+                                      chunk=4.0 * chunk)
+        t0, t1 = _walk(values=values, rms=np.asarray(rms), bad=bad, cx=cx, cy=cy, ux=ux,
+                       uy=uy, sigma=sigma, t_seed=(t0, t1), chunk=chunk, nsigma=nsigma)
+        angle = math.atan2(uy, ux)
+        if angle > math.pi / 2:
+            angle -= math.pi
+        elif angle <= -math.pi / 2:
+            angle += math.pi
         half_width = 3.0 * sigma + 1.0
         t = np.arange(t0, t1 + 0.5, 0.5)
         d = np.arange(-half_width, half_width + 0.25, 0.5)
-        sx = np.rint(mx[k] + t[:, None] * ux - d[None, :] * uy).astype(int)
-        sy = np.rint(my[k] + t[:, None] * uy + d[None, :] * ux).astype(int)
+        sx = np.rint(cx + t[:, None] * ux - d[None, :] * uy).astype(int)
+        sy = np.rint(cy + t[:, None] * uy + d[None, :] * ux).astype(int)
         ok = (sx >= 0) & (sx < nx) & (sy >= 0) & (sy < ny)
         out[sy[ok], sx[ok]] = True
-        streaks.append({"x": round(float(mx[k]), 2), "y": round(float(my[k]), 2),
+        streaks.append({"x": round(float(cx), 2), "y": round(float(cy), 2),
                         "angle_deg": round(math.degrees(angle), 2),
                         "length_px": round(t1 - t0, 1), "width_px": round(2 * half_width, 1)})
     return out, streaks
