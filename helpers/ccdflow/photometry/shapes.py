@@ -68,6 +68,10 @@ def star_shapes(*, data: np.ndarray, x: Sequence[float], y: Sequence[float],
 #: fewest star-like detections (neither spikes nor flat) whose shared elongation can
 #: stand for the frame's PSF (:func:`psf_roundness`)
 MIN_COHERENT_SOURCES = 5
+#: ... and how far from round (in units of ``roundness_max``) their median must be: a
+#: trail gives |roundness| 1.3-1.5 in one of the two, arcs of defocused rings cut by the
+#: deblender, elongated in every direction, medians of 0.1-0.5
+COHERENT_ROUNDNESS = 0.75
 
 
 def psf_roundness(shapes: pd.DataFrame, *,
@@ -78,7 +82,8 @@ def psf_roundness(shapes: pd.DataFrame, *,
     """The roundness (``roundness1``, ``roundness2``) of the frame's PSF, against which
     a detection is judged elongated: (0, 0) for round stars, or the median of the
     detections that are neither spikes nor flat when at least ``min_sources`` of them
-    exist and more than half lie beyond ``roundness_max``: every star of a frame is
+    exist, more than half lie beyond ``roundness_max`` and their median lies beyond
+    ``COHERENT_ROUNDNESS`` × ``roundness_max`` (one shared shape): every star of a frame is
     elongated the same way when the wind shook the telescope or the tracking ran
     (trailed stars, an astigmatic or tilted camera), and a test against round would
     leave no star at all.  A cosmic-ray track or a bleed trail still stands out of
@@ -93,7 +98,10 @@ def psf_roundness(shapes: pd.DataFrame, *,
         beyond = np.maximum(np.abs(r1[star_like]), np.abs(r2[star_like])) > roundness_max
     if beyond.mean() <= 0.5:
         return 0.0, 0.0
-    return float(np.median(r1[star_like])), float(np.median(r2[star_like]))
+    centre = float(np.median(r1[star_like])), float(np.median(r2[star_like]))
+    if max(abs(centre[0]), abs(centre[1])) < COHERENT_ROUNDNESS * roundness_max:
+        return 0.0, 0.0  # elongated every which way (a donut's arcs): no shared shape
+    return centre
 
 
 def shape_rejections(shapes: pd.DataFrame, *, exempt: np.ndarray | None = None,
