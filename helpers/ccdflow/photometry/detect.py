@@ -430,7 +430,8 @@ def merge_split_sources(sources: pd.DataFrame, *, radius_px: float) -> pd.DataFr
     keep["flux"] = total[g]
     keep["area"] = np.bincount(group, weights=table["area"].to_numpy(float))[g]
     keep["peak"] = pd.Series(table["peak"].to_numpy(float)).groupby(group).max().to_numpy()[g]
-    keep["snr"] = total[g] / np.sqrt(np.bincount(group, weights=np.nan_to_num(noise2))[g])
+    with np.errstate(invalid="ignore", divide="ignore"):  # no S/N in the group: NaN/inf
+        keep["snr"] = total[g] / np.sqrt(np.bincount(group, weights=np.nan_to_num(noise2))[g])
     keep["saturated_or_masked"] = (pd.Series(table["saturated_or_masked"].astype(bool))
                                    .groupby(group).any().to_numpy()[g])
     keep = keep.sort_values(["flux", "y", "x"], ascending=[False, True, True],

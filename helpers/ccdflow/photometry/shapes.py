@@ -87,7 +87,8 @@ def psf_roundness(shapes: pd.DataFrame, *,
     elongated the same way when the wind shook the telescope or the tracking ran
     (trailed stars, an astigmatic or tilted camera), and a test against round would
     leave no star at all.  A cosmic-ray track or a bleed trail still stands out of
-    such a population."""
+    such a population unless it runs along the stars' own elongation; hot pixels are
+    spikes (sharpness) whatever the shift."""
     sharp = shapes["sharpness"].to_numpy(float)
     r1, r2 = (shapes[c].to_numpy(float) for c in ("roundness1", "roundness2"))
     with np.errstate(invalid="ignore"):
