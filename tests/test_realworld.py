@@ -444,12 +444,14 @@ def test_a_camera_without_overscan_gets_its_zero_level_from_the_profile(night, c
     assert abs(report["gain_measured"] - 1.0) < 0.05, report
 
 
-def _reduce_with_first_frame_target(spec, directory, profile=PROFILE):
+def _reduce_with_first_frame_target(spec, directory, profile=PROFILE, alter=None):
     """Simulate ``spec`` into ``directory`` and reduce it with the robotic profile (or
     ``profile``) and a target read off the first frame 1.5 px from its star:
-    (truth, results)."""
+    (truth, results).  ``alter(night, truth)``, when given, edits the raw frames first."""
     night = simulate_night(out_dir=directory / "night", spec=spec)
     truth = load_truth(night)
+    if alter is not None:
+        alter(night, truth)
     first = truth.star_frames[(truth.star_frames["frame"] == truth.frames["frame"].iloc[0])
                               & (truth.star_frames["star_id"] == 0)].iloc[0]
     target = {"name": "TARGET", "x": float(first["x"] + 1.2), "y": float(first["y"] - 0.9)}
@@ -609,34 +611,27 @@ def test_satellite_trails_through_the_target_are_masked_not_measured(tmp_path):
     (REPAIRED; unusable when the trail covered more than max_repaired_fraction of its
     light)."""
     spec = _spec(flip=False, n_science=24)
-    night = simulate_night(out_dir=tmp_path / "night", spec=spec)
-    truth = load_truth(night)
-    stars = truth.star_frames
     hit = {}
-    for k in (5, 12, 18):
-        frame = truth.frames.iloc[k]
-        star = stars[(stars["frame"] == frame["frame"]) & (stars["star_id"] == 0)].iloc[0]
-        path = night / "raw" / frame["file"]
-        path.chmod(0o644)
-        with fits.open(path, mode="update") as hdul:
-            data = hdul[0].data.astype(float)
-            yy, xx = np.mgrid[: data.shape[0], : data.shape[1]]
-            angle = np.radians(25 + 20 * k)
-            d = np.abs(-(xx - star["x"]) * np.sin(angle) + (yy - star["y"]) * np.cos(angle))
-            trail = np.where(xx < spec.nx, 800.0 * np.exp(-0.5 * (d / 0.9) ** 2), 0.0)
-            hdul[0].data = np.clip(np.round(data + trail), 0, 4095).astype(np.uint16)
-        path.chmod(0o444)
-        hit[frame["frame"]] = True
-    first = stars[(stars["frame"] == truth.frames["frame"].iloc[0]) & (stars["star_id"] == 0)]
-    target = {"name": "TARGET", "x": float(first["x"].iloc[0] + 1.2),
-              "y": float(first["y"].iloc[0] - 0.9)}
-    (tmp_path / "robotic.yaml").write_text(PROFILE)
-    work = tmp_path / "work"
-    work.mkdir()
-    run_snakemake(work, "--cores", "2", config={
-        "raw_dir": str(night / "raw"), "instrument": str(tmp_path / "robotic.yaml"),
-        "photometry": {"targets": [target]}})
-    results = work / "results"
+
+    def add_trails(night, truth):
+        stars = truth.star_frames
+        for k in (5, 12, 18):
+            frame = truth.frames.iloc[k]
+            star = stars[(stars["frame"] == frame["frame"]) & (stars["star_id"] == 0)].iloc[0]
+            path = night / "raw" / frame["file"]
+            path.chmod(0o644)
+            with fits.open(path, mode="update") as hdul:
+                data = hdul[0].data.astype(float)
+                yy, xx = np.mgrid[: data.shape[0], : data.shape[1]]
+                angle = np.radians(25 + 20 * k)
+                d = np.abs(-(xx - star["x"]) * np.sin(angle) + (yy - star["y"]) * np.cos(angle))
+                trail = np.where(xx < spec.nx, 800.0 * np.exp(-0.5 * (d / 0.9) ** 2), 0.0)
+                hdul[0].data = np.clip(np.round(data + trail), 0, 4095).astype(np.uint16)
+            path.chmod(0o444)
+            hit[frame["frame"]] = True
+
+    truth, results = _reduce_with_first_frame_target(spec, tmp_path, alter=add_trails)
+    stars = truth.star_frames
     summary = pd.read_csv(next(results.glob("cosmics/*/*/batch-summary.tsv")), sep="\t")
     found = set(summary.loc[summary["n_streaks"] > 0, "frame"])
     assert found == set(hit), summary[["frame", "n_streaks", "n_streak_px"]]
@@ -650,5 +645,5 @@ def test_satellite_trails_through_the_target_are_masked_not_measured(tmp_path):
     on = rows["frame"].isin(hit).to_numpy()
     assert ((rows["flags"].to_numpy()[on] & 512) != 0).all()  # REPAIRED
     usable = rows["usable"].astype(bool).to_numpy()
-    assert (np.abs(pull[on]) < 3).all(), pull[on]  # measured: -0.2 to +0.5
+    assert (np.abs(pull[on]) < 3).all(), pull[on]  # measured: -1.4 to +0.5
     assert usable[~on].mean() >= 0.9

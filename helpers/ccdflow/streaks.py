@@ -59,6 +59,20 @@ def _segment_geometry(labels: np.ndarray):
     return n, mx, my, cxx, cyy, cxy, (lab, xx, yy)
 
 
+def _band(*, shape, bad, cx, cy, ux, uy, t, d):
+    """Pixel indices (rows, columns) of the points ``t`` along and ``d`` across the line
+    through (cx, cy) in direction (ux, uy), one row per ``t``, clipped to the frame, and
+    which of them lie on it and are usable (not ``bad``; ``bad`` None: all)."""
+    ny, nx = shape
+    sx = np.rint(cx + t[:, None] * ux - d[None, :] * uy).astype(int)
+    sy = np.rint(cy + t[:, None] * uy + d[None, :] * ux).astype(int)
+    ok = (sx >= 0) & (sx < nx) & (sy >= 0) & (sy < ny)
+    sx, sy = np.clip(sx, 0, nx - 1), np.clip(sy, 0, ny - 1)
+    if bad is not None:
+        ok &= ~bad[sy, sx]
+    return sy, sx, ok
+
+
 def _walk(*, values, rms, bad, cx, cy, ux, uy, sigma, t_seed, chunk, nsigma):
     """The extent (t0, t1) along the line through (cx, cy) in direction (ux, uy) over
     which the trail's core stands ``nsigma`` above the sky, from the seed's extent
@@ -71,11 +85,7 @@ def _walk(*, values, rms, bad, cx, cy, ux, uy, sigma, t_seed, chunk, nsigma):
     on = (px >= -0.5) & (px < nx - 0.5) & (py >= -0.5) & (py < ny - 0.5)
     t = t[on]
     across = np.arange(-math.ceil(1.5 * sigma), math.ceil(1.5 * sigma) + 1.0)
-    sx = np.rint(cx + t[:, None] * ux - across[None, :] * uy).astype(int)
-    sy = np.rint(cy + t[:, None] * uy + across[None, :] * ux).astype(int)
-    ok = (sx >= 0) & (sx < nx) & (sy >= 0) & (sy < ny)
-    sx, sy = np.clip(sx, 0, nx - 1), np.clip(sy, 0, ny - 1)
-    ok &= ~bad[sy, sx]
+    sy, sx, ok = _band(shape=values.shape, bad=bad, cx=cx, cy=cy, ux=ux, uy=uy, t=t, d=across)
     signal = np.where(ok, values[sy, sx], 0.0).sum(axis=1)
     noise2 = np.where(ok, rms[sy, sx].astype(float) ** 2, 0.0).sum(axis=1)
     index = np.floor((t - t[0]) / chunk).astype(int)
@@ -113,15 +123,10 @@ def _across_profile(*, values, bad, cx, cy, ux, uy, t_range, floor):
     and whether that profile is a trail's: highest within ``floor`` + 1 px of the line
     and falling below a quarter of that on both sides (an edge's ramp, a gradient the
     sky map missed, rises to one side; a masked or off-frame side proves nothing)."""
-    ny, nx = values.shape
     reach = max(6.0, 4.0 * floor)
     t = np.arange(t_range[0], t_range[1] + 1.0)
     d = np.arange(-math.ceil(reach), math.ceil(reach) + 1.0)
-    sx = np.rint(cx + t[:, None] * ux - d[None, :] * uy).astype(int)
-    sy = np.rint(cy + t[:, None] * uy + d[None, :] * ux).astype(int)
-    ok = (sx >= 0) & (sx < nx) & (sy >= 0) & (sy < ny)
-    sx, sy = np.clip(sx, 0, nx - 1), np.clip(sy, 0, ny - 1)
-    ok &= ~bad[sy, sx]
+    sy, sx, ok = _band(shape=values.shape, bad=bad, cx=cx, cy=cy, ux=ux, uy=uy, t=t, d=d)
     samples = np.where(ok, values[sy, sx], np.nan)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -142,14 +147,9 @@ def _refine_line(*, values, bad, cx, cy, ux, uy, t_range, reach, chunk):
     the median across-profile, a weighted straight-line fit of those centroids along
     the line; the angle of a short seed piece is off by a fraction of a degree, which
     over a frame's width moves the line off the trail.  Returns (cx, cy, ux, uy)."""
-    ny, nx = values.shape
     t = np.arange(t_range[0], t_range[1] + 1.0)
     d = np.arange(-math.ceil(reach), math.ceil(reach) + 1.0)
-    sx = np.rint(cx + t[:, None] * ux - d[None, :] * uy).astype(int)
-    sy = np.rint(cy + t[:, None] * uy + d[None, :] * ux).astype(int)
-    ok = (sx >= 0) & (sx < nx) & (sy >= 0) & (sy < ny)
-    sx, sy = np.clip(sx, 0, nx - 1), np.clip(sy, 0, ny - 1)
-    ok &= ~bad[sy, sx]
+    sy, sx, ok = _band(shape=values.shape, bad=bad, cx=cx, cy=cy, ux=ux, uy=uy, t=t, d=d)
     samples = np.where(ok, values[sy, sx], np.nan)
     index = np.floor((t - t[0]) / chunk).astype(int)
     centres, weights, where = [], [], []
@@ -260,9 +260,7 @@ def find_streaks(*, data: np.ndarray, background: np.ndarray, rms: np.ndarray,
         half_width = 3.0 * sigma + 1.0
         t = np.arange(t0, t1 + 0.5, 0.5)
         d = np.arange(-half_width, half_width + 0.25, 0.5)
-        sx = np.rint(cx + t[:, None] * ux - d[None, :] * uy).astype(int)
-        sy = np.rint(cy + t[:, None] * uy + d[None, :] * ux).astype(int)
-        ok = (sx >= 0) & (sx < nx) & (sy >= 0) & (sy < ny)
+        sy, sx, ok = _band(shape=out.shape, bad=None, cx=cx, cy=cy, ux=ux, uy=uy, t=t, d=d)
         out[sy[ok], sx[ok]] = True
         streaks.append({"x": round(float(cx), 2), "y": round(float(cy), 2),
                         "angle_deg": round(math.degrees(angle), 2),
