@@ -647,3 +647,34 @@ def test_satellite_trails_through_the_target_are_masked_not_measured(tmp_path):
     usable = rows["usable"].astype(bool).to_numpy()
     assert (np.abs(pull[on]) < 3).all(), pull[on]  # measured: -1.4 to +0.5
     assert usable[~on].mean() >= 0.9
+
+
+def test_an_alt_az_night_with_focus_drift_and_dithers_reduces(tmp_path):
+    """What an alt-az mount (a smart telescope) and an unattended night bring together:
+    the field turning 60° about the frame centre, the focus drifting (FWHM 2 → 4 px)
+    and the pointing dithered by 15 px a frame on top of the drift.  Every frame aligns
+    (its rotation in the notes), the target stays on its star, one source per star, and
+    the light curve's scatter is what its errors say.  Measured here (seeds 2017 and 3):
+    rotations 0-60.1° from the first frame, the reference, target 0.03 px from its star
+    (median), 96-100 % usable, point-to-point scatter 0.98-1.08× the errors; on 50-frame
+    nights of 400×320 px (seed 7) 0 of 50 unaligned at 30°, at 90°, and at 45° with the
+    FWHM 2 → 3.7 px, scatter 0.91-1.13× the errors."""
+    spec = replace(_spec(flip=False, n_science=24), field_rotation_deg=60.0, fwhm_px=2.0,
+                   fwhm_growth=2.0, dither_px=15.0)
+    truth, results = _reduce_with_first_frame_target(spec, tmp_path)
+    notes = [line for p in results.glob("photometry/*/*/*.csv")
+             for line in p.read_text().splitlines() if "aligned" in line and line[:1] == "#"]
+    assert len(notes) == len(truth.frames) and not [n for n in notes if "not aligned" in n]
+    turns = sorted(abs(float(n.split("rotation ")[1].split(" deg")[0])) for n in notes)
+    assert turns[-1] > 25.0  # one end of the night is ≥ 30° from any reference frame
+    rows = pd.read_csv(results / "lightcurves" / "WASP-SIM_R" / "differential_TARGET.csv",
+                       comment="#")
+    at = rows.merge(truth.star_frames[truth.star_frames["star_id"] == 0], on="frame")
+    offset = np.hypot(at["x_x"] - at["x_y"], at["y_x"] - at["y_y"])
+    assert len(at) == len(truth.frames) and np.median(offset) < 0.15, offset.describe()
+    assert rows["usable"].mean() >= 0.9
+    ok = rows["usable"].astype(bool)
+    p2p = np.std(np.diff(rows.loc[ok, "rel_flux"])) / np.sqrt(2)
+    # within 3 standard errors of the ratio 1 (~1/√(2(n−1)) each)
+    ratio = p2p / rows.loc[ok, "rel_flux_err"].median()
+    assert abs(ratio - 1) <= 3 / np.sqrt(2 * (ok.sum() - 1)), ratio

@@ -605,6 +605,34 @@ def test_errors_that_do_not_describe_the_scatter_are_said(rng, caplog):
         assert ("WARNING" in note) == warned and ("rel_flux_err" in caplog.text) == warned
 
 
+def test_frames_a_target_is_unusable_in_are_counted_by_reason(rng, caplog):
+    # the observer lengthened the exposures for the last 20 of 60 frames and the target
+    # saturated in 18 of them; in 2 more every comparison is flagged: the note and the
+    # log say how many frames are usable and why the others are not (a warning above 10 %)
+    tables, catalog = _tables_two_apertures(rng, scatter={"tight": 0.01})
+    for k, table in enumerate(tables):
+        if 40 <= k < 58:
+            table.loc[table["source_id"] == 0, "flags"] = int(PhotFlag.SATURATED)
+        elif k >= 58:
+            table.loc[table["source_id"] > 0, "flags"] = int(PhotFlag.MASKED)
+    with caplog.at_level("INFO", logger="ccdflow.photometry.lightcurves"):
+        out = build_lightcurves(tables=tables, catalog=catalog, aperture="tight")
+    text = "usable in 40 of 60 frames (SATURATED in 18 of 60 frames, no usable comparison in 2)"
+    assert text in out["notes"]["T"]
+    assert [r.levelname for r in caplog.records if text in r.message] == ["WARNING"]
+    # one frame of 60 lost is said, quietly; a light curve usable throughout says nothing
+    tables, catalog = _tables_two_apertures(rng, scatter={"tight": 0.01})
+    tables[5].loc[tables[5]["source_id"] == 0, "flags"] = int(PhotFlag.MASKED)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="ccdflow.photometry.lightcurves"):
+        out = build_lightcurves(tables=tables, catalog=catalog, aperture="tight")
+    assert "usable in 59 of 60 frames (MASKED in 1 of 60 frames)" in out["notes"]["T"]
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    tables, catalog = _tables_two_apertures(rng, scatter={"tight": 0.01})
+    assert "usable in" not in build_lightcurves(tables=tables, catalog=catalog,
+                                                aperture="tight")["notes"]["T"]
+
+
 def test_best_aperture_does_not_trade_frames_for_scatter(rng):
     """'best': the quietest light curve among the apertures usable in as many frames as
     the best-covered one but one (or 1 %).  A light curve 2.6× quieter that lost one frame

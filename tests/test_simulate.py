@@ -281,3 +281,48 @@ def test_defocused_and_trailed_stars(tmp_path):
                  "--trail", "3", "45"]) == 0
     spec = json.loads((tmp_path / "d" / "truth" / "truth.json").read_text())["spec"]
     assert spec["defocus_radius_px"] == 5.0 and spec["trail_px"] == [3.0, 45.0]
+
+
+def test_focus_drift_dithers_field_rotation_and_an_exposure_change(tmp_path):
+    """Four things real series bring, in the truth and the frames: the FWHM growing to
+    ``fwhm_growth`` × its start (focus drift), random pointing offsets (``dither_px``), an
+    alt-az mount's field rotation about the frame centre, and a longer exposure from a
+    fraction of the series on.  Nights without them keep their frames bit for bit."""
+    from dataclasses import replace
+
+    base = replace(NightSpec.realworld(n_science=9, nx=160, ny=128, n_stars=30, seed=5),
+                   cloud_fraction=0.0)
+    spec = replace(base, fwhm_growth=2.0, dither_px=10.0, field_rotation_deg=40.0,
+                   exptime_change=(0.5, 120.0))
+    truth = load_truth(simulate_night(out_dir=tmp_path / "new", spec=spec))
+    frames = truth.frames.reset_index(drop=True)
+    # the seeing's own wave and jitter are ±8 % and ±0.03 px about the focus trend
+    assert frames["fwhm_px"].iloc[-1] / frames["fwhm_px"].iloc[0] == pytest.approx(2.0,
+                                                                                   rel=0.15)
+    assert frames["exptime_s"].tolist() == [60.0] * 5 + [120.0] * 4
+    first = fits.getheader(tmp_path / "new" / "raw" / frames["file"].iloc[-1])
+    assert first["EXPTIME"] == 120.0
+    # the last frame: rotated by 40° about the centre, then shifted by drift + dither
+    stars = truth.star_frames
+    a = stars[stars["frame"] == frames["frame"].iloc[0]].set_index("star_id")
+    b = stars[stars["frame"] == frames["frame"].iloc[-1]].set_index("star_id")
+    za, zb = a["x"] + 1j * a["y"], (b["x"] + 1j * b["y"]).loc[a.index]
+    turn = np.angle(np.mean((zb - zb.mean()) / (za - za.mean())), deg=True)
+    assert turn == pytest.approx(40.0, abs=0.01)
+    offsets = frames["dx_px"].to_numpy() - 60.0 * np.linspace(0, 1, 9)
+    assert 3.0 < np.std(offsets) < 25.0  # σ 10 px a frame about the drift
+    plain = load_truth(simulate_night(out_dir=tmp_path / "plain", spec=base))
+    assert np.allclose(plain.frames["dx_px"], 60.0 * np.linspace(0, 1, 9), atol=1.0)
+    assert plain.frames["exptime_s"].eq(60.0).all()
+    from ccdflow.simulate import main
+
+    assert main([str(tmp_path / "cli"), "--realworld", "2", "--fwhm-growth", "1.5",
+                 "--dither", "3", "--field-rotation", "20", "--exptime-change", "0.5",
+                 "30"]) == 0
+    written = json.loads((tmp_path / "cli" / "truth" / "truth.json").read_text())["spec"]
+    assert (written["fwhm_growth"], written["dither_px"], written["field_rotation_deg"],
+            written["exptime_change"]) == (1.5, 3.0, 20.0, [0.5, 30.0])
+    with pytest.raises(ValueError, match="exptime_change must be"):
+        replace(base, exptime_change=(1.5, 30.0))
+    with pytest.raises(ValueError, match="fwhm_growth must be"):
+        replace(base, fwhm_growth=0.0)

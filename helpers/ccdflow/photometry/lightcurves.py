@@ -122,8 +122,8 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
                                                  "whose errors describe their scatter "
                                                  f"({listed_scatter})"]))
             log.info("differential light curve of %s: %s", name, note)
-        note = "; ".join(filter(None, [note, _error_check(light, name=name,
-                                                          scatter=scatter[label])]))
+        note = "; ".join(filter(None, [note, _coverage(light, name=name),
+                                       _error_check(light, name=name, scatter=scatter[label])]))
         if note:
             notes[name] = note
         chosen[name] = label
@@ -267,6 +267,31 @@ def _differential(pivot: _Pivot, *, sid: int, name: str, label: str, comparisons
     for column, values in pivot.covariates.items():  # the target's, for detrending
         light[column] = values[sid].to_numpy()
     return light.reset_index(), choice, note
+
+
+#: a target's light curve unusable in more than this fraction of its frames is a warning
+#: (a saturated target after a longer exposure, a star near the edge as the field drifts)
+MAX_UNUSABLE_QUIET = 0.1
+
+
+def _coverage(light: pd.DataFrame, *, name: str) -> str:
+    """'usable in K of N frames (SATURATED in 20 of 50 frames, ...)' for a light curve's
+    note when rows are unusable: the target's flags, then the frames it is good in
+    but no comparison star is; logged, as a warning above :data:`MAX_UNUSABLE_QUIET`."""
+    usable = light["usable"].to_numpy(bool)
+    n, k = len(usable), int(usable.sum())
+    if k in (0, n):  # none usable: the note says why the ratio was not computed
+        return ""
+    flags = light["flags"]
+    why = _unusable_summary(flags)  # a row with one of BAD_FLAGS is never usable
+    own_good = good_mask(flags.fillna(int(PhotFlag.OFF_FRAME)).astype(np.int64))
+    lonely = int((own_good & ~usable).sum())
+    if lonely:
+        why = (why[:-1] + ", " if why else " (") + f"no usable comparison in {lonely})"
+    text = f"usable in {k} of {n} frames{why}"
+    (log.warning if n - k > MAX_UNUSABLE_QUIET * n else log.info)(
+        "differential light curve of %s: %s", name, text)
+    return text
 
 
 def _unusable_summary(flags: pd.Series) -> str:

@@ -47,6 +47,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--trail", type=float, nargs=2, default=(0.0, 0.0),
                    metavar=("LENGTH_PX", "ANGLE_DEG"), help="trailed stars (wind shake, "
                    "a tracking error): trail length and angle from +x")
+    p.add_argument("--fwhm-growth", type=float, default=1.0, metavar="FACTOR",
+                   help="focus drift: the FWHM at the night's end over its start")
+    p.add_argument("--dither", type=float, default=0.0, metavar="SIGMA_PX",
+                   help="random pointing offsets per science frame (σ px, each axis)")
+    p.add_argument("--field-rotation", type=float, default=0.0, metavar="DEG",
+                   help="an alt-az mount's field rotation by the night's end")
+    p.add_argument("--exptime-change", type=float, nargs=2, default=None,
+                   metavar=("FRACTION", "EXPTIME_S"), help="from this fraction of each "
+                   "science series on, exposures of EXPTIME_S")
     a = p.parse_args(argv)
     try:  # a spec that cannot be simulated is one usage line, not a traceback
         if a.realworld is not None:
@@ -56,8 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              n_flat=a.n_flat, filters=tuple(a.filters.split(",")),
                              science=tuple(a.science) if a.science else d.science,
                              n_stars=a.n_stars, seed=a.seed, night=a.night)
-        if a.defocus or a.trail[0]:
-            spec = replace(spec, defocus_radius_px=a.defocus, trail_px=tuple(a.trail))
+        spec = replace(spec, defocus_radius_px=a.defocus, trail_px=tuple(a.trail),
+                       fwhm_growth=a.fwhm_growth, dither_px=a.dither,
+                       field_rotation_deg=a.field_rotation,
+                       exptime_change=tuple(a.exptime_change) if a.exptime_change else None)
     except ValueError as exc:
         p.error(str(exc))
     out = simulate_night(out_dir=a.out_dir, spec=spec)

@@ -52,7 +52,12 @@ def _schedule(spec: NightSpec):
     cadence = spec.science_exptime_s + spec.overhead_s
     t_hours = 3.0
     for filt, count in spec.science:
+        first = len(rows)
         block("science", filt, spec.science_exptime_s, t_hours, count, cadence)
+        if spec.exptime_change is not None:  # the same cadence, another exposure time
+            at, exptime = spec.exptime_change
+            rows[first:] = [(k, f, exptime if i >= at * count else e, t)
+                            for i, (k, f, e, t) in enumerate(rows[first:])]
         t_hours += count * cadence / 3600.0 + 0.05
     # darks before dawn (05:40 local, 12:40 UTC): same night by the local-noon rule
     block("dark", "", spec.dark_exptime_s, 12.67, spec.n_dark, spec.dark_exptime_s + 20.0)
@@ -228,12 +233,15 @@ def _flat_electrons(rng: np.random.Generator, spec: NightSpec, flat: np.ndarray,
 
 
 def _science_fwhm(rng: np.random.Generator, spec: NightSpec, u: float) -> float:
-    """Seeing at the fraction ``u`` of the science span: a slow wave plus jitter."""
+    """Seeing at the fraction ``u`` of the science span: a slow wave plus jitter, times
+    the focus drift (``fwhm_growth``, linear in ``u``)."""
+    focus = 1.0 + (spec.fwhm_growth - 1.0) * u
     if spec.fwhm_px is None:
-        return float(np.clip(2.8 + 0.5 * math.sin(2 * math.pi * 1.3 * u + 0.4)
-                             + rng.normal(0, 0.08), 2.0, 5.0))
-    return float(np.clip(spec.fwhm_px * (1 + 0.08 * math.sin(2 * math.pi * u))
-                         + rng.normal(0, 0.03), 0.8 * spec.fwhm_px, 1.5 * spec.fwhm_px))
+        return focus * float(np.clip(2.8 + 0.5 * math.sin(2 * math.pi * 1.3 * u + 0.4)
+                                     + rng.normal(0, 0.08), 2.0, 5.0))
+    return focus * float(np.clip(spec.fwhm_px * (1 + 0.08 * math.sin(2 * math.pi * u))
+                                 + rng.normal(0, 0.03), 0.8 * spec.fwhm_px,
+                                 1.5 * spec.fwhm_px))
 
 
 def _science_electrons(rng: np.random.Generator, spec: NightSpec, *, flat: np.ndarray,
@@ -247,6 +255,8 @@ def _science_electrons(rng: np.random.Generator, spec: NightSpec, *, flat: np.nd
     fwhm = _science_fwhm(rng, spec, u)
     dx = spec.drift_px[0] * u + rng.normal(0, 0.15)
     dy = spec.drift_px[1] * u + rng.normal(0, 0.15)
+    if spec.dither_px > 0:  # drawn only when asked: other nights keep their frames
+        dx, dy = dx + rng.normal(0, spec.dither_px), dy + rng.normal(0, spec.dither_px)
     t_mid = start.mjd + exptime / 2 / 86400.0
     fac = np.ones(len(stars))
     fac[stars["is_target"].to_numpy()] = transit_factor(
@@ -258,7 +268,13 @@ def _science_electrons(rng: np.random.Generator, spec: NightSpec, *, flat: np.nd
     extinction = 10 ** (-0.4 * spec.extinction_mag_per_airmass * airmass)
     flux = stars["flux_e_per_s"].to_numpy() * exptime * fac * transparency * extinction
     flipped = spec.flip_at is not None and u > spec.flip_at
-    if flipped:  # 180° about the frame centre, then the drift
+    if spec.field_rotation_deg:  # about the frame centre, with the flip, then the drift
+        angle = math.radians(spec.field_rotation_deg * u + (180.0 if flipped else 0.0))
+        cx, cy = (spec.nx - 1) / 2, (spec.ny - 1) / 2
+        x0, y0 = stars["x0"].to_numpy() - cx, stars["y0"].to_numpy() - cy
+        xs = cx + math.cos(angle) * x0 - math.sin(angle) * y0 + dx
+        ys = cy + math.sin(angle) * x0 + math.cos(angle) * y0 + dy
+    elif flipped:  # 180° about the frame centre, then the drift
         xs = (spec.nx - 1) - stars["x0"].to_numpy() + dx
         ys = (spec.ny - 1) - stars["y0"].to_numpy() + dy
     else:

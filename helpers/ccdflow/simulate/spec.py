@@ -103,6 +103,12 @@ class NightSpec:
     mag_slope: float = 0.3
     defocus_radius_px: float = 0.0  # > 0: defocused "donut" stars of this outer radius
     trail_px: tuple[float, float] = (0.0, 0.0)  # trailed stars: (length px, angle deg)
+    fwhm_growth: float = 1.0  # focus drift: the FWHM at the night's end over its start
+    dither_px: float = 0.0  # random pointing offsets per science frame (σ px, each axis)
+    field_rotation_deg: float = 0.0  # an alt-az mount's field rotation by the night's end
+    # (fraction of each science series, new exposure s): the observer changes the
+    # exposure time part-way through (a target nearing saturation, clouds)
+    exptime_change: tuple[float, float] | None = None
 
     @classmethod
     def realworld(cls, *, flip: bool = False, n_science: int = 140, nx: int = 650,
@@ -143,6 +149,14 @@ class NightSpec:
         if self.header_longitude not in ("east", "west"):
             raise ValueError(f"header_longitude must be 'east' or 'west', got "
                              f"{self.header_longitude!r}")
+        if not 0.25 <= self.fwhm_growth <= 4.0:
+            raise ValueError(f"fwhm_growth must be in [0.25, 4], got {self.fwhm_growth}")
+        if self.exptime_change is not None and not (
+                0 < self.exptime_change[0] < 1 and self.exptime_change[1] > 0):
+            raise ValueError(f"exptime_change must be (fraction in (0, 1), exposure s > 0), "
+                             f"got {self.exptime_change}")
+        if self.dither_px < 0:
+            raise ValueError(f"dither_px must be >= 0, got {self.dither_px}")
         if self.defocus_radius_px < 0 or self.trail_px[0] < 0:
             raise ValueError("defocus_radius_px and trail_px's length must be >= 0")
         for name in ("nx", "ny"):
