@@ -388,6 +388,12 @@ def test_real_world_night_gives_a_transit_light_curve(night, tmp_path):
     lc = pd.read_csv(results / "lightcurves" / "WASP-SIM_R" / "differential_TARGET.csv",
                      comment="#")
     assert lc["usable"].mean() >= 0.9
+    # the meridian flip for detrending: each frame's rotation from the reference, 180°
+    # where its pier side differs from the reference's (AstroImageJ's Meridian_Flip)
+    flipped = lc.merge(frames[["frame", "flipped"]], on="frame")["flipped"].to_numpy(bool)
+    turned = np.abs(lc["rotation_deg"].to_numpy()) > 90
+    assert (turned == (flipped != flipped[lc["frame"] == _reference_frame(results)][0])).all()
+    assert (np.minimum(np.abs(lc["rotation_deg"]), 180 - np.abs(lc["rotation_deg"])) < 0.1).all()
     transit = json.loads((night / "truth" / "truth.json").read_text())["transit"]
     fit = _fit_transit(lc, transit)
     assert abs(fit["depth"] - transit["depth"]) <= 2 * fit["depth_err"], fit
@@ -404,6 +410,12 @@ def test_real_world_night_gives_a_transit_light_curve(night, tmp_path):
     pulls = _pulls_against_truth(results, truth, night)
     print(f"pulls against truth: {len(pulls)} stars, median std {np.median(pulls):.3f}")
     assert len(pulls) >= 15 and 0.9 <= np.median(pulls) <= 1.1, np.median(pulls)
+
+
+def _reference_frame(results):
+    """The series' reference frame, from the light curve's header."""
+    text = (results / "lightcurves" / "WASP-SIM_R" / "differential_TARGET.csv").read_text()
+    return text.split("# reference frame ")[1].split(";")[0]
 
 
 def test_a_camera_without_overscan_gets_its_zero_level_from_the_profile(night, caplog):

@@ -387,9 +387,10 @@ def photometry_batch(*, frames: Sequence[str], calibrated_dir: str | Path,
             *unit_comments(list(table.columns))])
         usable = good_mask(table["flags"]) if len(table) else np.zeros(0, bool)
         first = (table.iloc[0] if len(table) else
-                 pd.Series(np.nan, index=["dx", "dy", "mjd_utc", "airmass"]))
+                 pd.Series(np.nan, index=["dx", "dy", "rotation_deg", "mjd_utc", "airmass"]))
         return {"n_rows": len(table), "n_usable": int(usable.sum()),
                 "dx_px": round(float(first["dx"]), 3), "dy_px": round(float(first["dy"]), 3),
+                "rotation_deg": round(float(first.get("rotation_deg", np.nan)), 3),
                 "mjd_utc": float(first["mjd_utc"]), "airmass": round(float(first["airmass"]), 4)}
 
     upstream = [calibrated_dir, background_dir, *([cosmics_dir] if cosmics_dir else []),

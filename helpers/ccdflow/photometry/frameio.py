@@ -26,6 +26,7 @@ LONG_UNITS = {
     "n_sky": "pix", "fwhm": "pix", "mjd_utc": "d (mid-exposure, UTC)",
     "bjd_tdb": "d (BJD_TDB, mid-exposure)", "bmjd_tdb": "d (BJD_TDB - 2400000.5)",
     "exptime_s": "s", "dx": "pix", "dy": "pix",
+    "rotation_deg": "deg (from the reference frame, counter-clockwise)",
 }
 
 

@@ -29,8 +29,9 @@ BEST = "best"
 
 
 #: the target's per-frame quantities a differential light curve carries for detrending
-#: (AstroImageJ's X(IJ), Y(IJ), Width, Sky/Pixel; EXOTIC's airmass is there already)
-DETREND_COLUMNS = ("x", "y", "fwhm", "bkg")
+#: (AstroImageJ's X(IJ), Y(IJ), Width, Sky/Pixel; EXOTIC's airmass is there already), and
+#: the frame's rotation from the reference: a meridian flip's step, an alt-az field's turn
+DETREND_COLUMNS = ("x", "y", "fwhm", "bkg", "rotation_deg")
 
 
 def _column(rows: pd.DataFrame, name: str) -> np.ndarray:
@@ -356,7 +357,8 @@ def write_lightcurves(result: Mapping, *, table: str | Path, directory: str | Pa
                 "rel_flux = flux / ensemble, normalised to median 1 over usable frames",
                 "flux, flux_err [electron]; ensemble dimensionless; times [d]; x, y "
                 "[pix, 0-based], fwhm [pix], bkg [electron / pix]: the target's, for "
-                "detrending"])
+                "detrending; rotation_deg [deg]: the frame's from the reference (±180 "
+                "after a meridian flip, AstroImageJ's Meridian_Flip)"])
             write_table(choice, tmp / f"comparisons_{name}.csv",
                         comments=[*header, f"comparison choice for target {name}, aperture "
                                   f"{label}; scatter and expected are relative (robust std)"])

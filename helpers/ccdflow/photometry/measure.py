@@ -27,7 +27,8 @@ PHOTOMETRY_COLUMNS = ["frame", "source_id", "name", "aperture", "radius", "x", "
                       "dec_deg", "flux", "flux_err", "flux_err_cal", "bkg", "bkg_err", "bkg_rms",
                       "n_ap", "n_sky", "masked_fraction", "repaired_fraction", "contamination",
                       "flags", "fwhm", "psf_sigma_major", "psf_sigma_minor", "psf_theta",
-                      "mjd_utc", "bjd_tdb", "bmjd_tdb", "airmass", "exptime_s", "dx", "dy"]
+                      "mjd_utc", "bjd_tdb", "bmjd_tdb", "airmass", "exptime_s", "dx", "dy",
+                      "rotation_deg"]
 
 #: label of the optimal-photometry rows
 OPTIMAL = "optimal"
@@ -307,7 +308,8 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         One row per source and aperture: ``frame, source_id, name, aperture,
         radius, x, y, ra_deg, dec_deg, flux, flux_err, bkg, bkg_err, n_ap,
         n_sky, masked_fraction, flags, fwhm, mjd_utc, bjd_tdb, bmjd_tdb,
-        airmass, exptime_s, dx, dy``.
+        airmass, exptime_s, dx, dy, rotation_deg`` (the frame's turn from the
+        reference: ±180 after a meridian flip, the field rotation of an alt-az mount).
     notes : list of str
         How the frame was aligned and timed (written as comments).
     """
@@ -325,7 +327,7 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         return pd.DataFrame(columns=PHOTOMETRY_COLUMNS), notes
     fwhm, radii, (r_in, r_out) = sizes
     wcs = _wcs(header)
-    x, y, flags, (dx, dy) = _positions(
+    x, y, flags, (dx, dy, turn) = _positions(
         data=data, mask=mask, background=background, sources=sources, catalog=catalog,
         reference_meta=reference_meta, wcs=wcs, fwhm=fwhm, alignment=alignment,
         max_shift_px=max_shift_px, recentroid_min_snr=recentroid_min_snr, notes=notes,
@@ -370,7 +372,7 @@ def frame_photometry(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray, h
         table[key] = value
     table["exptime_s"] = (float(exptime_s) if exptime_s is not None else
                           float(header.get("EXPTIME", header.get("EXPOSURE", float("nan")))))
-    table["dx"], table["dy"] = dx, dy
+    table["dx"], table["dy"], table["rotation_deg"] = dx, dy, turn
     return table[PHOTOMETRY_COLUMNS], notes
 
 
@@ -406,7 +408,8 @@ def _aperture_sizes(*, meta, reference_meta, radii_px, radii_fwhm, annulus, sky,
 def _positions(*, data, mask, background, sources, catalog, reference_meta, wcs, fwhm,
                alignment, max_shift_px, recentroid_min_snr, notes, frame):
     """The list's positions on this frame (aligned, bright stars re-centroided), the
-    rows' position flags, and the shift (dx, dy) of the reference's centre."""
+    rows' position flags, and the shift (dx, dy) of the reference's centre and the
+    rotation (degrees, counter-clockwise) from the reference."""
     ref_xy = catalog[["x_ref", "y_ref"]].to_numpy(float)
     flags = np.zeros(len(catalog), np.int64)
     flags[~np.isfinite(ref_xy).all(axis=1)] |= PhotFlag.NO_POSITION
@@ -427,7 +430,7 @@ def _positions(*, data, mask, background, sources, catalog, reference_meta, wcs,
         xy, where = _unaligned_positions(catalog, wcs)
         notes.append(f"not aligned ({exc}); positions {where}")
         log.warning("%s: %s", frame, notes[-1])
-        return xy[:, 0], xy[:, 1], flags, (float("nan"), float("nan"))
+        return xy[:, 0], xy[:, 1], flags, (float("nan"),) * 3
     x, y = xy[:, 0], xy[:, 1]
     bright = np.array(catalog["snr_ref"].fillna(0) >= recentroid_min_snr, dtype=bool)
     if bright.any():
@@ -439,7 +442,7 @@ def _positions(*, data, mask, background, sources, catalog, reference_meta, wcs,
                                   snr=catalog["snr_ref"].to_numpy(float)[bright], fwhm=fwhm)
         x, y = x.copy(), y.copy()
         x[bright], y[bright] = cx, cy
-    return x, y, flags, (dx, dy)
+    return x, y, flags, (dx, dy, alignment.rotation_deg)
 
 
 def _note_model(attrs: Mapping, *, use_optimal: bool, notes: list[str]) -> None:
