@@ -338,6 +338,33 @@ def test_clocks_past_their_minute_or_day_are_carried(tmp_path, text, utc):
             parse_iso_utc(bad, "DATE-OBS")
 
 
+def test_a_date_without_a_usable_time_is_never_silently_midnight(tmp_path):
+    # DATE-OBS a date alone: the time comes from TIME-OBS/UT (a one-digit hour padded); a
+    # time keyword that holds no time of day is named and the next keyword (MJD-OBS, JD)
+    # used; a date with no time anywhere is taken at 00:00 UTC only as the last resort,
+    # and `reason` says so.  Before, each of these was read as 00:00 UTC without a word
+    # (1.5 h early here) and an MJD-OBS beside the date was ignored
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    base = {"IMAGETYP": "Light Frame", "EXPTIME": 60.0, "DATE-OBS": "2017-12-20"}
+    cases = {"padded": {"UT": "1:33:43"}, "odd": {"TIME-OBS": "01h33m43s"},
+             "odd_jd": {"TIME-OBS": "01h33m43s", "JD": 2458107.56508},
+             "mjd": {"MJD-OBS": 58107.06508}, "alone": {}}
+    for name, extra in cases.items():
+        _write(raw / f"{name}.fits", {**base, **extra})
+    table = build_inventory(raw_dir=raw, profile=profile("default")).set_index("frame")
+    assert table.loc["padded", "date_obs"] == "2017-12-20T01:33:43.000"
+    assert table.loc["padded", "reason"] == ""
+    assert table.loc["odd", "date_obs"] == "" and (
+        "TIME-OBS = '01h33m43s' is not a time of day (HH:MM:SS)" in table.loc["odd", "reason"])
+    for name in ("odd_jd", "mjd"):
+        assert table.loc[name, "date_obs"].startswith("2017-12-20T01:33:4"), name
+    assert table.loc["mjd", "reason"] == ""
+    assert table.loc["alone", "date_obs"] == "2017-12-20T00:00:00.000"
+    assert "DATE-OBS = '2017-12-20' is a date without a time of day" in \
+        table.loc["alone", "reason"] and "taken as 00:00 UTC" in table.loc["alone", "reason"]
+
+
 def test_a_one_shot_colour_camera_is_said(tmp_path, caplog):
     import copy
 

@@ -55,9 +55,15 @@ def _iso(value: str) -> str:
     return f"19{old[3]}-{old[2]}-{old[1]}" if old else value
 
 
+def _padded(clock: str) -> str:
+    """A time of day with a two-digit hour, as ISO 8601 wants it ('1:33:43' → '01:33:43')."""
+    clock = clock.strip()
+    return f"0{clock}" if clock.index(":") == 1 else clock
+
+
 def _clock_on_day(clock: str, anchor: datetime, keyword: str) -> datetime:
     """A UTC time of day on the UTC day within 12 h of ``anchor``."""
-    stamp = parse_iso_utc(f"{anchor.date().isoformat()}T{clock.strip()}", keyword)
+    stamp = parse_iso_utc(f"{anchor.date().isoformat()}T{_padded(clock)}", keyword)
     if stamp - anchor > timedelta(hours=12):
         stamp -= timedelta(days=1)
     elif anchor - stamp > timedelta(hours=12):
@@ -73,8 +79,11 @@ def _parse_time(header: Mapping, keywords: Mapping[str, Sequence[str]]
 
     * a date and time: a UTC offset in it is applied (local time with
       ``-0700`` becomes UTC);
-    * a date alone: completed with the first ``time_obs`` keyword (the pre-1999
-      FITS form 'DD/MM/YY' is read as 19YY-MM-DD);
+    * a date alone: completed with the first ``time_obs`` keyword present (the
+      pre-1999 FITS form 'DD/MM/YY' is read as 19YY-MM-DD); one that holds no time of
+      day is noted and the next keyword tried; with no ``time_obs`` keyword at all the
+      later keywords, ``mjd_obs`` and ``jd`` are tried first, and only then is the
+      date taken at 00:00 UTC, noted (a time of day cannot be made up);
     * a time of day alone (``UT-OBS = '01:33:43.317'``): put on the UTC day of
       the next date keyword of the list (or DATE-OBS, DATE) within 12 h of it;
     * a value that is none of these is noted and the next keyword tried.
@@ -83,11 +92,12 @@ def _parse_time(header: Mapping, keywords: Mapping[str, Sequence[str]]
     """
     primary = list(keywords.get("date_obs", [])) or ["DATE-OBS", "DATE"]
     notes: list[str] = []
+    date_only: datetime | None = None  # a date without a time: the last resort
     for i, key in enumerate(primary):
         value = _first(header, [key])
         if not isinstance(value, str):
             continue
-        value = _iso(value)
+        written, value = value, _iso(value)
         try:
             if _CLOCK.match(value):
                 anchors = dict.fromkeys([*primary[i + 1:], "DATE-OBS", "DATE"])
@@ -99,9 +109,21 @@ def _parse_time(header: Mapping, keywords: Mapping[str, Sequence[str]]
                     continue
                 return _clock_on_day(value, anchor, key), notes
             if _DAY.match(value):
-                clock = _first(header, keywords.get("time_obs", []))
+                time_keys = list(keywords.get("time_obs", []))
+                time_key = next((k for k in time_keys if _first(header, [k]) is not None),
+                                None)
+                clock = _first(header, [time_key]) if time_key else None
                 if isinstance(clock, str) and _CLOCK.match(clock):
-                    return parse_iso_utc(f"{value}T{clock}", key), notes
+                    return parse_iso_utc(f"{value}T{_padded(clock)}", key), notes
+                if clock is not None:
+                    notes.append(f"{time_key} = {clock!r} is not a time of day (HH:MM:SS)")
+                    continue
+                if date_only is None:
+                    date_only = parse_iso_utc(f"{value}T00:00:00", key)
+                    date_note = (f"{key} = {written!r} is a date without a time of day and no "
+                                 f"time keyword ({'/'.join(time_keys) or 'none'}) gives "
+                                 "one: taken as 00:00 UTC")
+                continue
             return parse_iso_utc(value, key), notes
         except ValueError as exc:
             notes.append(str(exc))
@@ -109,7 +131,11 @@ def _parse_time(header: Mapping, keywords: Mapping[str, Sequence[str]]
     if mjd is None:
         jd = _as_float(_first(header, keywords.get("jd", [])))
         mjd = jd - 2400000.5 if jd is not None else None
-    return (_MJD0 + timedelta(days=mjd) if mjd is not None else None), notes
+    if mjd is not None:
+        return _MJD0 + timedelta(days=mjd), notes
+    if date_only is not None:  # the night can still be told, not the time
+        notes.append(date_note)
+    return date_only, notes
 
 
 def _day_of(header: Mapping, key: str) -> datetime | None:
