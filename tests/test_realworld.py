@@ -456,6 +456,35 @@ def test_a_camera_without_overscan_gets_its_zero_level_from_the_profile(night, c
     assert abs(report["gain_measured"] - 1.0) < 0.05, report
 
 
+def test_frames_normalized_to_0_1_are_named_and_read_with_data_scale(night, tmp_path):
+    """PixInsight (and some capture programs) write 32-bit float FITS normalized to
+    [0, 1].  Read as ADU, the night's sky held a hundredth of an electron: every frame
+    said 'FWHM not measured: no unsaturated source above S/N 30' and no light curve came
+    out, without a word on why.  Such a frame now stops with a line naming
+    ``detector.data_scale``; with it (65535) the frame gives the integer frame's
+    electrons and saturated pixels (float32 keeps 24 bits: ≤ 3e-4 ADU off)."""
+    from ccdflow.ccd import CalibrationError, read_raw_frame
+
+    truth = load_truth(night)
+    source = night / "raw" / truth.frames["file"].iloc[0]
+    with fits.open(source) as hdul:
+        data = hdul[0].data.astype(np.float32) / np.float32(65535.0)
+        header = hdul[0].header.copy()
+    for key in ("BZERO", "BSCALE"):
+        header.remove(key, ignore_missing=True)
+    path = tmp_path / "normalized.fits"
+    fits.PrimaryHDU(data, header).writeto(path)
+    with pytest.raises(CalibrationError, match=r"normalized\.fits: floating-point values "
+                                               r"within \[0, 1\] .* detector\.data_scale"):
+        read_raw_frame(path, detector=DETECTOR)
+    plain = read_raw_frame(source, detector=DETECTOR)
+    scaled = read_raw_frame(path, detector={**DETECTOR, "data_scale": 65535.0})
+    assert np.abs(scaled.data - plain.data).max() < 1e-3
+    assert plain.saturated.any() and (scaled.saturated == plain.saturated).all()
+    # an integer frame, or one in ADU, is read as before
+    read_raw_frame(source, detector={**DETECTOR, "data_scale": 1.0})
+
+
 def _reduce_with_first_frame_target(spec, directory, profile=PROFILE, alter=None):
     """Simulate ``spec`` into ``directory`` and reduce it with the robotic profile (or
     ``profile``) and a target read off the first frame 1.5 px from its star:

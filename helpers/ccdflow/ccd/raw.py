@@ -116,6 +116,11 @@ def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool
     where = f"{path}[{hdu.name or 0}]" if multi else str(path)
     pixels = _pixels(path, hdu)
     raw = np.asarray(pixels, dtype=np.float64)  # read by _pixels already
+    scale = float(detector.get("data_scale", 1.0))
+    if scale != 1.0:
+        raw = raw * scale
+    else:
+        _check_not_normalised(pixels, where)
     gain = detector_constant(detector.get("gain_e_per_adu", {"keyword": "GAIN"}),
                              [header, primary], name="gain (e-/ADU)", where=where)
     if not gain > 0:
@@ -135,7 +140,8 @@ def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool
                      f"(profile {sat_adu:g})")
         sat_adu = float(ceiling)
     nonfinite = ~np.isfinite(raw)
-    saturated = raw >= sat_adu
+    # scaled floats carry float32's rounding (4095/65535 × 65535 = 4094.9998)
+    saturated = raw >= (sat_adu if scale == 1.0 else sat_adu * (1 - 1e-6))
     over = _section_from("overscan", over_cfg, header, raw.shape, where=where, what="overscan")
     level = np.zeros(raw.shape[0])
     noise_e, n_over, zero_level = 0.0, 0, "none"
@@ -180,6 +186,24 @@ def _amplifier(path: Path, hdu, primary: Mapping, detector: Mapping, multi: bool
         out["detsec"] = parse_section(detsec)
         out["binning"] = _binning(header if "CCDSUM" in header else primary)
     return out
+
+
+def _check_not_normalised(pixels: np.ndarray, where: str) -> None:
+    """Stop on a floating-point frame whose values all lie within [0, 1]: an image a
+    program normalized (PixInsight writes 32-bit float FITS so), not ADU.  Read as ADU
+    its sky would hold a hundredth of an electron and no star would be found; no camera's
+    raw frame in ADU peaks at 1."""
+    if not np.issubdtype(pixels.dtype, np.floating):
+        return
+    with warnings.catch_warnings():  # an all-NaN frame is stopped elsewhere
+        warnings.simplefilter("ignore", RuntimeWarning)
+        top, bottom = float(np.nanmax(pixels)), float(np.nanmin(pixels))
+    if 0.0 < top <= 1.0 and bottom >= 0.0:
+        raise CalibrationError(
+            f"{where}: floating-point values within [0, 1] (median {np.nanmedian(pixels):.4g}, "
+            f"maximum {top:.4g}): an image normalized to [0, 1] (PixInsight, some "
+            "capture programs), not ADU; give the profile's detector.data_scale (65535 for "
+            "a 16-bit camera) so that its values are ADU")
 
 
 def _adc_ceiling(pixels: np.ndarray, *, min_pixels: int = 3) -> tuple[int | None, int]:
