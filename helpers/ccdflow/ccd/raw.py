@@ -198,7 +198,7 @@ def _check_not_normalised(pixels: np.ndarray, where: str) -> None:
     with warnings.catch_warnings():  # an all-NaN frame is stopped elsewhere
         warnings.simplefilter("ignore", RuntimeWarning)
         top, bottom = float(np.nanmax(pixels)), float(np.nanmin(pixels))
-    if 0.0 < top <= 1.0 and bottom >= 0.0:
+    if 0.0 <= bottom < top <= 1.0:  # (a constant frame is named as one elsewhere)
         raise CalibrationError(
             f"{where}: floating-point values within [0, 1] (median {np.nanmedian(pixels):.4g}, "
             f"maximum {top:.4g}): an image normalized to [0, 1] (PixInsight, some "
