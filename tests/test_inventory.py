@@ -417,6 +417,25 @@ def test_too_few_calibration_frames_are_named_in_the_plan_error(small_night):
         plan_calibrations(inventory, sets=sets, max_age_days=30)
 
 
+def test_calibrations_of_another_group_are_named_in_the_plan_error(small_night):
+    # science frames read out as a subframe (another shape: another calibration group)
+    # while the bias, darks and flats are full frames: the error says that sets exist for
+    # the other group and why they are not used, not only "no bias"
+    from ccdflow.plan import CalibrationError as PlanError
+    from ccdflow.plan import calibration_sets, plan_calibrations
+
+    inventory = build_inventory(raw_dir=small_night / "raw", profile=profile("demo"))
+    science = inventory["type"] == "science"
+    full = inventory.loc[science, "group"].iloc[0]
+    inventory.loc[science, "group"] = full.replace("_1x1_", "_2x2_")
+    sets = calibration_sets(inventory, min_frames={"bias": 1, "dark": 1, "flat": 1})
+    with pytest.raises(PlanError, match=rf"no bias within 30 d for .* \(of group "
+                                        rf"{full.replace('_1x1_', '_2x2_')}; there are bias "
+                                        rf"sets of group\(s\) {full}: a group is instrument, "
+                                        rf"binning, shape and readout"):
+        plan_calibrations(inventory, sets=sets, max_age_days=30)
+
+
 def test_a_west_positive_header_longitude_sets_the_night_when_said():
     """A UTC time without an offset: the night boundary is local noon from the header's
     longitude.  LONGITUD = +111.6 written west-positive (MicroObservatory) read as east

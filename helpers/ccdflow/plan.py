@@ -128,6 +128,21 @@ def calibration_sets(inventory: pd.DataFrame, *, min_frames: Mapping[str, int],
     return CalibrationSets(table=table, dropped=dropped)
 
 
+def _other_groups(sets: CalibrationSets, kind: str, filt: str, groups: set[str]) -> str:
+    """' (of group A; there are bias sets of group(s) B: ...)' when sets of ``kind`` exist
+    only in other calibration groups: a subframe, another binning or readout mode."""
+    t = sets.table
+    t = t[(t["kind"] == kind) & ~t["group"].isin(groups)]
+    if kind in FILTERED:
+        t = t[t["filter_slug"] == safe_name(filt)]
+    others = sorted(set(t["group"]))
+    if not others:
+        return ""
+    return (f" (of group {', '.join(sorted(groups))}; there are {kind} sets of group(s) "
+            f"{', '.join(others[:3])}: a group is instrument, binning, shape and readout, so a "
+            "subframe or another binning needs calibration frames of its own)")
+
+
 def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age_days: float,
                       steps: Iterable[str] = KINDS) -> pd.DataFrame:
     """Masters for every science frame (one row each), or a CalibrationError.
@@ -163,7 +178,7 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
         log.warning("%s: science frame left out of the reduction (%s)", sci["file"],
                     sci["reason"] or "no observation time or exposure time")
     science = science[~unusable]
-    rows, missing, missing_kinds = [], {}, set()
+    rows, missing, missing_kinds, missing_groups = [], {}, set(), {}
     for _, sci in science.iterrows():
         mode = str(sci.get("mode", "imaging") or "imaging")
         row = {"frame": sci["frame"], "file": sci["file"], "night": sci["night"],
@@ -184,6 +199,8 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
                     f" in filter {sci['filter'] or 'none'}" if set_kind in FILTERED else "")
                 missing.setdefault(what, []).append(sci["file"])
                 missing_kinds.add(set_kind)
+                missing_groups.setdefault(what, (set_kind, sci["filter"], set()))[2].add(
+                    sci["group"])
                 continue
             row[f"{kind}_night"] = best["night"]
             row[f"{kind}_age_d"] = round(abs(float(best["mjd"]) - float(sci["mjd_obs"])), 4)
@@ -194,6 +211,7 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
     if missing:
         parts = [f"no {what} within {max_age_days} d for {len(files)} frame(s): "
                  f"{', '.join(files[:5])}{' …' if len(files) > 5 else ''}"
+                 + _other_groups(sets, *missing_groups[what])
                  for what, files in missing.items()]
         short = [d for d in sets.dropped if d.split()[0] in missing_kinds]  # '{kind} ...'
         if short:  # the frames exist but are too few: say so, not only "no bias"
