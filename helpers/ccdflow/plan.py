@@ -130,11 +130,21 @@ def calibration_sets(inventory: pd.DataFrame, *, min_frames: Mapping[str, int],
 
 def _other_groups(sets: CalibrationSets, kind: str, filt: str, groups: set[str]) -> str:
     """' (of group A; there are bias sets of group(s) B: ...)' when sets of ``kind`` exist
-    only in other calibration groups: a subframe, another binning or readout mode."""
-    t = sets.table
-    t = t[(t["kind"] == kind) & ~t["group"].isin(groups)]
-    if kind in FILTERED:
+    only in other calibration groups (a subframe, another binning or readout mode), or
+    ' (there are flat sets in filter 'R': ...)' when a filtered kind exists in the
+    group under a name equal to the frames' but for case and punctuation."""
+    t = sets.table[sets.table["kind"] == kind]
+    if kind in FILTERED:  # 'R' and 'r' are different filters, but maybe not here
+        loose = re.sub(r"[^a-z0-9]", "", str(filt).lower())
+        mine = t[t["group"].isin(groups) & (t["filter_slug"] != safe_name(filt))]
+        near = sorted({f for f in mine["filter"]
+                       if re.sub(r"[^a-z0-9]", "", str(f).lower()) == loose})
+        if near:
+            return (f" (there are {kind} sets in filter {', '.join(map(repr, near))}: if "
+                    "that is the same filter, map one name to the other with the profile's "
+                    "filter_aliases)")
         t = t[t["filter_slug"] == safe_name(filt)]
+    t = t[~t["group"].isin(groups)]
     others = sorted(set(t["group"]))
     if not others:
         return ""
