@@ -93,6 +93,7 @@ def _parse_time(header: Mapping, keywords: Mapping[str, Sequence[str]]
     primary = list(keywords.get("date_obs", [])) or ["DATE-OBS", "DATE"]
     notes: list[str] = []
     date_only: datetime | None = None  # a date without a time: the last resort
+    date_note = ""
     for i, key in enumerate(primary):
         value = _first(header, [key])
         if not isinstance(value, str):
