@@ -44,3 +44,20 @@ def test_masters_figure_of_a_4k_frame_stays_small(tmp_path, rng):
                          capture_output=True, text=True, check=True)
     assert (tmp_path / "m.png").stat().st_size > 10_000
     assert float(out.stdout.split()[-1]) < 1000, out.stdout
+
+
+def test_meridian_flips_are_found_where_the_rotation_crosses_90_degrees():
+    # the light-curve figure marks each flip half-way between the frames on either
+    # side: the frame's rotation from the reference jumps by 180° (the reference may
+    # be on either pier side); an unaligned frame (NaN) is no flip, and a night
+    # without the column has none
+    import pandas as pd
+
+    from ccdflow.qc import flip_times
+
+    light = pd.DataFrame({"mjd_utc": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+                          "rotation_deg": [-179.9, 179.8, np.nan, 0.1, -0.2, 0.05]})
+    assert flip_times(light) == [3.0]  # 2.0 (turned) and 4.0 (not): NaN left out
+    alt_az = light.assign(rotation_deg=[0.0, 20.0, 40.0, 60.0, 80.0, 85.0])
+    assert flip_times(alt_az) == []
+    assert flip_times(light.drop(columns="rotation_deg")) == []

@@ -229,14 +229,27 @@ def plot_conditions(*, table: pd.DataFrame, out: str | Path, title: str = "") ->
     _save(fig, out)
 
 
+def flip_times(light: pd.DataFrame) -> list[float]:
+    """MJDs (UTC) half-way between consecutive frames on either side of a meridian flip:
+    where ``rotation_deg`` (the frame's turn from the reference) crosses ±90°."""
+    if "rotation_deg" not in light:
+        return []
+    rows = light[np.isfinite(light["rotation_deg"])].sort_values("mjd_utc")
+    turned = np.abs(rows["rotation_deg"].to_numpy()) > 90
+    t = rows["mjd_utc"].to_numpy(float)
+    edges = np.flatnonzero(turned[1:] != turned[:-1])
+    return [float((t[i] + t[i + 1]) / 2) for i in edges]
+
+
 def plot_lightcurves(*, table: str | Path, directory: str | Path, out: str | Path,
                      title: str = "", max_stars: int = 8) -> None:
     """Raw and differential light curves of a series.
 
     Per target (``differential_<name>.csv``): top, the target's flux and its
     comparison stars' fluxes, each divided by its median; bottom, ``rel_flux``
-    with ``rel_flux_err``.  A series without targets shows the ``max_stars``
-    brightest sources' normalised fluxes.
+    with ``rel_flux_err``; a dashed line at each meridian flip (:func:`flip_times`).
+    A series without targets shows the ``max_stars`` brightest sources' normalised
+    fluxes.
     """
     from .photometry import good_mask
 
@@ -288,6 +301,10 @@ def plot_lightcurves(*, table: str | Path, directory: str | Path, out: str | Pat
                         yerr=light.loc[ok, "rel_flux_err"], fmt="o", ms=3, color="C1",
                         label=f"{name} / ensemble of {int((choice['weight'] > 0).sum())}")
         bottom.set_ylabel("relative flux", fontsize=8)
+        for when in flip_times(light):  # where a flip's step may sit (detrend for it)
+            for ax in (top, bottom):
+                ax.axvline(hours([when])[0], ls="--", lw=0.8, color="0.4")
+            bottom.plot([], [], "--", lw=0.8, color="0.4", label="meridian flip")
         bottom.legend(fontsize=7)
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
