@@ -53,11 +53,14 @@ def test_meridian_flips_are_found_where_the_rotation_crosses_90_degrees():
     # without the column has none
     import pandas as pd
 
+    from ccdflow.photometry.lightcurves import meridian_flips
     from ccdflow.qc import flip_times
 
-    light = pd.DataFrame({"mjd_utc": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+    light = pd.DataFrame({"frame": [f"f{k}" for k in range(1, 7)],
+                          "mjd_utc": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
                           "rotation_deg": [-179.9, 179.8, np.nan, 0.1, -0.2, 0.05]})
     assert flip_times(light) == [3.0]  # 2.0 (turned) and 4.0 (not): NaN left out
+    assert meridian_flips(light) == [("f2", "f4", 3.0)]  # named in the light curve's note
     alt_az = light.assign(rotation_deg=[0.0, 20.0, 40.0, 60.0, 80.0, 85.0])
     assert flip_times(alt_az) == []
     assert flip_times(light.drop(columns="rotation_deg")) == []

@@ -394,6 +394,8 @@ def test_real_world_night_gives_a_transit_light_curve(night, tmp_path):
     turned = np.abs(lc["rotation_deg"].to_numpy()) > 90
     assert (turned == (flipped != flipped[lc["frame"] == _reference_frame(results)][0])).all()
     assert (np.minimum(np.abs(lc["rotation_deg"]), 180 - np.abs(lc["rotation_deg"])) < 0.1).all()
+    said = (results / "lightcurves" / "WASP-SIM_R" / "differential_TARGET.csv").read_text()
+    assert said.count("meridian flip between frames") == int(flipped.any() and not flipped.all())
     transit = json.loads((night / "truth" / "truth.json").read_text())["transit"]
     fit = _fit_transit(lc, transit)
     assert abs(fit["depth"] - transit["depth"]) <= 2 * fit["depth_err"], fit

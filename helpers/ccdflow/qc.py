@@ -230,15 +230,11 @@ def plot_conditions(*, table: pd.DataFrame, out: str | Path, title: str = "") ->
 
 
 def flip_times(light: pd.DataFrame) -> list[float]:
-    """MJDs (UTC) half-way between consecutive frames on either side of a meridian flip:
-    where ``rotation_deg`` (the frame's turn from the reference) crosses ±90°."""
-    if "rotation_deg" not in light:
-        return []
-    rows = light[np.isfinite(light["rotation_deg"])].sort_values("mjd_utc")
-    turned = np.abs(rows["rotation_deg"].to_numpy()) > 90
-    t = rows["mjd_utc"].to_numpy(float)
-    edges = np.flatnonzero(turned[1:] != turned[:-1])
-    return [float((t[i] + t[i + 1]) / 2) for i in edges]
+    """MJDs (UTC) half-way between consecutive frames on either side of a meridian flip
+    (:func:`ccdflow.photometry.lightcurves.meridian_flips`)."""
+    from .photometry.lightcurves import meridian_flips
+
+    return [when for _, _, when in meridian_flips(light)]
 
 
 def plot_lightcurves(*, table: str | Path, directory: str | Path, out: str | Path,

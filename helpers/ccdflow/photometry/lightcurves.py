@@ -123,7 +123,7 @@ def build_lightcurves(*, tables: Sequence[pd.DataFrame], catalog: pd.DataFrame,
                                                  "whose errors describe their scatter "
                                                  f"({listed_scatter})"]))
             log.info("differential light curve of %s: %s", name, note)
-        note = "; ".join(filter(None, [note, _coverage(light, name=name),
+        note = "; ".join(filter(None, [note, _coverage(light, name=name), _flip_note(light),
                                        _error_check(light, name=name, scatter=scatter[label])]))
         if note:
             notes[name] = note
@@ -268,6 +268,25 @@ def _differential(pivot: _Pivot, *, sid: int, name: str, label: str, comparisons
     for column, values in pivot.covariates.items():  # the target's, for detrending
         light[column] = values[sid].to_numpy()
     return light.reset_index(), choice, note
+
+
+def meridian_flips(light: pd.DataFrame) -> list[tuple[str, str, float]]:
+    """Each meridian flip of a light curve: the last frame before it, the first after it
+    and the MJD (UTC) half-way between them, where the frames' ``rotation_deg`` (their
+    turn from the reference) crosses ±90°; unaligned frames (NaN) are skipped."""
+    if "rotation_deg" not in light:
+        return []
+    rows = light[np.isfinite(light["rotation_deg"])].sort_values("mjd_utc")
+    turned = np.abs(rows["rotation_deg"].to_numpy()) > 90
+    t, frames = rows["mjd_utc"].to_numpy(float), rows["frame"].to_numpy()
+    return [(str(frames[i]), str(frames[i + 1]), float((t[i] + t[i + 1]) / 2))
+            for i in np.flatnonzero(turned[1:] != turned[:-1])]
+
+
+def _flip_note(light: pd.DataFrame) -> str:
+    """'meridian flip between frames A and B (MJD ...)' for a light curve's note."""
+    return "; ".join(f"meridian flip between frames {a} and {b} (MJD {when:.5f}): detrend "
+                     "for a step there (rotation_deg)" for a, b, when in meridian_flips(light))
 
 
 #: a target's light curve unusable in more than this fraction of its frames is a warning
