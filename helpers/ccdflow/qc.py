@@ -297,9 +297,11 @@ def plot_lightcurves(*, table: str | Path, directory: str | Path, out: str | Pat
                         yerr=light.loc[ok, "rel_flux_err"], fmt="o", ms=3, color="C1",
                         label=f"{name} / ensemble of {int((choice['weight'] > 0).sum())}")
         bottom.set_ylabel("relative flux", fontsize=8)
-        for when in flip_times(light):  # where a flip's step may sit (detrend for it)
+        flips = flip_times(light)  # where a flip's step may sit (detrend for it)
+        for when in flips:
             for ax in (top, bottom):
                 ax.axvline(hours([when])[0], ls="--", lw=0.8, color="0.4")
+        if flips:
             bottom.plot([], [], "--", lw=0.8, color="0.4", label="meridian flip")
         bottom.legend(fontsize=7)
         for ax in (top, bottom):
