@@ -424,27 +424,28 @@ def test_calibrations_of_another_group_are_named_in_the_plan_error(small_night):
     from ccdflow.plan import CalibrationError as PlanError
     from ccdflow.plan import calibration_sets, plan_calibrations
 
+    def plan(inventory):
+        sets = calibration_sets(inventory, min_frames={"bias": 1, "dark": 1, "flat": 1})
+        return plan_calibrations(inventory, sets=sets, max_age_days=30)
+
     inventory = build_inventory(raw_dir=small_night / "raw", profile=profile("demo"))
     science = inventory["type"] == "science"
     full = inventory.loc[science, "group"].iloc[0]
     inventory.loc[science, "group"] = full.replace("_1x1_", "_2x2_")
-    sets = calibration_sets(inventory, min_frames={"bias": 1, "dark": 1, "flat": 1})
     with pytest.raises(PlanError, match=rf"no bias within 30 d for .* \(of group "
                                         rf"{full.replace('_1x1_', '_2x2_')}; there are bias "
                                         rf"sets of group\(s\) {full}: a group is instrument, "
                                         rf"binning, shape and readout"):
-        plan_calibrations(inventory, sets=sets, max_age_days=30)
+        plan(inventory)
     # flats written 'V' and science 'v' (another program's spelling): maybe one filter
     inventory = build_inventory(raw_dir=small_night / "raw", profile=profile("demo"))
-    inventory.loc[inventory["filter"] == "V", "filter"] = [
-        "v" if t == "science" else "V" for t in inventory.loc[inventory["filter"] == "V",
-                                                              "type"]]
-    sets = calibration_sets(inventory, min_frames={"bias": 1, "dark": 1, "flat": 1})
+    inventory.loc[(inventory["filter"] == "V") & (inventory["type"] == "science"),
+                  "filter"] = "v"
     with pytest.raises(PlanError, match=r"no flat in filter v within 30 d .* \(there are "
                                         r"flat sets in filter 'V': if that is the same "
                                         r"filter, map one name to the other with the "
                                         r"profile's filter_aliases\)"):
-        plan_calibrations(inventory, sets=sets, max_age_days=30)
+        plan(inventory)
 
 
 def test_a_west_positive_header_longitude_sets_the_night_when_said():

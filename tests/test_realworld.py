@@ -367,8 +367,7 @@ def test_real_world_night_gives_a_transit_light_curve(night, tmp_path):
     # detections are stars, and every frame is aligned (drift, flip, clouds)
     sources = pd.concat(pd.read_csv(p, sep="\t") for p in results.glob("sources/*/*/*.tsv"))
     assert (sources["n_sources"] < 150).all()  # not a thousand hot pixels
-    notes = [line for p in results.glob("photometry/*/*/*.csv")
-             for line in p.read_text().splitlines() if "aligned" in line and line[:1] == "#"]
+    notes = _alignment_notes(results)
     assert len(notes) == len(frames) and not [n for n in notes if "not aligned" in n], notes[:3]
     assert "target TARGET snapped to the star" in (
         results / "logs" / "photometry" / "reference" / "WASP-SIM_R.log").read_text(), text
@@ -487,6 +486,24 @@ def test_frames_normalized_to_0_1_are_named_and_read_with_data_scale(night, tmp_
     read_raw_frame(source, detector={**DETECTOR, "data_scale": 1.0})
 
 
+def _alignment_notes(results):
+    """Every per-frame photometry file's '# aligned ...' / '# not aligned ...' line."""
+    return [line for p in results.glob("photometry/*/*/*.csv")
+            for line in p.read_text().splitlines() if "aligned" in line and line[:1] == "#"]
+
+
+def _target_followed_onto_its_star(results, truth):
+    """The target's differential light curve, asserted to hold every frame, to sit within
+    0.15 px of the target's true position (median) and to be usable in ≥ 90 % of them."""
+    rows = pd.read_csv(results / "lightcurves" / "WASP-SIM_R" / "differential_TARGET.csv",
+                       comment="#")
+    at = rows.merge(truth.star_frames[truth.star_frames["star_id"] == 0], on="frame")
+    offset = np.hypot(at["x_x"] - at["x_y"], at["y_x"] - at["y_y"])
+    assert len(at) == len(truth.frames) and np.median(offset) < 0.15, offset.describe()
+    assert rows["usable"].mean() >= 0.9
+    return rows
+
+
 def _reduce_with_first_frame_target(spec, directory, profile=PROFILE, alter=None):
     """Simulate ``spec`` into ``directory`` and reduce it with the robotic profile (or
     ``profile``) and a target read off the first frame 1.5 px from its star:
@@ -589,8 +606,7 @@ def test_an_undersampled_night_keeps_its_stars(tmp_path):
     assert cores > 200 and hit <= 0.03 * cores, (hit, cores)
     sources = pd.concat(pd.read_csv(p, sep="\t") for p in results.glob("sources/*/*/*.tsv"))
     assert (sources["npixels"] < 5).all() and (sources["n_sources"] >= 10).all()
-    notes = [line for p in results.glob("photometry/*/*/*.csv")
-             for line in p.read_text().splitlines() if "aligned" in line and line[:1] == "#"]
+    notes = _alignment_notes(results)
     assert len(notes) == len(truth.frames) and not [n for n in notes if "not aligned" in n]
     rows = pd.read_csv(results / "lightcurves" / "WASP-SIM_R" / "differential_TARGET.csv",
                        comment="#")
@@ -622,8 +638,7 @@ def test_trailed_and_defocused_nights_reduce(tmp_path, stars):
         spec = replace(base, defocus_radius_px=6.0, fwhm_px=2.5, adc_max=65535,
                        target_mag=12.8, mag_range=(11.5, 17.5), n_stars=60)
     truth, results = _reduce_with_first_frame_target(spec, tmp_path)
-    notes = [line for p in results.glob("photometry/*/*/*.csv")
-             for line in p.read_text().splitlines() if "aligned" in line and line[:1] == "#"]
+    notes = _alignment_notes(results)
     assert len(notes) == len(truth.frames) and not [n for n in notes if "not aligned" in n]
     from astropy.table import Table
     from scipy.spatial import cKDTree
@@ -633,12 +648,7 @@ def test_trailed_and_defocused_nights_reduce(tmp_path, stars):
     xy = reference[["x_ref", "y_ref"]].to_numpy()
 
     assert cKDTree(xy).query(xy, k=2)[0][:, 1].min() >= 0.5 * sources["fwhm_px"].min()
-    rows = pd.read_csv(results / "lightcurves" / "WASP-SIM_R" / "differential_TARGET.csv",
-                       comment="#")
-    at = rows.merge(truth.star_frames[truth.star_frames["star_id"] == 0], on="frame")
-    offset = np.hypot(at["x_x"] - at["x_y"], at["y_x"] - at["y_y"])
-    assert len(at) == len(truth.frames) and np.median(offset) < 0.15, offset.describe()
-    assert rows["usable"].mean() >= 0.9
+    rows = _target_followed_onto_its_star(results, truth)
     # the point-to-point scatter within its errors (allowed 3 standard errors above 1)
     ok = rows["usable"].astype(bool)
     p2p = np.std(np.diff(rows.loc[ok, "rel_flux"])) / np.sqrt(2)
@@ -705,17 +715,11 @@ def test_an_alt_az_night_with_focus_drift_and_dithers_reduces(tmp_path):
     spec = replace(_spec(flip=False, n_science=24), field_rotation_deg=60.0, fwhm_px=2.0,
                    fwhm_growth=2.0, dither_px=15.0)
     truth, results = _reduce_with_first_frame_target(spec, tmp_path)
-    notes = [line for p in results.glob("photometry/*/*/*.csv")
-             for line in p.read_text().splitlines() if "aligned" in line and line[:1] == "#"]
+    notes = _alignment_notes(results)
     assert len(notes) == len(truth.frames) and not [n for n in notes if "not aligned" in n]
     turns = sorted(abs(float(n.split("rotation ")[1].split(" deg")[0])) for n in notes)
     assert turns[-1] > 25.0  # one end of the night is ≥ 30° from any reference frame
-    rows = pd.read_csv(results / "lightcurves" / "WASP-SIM_R" / "differential_TARGET.csv",
-                       comment="#")
-    at = rows.merge(truth.star_frames[truth.star_frames["star_id"] == 0], on="frame")
-    offset = np.hypot(at["x_x"] - at["x_y"], at["y_x"] - at["y_y"])
-    assert len(at) == len(truth.frames) and np.median(offset) < 0.15, offset.describe()
-    assert rows["usable"].mean() >= 0.9
+    rows = _target_followed_onto_its_star(results, truth)
     ok = rows["usable"].astype(bool)
     p2p = np.std(np.diff(rows.loc[ok, "rel_flux"])) / np.sqrt(2)
     # within 3 standard errors of the ratio 1 (~1/√(2(n−1)) each)
