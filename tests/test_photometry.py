@@ -304,6 +304,7 @@ def test_hidden_neighbour_search_on_stamps_equals_the_whole_plane_search(rng, mo
     # Same field, same model: the same hidden stars, bitwise, with a float32 sky map and
     # unusable pixels on a companion
     from ccdflow.photometry import model as model_mod
+    from ccdflow.photometry import neighbours
     from ccdflow.photometry.psf import PSFModel
 
     n = 160
@@ -319,8 +320,8 @@ def test_hidden_neighbour_search_on_stamps_equals_the_whole_plane_search(rng, mo
     usable[int(hy[0]), int(hx[0]) + 1] = False
     psf = PSFModel.circular(FWHM)
     found = []
-    search = model_mod._hidden_neighbours
-    monkeypatch.setattr(model_mod, "_hidden_neighbours",
+    search = neighbours._hidden_neighbours
+    monkeypatch.setattr(neighbours, "_hidden_neighbours",
                         lambda **kw: found.append(search(**kw)) or found[-1])
     sky = sky_map[np.round(y).astype(int), np.round(x).astype(int)].astype(float)
     kw = dict(data=data, usable=usable, psf=psf, x=x, y=y, sky=sky,
@@ -335,8 +336,8 @@ def test_hidden_neighbour_search_on_stamps_equals_the_whole_plane_search(rng, mo
     residual = data - sky_map.astype(np.float64) - image
     residual[~usable] = 0.0
     variance = np.clip(image, 0, None) + 300.0
-    planes = model_mod.find_hidden_neighbours(residual=residual, variance=variance,
-                                              model=first, radius=6.0)
+    planes = neighbours.find_hidden_neighbours(residual=residual, variance=variance,
+                                               model=first, radius=6.0)
     np.testing.assert_array_equal(found[0][0], planes[0])
     np.testing.assert_array_equal(found[0][1], planes[1])
     assert np.hypot(planes[0][:, None] - hx, planes[1][:, None] - hy).min(axis=0).max() < 0.5
@@ -350,6 +351,7 @@ def test_hidden_neighbour_search_ignores_an_error_of_the_sky_map(rng):
     # seeds), each within 0.22-0.82 px of its true place (a 3.5 px companion of a bright
     # star: the parabola through the filter's peak is pulled toward the star)
     from ccdflow.photometry import model as model_mod
+    from ccdflow.photometry import neighbours
     from ccdflow.photometry.psf import PSFModel
 
     n = 160
@@ -368,7 +370,7 @@ def test_hidden_neighbour_search_ignores_an_error_of_the_sky_map(rng):
     first = model_mod.fit_source_fluxes(radius=9.0, recentre_above=0.0, **kw)
     image = model_mod.model_image(first, data.shape)
     residual = data - 300.0 - image
-    hidden = model_mod.find_hidden_neighbours(residual=residual, variance=np.clip(
+    hidden = neighbours.find_hidden_neighbours(residual=residual, variance=np.clip(
         image, 0, None) + 300.0, model=first, radius=9.0)
     assert len(hidden[0]) == 4, len(hidden[0])
     assert np.hypot(hidden[0][:, None] - hx, hidden[1][:, None] - hy).min(axis=0).max() < 1.0

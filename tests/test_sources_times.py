@@ -208,7 +208,7 @@ def test_header_longitude_sign_from_the_profile_or_the_headers_airmass(caplog):
 
     from astropy.time import Time
 
-    from ccdflow.photometry import measure
+    from ccdflow.photometry import frametimes
     from ccdflow.times import barycentric_times
 
     arizona = {"latitude_deg": 31.9583, "longitude_deg": -111.5967, "height_m": 2096.0}
@@ -218,21 +218,21 @@ def test_header_longitude_sign_from_the_profile_or_the_headers_airmass(caplog):
     assert 1.0 < stated < 3.0
     west_header = {"SITELAT": 31.9583, "LONGITUD": 111.5967, "SITEELEV": 2096.0,
                    "AIRMASS": round(stated, 4)}
-    said, _ = measure._site(west_header, {"header_longitude": "west"})
+    said, _ = frametimes._site(west_header, {"header_longitude": "west"})
     assert said["longitude_deg"] == pytest.approx(-111.5967)
-    measure._HEADER_LONGITUDE_SIGN.clear()
-    with caplog.at_level(logging.WARNING, logger="ccdflow.photometry.measure"):
+    frametimes._HEADER_LONGITUDE_SIGN.clear()
+    with caplog.at_level(logging.WARNING, logger="ccdflow.photometry.frametimes"):
         for _ in range(2):
-            where, _ = measure._site(west_header, None)
+            where, _ = frametimes._site(west_header, None)
             where.pop("from_header")
-            fixed, note = measure._check_header_longitude(where, west_header, start, 157.5,
-                                                          20.1, "f")
+            fixed, note = frametimes._check_header_longitude(where, west_header, start, 157.5,
+                                                             20.1, "f")
             assert fixed["longitude_deg"] == pytest.approx(-111.5967) and "west" in note
     assert sum("read west-positive" in r.message for r in caplog.records) == 1
     east_header = {**west_header, "LONGITUD": -111.5967}
-    where, _ = measure._site(east_header, None)
+    where, _ = frametimes._site(east_header, None)
     where.pop("from_header")
-    kept, note = measure._check_header_longitude(where, east_header, start, 157.5, 20.1, "f")
+    kept, note = frametimes._check_header_longitude(where, east_header, start, 157.5, 20.1, "f")
     assert kept["longitude_deg"] == pytest.approx(-111.5967) and note == ""
 
 
@@ -322,7 +322,7 @@ def test_undersampled_centres_are_prf_fits(rng, fwhm):
     brightest pixel (median 0.35, 0.24, 0.08 px off at FWHM 1.0, 1.2, 1.5 px on such
     frames).  Stars of 3,000-30,000 e- (S/N ≥ 40; a PRF fit's centre error is then
     ~FWHM / (2.4·S/N) ≤ 0.02 px per axis) start 0.3 px off: median ≤ 0.03 px."""
-    from ccdflow.photometry.detect import refine_centres
+    from ccdflow.photometry.centroids import refine_centres
     from ccdflow.simulate import render_gaussian_stars
 
     size, n = 400, 200

@@ -7,7 +7,7 @@ it astropy.io.fits, ~0.3 s of every Snakemake start (each SLURM job runs one).
 
 from __future__ import annotations
 
-__all__ = ["CalibrationError", "HotPixelError"]
+__all__ = ["CalibrationError", "HotPixelError", "SourceError"]
 
 
 class CalibrationError(ValueError):
@@ -17,3 +17,8 @@ class CalibrationError(ValueError):
 class HotPixelError(ValueError):
     """A hot-pixel or line-defect map cannot be made; the message says why (re-exported
     by :mod:`ccdflow.hotpixels`)."""
+
+
+class SourceError(ValueError):
+    """Sources cannot be found or matched; the message says why (re-exported by
+    :mod:`ccdflow.photometry`)."""

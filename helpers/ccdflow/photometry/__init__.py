@@ -10,8 +10,10 @@ times in days.
 ==============  =================================================================
 module          what it holds
 ==============  =================================================================
-``detect``      per-frame detections (segmentation), FWHM, re-centroiding, the
-                sources stage's ECSV product (:func:`frame_sources`)
+``detect``      per-frame detections (segmentation) and the sources stage's ECSV
+                product (:func:`frame_sources`)
+``centroids``   the frame's FWHM (Gaussian PRF fits) and star centres (windowed
+                centroids, PRF fits where masks or undersampling spoil them)
 ``shapes``      which detections are stars: sharpness/roundness tests (:func:`star_shapes`)
 ``daofind``     DAOFIND sharpness/roundness in numpy (equal to DAOStarFinder)
 ``psf``         the frame's PSF (elliptical Gaussian or Moffat) and its stamps
@@ -22,13 +24,19 @@ module          what it holds
 ``flags``       a row's flags and the mask bits photometry acts on (:class:`PhotFlag`)
 ``model``       the frame's source model: joint PSF fit, hidden neighbours, rendering
                 (:func:`fit_source_fluxes`, :func:`model_sources`)
+``neighbours``  stars the list lacks, found in the model's residual (DAOPHOT's second
+                pass, :func:`~ccdflow.photometry.neighbours.find_hidden_neighbours`)
 ``apertures``   aperture sums with repair, neighbour light, two errors
                 (:func:`measure_apertures`)
+``repair``      the pixels photometry fills or leaves out, and the frame it sums with
+                the filled ones repaired from the sky and the PSF model
 ``optimal``     Naylor (1998) optimal photometry (:func:`optimal_photometry`)
 ``noise``       the frame's random variance ERR² − ERR_CAL², evaluated where needed
                 (:class:`~ccdflow.photometry.noise.RandomVariance`)
 ``measure``     one frame's photometry of the source list with times
                 (:func:`frame_photometry`)
+``frametimes``  when and where: mid-exposure MJD, BJD_TDB, site (profile or header,
+                west-positive longitudes caught), airmass (:func:`frame_times`)
 ``frameio``     a frame's products read for photometry (:func:`load_frame`), the CSV
                 read back and its unit comments
 ``ensemble``    differential photometry: comparison choice, weighted ensemble
@@ -51,17 +59,14 @@ from .apertures import (
     fit_source_fluxes,
     measure_apertures,
 )
+from .centroids import estimate_fwhm, masked_near, recentroid, refine_centres
 from .detect import (
     SOURCE_COLUMNS,
     SourceError,
     detect_stars,
-    estimate_fwhm,
     frame_sources,
-    masked_near,
     merge_split_sources,
     read_sources,
-    recentroid,
-    refine_centres,
     write_sources,
 )
 from .ensemble import differential_photometry

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .detect import SourceError
+from ..errors import SourceError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .detect import SourceError
+from ..errors import SourceError
 
 __all__ = ["PSF_KINDS", "PSFModel", "fit_psf", "psf_stamps"]
 

@@ -210,8 +210,8 @@ def _to_reference(frame: str, det: pd.DataFrame, name: str, *,
     or, when that fails (few stars on a cloudy or undersampled frame, a flip between the
     two), through the frame nearest in time to ``frame`` (of the
     :data:`MAX_STEPPING_STONES` nearest) that aligns with both."""
+    from ..errors import SourceError
     from .align import align_frame
-    from .detect import SourceError
 
     try:
         direct = align_frame(reference=reference_sources, sources=det, tolerance_px=tolerance_px)
