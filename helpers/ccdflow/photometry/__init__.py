@@ -22,7 +22,7 @@ module          what it holds
                 targets (:func:`build_reference`, :func:`reference_catalog`)
 ``sky``         clipped annulus statistics (:func:`annulus_statistics`)
 ``flags``       a row's flags and the mask bits photometry acts on (:class:`PhotFlag`)
-``model``       the frame's source model: joint PSF fit, hidden neighbours, rendering
+``model``       the frame's source model: joint PSF fit, recentring, rendering
                 (:func:`fit_source_fluxes`, :func:`model_sources`)
 ``neighbours``  stars the list lacks, found in the model's residual (DAOPHOT's second
                 pass, :func:`~ccdflow.photometry.neighbours.find_hidden_neighbours`)
@@ -71,6 +71,7 @@ from .detect import (
 )
 from .ensemble import differential_photometry
 from .frameio import LONG_UNITS, FrameData, load_frame, read_photometry, unit_comments
+from .frametimes import frame_times
 from .lightcurves import build_lightcurves, good_mask, write_lightcurves
 from .measure import (
     OPTIMAL,
@@ -125,6 +126,7 @@ __all__ = [
     "frame_photometry",
     "frame_psf",
     "frame_sources",
+    "frame_times",
     "good_mask",
     "load_frame",
     "masked_near",
