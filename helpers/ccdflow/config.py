@@ -97,6 +97,13 @@ def has_overscan(detector: Mapping) -> bool:
     return detector.get("overscan", {}).get("from", "none") != "none"
 
 
+def cuts_subframes(detector: Mapping) -> bool:
+    """Whether a subframe without calibrations of its own may be calibrated with a
+    full-frame master cut at its origin: only when a raw frame's pixels are the
+    product's (no overscan, no trim section), so that the cut holds its pixels."""
+    return not has_overscan(detector) and detector.get("trim", {}).get("from", "full") == "full"
+
+
 #: ``detector.bayer.mode`` -> the colour plane its 2×2 superpixels hold (None: all four)
 BAYER_CHANNELS = {"superpixel": None, "green": "G", "red": "R", "blue": "B"}
 

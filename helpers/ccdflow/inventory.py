@@ -24,7 +24,11 @@ date_obs     ISO UTC start of exposure ("" when absent)
 mjd_obs      MJD (UTC) of the start of exposure
 night        YYYY-MM-DD of the evening the night began (local-noon boundary)
 night_source header | filename | frames table
-group        calibration group key: instrument, binning, shape, readout, amplifiers
+group        calibration group key: instrument, binning, shape, readout, amplifiers, and
+             ``at<x0>-<y0>`` for a subframe read out away from the detector's corner
+subframe_x0, subframe_y0
+             origin of a subframe on the detector (XORGSUBF/YORGSUBF, binned pixels,
+             0-based; 0 for a full frame)
 size_bytes   file size
 """
 
@@ -77,11 +81,12 @@ COMPRESSION = (".fz", ".gz", ".bz2")
 COLUMNS = [
     "frame", "file", "type", "rule", "reason", "filter", "exptime_s", "object", "instrument",
     "readout", "binning", "shape", "n_ext", "date_obs", "mjd_obs", "night", "night_source",
-    "group", "size_bytes", "mode",
+    "group", "size_bytes", "mode", "subframe_x0", "subframe_y0",
 ]
 #: version of what a header-cache row holds (2: files are checked for completeness;
-#: 4: colour mosaics are noted; 5: a truncated file keeps what its header says)
-_CACHE_FORMAT = 5
+#: 4: colour mosaics are noted; 5: a truncated file keeps what its header says;
+#: 6: subframe origins)
+_CACHE_FORMAT = 6
 #: the note a one-shot colour frame's ``reason`` carries (and the inventory's log counts)
 _COLOUR_MOSAIC = "one-shot colour mosaic"
 
@@ -189,6 +194,17 @@ def _binning(header: Mapping, keywords: Mapping[str, Sequence[str]]) -> str:
     return f"{int(xb or 1)}x{int(yb or xb or 1)}"
 
 
+def _subframe_origin(header: Mapping, keywords: Mapping[str, Sequence[str]]) -> tuple[int, int]:
+    """The subframe's origin on the detector (binned pixels, 0-based; MaxIm DL and ASCOM
+    write XORGSUBF/YORGSUBF), (0, 0) without the keywords or with values not whole
+    numbers ≥ 0."""
+    def origin(field: str, default: str) -> int:
+        value = _as_float(_first(header, keywords.get(field, [default])))
+        return int(value) if value is not None and value >= 0 and value == int(value) else 0
+
+    return origin("subframe_x", "XORGSUBF"), origin("subframe_y", "YORGSUBF")
+
+
 def _describe(path: Path, relpath: Path, profile: Mapping) -> dict[str, Any]:
     row: dict[str, Any] = {"file": relpath.as_posix(), "reason": "", "size_bytes": None}
     try:
@@ -256,8 +272,10 @@ def _header_fields(header: Mapping, n_ext: int, shape: tuple[int, int], relpath:
     readout = "" if readout is None else str(readout).strip()
     binning = _binning(header, keywords)
     shape_text = f"{shape[0]}x{shape[1]}"
+    x0, y0 = _subframe_origin(header, keywords)
     group = "_".join([_slug(instrument), binning, shape_text + (f"x{n_ext}" if n_ext > 1 else ""),
-                      _slug(readout) if readout else "default"])
+                      _slug(readout) if readout else "default"]
+                     + ([f"at{x0}-{y0}"] if x0 or y0 else []))
     return dict(
         type=ftype, rule=rule if ftype != "unknown" else "", reason="; ".join(problems),
         filter=filt if ftype not in ("bias", "dark") else "", exptime_s=exptime,
@@ -266,7 +284,7 @@ def _header_fields(header: Mapping, n_ext: int, shape: tuple[int, int], relpath:
         n_ext=n_ext, date_obs=stamp.isoformat(timespec="milliseconds")[:23] if stamp else "",
         mjd_obs=(stamp - _MJD0).total_seconds() / 86400.0 if stamp else None,
         night=night or "", night_source=night_source if night else "", group=group,
-        mode=observing_mode(header=header, profile=profile),
+        mode=observing_mode(header=header, profile=profile), subframe_x0=x0, subframe_y0=y0,
     )
 
 
@@ -399,6 +417,7 @@ def build_inventory(*, raw_dir: str | Path, profile: Mapping,
                 "night", "night_source", "group", "rule", "reason"):
         table[col] = table[col].fillna("").astype(str)
     table["mode"] = table["mode"].fillna("imaging").replace("", "imaging").astype(str)
+    table[["subframe_x0", "subframe_y0"]] = table[["subframe_x0", "subframe_y0"]].fillna(0)
     if frames_table:
         overrides = _read_frames_table(frames_table)
         for _, over in overrides.iterrows():
@@ -480,7 +499,7 @@ def _warn_mixed_mosaics(table: pd.DataFrame, colour: pd.Series, profile: Mapping
                         "/".join(sorted(set(plain["type"]))), plain["file"].iloc[0])
 
 
-_NUMERIC = {"exptime_s", "mjd_obs", "n_ext", "size_bytes"}
+_NUMERIC = {"exptime_s", "mjd_obs", "n_ext", "size_bytes", "subframe_x0", "subframe_y0"}
 
 
 def read_inventory(path: str | Path) -> pd.DataFrame:
@@ -489,6 +508,9 @@ def read_inventory(path: str | Path) -> pd.DataFrame:
                         keep_default_na=False, na_values={c: [""] for c in _NUMERIC})
     if "mode" not in table:  # an inventory of an older version: all imaging
         table["mode"] = "imaging"
+    for column in ("subframe_x0", "subframe_y0"):  # older versions: full frames
+        if column not in table:
+            table[column] = 0
     missing = set(COLUMNS) - set(table.columns)
     if missing:
         raise InventoryError(f"{path} is not an inventory table (missing {sorted(missing)})")

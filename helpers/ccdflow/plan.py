@@ -10,6 +10,13 @@ observation time) within ``max_age_days``; when there is none, planning fails
 with a message naming the frames and the missing type, unless that step is
 skipped.  With ``bias_from_shortest_dark`` (cameras without bias frames) the
 shortest darks of a night are its bias set and the longer ones its dark set.
+
+A subframe (a region of interest read out for speed) is a group of its own.  When it
+has no bias, dark or flat set of its own, the set of a group of the same instrument,
+binning, readout and amplifiers whose frames enclose it (a full frame) is used, its
+master cut at the subframe's origin (``<type>_group`` in the plan; with
+``cut_subframes``, which the workflow sets for profiles without overscan or trim
+sections: a cut of a trimmed master would not be the subframe's pixels).
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from .errors import CalibrationError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CalibrationSets", "calibration_sets", "plan_calibrations", "safe_name"]
+__all__ = ["CalibrationSets", "calibration_sets", "enclosing_groups", "group_geometry",
+           "plan_calibrations", "safe_name"]
 
 KINDS = ("bias", "dark", "flat")
 #: set types keyed by filter (or grating) as well as night and group
@@ -149,12 +157,53 @@ def _other_groups(sets: CalibrationSets, kind: str, filt: str, groups: set[str])
     if not others:
         return ""
     return (f" (of group {', '.join(sorted(groups))}; there are {kind} sets of group(s) "
-            f"{', '.join(others[:3])}: a group is instrument, binning, shape and readout, so a "
-            "subframe or another binning needs calibration frames of its own)")
+            f"{', '.join(others[:3])}: a group is instrument, binning, shape and readout, so "
+            "another binning or readout needs calibration frames of its own; a subframe is "
+            "cut from a full-frame master only when the profile has no overscan or trim "
+            "section)")
+
+
+#: the group's geometry the subframe search compares: what must be equal, then the
+#: frames' origin and shape on the detector
+_Geometry = tuple[tuple[str, str, str, int], int, int, int, int]
+
+
+def group_geometry(inventory: pd.DataFrame) -> dict[str, _Geometry]:
+    """Per calibration group: ((instrument, binning, readout, amplifiers), x0, y0, ny, nx)."""
+    out = {}
+    frames = inventory[inventory["group"].astype(str) != ""]
+    for group, rows in frames.groupby("group"):
+        row = rows.iloc[0]
+        try:
+            ny, nx = (int(v) for v in str(row["shape"]).split("x")[:2])
+        except ValueError:
+            continue
+        same = (str(row["instrument"]), str(row["binning"]), str(row["readout"]),
+                int(row["n_ext"]) if pd.notna(row["n_ext"]) else 1)
+        out[group] = (same, int(row.get("subframe_x0", 0) or 0),
+                      int(row.get("subframe_y0", 0) or 0), ny, nx)
+    return out
+
+
+def enclosing_groups(geometry: Mapping[str, _Geometry], group: str) -> list[tuple[str, int, int]]:
+    """Groups whose frames hold every pixel of ``group``'s (same instrument, binning,
+    readout and amplifiers), smallest first, each with ``group``'s origin in its frames
+    (x, y; 0-based pixels)."""
+    if group not in geometry:
+        return []
+    same, x0, y0, ny, nx = geometry[group]
+    found = []
+    for other, (o_same, ox, oy, ony, onx) in geometry.items():
+        if other == group or o_same != same:
+            continue
+        if ox <= x0 and oy <= y0 and x0 + nx <= ox + onx and y0 + ny <= oy + ony:
+            found.append((ony * onx, other, x0 - ox, y0 - oy))
+    return [(other, dx, dy) for _, other, dx, dy in sorted(found)]
 
 
 def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age_days: float,
-                      steps: Iterable[str] = KINDS) -> pd.DataFrame:
+                      steps: Iterable[str] = KINDS, cut_subframes: bool = False,
+                      ) -> pd.DataFrame:
     """Masters for every science frame (one row each), or a CalibrationError.
 
     Science frames without an observation time or exposure time (see the
@@ -171,6 +220,10 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
         from another night.
     steps : iterable of str
         The calibration types to apply (the others are skipped by config).
+    cut_subframes : bool
+        A subframe group without a bias, dark or flat set of its own takes the set of
+        the smallest group enclosing it (:func:`enclosing_groups`), its master to be
+        cut at the subframe's origin.
 
     Returns
     -------
@@ -179,7 +232,10 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
         and per type (bias, dark, flat, arc) ``<type>_night`` (empty when skipped;
         arc: spectroscopic frames only, the flat of a spectroscopic frame is a
         specflat set), ``<type>_age_d`` (days; 0 for the same night),
-        plus ``note`` naming masters taken from another night.
+        ``<type>_group`` (the set's group: the frame's own, or the group a subframe's
+        master is cut from), ``<type>_x0``, ``<type>_y0`` (the subframe's origin in
+        that group's frames; 0 for its own group), plus ``note`` naming masters taken
+        from another night or cut from another group.
     """
     steps = set(steps)
     science = inventory[inventory["type"] == "science"].sort_values(["mjd_obs", "file"])
@@ -188,6 +244,7 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
         log.warning("%s: science frame left out of the reduction (%s)", sci["file"],
                     sci["reason"] or "no observation time or exposure time")
     science = science[~unusable]
+    geometry = group_geometry(inventory) if cut_subframes else {}
     rows, missing, missing_kinds, missing_groups = [], {}, set(), {}
     for _, sci in science.iterrows():
         mode = str(sci.get("mode", "imaging") or "imaging")
@@ -197,6 +254,7 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
         notes = []
         for kind in (*KINDS, "arc"):
             row[f"{kind}_night"], row[f"{kind}_age_d"] = "", float("nan")
+            row[f"{kind}_group"], row[f"{kind}_x0"], row[f"{kind}_y0"] = sci["group"], 0, 0
             wanted = mode == "spectroscopy" if kind == "arc" else kind in steps
             if not wanted:
                 continue
@@ -204,6 +262,16 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
             best = sets.nearest(kind=set_kind, group=sci["group"], mjd=sci["mjd_obs"],
                                 night=sci["night"], filter=sci["filter"],
                                 max_age_days=max_age_days)
+            if best is None and set_kind in KINDS:
+                for parent, dx, dy in enclosing_groups(geometry, sci["group"]):
+                    best = sets.nearest(kind=set_kind, group=parent, mjd=sci["mjd_obs"],
+                                        night=sci["night"], filter=sci["filter"],
+                                        max_age_days=max_age_days)
+                    if best is not None:
+                        row[f"{kind}_group"], row[f"{kind}_x0"], row[f"{kind}_y0"] = \
+                            parent, dx, dy
+                        notes.append(f"{kind} cut from group {parent} at x {dx}, y {dy}")
+                        break
             if best is None:
                 what = ("spectroscopic flat" if set_kind == "specflat" else kind) + (
                     f" in filter {sci['filter'] or 'none'}" if set_kind in FILTERED else "")
@@ -232,5 +300,6 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
                                " or list the type in calibration.skip; a spectroscopic frame"
                                " always needs an arc)")
     columns = ["frame", "file", "night", "group", "filter", "mjd_obs", "mode"] + [
-        f"{k}_{c}" for k in (*KINDS, "arc") for c in ("night", "age_d")] + ["note"]
+        f"{k}_{c}" for k in (*KINDS, "arc") for c in ("night", "age_d", "group", "x0", "y0")
+    ] + ["note"]
     return pd.DataFrame(rows, columns=columns)

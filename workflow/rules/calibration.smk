@@ -12,6 +12,7 @@ rule calibration_plan:
         max_age_days=CAL["max_calibration_age_days"],
         steps=STEPS,
         bias_from_shortest_dark=PROFILE["calibration"]["bias_from_shortest_dark"],
+        cut_subframes=CUT_SUBFRAMES,
         software=SOFTWARE,
     log:
         LOGS / "calibration_plan.log",
@@ -100,6 +101,28 @@ rule master_flat:
         "../scripts/master_flat.py"
 
 
+rule master_cut:
+    input:
+        master=get_cut_master,
+    output:
+        master=MASTERS / "{night}" / "{group}" / "subframe" / "{name}.fits",
+    params:
+        cut=get_cut_geometry,
+        software=SOFTWARE,
+    log:
+        LOGS / "masters" / "{night}" / "{group}" / "subframe" / "{name}.log",
+    wildcard_constraints:
+        name=r"(bias|dark|flat_[A-Za-z0-9._+-]+)",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/master_cut.py"
+
+
 rule hot_pixel_map:
     input:
         unpack(get_hotpix_inputs),
@@ -128,6 +151,7 @@ rule bad_pixel_mask:
         bpm=MASTERS / "{night}" / "{group}" / "bpm_{filt}.fits",
     params:
         detector=PROFILE["detector"],
+        origin=get_subframe_origin,
         software=SOFTWARE,
     log:
         LOGS / "masters" / "{night}" / "{group}" / "bpm_{filt}.log",

@@ -9,6 +9,7 @@ from ccdflow.errors import CalibrationError
 from ccdflow.config import (
     ConfigError,
     check_photometry,
+    cuts_subframes,
     has_zero_level,
     load_profile,
     validate,
@@ -21,7 +22,13 @@ from ccdflow.batch import (
     missing_products,
     product_path,
 )
-from ccdflow.plan import calibration_sets, plan_calibrations, safe_name
+from ccdflow.plan import (
+    calibration_sets,
+    enclosing_groups,
+    group_geometry,
+    plan_calibrations,
+    safe_name,
+)
 from ccdflow.runlock import claim_run
 from snakemake.logging import logger
 
@@ -68,6 +75,8 @@ STEPS = [
     if k not in set(CAL["skip"]) | set(PROFILE["calibration"]["skip"])
 ]
 SUBTRACT_DARK = PROFILE["calibration"]["subtract_dark"]
+# a subframe without calibrations of its own: full-frame masters cut at its origin
+CUT_SUBFRAMES = cuts_subframes(PROFILE["detector"])
 # no dark applied at all: hot pixels come from the night's own science frames
 HOTPIX_ON = config["hot_pixels"]["enabled"] and "dark" not in STEPS
 ILLUM = PROFILE["calibration"]["illumination"]
@@ -113,6 +122,7 @@ def _state(path, mtime_ns):
         sets=sets,
         max_age_days=CAL["max_calibration_age_days"],
         steps=STEPS,
+        cut_subframes=CUT_SUBFRAMES,
     )
     return inventory, sets, plan.set_index("frame", drop=False)
 
@@ -224,8 +234,56 @@ def _plan_masters(row):
     for kind in ("bias", "dark", "flat"):
         if row[f"{kind}_night"]:
             made = "specflat" if kind == "flat" and row["mode"] == "spectroscopy" else kind
-            out[kind] = str(master_path(made, row[f"{kind}_night"], row["group"], row["filter"]))
+            path = master_path(made, row[f"{kind}_night"], row["group"], row["filter"])
+            if row[f"{kind}_group"] != row["group"]:  # cut from a full frame's master
+                path = path.parent / "subframe" / path.name
+            out[kind] = str(path)
     return out
+
+
+def _cut_source(wildcards):
+    """(plan row, type) of a subframe master `name` cut for night and group."""
+    _, _, plan = state()
+    rows = plan[plan["group"] == wildcards.group]
+    for kind in ("bias", "dark", "flat"):
+        cut = rows[(rows[f"{kind}_night"] == wildcards.night) & (rows[f"{kind}_group"] != rows["group"])]
+        for _, row in cut.iterrows():
+            if master_path(kind, wildcards.night, row["group"], row["filter"]).stem == wildcards.name:
+                return row, kind
+    raise CalibrationError(
+        f"no science frame of group {wildcards.group} uses a {wildcards.name} master cut "
+        f"from night {wildcards.night}"
+    )
+
+
+def get_cut_master(wildcards):
+    """The full-frame master a subframe's master is cut from."""
+    row, kind = _cut_source(wildcards)
+    return str(master_path(kind, wildcards.night, row[f"{kind}_group"], row["filter"]))
+
+
+def get_cut_geometry(wildcards):
+    """Where the subframe lies in the full frame's raw pixels, and both raw shapes."""
+    row, kind = _cut_source(wildcards)
+    geometry = group_geometry(state()[0])
+    parent, sub = geometry[row[f"{kind}_group"]], geometry[row["group"]]
+    return {
+        "origin_xy": [int(row[f"{kind}_x0"]), int(row[f"{kind}_y0"])],
+        "raw_shape": list(parent[3:]),
+        "subframe_shape": list(sub[3:]),
+    }
+
+
+def get_subframe_origin(wildcards):
+    """A subframe group's origin on the detector (x, y; the profile's bad columns, rows
+    and pixels are full-frame positions), None for a full frame."""
+    geometry = group_geometry(state()[0])
+    if wildcards.group not in geometry:
+        return None
+    _, x0, y0, _, _ = geometry[wildcards.group]
+    if x0 or y0 or enclosing_groups(geometry, wildcards.group):
+        return [x0, y0]
+    return None
 
 
 def _applied_masters(row):

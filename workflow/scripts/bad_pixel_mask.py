@@ -12,5 +12,6 @@ hot = read_mask(inputs.hot_pixels) if has_hot else None
 rates = read_mask_images(inputs.hot_pixels, HOT_DARK_IMAGES) if has_hot else {}
 shape, superpixel = trimmed_geometry(inputs.reference, detector=snakemake.params.detector)
 mask = make_bad_pixel_mask(shape=shape, detector=snakemake.params.detector, masters=masters,
-                           hot_pixels=hot, superpixel=superpixel)
+                           hot_pixels=hot, superpixel=superpixel,
+                           origin=snakemake.params.origin)
 write_mask(snakemake.output.bpm, mask, inputs=list(inputs), step="bad_pixel_mask", images=rates)

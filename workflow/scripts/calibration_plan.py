@@ -12,6 +12,10 @@ sets = calibration_sets(
     bias_from_shortest_dark=snakemake.params.bias_from_shortest_dark,
 )
 plan = plan_calibrations(
-    inventory, sets=sets, max_age_days=snakemake.params.max_age_days, steps=snakemake.params.steps
+    inventory,
+    sets=sets,
+    max_age_days=snakemake.params.max_age_days,
+    steps=snakemake.params.steps,
+    cut_subframes=snakemake.params.cut_subframes,
 )
 write_table(plan, snakemake.output.plan)

@@ -3,7 +3,8 @@
 Modules: :mod:`.masters` (bias, dark, flat, arc), :mod:`.bpm` (bad-pixel mask),
 :mod:`.science` (calibrated science frames: the masters' units, the bias exposure
 convention and the per-pixel formulas of SCI, ERR and ERR_CAL are in its docstring),
-:mod:`.illumination` (illumination model).
+:mod:`.illumination` (illumination model), :mod:`.subframe` (a full-frame master cut to a
+subframe).
 """
 
 from .bpm import HOT_DARK_IMAGES, make_bad_pixel_mask
@@ -18,6 +19,7 @@ from .masters import (
     make_master_flat,
 )
 from .science import calibrate_science, trimmed_geometry, trimmed_shape
+from .subframe import cut_master
 
 __all__ = [
     "COMBINE_DEFAULTS",
@@ -25,6 +27,7 @@ __all__ = [
     "calibrate_science",
     "central_level",
     "central_region",
+    "cut_master",
     "make_bad_pixel_mask",
     "make_illumination_model",
     "make_master_arc",

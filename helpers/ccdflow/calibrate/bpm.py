@@ -17,7 +17,8 @@ HOT_DARK_IMAGES = ("HOTDARK", "HOTDARK_ERR")
 def make_bad_pixel_mask(*, shape: tuple[int, int], detector: Mapping,
                         masters: Sequence[Product | None] = (),
                         hot_pixels: np.ndarray | None = None,
-                        superpixel: int = 1) -> np.ndarray:
+                        superpixel: int = 1,
+                        origin: Sequence[int] | None = None) -> np.ndarray:
     """Union (OR) of the masters' masks and the profile's bad columns, pixels and regions.
 
     ``detector`` keys: ``bad_columns`` (1-based x), ``bad_rows`` (1-based y),
@@ -27,6 +28,9 @@ def make_bad_pixel_mask(*, shape: tuple[int, int], detector: Mapping,
     cameras without darks) is OR-ed in: True as HOT, a mask's own bits as they are.
     ``superpixel`` (2 for a colour mosaic summed into 2×2 superpixels): the profile's
     positions are the camera's full-frame ones, each bad pixel spoiling its superpixel.
+    ``origin`` (x, y; 0-based) of a subframe on the detector: the profile's positions
+    are full-frame ones, moved by it, and those off the subframe are left out (a
+    position off a full frame is an error).
     """
     mask = np.zeros(shape, np.uint16)
     if hot_pixels is not None:
@@ -43,26 +47,41 @@ def make_bad_pixel_mask(*, shape: tuple[int, int], detector: Mapping,
             raise CalibrationError(f"master {master.header.get('IMAGETYP')} has shape "
                                    f"{master.mask.shape}, expected {shape}")
         mask |= master.mask
-    f = int(superpixel)
-    ny, nx = shape[0] * f, shape[1] * f  # the full frame the profile's positions are in
+    _mark_profile_defects(mask, detector=detector, superpixel=int(superpixel), origin=origin)
+    return mask
 
-    def cell(i: int) -> int:  # 1-based full-frame index -> 0-based index of the mask
-        return (i - 1) // f
+
+def _mark_profile_defects(mask: np.ndarray, *, detector: Mapping, superpixel: int,
+                          origin: Sequence[int] | None) -> None:
+    """OR BAD into ``mask`` (changed) at the profile's bad columns, rows, pixels and regions."""
+    f = superpixel
+    ny, nx = mask.shape[0] * f, mask.shape[1] * f  # the frame the profile's positions are in
+    x0, y0 = origin if origin is not None else (0, 0)
+    bad = np.uint16(MaskBit.BAD)
+
+    def cell(i: int, start: int, n: int, what: str) -> int | None:
+        """1-based full-frame index -> 0-based index of the mask; None off a subframe."""
+        if 1 <= i - start <= n + f - 1:
+            return min((i - start - 1) // f, n // f - 1)
+        if origin is None:
+            raise CalibrationError(f"detector.{what} outside 1..{n}")
+        return None
 
     for col in detector.get("bad_columns", []):
-        if not 1 <= col <= nx + f - 1:
-            raise CalibrationError(f"detector.bad_columns: column {col} outside 1..{nx}")
-        mask[:, min(cell(col), shape[1] - 1)] |= np.uint16(MaskBit.BAD)
+        c = cell(col, x0, nx, f"bad_columns: column {col}")
+        if c is not None:
+            mask[:, c] |= bad
     for row in detector.get("bad_rows", []):
-        if not 1 <= row <= ny + f - 1:
-            raise CalibrationError(f"detector.bad_rows: row {row} outside 1..{ny}")
-        mask[min(cell(row), shape[0] - 1), :] |= np.uint16(MaskBit.BAD)
+        r = cell(row, y0, ny, f"bad_rows: row {row}")
+        if r is not None:
+            mask[r, :] |= bad
     for x, y in detector.get("bad_pixels", []):
-        if not (1 <= x <= nx + f - 1 and 1 <= y <= ny + f - 1):
-            raise CalibrationError(f"detector.bad_pixels: ({x}, {y}) outside the frame")
-        mask[min(cell(y), shape[0] - 1), min(cell(x), shape[1] - 1)] |= np.uint16(MaskBit.BAD)
+        c = cell(x, x0, nx, f"bad_pixels: ({x}, {y}) x")
+        r = cell(y, y0, ny, f"bad_pixels: ({x}, {y}) y")
+        if c is not None and r is not None:
+            mask[r, c] |= bad
     for text in detector.get("bad_regions", []):
         rows, cols, _, _ = parse_section(text)
-        mask[rows.start // f:-(-rows.stop // f), cols.start // f:-(-cols.stop // f)] |= \
-            np.uint16(MaskBit.BAD)
-    return mask
+        r0, r1 = max(rows.start - y0, 0), max(rows.stop - y0, 0)
+        c0, c1 = max(cols.start - x0, 0), max(cols.stop - x0, 0)
+        mask[r0 // f:-(-r1 // f), c0 // f:-(-c1 // f)] |= bad
