@@ -50,6 +50,7 @@ import pandas as pd
 
 from .classify import _norm, classify, observing_mode
 from .config import bayer_channel, superpixel_mosaics
+from .groups import group_fields
 from .headertime import (
     _MJD0,
     _as_float,
@@ -179,32 +180,6 @@ def read_frame_header(path: str | Path) -> tuple[Mapping, int, tuple[int, int]]:
             return merged, len(headers), shape
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "na"
-
-
-def _binning(header: Mapping, keywords: Mapping[str, Sequence[str]]) -> str:
-    text = _first(header, keywords.get("binning", []))
-    if isinstance(text, str):
-        parts = re.findall(r"\d+", text)
-        if len(parts) == 2:
-            return f"{parts[0]}x{parts[1]}"
-    xb = _as_float(_first(header, keywords.get("xbinning", [])))
-    yb = _as_float(_first(header, keywords.get("ybinning", [])))
-    return f"{int(xb or 1)}x{int(yb or xb or 1)}"
-
-
-def _subframe_origin(header: Mapping, keywords: Mapping[str, Sequence[str]]) -> tuple[int, int]:
-    """The subframe's origin on the detector (binned pixels, 0-based; MaxIm DL and ASCOM
-    write XORGSUBF/YORGSUBF), (0, 0) without the keywords or with values not whole
-    numbers ≥ 0."""
-    def origin(field: str, default: str) -> int:
-        value = _as_float(_first(header, keywords.get(field, [default])))
-        return int(value) if value is not None and value >= 0 and value == int(value) else 0
-
-    return origin("subframe_x", "XORGSUBF"), origin("subframe_y", "YORGSUBF")
-
-
 def _describe(path: Path, relpath: Path, profile: Mapping) -> dict[str, Any]:
     row: dict[str, Any] = {"file": relpath.as_posix(), "reason": "", "size_bytes": None}
     try:
@@ -267,24 +242,16 @@ def _header_fields(header: Mapping, n_ext: int, shape: tuple[int, int], relpath:
     night_source = "filename" if night else "header"
     if night is None and stamp is not None:
         night = observing_night(stamp, utc_offset_hours=_utc_offset(header, profile))
-    instrument = str(_first(header, keywords.get("instrument", [])) or profile.get("name", ""))
-    readout = _first(header, keywords.get("readout", []))
-    readout = "" if readout is None else str(readout).strip()
-    binning = _binning(header, keywords)
-    shape_text = f"{shape[0]}x{shape[1]}"
-    x0, y0 = _subframe_origin(header, keywords)
-    group = "_".join([_slug(instrument), binning, shape_text + (f"x{n_ext}" if n_ext > 1 else ""),
-                      _slug(readout) if readout else "default"]
-                     + ([f"at{x0}-{y0}"] if x0 or y0 else []))
+    fields = group_fields(header, keywords=keywords, n_ext=n_ext, shape=shape,
+                          default_instrument=profile.get("name", ""))
     return dict(
         type=ftype, rule=rule if ftype != "unknown" else "", reason="; ".join(problems),
         filter=filt if ftype not in ("bias", "dark") else "", exptime_s=exptime,
         object=str(_first(header, keywords.get("object", [])) or ""),
-        instrument=instrument, readout=readout, binning=binning, shape=shape_text,
         n_ext=n_ext, date_obs=stamp.isoformat(timespec="milliseconds")[:23] if stamp else "",
         mjd_obs=(stamp - _MJD0).total_seconds() / 86400.0 if stamp else None,
-        night=night or "", night_source=night_source if night else "", group=group,
-        mode=observing_mode(header=header, profile=profile), subframe_x0=x0, subframe_y0=y0,
+        night=night or "", night_source=night_source if night else "",
+        mode=observing_mode(header=header, profile=profile), **fields,
     )
 
 
