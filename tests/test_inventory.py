@@ -365,6 +365,36 @@ def test_a_date_without_a_usable_time_is_never_silently_midnight(tmp_path):
         table.loc["alone", "reason"] and "taken as 00:00 UTC" in table.loc["alone", "reason"]
 
 
+def test_times_in_another_scale_are_converted_to_utc_and_slashed_dates_read(tmp_path):
+    # TIMESYS (FITS time paper, Rots et al. 2015) puts DATE-OBS and MJD-OBS in its scale:
+    # read as UTC, a TT time is 69.184 s late (2017) — a transit mid-time off by more
+    # than a minute.  TAI is UTC + 37 s, GPS UTC + 18 s; LOCAL is not converted but said.
+    # 'YYYY/MM/DD' (year first, unambiguous) is read as an ISO date
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    base = {"IMAGETYP": "Light Frame", "EXPTIME": 60.0, "DATE-OBS": "2017-12-20T01:33:43"}
+    cases = {"utc": {}, "tt": {"TIMESYS": "TT"}, "tai": {"TIMESYS": "TAI"},
+             "gps": {"TIMESYS": "GPS"}, "mjd_tt": {"DATE-OBS": None, "MJD-OBS": 58107.0,
+                                                  "TIMESYS": "TT"},
+             "local": {"TIMESYS": "LOCAL"}, "slashed": {"DATE-OBS": "2017/12/20",
+                                                        "UT": "01:33:43"}}
+    for name, extra in cases.items():
+        header = {k: v for k, v in {**base, **extra}.items() if v is not None}
+        _write(raw / f"{name}.fits", header)
+    table = build_inventory(raw_dir=raw, profile=profile("default")).set_index("frame")
+    assert table.loc["utc", "date_obs"] == "2017-12-20T01:33:43.000"
+    assert table.loc["utc", "reason"] == ""
+    assert table.loc["tt", "date_obs"] == "2017-12-20T01:32:33.816"
+    assert "TIMESYS = 'TT': converted to UTC (-69.184 s)" in table.loc["tt", "reason"]
+    assert table.loc["tai", "date_obs"] == "2017-12-20T01:33:06.000"
+    assert table.loc["gps", "date_obs"] == "2017-12-20T01:33:25.000"
+    assert table.loc["mjd_tt", "mjd_obs"] == pytest.approx(58107.0 - 69.184 / 86400, abs=1e-9)
+    assert table.loc["local", "date_obs"] == "2017-12-20T01:33:43.000"
+    assert "TIMESYS = 'LOCAL' is not a time scale" in table.loc["local", "reason"]
+    assert table.loc["slashed", "date_obs"] == "2017-12-20T01:33:43.000"
+    assert table.loc["slashed", "reason"] == ""
+
+
 def test_a_one_shot_colour_camera_is_said(tmp_path, caplog):
     import copy
 

@@ -47,12 +47,53 @@ _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 #: the FITS date format before 1999 (Wells et al. 1981; FITS standard 4.0 §9.1.1):
 #: 'DD/MM/YY', a day of 19YY
 _OLD_DAY = re.compile(r"^(\d{2})/(\d{2})/(\d{2})$")
+#: a date with slashes, year first ('2017/12/20', '2017/12/20 01:33:43'): unambiguous
+_SLASHED = re.compile(r"^(\d{4})/(\d{1,2})/(\d{1,2})([T ].*)?$")
 
 
 def _iso(value: str) -> str:
-    """``value`` with an old-style 'DD/MM/YY' date written as '19YY-MM-DD'; else as is."""
-    old = _OLD_DAY.match(value.strip())
-    return f"19{old[3]}-{old[2]}-{old[1]}" if old else value
+    """``value`` with an old-style 'DD/MM/YY' date written as '19YY-MM-DD' and a
+    'YYYY/MM/DD' date as 'YYYY-MM-DD' (a time after it kept); else as is."""
+    value = value.strip()
+    old = _OLD_DAY.match(value)
+    if old:
+        return f"19{old[3]}-{old[2]}-{old[1]}"
+    slashed = _SLASHED.match(value)
+    if slashed:
+        return (f"{slashed[1]}-{int(slashed[2]):02d}-{int(slashed[3]):02d}"
+                + (slashed[4] or ""))
+    return value
+
+
+#: TIMESYS values whose times are UTC to the second or better (UT1 within 0.9 s)
+_UTC_SCALES = {"", "UTC", "UT", "UT()", "UT1", "Z", "GMT"}
+#: TIMESYS scales astropy converts to UTC (GPS is TAI − 19 s)
+_OTHER_SCALES = {"TAI": "tai", "TT": "tt", "TDT": "tt", "ET": "tt", "TDB": "tdb",
+                 "TCG": "tcg", "TCB": "tcb", "GPS": "tai"}
+
+
+def _timesys_to_utc(stamp: datetime, header: Mapping, notes: list[str]) -> datetime:
+    """``stamp`` read in the header's TIMESYS (FITS: UTC when absent) as UTC.  TT, TAI,
+    GPS, TDB, TCG and TCB are converted (TT is UTC + 69.184 s since 2017: a transit
+    mid-time 69 s late otherwise), the change noted; LOCAL or another value is noted
+    and the time read as UTC."""
+    system = str(header.get("TIMESYS", "") or "").strip().upper()
+    if system in _UTC_SCALES:
+        return stamp
+    if system not in _OTHER_SCALES:
+        notes.append(f"TIMESYS = {system!r} is not a time scale ccdflow converts: the "
+                     "time is read as UTC")
+        return stamp
+    from astropy.time import Time, TimeDelta
+
+    naive = stamp.astimezone(UTC).replace(tzinfo=None)
+    read = Time(naive, scale=_OTHER_SCALES[system])
+    if system == "GPS":
+        read = read + TimeDelta(19.0, format="sec")
+    utc = read.utc.to_datetime().replace(tzinfo=UTC)
+    notes.append(f"TIMESYS = {system!r}: converted to UTC "
+                 f"({(utc - stamp).total_seconds():+.3f} s)")
+    return utc
 
 
 def _padded(clock: str) -> str:
@@ -73,14 +114,27 @@ def _clock_on_day(clock: str, anchor: datetime, keyword: str) -> datetime:
 
 def _parse_time(header: Mapping, keywords: Mapping[str, Sequence[str]]
                 ) -> tuple[datetime | None, list[str]]:
-    """UTC start of the exposure, and notes on keywords that could not be used.
+    """UTC start of the exposure, and notes on keywords that could not be used (and on a
+    TIMESYS other than UTC, whose times are converted: :func:`_timesys_to_utc`).
+    The keywords are read as :func:`_parse_time_as_written` says."""
+    stamp, notes = _parse_time_as_written(header, keywords)
+    if stamp is not None:
+        stamp = _timesys_to_utc(stamp, header, notes)
+    return stamp, notes
+
+
+def _parse_time_as_written(header: Mapping, keywords: Mapping[str, Sequence[str]]
+                           ) -> tuple[datetime | None, list[str]]:
+    """The start of the exposure in the header's time scale, and notes on keywords
+    that could not be used.
 
     The ``date_obs`` keywords are tried in the profile's order:
 
     * a date and time: a UTC offset in it is applied (local time with
       ``-0700`` becomes UTC);
     * a date alone: completed with the first ``time_obs`` keyword present (the
-      pre-1999 FITS form 'DD/MM/YY' is read as 19YY-MM-DD); one that holds no time of
+      pre-1999 FITS form 'DD/MM/YY' is read as 19YY-MM-DD, 'YYYY/MM/DD' as
+      YYYY-MM-DD); one that holds no time of
       day is noted and the next keyword tried; with no ``time_obs`` keyword at all the
       later keywords, ``mjd_obs`` and ``jd`` are tried first, and only then is the
       date taken at 00:00 UTC, noted (a time of day cannot be made up);

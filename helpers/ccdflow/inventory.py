@@ -86,7 +86,7 @@ COLUMNS = [
 ]
 #: version of what a header-cache row holds (2: files are checked for completeness;
 #: 4: colour mosaics are noted; 5: a truncated file keeps what its header says;
-#: 6: subframe origins)
+#: 6: subframe origins, times converted from TIMESYS)
 _CACHE_FORMAT = 6
 #: the note a one-shot colour frame's ``reason`` carries (and the inventory's log counts)
 _COLOUR_MOSAIC = "one-shot colour mosaic"
