@@ -87,6 +87,7 @@ rule spectra_bpm:
         bpm=MASTERS / "{night}" / "{group}" / "specbpm_{filt}.fits",
     params:
         detector=PROFILE["detector"],
+        origin=get_subframe_origin,
         software=SOFTWARE,
     log:
         LOGS / "masters" / "{night}" / "{group}" / "specbpm_{filt}.log",
