@@ -630,7 +630,7 @@ def test_trailed_and_defocused_nights_reduce(tmp_path, stars):
     every star elongated and the night stopped with the target's frame unaligned;
     defocused, each ring was two or three sources and comparisons counted twice.  Both
     now reduce: every frame aligned, the target followed onto its star, one source per
-    star, a differential light curve whose scatter its errors cover."""
+    star, a differential light curve whose scatter its errors describe."""
     base = _spec(flip=True, n_science=24)
     if stars == "trailed":
         spec = replace(base, trail_px=(5.0, -30.0), fwhm_px=2.0)
@@ -649,10 +649,14 @@ def test_trailed_and_defocused_nights_reduce(tmp_path, stars):
 
     assert cKDTree(xy).query(xy, k=2)[0][:, 1].min() >= 0.5 * sources["fwhm_px"].min()
     rows = _target_followed_onto_its_star(results, truth)
-    # the point-to-point scatter within its errors (allowed 3 standard errors above 1)
+    # the point-to-point scatter matches its errors within 3 standard errors of a p2p
+    # estimate (1/√(2(n−1)) of it): errors too large mislead a fit as much as too small
+    # ones (the trailed night's optimal errors were 1/0.54 of its scatter when the PSF
+    # model's whole error ε counted, not only its star-to-star part ε_r)
     ok = rows["usable"].astype(bool)
     p2p = np.std(np.diff(rows.loc[ok, "rel_flux"])) / np.sqrt(2)
-    assert p2p / rows.loc[ok, "rel_flux_err"].median() <= 1 + 3 / np.sqrt(2 * (ok.sum() - 1))
+    ratio, band = p2p / rows.loc[ok, "rel_flux_err"].median(), 3 / np.sqrt(2 * (ok.sum() - 1))
+    assert 1 - band <= ratio <= 1 + band, ratio
 
 
 def test_satellite_trails_through_the_target_are_masked_not_measured(tmp_path):

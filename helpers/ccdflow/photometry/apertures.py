@@ -240,6 +240,7 @@ def measure_apertures(*, data: np.ndarray, error: np.ndarray, mask: np.ndarray,
     table.attrs["model_outliers"] = n_outliers
     if model is not None:
         table.attrs["psf_model_error"] = model.rel_error
+        table.attrs["psf_model_error_random"] = model.rel_error_random
     if optimal:
         table.attrs["optimal_correction"] = rows[-1].attrs.get("optimal_correction")
     return table

@@ -371,7 +371,9 @@ def _note_model(attrs: Mapping, *, use_optimal: bool, notes: list[str]) -> None:
                      "the PSF model (cosmic rays the mask missed): filled from the model")
     if attrs.get("psf_model_error"):
         notes.append(f"PSF model error {100 * attrs['psf_model_error']:.1f} % of the modelled "
-                     "light per pixel (in the variance of filled pixels)")
+                     "light per pixel (in the variance of filled pixels), "
+                     f"{100 * attrs.get('psf_model_error_random', 0.0):.1f} % differing from "
+                     "star to star (in the optimal flux's variance)")
     correction = attrs.get("optimal_correction")
     if use_optimal and correction is not None:
         notes.append(f"optimal photometry: profile correction {correction:.4f} (largest "

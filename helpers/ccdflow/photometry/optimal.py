@@ -70,8 +70,12 @@ def optimal_photometry(*, data, rand_var, err_cal, usable, saturated, x, y, insi
         if row_noise_e > 0:  # a level common to each row: Σ_r (Σ_row W)² − Σ W²
             var = var + row_noise_e**2 * ((w.sum(axis=2) ** 2).sum(axis=1)
                                           - (w * w).sum(axis=(1, 2)))
-        if model.rel_error > 0:  # the PSF model's own error ε per pixel: Σ W² (ε F̂ P)²
-            var = var + (model.rel_error * f_est) ** 2 * (w * w * p * p).sum(axis=(1, 2))
+        # the PSF model's own error per pixel that differs from star to star, ε_r: Σ W²
+        # (ε_r F̂ P)²; its shared part moves every star alike and the profile correction
+        # below takes it out (:func:`~ccdflow.photometry.model.psf_model_error`)
+        eps = model.rel_error_random
+        if eps > 0:
+            var = var + (eps * f_est) ** 2 * (w * w * p * p).sum(axis=(1, 2))
         cal = (w * w * cv).sum(axis=(1, 2))
         repaired = np.where(weight_all > 0, 1.0 - norm / weight_all, 0.0)
     # profile correction from isolated, unflagged bright stars
