@@ -246,9 +246,13 @@ def _cut_source(wildcards):
     _, _, plan = state()
     rows = plan[plan["group"] == wildcards.group]
     for kind in ("bias", "dark", "flat"):
-        cut = rows[(rows[f"{kind}_night"] == wildcards.night) & (rows[f"{kind}_group"] != rows["group"])]
+        cut = rows[
+            (rows[f"{kind}_night"] == wildcards.night)
+            & (rows[f"{kind}_group"] != rows["group"])
+        ]
         for _, row in cut.iterrows():
-            if master_path(kind, wildcards.night, row["group"], row["filter"]).stem == wildcards.name:
+            name = master_path(kind, wildcards.night, row["group"], row["filter"]).stem
+            if name == wildcards.name:
                 return row, kind
     raise CalibrationError(
         f"no science frame of group {wildcards.group} uses a {wildcards.name} master cut "
