@@ -67,7 +67,8 @@ def _iso(value: str) -> str:
 
 #: TIMESYS values whose times are UTC to the second or better (UT1 within 0.9 s)
 _UTC_SCALES = {"", "UTC", "UT", "UT()", "UT1", "Z", "GMT"}
-#: TIMESYS scales astropy converts to UTC (GPS is TAI − 19 s)
+#: TIMESYS scales astropy converts to UTC (GPS time is read as TAI, then + 19 s:
+#: GPS = TAI − 19 s)
 _OTHER_SCALES = {"TAI": "tai", "TT": "tt", "TDT": "tt", "ET": "tt", "TDB": "tdb",
                  "TCG": "tcg", "TCB": "tcb", "GPS": "tai"}
 
@@ -134,8 +135,8 @@ def _parse_time_as_written(header: Mapping, keywords: Mapping[str, Sequence[str]
       ``-0700`` becomes UTC);
     * a date alone: completed with the first ``time_obs`` keyword present (the
       pre-1999 FITS form 'DD/MM/YY' is read as 19YY-MM-DD, 'YYYY/MM/DD' as
-      YYYY-MM-DD); one that holds no time of
-      day is noted and the next keyword tried; with no ``time_obs`` keyword at all the
+      YYYY-MM-DD); one that holds no time of day is noted and the next keyword
+      tried; with no ``time_obs`` keyword at all the
       later keywords, ``mjd_obs`` and ``jd`` are tried first, and only then is the
       date taken at 00:00 UTC, noted (a time of day cannot be made up);
     * a time of day alone (``UT-OBS = '01:33:43.317'``): put on the UTC day of

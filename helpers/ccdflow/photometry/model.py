@@ -308,8 +308,9 @@ def psf_model_error(*, data: np.ndarray, usable: np.ndarray, model: SourceModel,
         ε²  = median over stars of  Σ (r² − v) / Σ (F̂ P)²       (0 if negative)
         ε_r² = the same with r − F̂·R̄,  × N/(N − 1)
 
-    R̄ is the stars' mean residual per unit flux on their stamps (weighted by F̂²/v,
-    each stamp centred on its star's pixel): the shape the model misses in every star.
+    R̄ is the stars' mean residual per unit flux (weighted by F̂²/v, registered on each
+    star's centre by cubic-spline shifts, :func:`_shared_residual`), shifted back onto
+    each star's stamp: the shape the model misses in every star.
     An undersampled or mis-shaped PSF leaves ε of several per cent; a model that fits
     its stars to their noise leaves ε ≈ 0, and a filled pixel's variance is then sky
     + photons only.  A trailed or defocused star the analytic model cannot follow
