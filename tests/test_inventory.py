@@ -369,7 +369,8 @@ def test_times_in_another_scale_are_converted_to_utc_and_slashed_dates_read(tmp_
     # TIMESYS (FITS time paper, Rots et al. 2015) puts DATE-OBS and MJD-OBS in its scale:
     # read as UTC, a TT time is 69.184 s late (2017) — a transit mid-time off by more
     # than a minute.  TAI is UTC + 37 s, GPS UTC + 18 s; LOCAL is not converted but said.
-    # 'YYYY/MM/DD' (year first, unambiguous) is read as an ISO date
+    # A time a UT keyword gives (UT, UT-OBS) or one written with Z is UTC whatever
+    # TIMESYS says.  'YYYY/MM/DD' (year first, unambiguous) is read as an ISO date
     raw = tmp_path / "raw"
     raw.mkdir()
     base = {"IMAGETYP": "Light Frame", "EXPTIME": 60.0, "DATE-OBS": "2017-12-20T01:33:43"}
@@ -377,7 +378,9 @@ def test_times_in_another_scale_are_converted_to_utc_and_slashed_dates_read(tmp_
              "gps": {"TIMESYS": "GPS"}, "mjd_tt": {"DATE-OBS": None, "MJD-OBS": 58107.0,
                                                   "TIMESYS": "TT"},
              "local": {"TIMESYS": "LOCAL"}, "slashed": {"DATE-OBS": "2017/12/20",
-                                                        "UT": "01:33:43"}}
+                                                        "UT": "01:33:43"},
+             "tt_ut": {"DATE-OBS": "2017-12-20", "UT": "01:33:43", "TIMESYS": "TT"},
+             "tt_z": {"DATE-OBS": "2017-12-20T01:33:43Z", "TIMESYS": "TT"}}
     for name, extra in cases.items():
         header = {k: v for k, v in {**base, **extra}.items() if v is not None}
         _write(raw / f"{name}.fits", header)
@@ -393,6 +396,9 @@ def test_times_in_another_scale_are_converted_to_utc_and_slashed_dates_read(tmp_
     assert "TIMESYS = 'LOCAL' is not a time scale" in table.loc["local", "reason"]
     assert table.loc["slashed", "date_obs"] == "2017-12-20T01:33:43.000"
     assert table.loc["slashed", "reason"] == ""
+    for name in ("tt_ut", "tt_z"):
+        assert table.loc[name, "date_obs"] == "2017-12-20T01:33:43.000", name
+        assert table.loc[name, "reason"] == "", name
 
 
 def test_a_one_shot_colour_camera_is_said(tmp_path, caplog):

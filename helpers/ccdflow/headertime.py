@@ -118,16 +118,23 @@ def _parse_time(header: Mapping, keywords: Mapping[str, Sequence[str]]
     """UTC start of the exposure, and notes on keywords that could not be used (and on a
     TIMESYS other than UTC, whose times are converted: :func:`_timesys_to_utc`).
     The keywords are read as :func:`_parse_time_as_written` says."""
-    stamp, notes = _parse_time_as_written(header, keywords)
-    if stamp is not None:
+    stamp, notes, utc = _parse_time_as_written(header, keywords)
+    if stamp is not None and not utc:
         stamp = _timesys_to_utc(stamp, header, notes)
     return stamp, notes
 
 
+#: a keyword whose name says UT (UT, UT-OBS, UTSTART, UT-START, UTC-OBS) holds UTC
+#: whatever TIMESYS says; so does a value that ends in Z, UTC or a UTC offset
+_UTC_BY_NAME = re.compile(r"^UT")
+_UTC_BY_VALUE = re.compile(r"(Z|UTC?|[+-]\d{2}:?\d{2})$", re.IGNORECASE)
+
+
 def _parse_time_as_written(header: Mapping, keywords: Mapping[str, Sequence[str]]
-                           ) -> tuple[datetime | None, list[str]]:
-    """The start of the exposure in the header's time scale, and notes on keywords
-    that could not be used.
+                           ) -> tuple[datetime | None, list[str], bool]:
+    """The start of the exposure in the header's time scale, notes on keywords that
+    could not be used, and whether the time is UTC whatever TIMESYS says (a ``UT…``
+    keyword gave its time of day, or the value carries Z, UTC or an offset).
 
     The ``date_obs`` keywords are tried in the profile's order:
 
@@ -163,14 +170,15 @@ def _parse_time_as_written(header: Mapping, keywords: Mapping[str, Sequence[str]
                     notes.append(f"{key} = {value!r} is a time of day and no date keyword "
                                  "gives its day")
                     continue
-                return _clock_on_day(value, anchor, key), notes
+                return _clock_on_day(value, anchor, key), notes, bool(_UTC_BY_NAME.match(key))
             if _DAY.match(value):
                 time_keys = list(keywords.get("time_obs", []))
                 time_key = next((k for k in time_keys if _first(header, [k]) is not None),
                                 None)
                 clock = _first(header, [time_key]) if time_key else None
                 if isinstance(clock, str) and _CLOCK.match(clock):
-                    return parse_iso_utc(f"{value}T{_padded(clock)}", key), notes
+                    return (parse_iso_utc(f"{value}T{_padded(clock)}", key), notes,
+                            bool(_UTC_BY_NAME.match(time_key)))
                 if clock is not None:
                     notes.append(f"{time_key} = {clock!r} is not a time of day (HH:MM:SS)")
                     continue
@@ -180,7 +188,8 @@ def _parse_time_as_written(header: Mapping, keywords: Mapping[str, Sequence[str]
                                  f"time keyword ({'/'.join(time_keys) or 'none'}) gives "
                                  "one: taken as 00:00 UTC")
                 continue
-            return parse_iso_utc(value, key), notes
+            return (parse_iso_utc(value, key), notes,
+                    bool(_UTC_BY_NAME.match(key) or _UTC_BY_VALUE.search(value.strip())))
         except ValueError as exc:
             notes.append(str(exc))
     mjd = _as_float(_first(header, keywords.get("mjd_obs", [])))
@@ -188,10 +197,10 @@ def _parse_time_as_written(header: Mapping, keywords: Mapping[str, Sequence[str]
         jd = _as_float(_first(header, keywords.get("jd", [])))
         mjd = jd - 2400000.5 if jd is not None else None
     if mjd is not None:
-        return _MJD0 + timedelta(days=mjd), notes
+        return _MJD0 + timedelta(days=mjd), notes, False
     if date_only is not None:  # the night can still be told, not the time
         notes.append(date_note)
-    return date_only, notes
+    return date_only, notes, False
 
 
 def _day_of(header: Mapping, key: str) -> datetime | None:
