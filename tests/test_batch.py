@@ -14,6 +14,7 @@ from ccdflow.batch import (
     frames_per_job,
     missing_products,
     read_summary,
+    series_by_binning,
 )
 
 from .conftest import write_masters
@@ -254,3 +255,21 @@ def test_job_memory_grows_with_the_frame_and_keeps_the_floor():
     assert job_memory_mb(stage="frames", megapixels=81.0) < big
     with pytest.raises(BatchError, match="stage must be one of"):
         job_memory_mb(stage="cosmics", megapixels=1.0)
+
+
+def test_a_series_read_out_in_two_binnings_is_split_by_binning(caplog):
+    # 1x1 and 2x2 frames of one field and filter cannot share a source list: the
+    # binning most frames have keeps the series' name, the others get their own series
+    frames = pd.DataFrame({
+        "series": ["M67_V"] * 5 + ["M67_R"] * 2 + ["NGC1_V"] * 2,
+        "binning": ["2x2", "1x1", "1x1", "1x1", "2x2", "1x1", "1x1", "1x1", "2x2"],
+        "mjd_obs": np.arange(9, dtype=float)}, index=np.arange(10, 19))
+    with caplog.at_level("WARNING", logger="ccdflow.batch"):
+        series = series_by_binning(frames)
+    assert list(series.index) == list(frames.index)  # aligned with the input
+    assert list(series) == ["M67_V_bin2x2", "M67_V", "M67_V", "M67_V", "M67_V_bin2x2",
+                            "M67_R", "M67_R",
+                            "NGC1_V", "NGC1_V_bin2x2"]  # a tie: the first frame's binning
+    assert "series M67_V holds frames binned 1x1, 2x2: the 2 2x2 frame(s) form series " \
+           "M67_V_bin2x2" in caplog.text
+    assert list(frames["series"]) == ["M67_V"] * 5 + ["M67_R"] * 2 + ["NGC1_V"] * 2

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["PRODUCT_SUFFIX", "SUMMARY", "assign_batches", "failed_frames", "frames_per_job",
            "missing_products", "photometry_batch", "product_path", "read_frame_metas",
-           "read_summary", "series_products"]
+           "read_summary", "series_by_binning", "series_products"]
 
 #: name of the per-batch summary table inside each batch directory
 SUMMARY = "batch-summary.tsv"
@@ -168,6 +168,33 @@ def assign_batches(frames: pd.DataFrame, *, setting: int | str = "auto",
         out.loc[rows.index, "batch"] = [f"{series}-{i:03d}" for i in k]
         out.loc[rows.index, "frames_per_job"] = size
     return out.loc[frames.index]
+
+
+def series_by_binning(frames: pd.DataFrame) -> pd.Series:
+    """Each frame's series, a series whose frames were read out in more than one binning
+    split by it: the binning of most of its frames (of its first frame, on a tie) keeps
+    the name, the others become ``{series}_bin{XxY}`` (logged).  Frames binned 1x1 and
+    2x2 do not share a source list or alignment (the minority frames came out
+    NOT_ALIGNED): each binning gets its light curves.
+
+    ``frames`` has ``series``, ``binning`` and ``mjd_obs``; returned in its index.
+    """
+    out = frames["series"].astype(str).copy()
+    binning = frames["binning"].fillna("").astype(str)
+    for series, rows in frames.groupby("series", sort=False):
+        kinds = binning[rows.index]
+        if kinds.nunique() < 2:
+            continue
+        first = kinds[rows["mjd_obs"].sort_values(kind="stable").index[0]]
+        counts = kinds.value_counts()
+        kept = max(counts.index, key=lambda b: (counts[b], b == first))
+        other = kinds != kept
+        out[other[other].index] = [f"{series}_bin{b}" for b in kinds[other]]
+        log.warning("series %s holds frames binned %s: the %d %s frame(s) form series %s",
+                    series, ", ".join(sorted(counts.index)), int(other.sum()),
+                    "/".join(sorted(set(kinds[other]))),
+                    ", ".join(sorted(set(out[other[other].index]))))
+    return out
 
 
 def _stage_of(directory: str | Path) -> str:

@@ -21,6 +21,7 @@ from ccdflow.batch import (
     job_memory_mb,
     missing_products,
     product_path,
+    series_by_binning,
 )
 from ccdflow.plan import (
     calibration_sets,
@@ -429,12 +430,13 @@ def series_name(field, filt):
 def _frames(path, mtime_ns, mode):
     """Per science frame of one observing mode: plan row, field (OBJECT), series, batch."""
     inventory, _, plan = _state(path, mtime_ns)
-    objects = inventory.set_index("frame")["object"]
-    shapes = inventory.set_index("frame")["shape"]
+    by_frame = inventory.set_index("frame")
     table = plan[plan["mode"] == mode].reset_index(drop=True)
-    table["field"] = [str(objects.get(f, "") or "") for f in table["frame"]]
-    table["megapixels"] = [_megapixels(shapes.get(f, "")) for f in table["frame"]]
+    table["field"] = [str(by_frame["object"].get(f, "") or "") for f in table["frame"]]
+    table["megapixels"] = [_megapixels(by_frame["shape"].get(f, "")) for f in table["frame"]]
+    table["binning"] = [str(by_frame["binning"].get(f, "")) for f in table["frame"]]
     table["series"] = [series_name(o, fl) for o, fl in zip(table["field"], table["filter"])]
+    table["series"] = series_by_binning(table)
     table = assign_batches(table, setting=config["frames_per_job"])
     return table.set_index("frame", drop=False)
 
