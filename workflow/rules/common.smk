@@ -602,6 +602,10 @@ def series_frame_paths(series, stage):
     }
 
 
+#: (target, series) pairs already warned about (input functions run more than once)
+_SAID = set()
+
+
 def series_targets(wildcards):
     """Targets of a series: those of its field (or of every field); a pixel target read on
     a named frame belongs to that frame's series only, and a frame name no series has
@@ -609,9 +613,23 @@ def series_targets(wildcards):
     rows = series_frames(wildcards.series)
     fields = set(rows["field"])
     fields |= {safe_name(f) for f in fields}
+    # a series split off by binning: a position read on another series' frame is not
+    # in its pixels (a star near it would be the wrong star)
+    split = any(
+        s != series_name(o, fl) for s, o, fl in zip(rows["series"], rows["field"], rows["filter"])
+    )
     out = []
     for target in PHOT["targets"]:
         if target.get("field") not in (None, *fields):
+            continue
+        if split and "x" in target and "frame" not in target:
+            if (target["name"], wildcards.series) not in _SAID:
+                _SAID.add((target["name"], wildcards.series))
+                logger.warning(
+                    f"ccdflow: target {target['name']} (x, y without a frame) is not placed "
+                    f"in series {wildcards.series}, whose frames have another binning: give "
+                    "it with a frame of that series"
+                )
             continue
         if "frame" in target and target["frame"] not in set(rows["frame"]):
             everywhere = frame_table()["frame"]
