@@ -188,12 +188,11 @@ def series_by_binning(frames: pd.DataFrame) -> pd.Series:
         first = kinds[rows["mjd_obs"].sort_values(kind="stable").index[0]]
         counts = kinds.value_counts()
         kept = max(counts.index, key=lambda b: (counts[b], b == first))
-        other = kinds != kept
-        out[other[other].index] = [f"{series}_bin{b}" for b in kinds[other]]
+        moved = kinds[kinds != kept]
+        out[moved.index] = f"{series}_bin" + moved
         log.warning("series %s holds frames binned %s: the %d %s frame(s) form series %s",
-                    series, ", ".join(sorted(counts.index)), int(other.sum()),
-                    "/".join(sorted(set(kinds[other]))),
-                    ", ".join(sorted(set(out[other[other].index]))))
+                    series, ", ".join(sorted(counts.index)), len(moved),
+                    "/".join(sorted(set(moved))), ", ".join(sorted(set(out[moved.index]))))
     return out
 
 

@@ -14,7 +14,17 @@ from typing import Any
 
 from .headertime import _as_float, _first
 
-__all__ = ["group_fields"]
+__all__ = ["group_fields", "parse_shape"]
+
+
+def parse_shape(text: Any) -> tuple[int, int] | None:
+    """(ny, nx) of an inventory ``shape`` 'NAXIS2xNAXIS1' (:func:`group_fields`), None
+    when it is not one (a rejected file's empty shape)."""
+    try:
+        ny, nx = (int(v) for v in str(text).split("x")[:2])
+    except ValueError:
+        return None
+    return ny, nx
 
 
 def group_fields(header: Mapping, *, keywords: Mapping[str, Sequence[str]], n_ext: int,

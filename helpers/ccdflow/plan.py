@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CalibrationError
+from .groups import parse_shape
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +175,10 @@ def group_geometry(inventory: pd.DataFrame) -> dict[str, _Geometry]:
     frames = inventory[inventory["group"].astype(str) != ""]
     for group, rows in frames.groupby("group"):
         row = rows.iloc[0]
-        try:
-            ny, nx = (int(v) for v in str(row["shape"]).split("x")[:2])
-        except ValueError:
+        shape = parse_shape(row["shape"])
+        if shape is None:
             continue
+        ny, nx = shape
         same = (str(row["instrument"]), str(row["binning"]), str(row["readout"]),
                 int(row["n_ext"]) if pd.notna(row["n_ext"]) else 1)
         out[group] = (same, int(row.get("subframe_x0", 0) or 0),

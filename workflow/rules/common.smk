@@ -14,6 +14,7 @@ from ccdflow.config import (
     load_profile,
     validate,
 )
+from ccdflow.groups import parse_shape
 from ccdflow.inventory import InventoryError, find_raw_files, read_inventory
 from ccdflow.batch import (
     PRODUCT_SUFFIX,
@@ -414,11 +415,8 @@ PHOT = config["photometry"]
 
 def _megapixels(shape):
     """Megapixels of an inventory shape 'NAXIS2xNAXIS1' (None when unknown)."""
-    try:
-        ny, nx = (int(v) for v in str(shape).split("x")[:2])
-    except ValueError:
-        return None
-    return ny * nx / 1e6
+    size = parse_shape(shape)
+    return None if size is None else size[0] * size[1] / 1e6
 
 
 def series_name(field, filt):
