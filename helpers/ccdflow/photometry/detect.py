@@ -229,38 +229,23 @@ def merge_split_sources(sources: pd.DataFrame, *, radius_px: float) -> pd.DataFr
 
 def write_sources(path: str | Path, sources: pd.DataFrame, meta: Mapping, *,
                   frame: str) -> None:
-    """Write a source table as ECSV with ``frame`` and ``meta`` in its header, atomically."""
-    from astropy.table import Table
-
+    """Write a source table as ECSV with ``frame`` and ``meta`` in its header, atomically
+    (:func:`ccdflow.ecsv.write_ecsv`: what astropy writes, without its import)."""
+    from ..ecsv import write_ecsv
     from ..io import atomic_path
 
-    table = Table.from_pandas(sources[SOURCE_COLUMNS].reset_index(drop=True))
-    table.meta.update({"frame": frame, **{k: meta[k] for k in sorted(meta)}})
-    for name, unit in (("x", "pix"), ("y", "pix"), ("flux", "electron"),
-                       ("peak", "electron"), ("fwhm", "pix"), ("area", "pix2")):
-        table[name].unit = unit
     with atomic_path(path, suffix=".ecsv") as tmp:
-        table.write(tmp, format="ascii.ecsv")
-
-
-def _column(column) -> np.ndarray:
-    """A table column as an array: masked (missing) floats as NaN, strings as ''."""
-    if not hasattr(column, "filled"):
-        return np.asarray(column)
-    if column.dtype.kind in "fc":
-        return np.asarray(column.filled(np.nan))
-    if column.dtype.kind in "US":
-        return np.asarray(column.filled(""))
-    return np.asarray(column.filled())
+        write_ecsv(tmp, sources[SOURCE_COLUMNS].reset_index(drop=True),
+                   meta={"frame": frame, **{k: meta[k] for k in sorted(meta)}},
+                   units={"x": "pix", "y": "pix", "flux": "electron", "peak": "electron",
+                          "fwhm": "pix", "area": "pix2"})
 
 
 def read_sources(path: str | Path) -> tuple[pd.DataFrame, dict]:
     """Read a table written by :func:`write_sources`: (sources, meta)."""
-    from astropy.table import Table
+    from ..ecsv import read_ecsv
 
-    table = Table.read(path, format="ascii.ecsv")
-    meta = dict(table.meta)
-    frame = pd.DataFrame({c: _column(table[c]) for c in table.colnames})
+    frame, meta = read_ecsv(path)
     if frame.empty:
         frame = pd.DataFrame(columns=SOURCE_COLUMNS)
     return frame, meta

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .apertures import PhotometryError
-from .detect import _column, read_sources
+from .detect import read_sources
 
 log = logging.getLogger(__name__)
 
@@ -461,24 +461,19 @@ def build_reference(*, sources: Mapping[str, str | Path], calibrated: Mapping[st
 
 def write_reference(path: str | Path, catalog: pd.DataFrame, meta: Mapping) -> None:
     """Write the source list as ECSV with the reference meta, atomically."""
-    from astropy.table import Table
-
+    from ..ecsv import write_ecsv
     from ..io import atomic_path
 
-    table = Table.from_pandas(catalog)
-    table.meta.update(dict(meta))
-    for name, unit in (("x_ref", "pix"), ("y_ref", "pix"), ("ra_deg", "deg"),
-                       ("dec_deg", "deg"), ("flux_ref", "electron")):
-        table[name].unit = unit
     with atomic_path(path, suffix=".ecsv") as tmp:
-        table.write(tmp, format="ascii.ecsv")
+        write_ecsv(tmp, catalog, meta=meta,
+                   units={"x_ref": "pix", "y_ref": "pix", "ra_deg": "deg", "dec_deg": "deg",
+                          "flux_ref": "electron"})
 
 
 def read_reference(path: str | Path) -> tuple[pd.DataFrame, dict]:
     """Read a source list written by :func:`write_reference`: (catalog, meta)."""
-    from astropy.table import Table
+    from ..ecsv import read_ecsv
 
-    table = Table.read(path, format="ascii.ecsv")
-    catalog = pd.DataFrame({c: _column(table[c]) for c in table.colnames})
+    catalog, meta = read_ecsv(path)
     catalog["name"] = catalog["name"].astype(str)
-    return catalog, dict(table.meta)
+    return catalog, meta
