@@ -763,3 +763,37 @@ def test_a_colour_pattern_that_is_not_one_is_named(tmp_path):
     # the profile's pattern wins over a header that has it wrong
     cells = bayer_cells({"BAYERPAT": "RGGB"}, {"bayer": {"pattern": "GRBG"}})
     assert cells.tolist() == [["G", "R"], ["B", "G"]]
+
+
+@pytest.mark.parametrize("size", [3, 5, 7])
+@pytest.mark.parametrize("noise", [0.005, 0.05, 0.3])
+def test_local_median_outliers_equal_scipys_median_filter(rng, size, noise):
+    """The flat's outlier mask, beside scipy's median_filter on the same float32 flat:
+    equal pixel for pixel, from a quiet flat (few candidates) to one so noisy that most
+    pixels need their box median (edges extended as scipy's 'nearest')."""
+    from scipy.ndimage import median_filter
+
+    from ccdflow.localmedian import local_median_outliers
+
+    flat = (1 + rng.normal(0, noise, (203, 317))).astype(np.float32)
+    flat[rng.integers(0, 203, 300), rng.integers(0, 317, 300)] *= np.float32(0.6)  # specks
+    flat[:, 40] = np.float32(1.3)  # a hot column, and a dead corner at the edge
+    flat[:3, :3] = np.float32(0.0)
+    before = flat.copy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scipy_mask = np.abs(flat / median_filter(flat, size=size, mode="nearest") - 1.0) > 0.1
+    ours = local_median_outliers(flat, size=size, fraction=0.1)
+    np.testing.assert_array_equal(ours, scipy_mask)
+    np.testing.assert_array_equal(flat, before)
+    assert scipy_mask.sum() >= 300 * (noise < 0.1)  # the test has outliers to find
+
+
+def test_local_median_outliers_refuses_what_it_cannot_do():
+    from ccdflow.localmedian import local_median_outliers
+
+    with pytest.raises(ValueError, match="size must be a positive odd integer, got 4"):
+        local_median_outliers(np.ones((9, 9)), size=4, fraction=0.1)
+    with pytest.raises(ValueError, match="non-finite"):
+        local_median_outliers(np.full((9, 9), np.nan), fraction=0.1)
+    with pytest.raises(ValueError, match="fraction must be > 0"):
+        local_median_outliers(np.ones((9, 9)), fraction=0)
