@@ -26,3 +26,13 @@ rule all:
     default_target: True
     input:
         get_final_outputs,
+
+
+# a finished run exits when its work is done, not when Snakemake's last scheduler timer
+# fires (up to 1 s later): see ccdflow.runlock.cancel_pending_timers
+onsuccess:
+    cancel_pending_timers()
+
+
+onerror:
+    cancel_pending_timers()

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 
-from ccdflow.runlock import claim_run
+from ccdflow.runlock import cancel_pending_timers, claim_run
 
 
 def _locked(workdir, owner):
@@ -45,3 +45,19 @@ def test_live_owner_or_another_host_keeps_the_lock(tmp_path):
     assert len(list(locks.iterdir())) == 2
     record = json.loads((tmp_path / "b" / ".snakemake" / "ccdflow-run.json").read_text())
     assert record["host"] == "login-node-7"  # the owner's record is not overwritten
+
+
+def test_pending_timers_are_cancelled_so_the_process_can_exit():
+    """What the workflow's onsuccess does: a 30-s timer (Snakemake's is 1 s) would keep
+    the interpreter alive at exit; cancelled, its thread ends at once and never fires."""
+    import threading
+    import time
+
+    fired = []
+    timer = threading.Timer(30, lambda: fired.append(True))
+    timer.start()
+    t0 = time.perf_counter()
+    assert cancel_pending_timers() >= 1
+    timer.join(timeout=5)
+    assert not timer.is_alive() and time.perf_counter() - t0 < 1 and not fired
+    assert cancel_pending_timers() == 0

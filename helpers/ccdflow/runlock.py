@@ -8,6 +8,9 @@ workflow records which process holds the lock (host and PID, in
 lock only when that process no longer exists.  A lock held by a live process,
 or by a run on another host (shared file systems), is left alone, and
 Snakemake's own error explains it.
+
+:func:`cancel_pending_timers` is the run's other end: the workflow's ``onsuccess`` and
+``onerror`` handlers call it so that a finished run exits when its work is done.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-__all__ = ["claim_run"]
+__all__ = ["cancel_pending_timers", "claim_run"]
 
 
 def _alive(pid: int) -> bool:
@@ -73,3 +77,20 @@ def claim_run(*, workdir: str | Path = ".", pid: int | None = None) -> str | Non
                                "started": datetime.now(UTC).isoformat(timespec="seconds")}))
     os.replace(tmp, record)
     return message
+
+
+def cancel_pending_timers() -> int:
+    """Cancel the ``threading.Timer`` threads still waiting in this process; how many.
+
+    Snakemake's scheduler (9.x, default ``--max-jobs-per-timespan 100/1s``) starts a
+    non-daemon one-second ``threading.Timer`` on each pass of its loop to wake itself
+    again; when the workflow is over, the last one keeps the finished process alive until
+    it fires (1.2 s after the last output on the demo night, one run in every run of a
+    user). The timers only wake the scheduler, which has stopped: cancelling them loses
+    nothing. ('100/100ms' would not do: Snakemake reads it as 100 minutes.)
+    """
+    pending = [t for t in threading.enumerate()
+               if isinstance(t, threading.Timer) and t.is_alive()]
+    for timer in pending:
+        timer.cancel()
+    return len(pending)

@@ -31,7 +31,7 @@ from ccdflow.plan import (
     plan_calibrations,
     safe_name,
 )
-from ccdflow.runlock import claim_run
+from ccdflow.runlock import cancel_pending_timers, claim_run
 from snakemake.logging import logger
 
 ROOT = Path(workflow.basedir)
