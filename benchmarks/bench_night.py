@@ -139,6 +139,12 @@ def reference(raw: Path, out: Path, cores: int) -> None:
 
 # ---------------------------------------------------------------- driver
 
+def _night_dir(args) -> Path:
+    """The simulated night of this size and length (kept between runs: a night of
+    another --science or --size is another directory, not the last one reused)."""
+    return args.work / f"night-{args.size}-{args.science}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024)
@@ -149,11 +155,11 @@ def main() -> int:
     parser.add_argument("--child", choices=["reference"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "reference":
-        reference(args.work / "night" / "raw", args.work / "reference", args.cores)
+        reference(_night_dir(args) / "raw", args.work / "reference", args.cores)
         return 0
     from ccdflow.simulate import NightSpec, simulate_night
 
-    night = args.work / "night"
+    night = _night_dir(args)
     if not (night / "raw").is_dir():
         simulate_night(out_dir=night, spec=NightSpec(nx=args.size, ny=args.size,
                                                      science=(("V", args.science), ("R", 4))))
@@ -181,7 +187,8 @@ def main() -> int:
         cmd += ["--configfile", str(args.configfile)]
     ours, rss_ours = run(cmd)
     theirs, rss_theirs = run([sys.executable, __file__, "--child", "reference", "--work",
-                              str(args.work), "--cores", str(args.cores)])
+                              str(args.work), "--cores", str(args.cores), "--size",
+                              str(args.size), "--science", str(args.science)])
     n = args.science + 4
     print(f"# {os.cpu_count()} cores, --cores {args.cores}; {n} science frames of "
           f"{args.size}² + calibrations")
