@@ -56,6 +56,17 @@ def _save(fig, path: str | Path) -> None:
     _pyplot().close(fig)
 
 
+def _fixed_layout(fig, *, top_in: float = 0.6, bottom_in: float = 0.45, left_in: float = 0.5,
+                  right_in: float = 0.75, wspace: float = 0.45, hspace: float = 0.35) -> None:
+    """Margins in inches for a grid of image panels with colour bars, set once: the
+    figures' geometry is fixed, and ``tight_layout`` (which measures every tick label)
+    took 0.7 s of the masters figure's 1.3 s and 0.55 s of the background figure's 0.9 s."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=left_in / width, right=1 - right_in / width,
+                        bottom=bottom_in / height, top=1 - top_in / height,
+                        wspace=wspace, hspace=hspace)
+
+
 def _gray():
     """Grey scale with masked (NaN) pixels in blue, so they are not read as stars."""
     import matplotlib
@@ -128,7 +139,7 @@ def plot_masters(*, masters: Mapping[str, str | Path], out: str | Path, title: s
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     fig.suptitle(title or "masters", fontsize=11)
     fig.text(0.5, 0.005, "zscale; masked pixels in blue", ha="center", fontsize=8)
-    fig.tight_layout()
+    _fixed_layout(fig)
     _save(fig, out)
 
 
@@ -164,7 +175,7 @@ def plot_background_sample(*, calibrated: str | Path, background: str | Path, ou
         ax.tick_params(labelsize=7)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     fig.suptitle(f"background of {frame or Path(calibrated).stem}", fontsize=11)
-    fig.tight_layout()
+    _fixed_layout(fig, bottom_in=0.35)
     _save(fig, out)
 
 
