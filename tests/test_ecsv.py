@@ -118,6 +118,10 @@ def test_empty_table_round_trip(tmp_path):
 def test_what_it_does_not_know_goes_through_astropy(tmp_path):
     import astropy.units as u
 
+    lines = pd.DataFrame({"name": ["two\nlines", "one"], "x": [1.0, 2.0]})
+    ecsv.write_ecsv(tmp_path / "lines.ecsv", lines)  # a line break in a field: astropy
+    back, _ = ecsv.read_ecsv(tmp_path / "lines.ecsv")
+    assert list(back["name"]) == ["two\nlines", "one"]
     frame = pd.DataFrame({"x": [1.0, 2.0], "n": pd.array([1, None], dtype="Int64")})
     path = tmp_path / "odd.ecsv"
     ecsv.write_ecsv(path, frame, meta={"exptime": 30 * u.s})  # a Quantity: astropy's tag

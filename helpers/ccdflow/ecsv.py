@@ -58,8 +58,9 @@ def _datatype(series: pd.Series) -> str:
     kind, name = series.dtype.kind, series.dtype.name
     if kind in "iufb" and name in _NUMERIC:
         return "bool" if kind == "b" else name
-    if kind == "O" and all(isinstance(v, str) for v in series):
-        return "string"
+    if kind == "O" and all(isinstance(v, str) and "\n" not in v and "\r" not in v
+                           for v in series):
+        return "string"  # (a line break inside a field: astropy's writer and reader)
     raise _Fallback(f"column {series.name!r} of dtype {series.dtype}")
 
 
@@ -228,6 +229,8 @@ def _fast_read(path: Path) -> tuple[pd.DataFrame, dict]:
         if column.get("datatype") not in _NUMERIC | {"string"} or "subtype" in column:
             raise _Fallback(f"column {column.get('name')!r}: {column.get('datatype')}")
     names = [c["name"] for c in columns]
+    if any(line.count('"') % 2 for line in data):  # a quoted field holds a line break
+        raise _Fallback("a field spans lines")
     rows = list(csv.reader(data, delimiter=" ", quotechar='"', doublequote=True,
                            strict=True))
     if not rows or rows[0] != names:
