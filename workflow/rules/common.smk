@@ -129,10 +129,25 @@ def _state(path, mtime_ns):
     return inventory, sets, plan.set_index("frame", drop=False)
 
 
+def _inventory_key():
+    path = checkpoints.inventory_scan.get().output.table
+    return str(path), os.stat(path).st_mtime_ns
+
+
 def state():
     """(inventory, calibration sets, plan) once the inventory checkpoint has run."""
-    path = checkpoints.inventory_scan.get().output.table
-    return _state(str(path), os.stat(path).st_mtime_ns)
+    return _state(*_inventory_key())
+
+
+@functools.lru_cache(maxsize=4)
+def _geometry(path, mtime_ns):
+    return group_geometry(_state(path, mtime_ns)[0])
+
+
+def geometry():
+    """Per calibration group, its geometry on the detector (ccdflow.plan.group_geometry),
+    computed once per inventory (the cut and bad-pixel-mask jobs each ask for it)."""
+    return _geometry(*_inventory_key())
 
 
 def master_path(kind, night, group, filt=""):
@@ -271,8 +286,8 @@ def get_cut_master(wildcards):
 def get_cut_geometry(wildcards):
     """Where the subframe lies in the full frame's raw pixels, and both raw shapes."""
     row, kind = _cut_source(wildcards)
-    geometry = group_geometry(state()[0])
-    parent, sub = geometry[row[f"{kind}_group"]], geometry[row["group"]]
+    groups = geometry()
+    parent, sub = groups[row[f"{kind}_group"]], groups[row["group"]]
     return {
         "origin_xy": [int(row[f"{kind}_x0"]), int(row[f"{kind}_y0"])],
         "raw_shape": list(parent[3:]),
@@ -283,11 +298,11 @@ def get_cut_geometry(wildcards):
 def get_subframe_origin(wildcards):
     """A subframe group's origin on the detector (x, y; the profile's bad columns, rows
     and pixels are full-frame positions), None for a full frame."""
-    geometry = group_geometry(state()[0])
-    if wildcards.group not in geometry:
+    groups = geometry()
+    if wildcards.group not in groups:
         return None
-    _, x0, y0, _, _ = geometry[wildcards.group]
-    if x0 or y0 or enclosing_groups(geometry, wildcards.group):
+    _, x0, y0, _, _ = groups[wildcards.group]
+    if x0 or y0 or enclosing_groups(groups, wildcards.group):
         return [x0, y0]
     return None
 
