@@ -34,7 +34,8 @@ __all__ = ["night_conditions", "night_figures", "plot_background_sample", "plot_
 _DPI = 90
 #: images wider than this (either axis) are shown binned: a panel is ~300-400 px wide, so
 #: a 1k² frame shown unbinned lost 2 of every 3 pixels to nearest-neighbour resampling
-#: (a 2×2 block mean keeps every pixel's light, and drew 14 panels in 0.15 s, not 0.6 s);
+#: (a 2×2 block mean keeps every pixel's light, and leaves a quarter of them to draw:
+#: the 14 panels of a night took 0.6 s to draw unbinned);
 #: matplotlib resampling a 4k² frame took ~1 GB per panel
 _DISPLAY_PX = 512
 
