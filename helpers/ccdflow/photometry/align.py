@@ -87,7 +87,7 @@ def _refine(matrix: np.ndarray, ref: np.ndarray, cur: np.ndarray, *, tree, toler
     """Affine fit to the reference/frame pairs that ``matrix`` brings within
     ``tolerance`` px, repeated with the refined transform; pairs beyond 3× the
     robust residual are left out of each fit.  Fewer than 6 pairs refine the shift only
-    (their median offset, from 3 pairs).  ``tree`` is the cKDTree of ``cur``."""
+    (their median offset, from 3 pairs).  ``tree`` is the PointTree of ``cur``."""
     n, rms = 0, float("nan")
     for _ in range(iterations):
         moved = _moved(matrix, ref)
@@ -170,7 +170,7 @@ def _beyond_chance(matrix: np.ndarray, ref: np.ndarray, cur: np.ndarray, *, n: i
 
 def _tight_matches(matrix: np.ndarray, ref: np.ndarray, *, tree, radius: float) -> int:
     """Reference stars that ``matrix`` puts within ``radius`` px of a detection (``tree``:
-    the cKDTree of the frame's detections)."""
+    the PointTree of the frame's detections)."""
     dist, _ = tree.query(_moved(matrix, ref), distance_upper_bound=radius)
     return int(np.isfinite(dist).sum())
 
@@ -240,9 +240,9 @@ def align_frame(*, reference: pd.DataFrame, sources: pd.DataFrame,
     if len(ref) < 3 or len(cur) < 3:
         raise SourceError(f"too few sources to align: {len(cur)} in the frame, "
                           f"{len(ref)} in the reference (clouds?)")
-    from scipy.spatial import cKDTree
+    from ..spatial import PointTree
 
-    tree = cKDTree(cur)  # the frame's detections, for every method's matching
+    tree = PointTree(cur)  # the frame's detections, for every method's matching
     needed = max(3, min(min_matched, len(ref)), int(np.ceil(min_matched_fraction * len(ref))))
     tried = []
 
@@ -329,13 +329,13 @@ def _guard_centroids(x0: np.ndarray, y0: np.ndarray, cx: np.ndarray, cy: np.ndar
     and two sources that end within ``0.5·FWHM`` of each other (a faint one
     dragged onto a bright neighbour) keep only the brighter's centroid.
     """
-    from scipy.spatial import cKDTree
+    from ..spatial import PointTree
 
     cx, cy = cx.copy(), cy.copy()
     far = np.hypot(cx - x0, cy - y0) > max(1.0, 0.3 * fwhm)
     cx[far], cy[far] = x0[far], y0[far]
     if len(cx) > 1:
-        for i, j in cKDTree(np.column_stack([cx, cy])).query_pairs(0.5 * fwhm):
+        for i, j in PointTree(np.column_stack([cx, cy])).query_pairs(0.5 * fwhm):
             if np.hypot(x0[i] - x0[j], y0[i] - y0[j]) > 0.5 * fwhm:
                 k = i if snr[i] < snr[j] else j
                 cx[k], cy[k] = x0[k], y0[k]

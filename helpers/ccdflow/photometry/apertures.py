@@ -303,9 +303,9 @@ class _Geometry:
         placed = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
         tree = None
         if len(placed) > 1:
-            from scipy.spatial import cKDTree
+            from ..spatial import PointTree
 
-            tree = cKDTree(np.column_stack([x[placed], y[placed]]))
+            tree = PointTree(np.column_stack([x[placed], y[placed]]))
         return cls(x=x, y=y, pos_x=pos_x, pos_y=pos_y, inside=inside, ids=ids, half=half,
                    spx=spx, spy=spy, fill_st=fill_st, own_p=own_p, model_st=model_st,
                    placed=placed, tree=tree)

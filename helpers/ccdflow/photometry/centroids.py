@@ -136,10 +136,10 @@ def estimate_fwhm(*, data: np.ndarray, background: np.ndarray, sources: pd.DataF
         raise SourceError("no sources to measure the FWHM")
     good = sources[(sources["snr"] > min_snr) & ~sources["saturated_or_masked"].astype(bool)]
     if len(good) > 3:
-        from scipy.spatial import cKDTree
+        from ..spatial import PointTree
 
         xy = good[["x", "y"]].to_numpy()
-        dist, _ = cKDTree(xy).query(xy, k=2)
+        dist, _ = PointTree(xy).query(xy, k=2)
         isolated = good[dist[:, 1] > 4 * good["fwhm"].median()]
         good = isolated if len(isolated) >= 3 else good
     ny, nx = data.shape

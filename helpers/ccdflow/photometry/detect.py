@@ -189,10 +189,11 @@ def merge_split_sources(sources: pd.DataFrame, *, radius_px: float) -> pd.DataFr
         out.attrs["merged"] = 0
         return out
     from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
+
+    from ..spatial import PointTree
 
     xy = sources[["x", "y"]].to_numpy(float)
-    pairs = cKDTree(xy).query_pairs(radius_px, output_type="ndarray")
+    pairs = PointTree(xy).query_pairs(radius_px, output_type="ndarray")
     if not len(pairs):
         out = sources.copy()
         out.attrs["merged"] = 0

@@ -68,8 +68,7 @@ def frame_psf(*, data: np.ndarray, background: np.ndarray, mask: np.ndarray, x: 
     Returns the :class:`~ccdflow.photometry.psf.PSFModel`, or None (with the reason)
     when no star qualifies or the fits fail.
     """
-    from scipy.spatial import cKDTree
-
+    from ..spatial import PointTree
     from .psf import fit_psf
 
     ny, nx = data.shape
@@ -78,7 +77,7 @@ def frame_psf(*, data: np.ndarray, background: np.ndarray, mask: np.ndarray, x: 
     crowded = np.zeros(len(pos), bool)
     if len(pos) > 1:
         level = np.full(len(pos), np.inf) if flux is None else np.asarray(flux, float)
-        i, j = cKDTree(pos).query_pairs(4 * fwhm, output_type="ndarray").T
+        i, j = PointTree(pos).query_pairs(4 * fwhm, output_type="ndarray").T
         with np.errstate(invalid="ignore"):  # an unknown (NaN) flux counts as bright
             np.logical_or.at(crowded, i, ~(level[j] < PSF_NEIGHBOUR_FRACTION * level[i]))
             np.logical_or.at(crowded, j, ~(level[i] < PSF_NEIGHBOUR_FRACTION * level[j]))

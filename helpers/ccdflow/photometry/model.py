@@ -423,14 +423,14 @@ def neighbour_variance(model: SourceModel, x, y, radius, placed) -> np.ndarray:
     """Variance of the modelled neighbour light in each aperture: Σ_j (C_ij)² Var(F̂_j)
     with C_ij the share of source j's light in source i's aperture (Gaussian-radius
     approximation of the PSF's encircled energy at the pair's distance)."""
-    from scipy.spatial import cKDTree
+    from ..spatial import PointTree
 
     out = np.zeros(len(x))
     if len(placed) < 2:
         return out
     sigma = model.psf.fwhm / 2.3548
     reach = radius + 5 * sigma
-    tree = cKDTree(np.column_stack([x[placed], y[placed]]))
+    tree = PointTree(np.column_stack([x[placed], y[placed]]))
     for i, j in tree.query_pairs(reach):
         a, b = placed[i], placed[j]
         d = math.hypot(x[a] - x[b], y[a] - y[b])

@@ -50,8 +50,7 @@ def _hidden_neighbours(*, stamps, model: SourceModel, radius: float, nsigma: flo
     """:func:`find_hidden_neighbours` on stamps: ``stamps(px, py)`` gives the residual
     (0 off the frame), its variance (inf off the frame) and the on-frame pixels of
     the stamps with columns ``px`` and rows ``py``."""
-    from scipy.spatial import cKDTree
-
+    from ..spatial import PointTree
     from .psf import psf_stamps
 
     psf = model.psf
@@ -119,7 +118,7 @@ def _hidden_neighbours(*, stamps, model: SourceModel, radius: float, nsigma: flo
         if not len(hx):
             return hx, hy
     listed = np.column_stack([model.x[ok], model.y[ok]])
-    far = cKDTree(listed).query(np.column_stack([hx, hy]))[0] >= fwhm
+    far = PointTree(listed).query(np.column_stack([hx, hy]))[0] >= fwhm
     hx, hy = hx[far].astype(float), hy[far].astype(float)
     if not len(hx):
         return hx, hy

@@ -87,10 +87,10 @@ def model_outliers(*, data: np.ndarray, usable: np.ndarray, saturated: np.ndarra
 
 def _blended(model: SourceModel, pick: np.ndarray) -> np.ndarray:
     """Whether each picked source has another within 2 FWHM."""
-    from scipy.spatial import cKDTree
+    from ..spatial import PointTree
 
     xy = np.column_stack([model.x[pick], model.y[pick]])
-    pairs = cKDTree(xy).query_pairs(2.0 * float(model.psf.fwhm), output_type="ndarray")
+    pairs = PointTree(xy).query_pairs(2.0 * float(model.psf.fwhm), output_type="ndarray")
     near = np.zeros(len(pick), bool)
     near[pairs.ravel()] = True
     return near

@@ -146,14 +146,14 @@ def reference_catalog(*, sources: pd.DataFrame, header, shape: tuple[int, int],
         ``source_id, name, x_ref, y_ref, ra_deg, dec_deg, flux_ref, snr_ref``
         (RA/Dec NaN without a WCS).
     """
-    from scipy.spatial import cKDTree
+    from ..spatial import PointTree
 
     wcs = _wcs(header)
     det = sources.nlargest(max_sources, "flux") if len(sources) else sources
     det = det.sort_values("source_id")
     used = np.zeros(len(det), bool)
     rows = []
-    tree = cKDTree(det[["x", "y"]].to_numpy(float)) if len(det) else None
+    tree = PointTree(det[["x", "y"]].to_numpy(float)) if len(det) else None
     ny, nx = shape
     for target in targets:
         x, y = _target_pixels(target, wcs, frame)

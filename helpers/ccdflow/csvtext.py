@@ -1,0 +1,99 @@
+"""CSV text of a plain table, byte for byte as ``DataFrame.to_csv(index=False)`` writes it.
+
+pandas' ``to_csv`` costs about 4 ms per call before it writes a value (its
+formatter machinery, per block and per chunk).  A series' light curves are one
+small file per star (155 files of 24 rows on the demo night took 0.6 s), and a
+night's photometry one file per frame, so that fixed cost is most of their
+writing.  :func:`csv_text` formats the columns pandas formats simply (floats,
+integers, booleans, strings) the way it does: floats as their shortest
+round-trip repr (numpy's ``str``, which is Python's ``repr`` for float64),
+NaN as an empty field, strings quoted only when they hold the separator or a
+quote (``csv.QUOTE_MINIMAL``).  Anything else gives ``None`` and the caller lets
+pandas write it.  ``tests/test_io.py`` puts pandas' bytes beside these.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # pandas is imported by the callers
+    import pandas as pd
+
+__all__ = ["csv_text"]
+
+
+class _NotPlain(Exception):
+    """A column pandas formats in a way this module does not copy."""
+
+
+def _field(text: str, sep: str) -> str:
+    if "\n" in text or "\r" in text:  # csv's rules for line breaks: pandas writes it
+        raise _NotPlain("line break in a field")
+    if sep in text or '"' in text:
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _strings(values: np.ndarray, sep: str) -> list[str]:
+    kind = values.dtype.kind
+    if kind == "f" and values.dtype == np.float64:
+        return ["" if v != v else repr(v) for v in values.tolist()]
+    if kind == "f" and values.dtype.itemsize in (2, 4):  # numpy's own shortest str
+        return ["" if v != v else str(v) for v in values]
+    if kind in "iu":
+        return [str(v) for v in values.tolist()]
+    if kind == "b":
+        return ["True" if v else "False" for v in values.tolist()]
+    if kind == "O":
+        out = []
+        for v in values.tolist():
+            if isinstance(v, str):
+                out.append(_field(v, sep))
+            elif v is None or (isinstance(v, float) and v != v):
+                out.append("")
+            else:
+                raise _NotPlain(f"object column holding {type(v).__name__}")
+        return out
+    raise _NotPlain(f"dtype {values.dtype}")
+
+
+def csv_text(frame: pd.DataFrame, *, sep: str = ",") -> str | None:
+    """The CSV text of ``frame`` (header line, then one line per row, no index), or
+    ``None`` when a column or label is one that pandas should format itself.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Not modified.  Columns of dtype float64/32/16, signed or unsigned
+        integers, bool, or object holding ``str`` (``None`` and NaN as empty
+        fields); string column labels; two or more columns.
+    sep : str
+        One-character field separator (not a quote or line break).
+
+    Returns
+    -------
+    str or None
+        Exactly ``frame.to_csv(index=False, sep=sep)``, or ``None``.
+    """
+    if len(sep) != 1 or sep in '"\r\n':
+        raise ValueError(f"sep must be one character other than a quote or line break, "
+                         f"got {sep!r}")
+    columns = list(frame.columns)
+    # one column: csv writes an empty field alone on its line as "" (pandas does that)
+    if len(columns) < 2 or not all(isinstance(c, str) for c in columns):
+        return None
+    import pandas as pd
+
+    # numpy dtypes and pandas' strings (the default for text since pandas 3); other
+    # extension dtypes (nullable integers, categoricals, dates...) format their own way
+    if not all(isinstance(dtype, np.dtype | pd.StringDtype) for dtype in frame.dtypes):
+        return None
+    try:
+        header = sep.join(_field(c, sep) for c in columns)
+        fields = [_strings(frame.iloc[:, i].to_numpy(), sep) for i in range(len(columns))]
+    except _NotPlain:
+        return None
+    lines = [header, *(sep.join(row) for row in zip(*fields, strict=True))]
+    return "\n".join(lines) + "\n"
