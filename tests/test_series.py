@@ -521,6 +521,35 @@ def test_apertures_of_an_undersampled_star_have_a_floor():
     assert table["flux"].iloc[0] == pytest.approx(5e4, rel=0.01)
 
 
+def test_an_unaligned_frame_is_measured_at_its_wcs_positions():
+    """A frame that could not be aligned is measured where its own WCS puts the list's
+    stars (the WCS is built only then), else at the reference's positions; both said."""
+    from ccdflow.errors import SourceError
+    from ccdflow.simulate import render_gaussian_stars
+
+    image = 100.0 + render_gaussian_stars(shape=(64, 64), x=np.array([30.0]),
+                                          y=np.array([40.0]), flux=np.array([5e4]), fwhm=3.0)
+    zeros = np.zeros((64, 64))
+    # the star sits at (30, 40) on this frame; the reference had it at (20, 20)
+    wcs = {"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRPIX1": 31.0, "CRPIX2": 41.0,
+           "CRVAL1": 150.0, "CRVAL2": 20.0, "CDELT1": -1e-4, "CDELT2": 1e-4}
+    catalog = pd.DataFrame({"source_id": [1], "name": ["T"], "x_ref": [20.0], "y_ref": [20.0],
+                            "flux_ref": [5e4], "snr_ref": [100.0], "ra_deg": [150.0],
+                            "dec_deg": [20.0]})
+    sources = pd.DataFrame({"source_id": [1], "x": [30.0], "y": [40.0], "flux": [5e4]})
+    common = dict(data=image, error=np.full((64, 64), 10.0), mask=zeros.astype(np.uint16),
+                  background=zeros + 100.0, background_rms=zeros + 10.0, sources=sources,
+                  meta={"fwhm_px": 3.0}, catalog=catalog, reference_meta={"fwhm_px": 3.0},
+                  radii_px=[5.0], alignment=SourceError("too few stars"), optimal=False)
+    header = {"DATE-OBS": "2024-05-13T04:00:00", "EXPTIME": 60.0}
+    for extra, where, xy in ((wcs, "from this frame's WCS", (30.0, 40.0)),
+                             ({}, "of the reference frame", (20.0, 20.0))):
+        table, notes = frame_photometry(header=fits.Header({**header, **extra}), **common)
+        assert any(f"positions {where}" in n for n in notes)
+        assert (table["x"].iloc[0], table["y"].iloc[0]) == pytest.approx(xy, abs=1e-6)
+        assert table["flags"].iloc[0] & int(PhotFlag.NOT_ALIGNED)
+
+
 def _tables_two_apertures(rng, n_frames=60, n_stars=6, scatter=None):
     """Per-frame photometry tables of a target (source 0) and comparisons, each star's
     flux scattering by ``scatter[label]`` (relative) in each aperture, errors to match."""

@@ -90,11 +90,14 @@ def _check_header_longitude(where: dict, header, start, ra: float, dec: float,
 
 
 def _pointing(header, catalog: pd.DataFrame, wcs) -> tuple[float, float, str] | None:
-    """Coordinates for the barycentric correction: first target, WCS centre, header RA/DEC."""
+    """Coordinates for the barycentric correction: first target, WCS centre, header RA/DEC
+    (``wcs``: the frame's WCS, None, or a function returning either, called only here)."""
     named = catalog[(catalog["name"] != "") & np.isfinite(catalog["ra_deg"])]
     if len(named):
         return float(named["ra_deg"].iloc[0]), float(named["dec_deg"].iloc[0]), \
             f"target {named['name'].iloc[0]}"
+    if callable(wcs) and np.isfinite(catalog["ra_deg"]).any():
+        wcs = wcs()
     if wcs is not None and np.isfinite(catalog["ra_deg"]).any():
         return float(np.nanmedian(catalog["ra_deg"])), float(np.nanmedian(catalog["dec_deg"])), \
             "source-list centre (WCS)"
