@@ -38,6 +38,9 @@ class SourceModel:
     #: across the field): what a profile correction shared by every star cannot take
     #: out (:func:`psf_model_error`)
     rel_error_random: float = 0.0
+    #: the stars the list lacks that :func:`model_sources` found in its residual and
+    #: fitted with it (their light is in the scene image)
+    hidden: SourceModel | None = None
 
     def box(self, half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The PSF stamps and pixel indices cut to a smaller half-width."""
@@ -288,6 +291,10 @@ def model_sources(*, data: np.ndarray, usable: np.ndarray, saturated: np.ndarray
                             flux=everything.flux[:n], flux_var=everything.flux_var[:n],
                             half=everything.half, stamps=everything.stamps[:n],
                             px=everything.px[:n], py=everything.py[:n])
+        model.hidden = SourceModel(psf=psf, x=everything.x[n:], y=everything.y[n:],
+                                   flux=everything.flux[n:], flux_var=everything.flux_var[n:],
+                                   half=everything.half, stamps=everything.stamps[n:],
+                                   px=everything.px[n:], py=everything.py[n:])
         model_image(everything, data.shape, out=image)
     model.rel_error, model.rel_error_random = psf_model_error(
         data=data, usable=usable, model=model, image=image, sky=sky, sky_rms=sky_rms)
