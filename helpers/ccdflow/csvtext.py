@@ -20,7 +20,7 @@ import numpy as np
 if TYPE_CHECKING:  # pandas is imported by the callers
     import pandas as pd
 
-__all__ = ["csv_text"]
+__all__ = ["csv_text", "number_strings"]
 
 
 class _NotPlain(Exception):
@@ -35,17 +35,27 @@ def _field(text: str, sep: str) -> str:
     return text
 
 
-def _strings(values: np.ndarray, sep: str) -> list[str]:
+def number_strings(values: np.ndarray, *, na: str) -> list[str] | None:
+    """Text of a float, integer or bool column as pandas' ``to_csv`` and astropy's ECSV
+    writer put it: floats as their shortest round-trip repr (Python's ``repr`` for
+    float64, numpy's ``str`` for float16/32), NaN as ``na``; None for other dtypes."""
     kind = values.dtype.kind
     if kind == "f" and values.dtype == np.float64:
-        return ["" if v != v else repr(v) for v in values.tolist()]
-    if kind == "f" and values.dtype.itemsize in (2, 4):  # numpy's own shortest str
-        return ["" if v != v else str(v) for v in values]
+        return [na if v != v else repr(v) for v in values.tolist()]
+    if kind == "f" and values.dtype.itemsize in (2, 4):
+        return [na if v != v else str(v) for v in values]
     if kind in "iu":
         return [str(v) for v in values.tolist()]
     if kind == "b":
         return ["True" if v else "False" for v in values.tolist()]
-    if kind == "O":
+    return None
+
+
+def _strings(values: np.ndarray, sep: str) -> list[str]:
+    numbers = number_strings(values, na="")
+    if numbers is not None:
+        return numbers
+    if values.dtype.kind == "O":
         out = []
         for v in values.tolist():
             if isinstance(v, str):

@@ -73,16 +73,12 @@ def _quoted(text: str, *, first: bool = False) -> str:
 
 
 def _field_strings(series: pd.Series, datatype: str, *, first: bool) -> list[str]:
+    from .csvtext import number_strings
+
     values = series.to_numpy()
     if datatype == "string":
         return [_quoted(v, first=first) for v in values]
-    if datatype == "bool":
-        return ["True" if v else "False" for v in values]
-    if datatype.startswith(("int", "uint")):
-        return [str(v) for v in values.tolist()]
-    if datatype == "float64":  # Python's repr is numpy's shortest round-trip repr
-        return ['""' if v != v else repr(v) for v in values.tolist()]
-    return ['""' if v != v else str(v) for v in values]  # float16/32: numpy's own str
+    return number_strings(values, na='""')  # a masked (NaN) float: astropy's ""
 
 
 def _header(columns: list[tuple[str, str, str | None]], meta: Mapping) -> str:

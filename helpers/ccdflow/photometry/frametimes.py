@@ -96,9 +96,7 @@ def _pointing(header, catalog: pd.DataFrame, wcs) -> tuple[float, float, str] | 
     if len(named):
         return float(named["ra_deg"].iloc[0]), float(named["dec_deg"].iloc[0]), \
             f"target {named['name'].iloc[0]}"
-    if callable(wcs) and np.isfinite(catalog["ra_deg"]).any():
-        wcs = wcs()
-    if wcs is not None and np.isfinite(catalog["ra_deg"]).any():
+    if np.isfinite(catalog["ra_deg"]).any() and (wcs() if callable(wcs) else wcs) is not None:
         return float(np.nanmedian(catalog["ra_deg"])), float(np.nanmedian(catalog["dec_deg"])), \
             "source-list centre (WCS)"
     for ra_key, dec_key in (("RA", "DEC"), ("OBJCTRA", "OBJCTDEC")):

@@ -407,11 +407,19 @@ def model_image(model: SourceModel, shape, *, exclude: int | None = None,
         p, px, py = model.stamps[idx], model.px[idx], model.py[idx]
     else:
         p, px, py = psf_stamps(model.psf, model.x[idx], model.y[idx], model.half + 2)
-    ny, nx = shape
+    add_stamps(image, p, px, py, model.flux[idx])
+    return image
+
+
+def add_stamps(image: np.ndarray, stamps: np.ndarray, px: np.ndarray, py: np.ndarray,
+               flux: np.ndarray) -> None:
+    """Add ``flux`` × each unit stamp (n, k, k) on its pixels (columns ``px``, rows
+    ``py``, (n, k)) to ``image`` in place; pixels off the image are left out.  A negative
+    ``flux`` takes a source's light out of a scene."""
+    ny, nx = image.shape
     inside = ((py >= 0) & (py < ny))[:, :, None] & ((px >= 0) & (px < nx))[:, None, :]
     flat = (np.clip(py, 0, ny - 1)[:, :, None] * nx + np.clip(px, 0, nx - 1)[:, None, :])
-    np.add.at(image.ravel(), flat[inside], (model.flux[idx, None, None] * p)[inside])
-    return image
+    np.add.at(image.ravel(), flat[inside], (flux[:, None, None] * stamps)[inside])
 
 
 def model_on_stamps(model: SourceModel, px, py) -> np.ndarray:

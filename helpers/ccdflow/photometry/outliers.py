@@ -205,14 +205,12 @@ def _hidden_within(model: SourceModel, group: np.ndarray) -> np.ndarray:
 def _add_light(image: np.ndarray, model: SourceModel, idx: np.ndarray, sign: float) -> None:
     """Add (sign +1) or take out (-1) the modelled light of sources ``idx`` in place, as
     :func:`~ccdflow.photometry.model.model_image` puts it."""
+    from .model import add_stamps
+
     idx = idx[(model.flux[idx] != 0) & np.isfinite(model.x[idx]) & np.isfinite(model.y[idx])]
-    if not len(idx):
-        return
-    p, px, py = model.stamps[idx], model.px[idx], model.py[idx]
-    ny, nx = image.shape
-    inside = ((py >= 0) & (py < ny))[:, :, None] & ((px >= 0) & (px < nx))[:, None, :]
-    flat = np.clip(py, 0, ny - 1)[:, :, None] * nx + np.clip(px, 0, nx - 1)[:, None, :]
-    np.add.at(image.ravel(), flat[inside], (sign * model.flux[idx, None, None] * p)[inside])
+    if len(idx):
+        add_stamps(image, model.stamps[idx], model.px[idx], model.py[idx],
+                   sign * model.flux[idx])
 
 
 def refit_group(*, model: SourceModel, image: np.ndarray, group: np.ndarray,
