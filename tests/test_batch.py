@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -149,6 +151,48 @@ def test_missing_products_lists_what_a_batch_directory_lacks(tmp_path):
         missing_products(tmp_path, frames=frames, suffix="fits")
 
 
+def test_a_frame_held_in_a_garbage_cycle_is_freed_before_the_next_frame(tmp_path,
+                                                                        monkeypatch):
+    # A traceback caught in a library's one-time set-up (astropy's first leap-second load
+    # while the first frame's times are computed) holds the stack's frames, hence that
+    # frame's planes, in a cycle until Python's next full collection: at 4k² the
+    # photometry job's second frame started with ~400 MB still held (1 330 MiB peak).
+    # With automatic collection off, only the runner's own collection can free it.
+    import gc
+    import weakref
+
+    from ccdflow.batch import _run
+
+    held: list[weakref.ref] = []
+    freed: dict[str, bool] = {}  # frame -> the previous frame's planes were freed
+
+    def step(frame, out_dir):
+        if held:
+            freed[frame] = held[-1]() is None
+        planes = np.ones((64, 64))
+        held.append(weakref.ref(planes))
+        cycle = {"planes": planes}
+        cycle["self"] = cycle  # kept alive by the cycle alone once the step returns
+        if frame == "c":
+            raise ValueError("a bad frame")  # its traceback holds this stack
+        return {"n": 1}
+
+    # pytest's log capture would keep the failed frame's traceback (its record's exc_info),
+    # which a job's file handler does not
+    monkeypatch.setattr(logging.getLogger("ccdflow.batch"), "propagate", False)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        summary = _run(["a", "b", "c", "d", "e"], tmp_path, step, str)
+    finally:
+        if enabled:
+            gc.enable()
+    assert list(summary["status"]) == ["ok", "ok", "failed", "ok", "ok"]
+    # before b the first frame's cycle was freed, before d the failed frame's; before c
+    # and e nothing was collected (b and d succeeded): no full collection per frame
+    assert freed == {"b": True, "c": False, "d": True, "e": False}
+
+
 def test_chain_and_photometry_jobs_of_a_4k_frame_stay_under_1_gib(tmp_path):
     # issue 13: peak RSS of a per-frame job <= 1 GB at 4k². Two 4096² frames through the
     # whole chain in a fresh process (its own VmHWM): the masters (480 MB whole) are read
@@ -201,11 +245,12 @@ def test_chain_and_photometry_jobs_of_a_4k_frame_stay_under_1_gib(tmp_path):
     n_sources, peak_mib = (float(v) for v in run.stdout.split()[-2:])
     assert n_sources > 1000  # a real star field went through every stage
     assert peak_mib < 1024, f"chain: peak RSS {peak_mib:.0f} MiB"
-    # the photometry job of one of those frames, in its own fresh process: the frame's
-    # state (SCI float64; ERR, ERR_CAL and BKG float32 as stored; MASK) is ~370 MB, the
-    # random variance is evaluated where needed, the hidden-neighbour search works on
-    # stamps and the sums' planes are built in float32: 950 MiB in a 4k² demo night's
-    # job (1 587 MiB before, 1 914 in stop 19)
+    # the photometry job of both frames, in its own fresh process: the frame's state (SCI
+    # float64; ERR, ERR_CAL and BKG float32 as stored; MASK) is ~370 MB, the random
+    # variance is evaluated where needed, the hidden-neighbour search works on stamps and
+    # the sums' planes are built in float32: 950 MiB in a 4k² demo night's job (1 587 MiB
+    # before, 1 914 in stop 19). Two frames, because the first frame's planes were held
+    # in a garbage cycle through the second (1 330 MiB until stop 35)
     code = """if True:
         import json, sys
         from ccdflow.batch import photometry_batch, product_path
@@ -220,7 +265,7 @@ def test_chain_and_photometry_jobs_of_a_4k_frame_stay_under_1_gib(tmp_path):
             calibrated={f: product_path(out["calibrated"], f, "calibrated") for f in names})
         write_reference(args["out"] + "/reference.ecsv", catalog, meta)
         summary = photometry_batch(
-            frames=["f1"], calibrated_dir=out["calibrated"], background_dir=out["background"],
+            frames=names, calibrated_dir=out["calibrated"], background_dir=out["background"],
             cosmics_dir=out["cosmics"], sources_dir=out["sources"],
             reference=args["out"] + "/reference.ecsv", out_dir=args["out"] + "/photometry",
             options={})

@@ -196,6 +196,28 @@ def test_row_correlation_equals_the_chord_areas(rng):
     assert sums.var() == pytest.approx(sigma**2 * np.sum(a * a), rel=0.06)
 
 
+@pytest.mark.parametrize("shape", [(300, 420), (9, 200), (40, 7)])
+def test_frame_overlap_area_equals_sep_on_an_all_ones_frame(rng, shape):
+    # the area of each aperture on the frame (masked fraction's denominator) from a small
+    # all-ones image equals SEP's exact sum over an all-ones frame: circles inside, on
+    # each edge and corner, off the frame, and frames narrower than the circle
+    import sep
+
+    from ccdflow.photometry.apertures import frame_overlap_area
+
+    ny, nx = shape
+    x = np.concatenate([rng.uniform(-8, nx + 7, 400), [0, nx - 1, -0.5, nx - 0.5, 3.2]])
+    y = np.concatenate([rng.uniform(-8, ny + 7, 400), [0, ny - 1, ny / 2, 0.7, -0.5]])
+    for radius in (1.3, 4.5, 9.0, 12.25):
+        ours = frame_overlap_area(x=x, y=y, radius=radius, shape=shape)
+        theirs, _, _ = sep.sum_circle(np.ones(shape), x, y, radius, subpix=0)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-9)
+    inside = (x - 12.25 > 0) & (x + 12.25 < nx - 1) & (y - 12.25 > 0) & (y + 12.25 < ny - 1)
+    np.testing.assert_allclose(
+        frame_overlap_area(x=x[inside], y=y[inside], radius=12.25, shape=shape),
+        np.pi * 12.25**2, rtol=1e-9)
+
+
 def test_float32_err_cal_gives_the_float64_answer(field, rng):
     # ERR_CAL is float32 as stored and is no longer copied to a float64 plane (64 MB less
     # at 4k², and no frame-sized ERR_CAL² for the optimal stamps): squared in float64, it

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .batch import SUMMARY, product_path
+from .batch import SUMMARY, collect_frame_cycles, product_path
 
 log = logging.getLogger(__name__)
 
@@ -338,18 +338,12 @@ def reduce_batch(*, frames: Sequence[Mapping[str, str]], detector: Mapping,
 def _reduce_frames(*, frames, masters, master_error, rows, stages, **chain) -> None:
     """Every frame of the batch through the chain, its figures (or failure) into ``rows``.
 
-    After the first frame and after a failed one the garbage collector runs: an
-    exception caught inside a library's lazy import (astropy.coordinates, first
-    imported while a frame's sources are written) or a failure's traceback holds
-    the frame objects of the whole stack, hence that frame's planes, in a cycle
-    (at 4k² the next frame then started with ~500 MB still held: 1 360 MB peak
-    for 3 frames instead of 1 070).
+    After the first frame and after a failed one the garbage collector runs
+    (:func:`ccdflow.batch.collect_frame_cycles`: a traceback caught in a library's
+    one-time set-up holds that frame's planes in a cycle).
     """
-    import gc
-
     for k, item in enumerate(frames, start=1):
-        if k > 1 and (k == 2 or rows[stages[-1]][-1]["status"] != "ok"):
-            gc.collect()
+        collect_frame_cycles(index=k, previous_ok=k == 1 or rows[stages[-1]][-1]["status"] == "ok")
         frame = item["frame"]
         start = time.perf_counter()
         try:

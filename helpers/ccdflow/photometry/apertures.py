@@ -311,6 +311,34 @@ class _Geometry:
                    placed=placed, tree=tree)
 
 
+def _to_small_axis(pos: np.ndarray, n: int, half: int) -> tuple[np.ndarray, int]:
+    """Coordinates along one axis of length ``n`` moved onto an axis of ``2 half + 1``
+    pixels (or ``n`` if shorter) so that a circle of radius ≤ ``half - 2`` keeps its
+    overlap with the axis' ends: near an end by a whole-pixel shift, elsewhere to the
+    middle, where it overlaps neither end."""
+    w = min(n, 2 * half + 1)
+    if w == n:
+        return pos, w
+    shifted = np.where(pos < half, pos, pos - (n - w))  # near the start: unmoved
+    middle = (pos >= half) & (pos <= n - 1 - half)
+    return np.where(middle, pos - np.round(pos) + half, shifted), w
+
+
+def frame_overlap_area(*, x: np.ndarray, y: np.ndarray, radius: float,
+                       shape: tuple[int, int]) -> np.ndarray:
+    """Area (px²) of each circle of ``radius`` at ``(x, y)`` that lies on a frame of
+    ``shape``: SEP's exact sum of an all-ones frame, measured on an all-ones image of
+    ``(2⌈r⌉ + 5)²`` pixels instead (a 4k² frame's all-ones plane, once per radius, was
+    the photometry job's peak memory)."""
+    import sep
+
+    half = math.ceil(radius) + 2
+    sx, wx = _to_small_axis(np.asarray(x, float), shape[1], half)
+    sy, wy = _to_small_axis(np.asarray(y, float), shape[0], half)
+    area, _, _ = sep.sum_circle(np.ones((wy, wx)), sx, sy, radius, subpix=0)
+    return np.asarray(area, float)
+
+
 def _radius_rows(*, radius, frame: RepairedFrame, geometry: _Geometry, sky: _Sky, model, repair,
                  shape, r_out, max_repaired_fraction, max_contamination, subtract_neighbours,
                  min_sky_pixels, row_noise_e=0.0) -> pd.DataFrame:
@@ -326,7 +354,7 @@ def _radius_rows(*, radius, frame: RepairedFrame, geometry: _Geometry, sky: _Sky
 
     n = len(g.x)
     n_good = sums(frame.ones)
-    n_all = sums(np.ones_like(frame.ones))
+    n_all = frame_overlap_area(x=g.pos_x, y=g.pos_y, radius=radius, shape=shape)
     ov = overlap_fraction(g.spx, g.spy, g.pos_x, g.pos_y, radius)
     if sky.level is None:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -369,8 +397,8 @@ def _radius_rows(*, radius, frame: RepairedFrame, geometry: _Geometry, sky: _Sky
         repaired = np.where(touched, np.maximum(repaired, 1e-6), 0.0)
     else:
         touched = None
-    sat_area = (sums(frame.saturated.astype(np.float32)) if frame.saturated.any()
-                else np.zeros(n))  # float32: what SEP reads (0 and 1 exactly)
+    sat_area = (sums(frame.saturated) if frame.saturated.any()
+                else np.zeros(n))  # SEP sums a bool plane as 0 and 1 (no float copy)
     flags = _radius_flags(radius=radius, geometry=g, shape=shape, touched=touched,
                           repaired=repaired, masked_fraction=masked_fraction,
                           sat_area=sat_area, contamination=contamination,
