@@ -16,11 +16,15 @@ from ccdflow.qc import _for_display
 def test_display_binning_means_blocks_and_keeps_pixel_coordinates(rng):
     image = rng.normal(100.0, 5.0, (1300, 2500))
     image[:3, :3] = np.nan  # one whole block masked: stays NaN (blue)
-    image[10, 10] = np.nan  # one pixel of a block: the block is the mean of the rest
+    image[10, 10] = np.nan  # one pixel of a block: the block is shown masked (blue)
+    image[1299, 2499] = np.nan  # the last, partial block (padded): masked too
     shown, factor, extent = _for_display(image, max_px=1024)
     assert factor == 3 and shown.shape == (434, 834)
-    assert np.isnan(shown[0, 0])
-    assert shown[3, 3] == np.nanmean(image[9:12, 9:12])
+    assert np.isnan(shown[0, 0]) and np.isnan(shown[3, 3]) and np.isnan(shown[433, 833])
+    # every other block is the mean of its pixels, the partial edge blocks of theirs
+    assert np.isnan(shown).sum() == 3
+    assert shown[3, 4] == np.mean(image[9:12, 12:15])
+    assert shown[433, 832] == np.mean(image[1299:1300, 2496:2499])
     assert extent == (-0.5, 2501.5, -0.5, 1301.5)
     small = rng.normal(0, 1, (1024, 600))
     same, one, _ = _for_display(small, max_px=1024)

@@ -85,8 +85,10 @@ def _gray():
 def _for_display(image: np.ndarray, *, max_px: int = _DISPLAY_PX
                  ) -> tuple[np.ndarray, int, tuple[float, float, float, float]]:
     """The image binned by the smallest integer factor that brings both axes to
-    ``max_px`` or fewer (NaN-aware block means; a block all NaN stays NaN), the factor,
-    and the imshow ``extent`` that keeps the axes in the frame's pixel coordinates."""
+    ``max_px`` or fewer (block means; a block that holds a masked (NaN) pixel is shown
+    masked, so an isolated bad pixel, a cosmic ray or a hot pixel stays visible instead
+    of vanishing into its neighbours' mean), the factor, and the imshow ``extent`` that
+    keeps the axes in the frame's pixel coordinates."""
     from .blocks import nan_block_reduce
 
     ny, nx = image.shape
@@ -94,6 +96,10 @@ def _for_display(image: np.ndarray, *, max_px: int = _DISPLAY_PX
     if factor == 1:
         return image, 1, (-0.5, nx - 0.5, -0.5, ny - 0.5)
     binned = nan_block_reduce(image, box=factor, func=np.nanmean)
+    # the edge blocks' padding is NaN too: count the image's own NaN only
+    masked = nan_block_reduce(np.isnan(image).astype(np.float32), box=factor,
+                              func=np.nanmax) > 0
+    binned[masked] = np.nan
     by, bx = binned.shape
     return binned, factor, (-0.5, bx * factor - 0.5, -0.5, by * factor - 0.5)
 
@@ -145,7 +151,8 @@ def plot_masters(*, masters: Mapping[str, str | Path], out: str | Path, title: s
         ax.tick_params(labelsize=7)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     fig.suptitle(title or "masters", fontsize=11)
-    fig.text(0.5, 0.005, "zscale; masked pixels in blue", ha="center", fontsize=8)
+    fig.text(0.5, 0.005, "zscale; masked pixels in blue (in a binned panel, every block "
+             "that holds one)", ha="center", fontsize=8)
     _fixed_layout(fig)
     _save(fig, out)
 
