@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def write_frames(raw: Path, n: int) -> None:
     from astropy.io import fits
-    from astropy.time import Time
+    from astropy.time import Time, TimeDelta
 
     raw.mkdir(parents=True, exist_ok=True)
     kinds = ([("bias", "", 0.0)] * 20 + [("dark", "", 300.0)] * 10
@@ -49,7 +49,7 @@ def write_frames(raw: Path, n: int) -> None:
         h["IMAGETYP"] = types[kind]
         h["OBJECT"] = "WASP-SIM" if kind == "science" else kind
         h["EXPTIME"] = exptime
-        h["DATE-OBS"] = (start + i * 35.0 / 86400).isot
+        h["DATE-OBS"] = (start + TimeDelta(i * 35.0, format="sec")).isot
         if filt:
             h["FILTER"] = filt
         h["GAIN"], h["RDNOISE"], h["SATURATE"] = 1.5, 7.5, 65535
