@@ -593,3 +593,48 @@ def test_psf_model_error_splits_the_shape_every_star_shares_from_its_own(rng):
     assert eps > 0.3 and eps_random < 0.2 * eps, errors  # measured 0.39, 0.05
     eps, eps_random = errors["own trails"]
     assert eps > 0.3 and eps_random > 0.75 * eps, errors  # measured 0.39, 0.33
+
+
+def test_a_crowded_field_refits_the_hit_stars_neighbours_not_the_frame(monkeypatch):
+    """In a crowded field every source's fitting box links to the next: the exact group
+    of a pass is the frame, which each pass refitted whole (10 000 sources on 2048²: 8 s
+    a pass).  A pass there refits the hit stars' neighbours within two links, the rest
+    held at their fits: the rows equal the whole-frame refit's (to the joint fits'
+    convergence) but for the few the different pixels taken out move, and the hit stars
+    come out as near their truth."""
+    import ccdflow.photometry.model as model_module
+    from ccdflow.photometry import outliers
+    from ccdflow.photometry.psf import PSFModel
+
+    rng = np.random.default_rng(5)
+    fwhm, n = 1.3, 420  # 6.4 stars per 1 000 px²: every box is linked to the next
+    x, y = rng.uniform(8, N - 8, n), rng.uniform(8, N - 8, n)
+    flux = 10 ** rng.uniform(3.3, 4.3, n)
+    truth = SKY + render_gaussian_stars(shape=(N, N), x=x, y=y, flux=flux, fwhm=fwhm)
+    error = np.sqrt(truth + RN**2)
+    image = truth + rng.normal(0.0, error)
+    d = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :]) + np.eye(n) * 1e9
+    isolated = np.flatnonzero(d.min(axis=1) > 4 * fwhm)
+    hits = isolated[:3]  # rays on stars whose light is their own (a blend's truth is not)
+    for hit in hits:
+        image[round(y[hit]), round(x[hit]) + 1] += 1900.0
+    kw = dict(data=image, error=error, mask=np.zeros(image.shape, np.uint16), x=x, y=y,
+              radii=[2.0, 3.0], psf=PSFModel.circular(fwhm), optimal=True)
+    model = []  # sources of each model_sources call
+    real = model_module.model_sources
+    monkeypatch.setattr(model_module, "model_sources",
+                        lambda **k: model.append(len(k["x"])) or real(**k))
+    ours = measure_apertures(**kw)
+    # the first model is the frame's; every pass after it a group well under half of it
+    assert model[0] == n and len(model) >= 2 and max(model[1:]) < n / 2, model
+    assert ours.attrs["model_outliers"] >= len(hits)
+    model.clear()
+    monkeypatch.setattr(outliers, "CROWDED_REFIT_HOPS", 10**6)  # the whole group: the frame
+    whole = measure_apertures(**kw)
+    assert n in model[1:]  # the whole-frame refit ran
+    delta = np.abs(ours["flux"] - whole["flux"]) / whole["flux_err"]
+    assert (delta < 0.01).mean() > 0.99, np.sort(delta)[-10:]
+    for name, table in (("ours", ours), ("whole", whole)):
+        rows = table[table["radius"].isna() & table["source_id"].isin(hits)]
+        pulls = (rows["flux"] - flux[rows["source_id"]]) / rows["flux_err"]
+        assert (np.abs(pulls) < 4).all(), (name, pulls)
