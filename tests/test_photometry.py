@@ -636,5 +636,6 @@ def test_a_crowded_field_refits_the_hit_stars_neighbours_not_the_frame(monkeypat
     assert (delta < 0.01).mean() > 0.99, np.sort(delta)[-10:]
     for name, table in (("ours", ours), ("whole", whole)):
         rows = table[table["radius"].isna() & table["source_id"].isin(hits)]
+        assert len(rows) == len(hits), name  # each hit star's optimal row
         pulls = (rows["flux"] - flux[rows["source_id"]]) / rows["flux_err"]
         assert (np.abs(pulls) < 4).all(), (name, pulls)
