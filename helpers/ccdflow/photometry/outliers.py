@@ -156,9 +156,10 @@ def model_without_outliers(*, data: np.ndarray, usable: np.ndarray, sky: np.ndar
             found_rows.append(rows[fixed])
             found_columns.append(columns[fixed])
         most = GROUP_REFIT_MAX_FRACTION * len(model.flux)
-        group = coupled_sources(model, sources)
+        links = _links(model)  # this pass's model: built once for both questions
+        group = coupled_sources(model, sources, links=links)
         if model.stamps is not None and len(group) > most:  # a crowded field
-            group = neighbour_sources(model, sources, hops=CROWDED_REFIT_HOPS)
+            group = neighbour_sources(model, sources, hops=CROWDED_REFIT_HOPS, links=links)
         if model.stamps is None or len(group) > most:
             del image  # a frame-sized float64 plane: one at a time
             model, image, n_hidden = model_sources(data=data, usable=usable, sky=sky,
@@ -174,21 +175,21 @@ def model_without_outliers(*, data: np.ndarray, usable: np.ndarray, sky: np.ndar
     return model, image, n_hidden, (rows, columns), free
 
 
-def _placed(model: SourceModel) -> np.ndarray:
-    return np.flatnonzero(np.isfinite(model.x) & np.isfinite(model.y))
-
-
-def _links(model: SourceModel, ok: np.ndarray):
-    """The symmetric sparse graph over the placed sources ``ok`` of the pairs whose
-    fitting boxes can overlap (centres within :func:`_reach`)."""
+def _links(model: SourceModel):
+    """``(ok, graph)``: the placed sources and the symmetric sparse graph over them of the
+    pairs whose fitting boxes can overlap (centres within :func:`_reach`); ``graph`` is
+    None when no source is placed."""
     from scipy.sparse import coo_matrix
 
     from ..spatial import PointTree
 
+    ok = np.flatnonzero(np.isfinite(model.x) & np.isfinite(model.y))
+    if not len(ok):
+        return ok, None
     pairs = PointTree(np.column_stack([model.x[ok], model.y[ok]])).query_pairs(
         _reach(model), output_type="ndarray")
     i, j = np.r_[pairs[:, 0], pairs[:, 1]], np.r_[pairs[:, 1], pairs[:, 0]]
-    return coo_matrix((np.ones(len(i)), (i, j)), shape=(len(ok), len(ok))).tocsr()
+    return ok, coo_matrix((np.ones(len(i)), (i, j)), shape=(len(ok), len(ok))).tocsr()
 
 
 def _start_in(ok: np.ndarray, start: np.ndarray) -> np.ndarray:
@@ -198,33 +199,36 @@ def _start_in(ok: np.ndarray, start: np.ndarray) -> np.ndarray:
     return where[found]
 
 
-def coupled_sources(model: SourceModel, start: np.ndarray) -> np.ndarray:
+def coupled_sources(model: SourceModel, start: np.ndarray, *, links=None) -> np.ndarray:
     """Indices of the modelled sources linked to ``start`` by chains of sources whose
     fitting boxes can overlap (centres within (2·half + 3)·√2 px: the boxes' width, a
-    recentring's shift each, on the diagonal), ``start`` included; sorted."""
+    recentring's shift each, on the diagonal), ``start`` included; sorted.  ``links``:
+    the model's ``_links`` when the caller has them already."""
     from scipy.sparse.csgraph import connected_components
 
     start = np.asarray(start, dtype=np.intp)
-    ok = _placed(model)
-    if not len(start) or not len(ok):
+    if not len(start):
+        return start
+    ok, graph = links or _links(model)
+    if graph is None:
         return np.unique(start)
-    graph = _links(model, ok)
     _, labels = connected_components(graph, directed=False)
     keep = np.isin(labels, labels[_start_in(ok, start)])
     return np.union1d(ok[keep], start)
 
 
 def neighbour_sources(model: SourceModel, start: np.ndarray, *,
-                      hops: int = CROWDED_REFIT_HOPS) -> np.ndarray:
+                      hops: int = CROWDED_REFIT_HOPS, links=None) -> np.ndarray:
     """Indices of the modelled sources within ``hops`` links of ``start`` (links as in
     :func:`coupled_sources`), ``start`` included; sorted.  A change to a star's fit
     reaches its neighbours' fits through their shared pixels, and theirs' neighbours
     only through those: what a crowded field's pass refits."""
     start = np.asarray(start, dtype=np.intp)
-    ok = _placed(model)
-    if not len(start) or not len(ok):
+    if not len(start):
+        return start
+    ok, graph = links or _links(model)
+    if graph is None:
         return np.unique(start)
-    graph = _links(model, ok)
     reached = np.zeros(len(ok), bool)
     reached[_start_in(ok, start)] = True
     for _ in range(hops):
