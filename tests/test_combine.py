@@ -7,6 +7,7 @@ import pytest
 from astropy.stats import sigma_clip
 from astropy.utils.exceptions import AstropyUserWarning
 
+from ccdflow import combine as C
 from ccdflow.combine import clip_combine, combine_frames, rows_per_block
 
 
@@ -34,6 +35,51 @@ def test_equals_astropy_sigma_clip(stack, cenfunc, method, maxiters, stdfunc):
                                     maxiters=maxiters)
     np.testing.assert_allclose(value, ref.filled(np.nan), rtol=1e-12, atol=1e-10)
     np.testing.assert_array_equal(n_used, (~clipped.mask).sum(axis=0))
+
+
+@pytest.mark.parametrize("n_frames", [4, 16, 17, 40])
+def test_count_paths_equal_astropy_on_either_side_of_the_switch(rng, n_frames):
+    # up to _DIRECT_COUNT_FRAMES frames the kept range is counted from every value,
+    # beyond it walked from the previous bounds: both must be astropy's clipping
+    assert C._DIRECT_COUNT_FRAMES == 16
+    data = rng.normal(100.0, 5.0, size=(n_frames, 30, 40))
+    hits = rng.random(data.shape) < 0.05
+    data[hits] += rng.uniform(30, 500, hits.sum())
+    data[rng.random(data.shape) < 0.02] = np.nan
+    with pytest.warns(AstropyUserWarning, match="Input data contains invalid values"):
+        clipped = sigma_clip(data, sigma=3, maxiters=5, axis=0, masked=True,
+                             stdfunc="mad_std")
+    value, _, n_used = clip_combine(data, stdfunc="mad_std")
+    np.testing.assert_allclose(value, clipped.mean(axis=0).filled(np.nan), rtol=1e-12,
+                               atol=1e-10)
+    np.testing.assert_array_equal(n_used, (~clipped.mask).sum(axis=0))
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_direct_count_equals_the_walk(rng, strict, monkeypatch):
+    s = np.sort(rng.normal(0.0, 1.0, size=(9, 20, 30)), axis=0)
+    s[-2:, ::3] = np.nan  # missing values sort last
+    s[:, 0, 0] = 0.5  # ties at the bound: strict or not matters
+    n_valid = np.isfinite(s).sum(axis=0)
+    bound = rng.normal(0.0, 1.5, size=(20, 30))
+    bound[0, 0] = 0.5
+    start = rng.integers(0, 10, size=(20, 30))
+    direct = C._count_below(s, n_valid, bound, strict=strict, start=start)
+    monkeypatch.setattr(C, "_DIRECT_COUNT_FRAMES", 0)
+    walked = C._count_below(s, n_valid, bound, strict=strict, start=start)
+    np.testing.assert_array_equal(direct, walked)
+    assert direct[0, 0] == (0 if strict else 9)
+
+
+def test_flat_gather_equals_take_along_axis(rng):
+    a = rng.normal(size=(7, 11, 13)).astype(np.float32)
+    index = rng.integers(0, 7, size=(11, 13))
+    ref = np.take_along_axis(a, index[np.newaxis], axis=0)[0]
+    np.testing.assert_array_equal(C._take(a, index), ref)
+    strided = a[:, ::2]  # not contiguous: the library's path
+    np.testing.assert_array_equal(
+        C._take(strided, index[::2]),
+        np.take_along_axis(strided, index[::2][np.newaxis], axis=0)[0])
 
 
 def test_minmax_rejection_drops_extremes():

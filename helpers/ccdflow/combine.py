@@ -214,9 +214,24 @@ def clip_combine(stack: np.ndarray, *, method: str = "mean", cenfunc: str = "med
     return value, error, n_used
 
 
+# up to this many frames a pixel's count below a bound is summed from every value,
+# beyond it walked from the previous bound (measured on 128x1024 blocks: a direct
+# count of 9 frames costs about one walk step)
+_DIRECT_COUNT_FRAMES = 16
+
+
 def _take(a: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """``a[index[p], p]`` for every pixel p (gather along axis 0)."""
-    return np.take_along_axis(a, index[np.newaxis], axis=0)[0]
+    """``a[index[p], p]`` for every pixel p (gather along axis 0).
+
+    Equals ``np.take_along_axis(a, index[None], axis=0)[0]`` (tested), at less
+    than half its cost: one flat gather instead of a broadcast fancy index.
+    """
+    m = index.size
+    if not a.flags.c_contiguous or a.shape[1:] != index.shape:
+        return np.take_along_axis(a, index[np.newaxis], axis=0)[0]
+    flat = index.reshape(-1) * m
+    flat += np.arange(m)
+    return a.reshape(-1).take(flat).reshape(index.shape)
 
 
 def _count_below(s: np.ndarray, n_valid: np.ndarray, bound: np.ndarray, *, strict: bool,
@@ -227,8 +242,12 @@ def _count_below(s: np.ndarray, n_valid: np.ndarray, bound: np.ndarray, *, stric
     values from the answer: each step is one gather over the pixels.
     """
     n = s.shape[0]
-    pos = np.minimum(start, n_valid).astype(np.intp)
     bound = np.broadcast_to(bound, n_valid.shape)
+    if n <= _DIRECT_COUNT_FRAMES:  # one comparison per value beats a walk's gathers
+        # NaN (missing) compares False either way, as it sorts past every bound
+        inside = (s < bound) if strict else (s <= bound)
+        return inside.sum(axis=0)
+    pos = np.minimum(start, n_valid).astype(np.intp)
     while True:  # up while the value at pos is inside
         v = _take(s, np.minimum(pos, n - 1))
         up = (pos < n_valid) & ((v < bound) if strict else (v <= bound))
