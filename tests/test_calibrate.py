@@ -20,6 +20,7 @@ from ccdflow.calibrate import (
 )
 from ccdflow.ccd import (
     CalibrationError,
+    clipped_stats,
     fit_overscan,
     overscan_level_noise,
     parse_section,
@@ -30,6 +31,48 @@ from ccdflow.products import read_product, write_product
 from ccdflow.simulate import render_gaussian_stars
 
 from .conftest import CAL_SPEC
+
+
+def _clipped_datasets(rng):
+    flat = rng.normal(20000.0, 140.0, size=(300, 200))
+    flat[rng.random(flat.shape) < 0.02] += rng.uniform(2e3, 5e4, 1)  # stars, rays
+    flat[rng.random(flat.shape) < 0.01] = np.nan
+    skewed = rng.gamma(2.0, 3.0, size=5001)  # a long tail: several iterations
+    small = np.array([1.0, 2.0, 2.0, 3.0, 50.0])
+    steps = np.repeat(np.arange(4.0), 7)
+    # median 0, std exactly 1: at 3 sigma the values +-3 sit on the bounds, and
+    # astropy keeps a value equal to a bound
+    on_bounds = np.r_[np.zeros(16), 3.0, -3.0]
+    return {"flat": flat, "skewed": skewed, "small": small, "steps": steps,
+            "on_bounds": on_bounds}
+
+
+@pytest.mark.parametrize("name", ["flat", "skewed", "small", "steps", "on_bounds"])
+@pytest.mark.parametrize("sigma, maxiters", [(3.0, 5), (2.0, 10), (4.0, 1)])
+def test_clipped_stats_equal_astropy(rng, name, sigma, maxiters):
+    # the sorted-range path must keep astropy's values: same mean, median and std
+    from astropy.stats import sigma_clipped_stats
+
+    data = _clipped_datasets(rng)[name]
+    finite = data[np.isfinite(data)]
+    ref = sigma_clipped_stats(finite, sigma=sigma, maxiters=maxiters)
+    ours = clipped_stats(data, sigma=sigma, maxiters=maxiters)
+    np.testing.assert_allclose(ours, ref, rtol=1e-12)
+    assert np.isnan(clipped_stats(np.full(3, np.nan))).all()  # nothing finite
+    before = data.copy()
+    clipped_stats(data, sigma=sigma, maxiters=maxiters)
+    np.testing.assert_array_equal(data, before)  # input not mutated
+
+
+def test_central_level_equals_astropy_with_a_mask(rng):
+    from astropy.stats import sigma_clipped_stats
+
+    data = _clipped_datasets(rng)["flat"]
+    mask = rng.random(data.shape) < 0.05
+    region = data[75:225, 50:150]
+    bad = mask[75:225, 50:150] | ~np.isfinite(region)
+    ref = sigma_clipped_stats(region, mask=bad, sigma=3.0)[1]
+    assert central_level(data, mask=mask) == pytest.approx(ref, rel=1e-12)
 
 
 def test_master_bias_noise_is_read_noise_over_root_n(cal_masters):

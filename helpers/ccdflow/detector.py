@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from astropy.stats import mad_std, sigma_clipped_stats
+from astropy.stats import mad_std
 
 from .calibrate import central_level, central_region
-from .ccd import CalibrationError, detector_constant, read_raw_frame
+from .ccd import CalibrationError, clipped_stats, detector_constant, read_raw_frame
 from .config import has_overscan, has_zero_level
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def _pair_gain(a: np.ndarray, b: np.ndarray, *, read_noise_e: float,
     # few columns has noise of its own) and any other row pattern are not photons
     rows_ok = np.isfinite(diff).sum(axis=1) >= 20
     diff = diff[rows_ok] - np.nanmedian(diff[rows_ok], axis=1)[:, None]
-    var = float(sigma_clipped_stats(diff[np.isfinite(diff)], sigma=4.0, maxiters=5)[2]) ** 2
+    var = clipped_stats(diff, sigma=4.0, maxiters=5)[2] ** 2  # astropy's, faster (tested)
     photons = level_a + r**2 * level_b  # S; var = S·x + (1 + r²)·RN²·x², x = 1/G
     quad = (1 + r**2) * read_noise_e**2
     x = (var / photons if quad == 0
@@ -270,8 +270,8 @@ def measure_gain_read_noise(*, bias_paths: Sequence[str | Path],
     b1, b2 = (_central(_adu(p, detector), fraction) for p in bias_paths)
     f1, f2 = (_central(_adu(p, detector), fraction) for p in flat_paths)
     bias_mean = 0.5 * (b1 + b2)
-    # the finite pixels only: what astropy would clip itself, without its warning
-    m1, m2 = (sigma_clipped_stats(d[np.isfinite(d)], sigma=sigma)[1]
+    # astropy's sigma-clipped median of the finite pixels (clipped_stats ignores NaN)
+    m1, m2 = (clipped_stats(d, sigma=sigma)[1]
               for d in (f1 - bias_mean, f2 - bias_mean))
     if not (m1 > 0 and m2 > 0):
         raise CalibrationError(f"flat levels {m1:.1f}, {m2:.1f} ADU are not above the bias")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ccd import CalibrationError, RawFrame, read_raw_frame
+from ..ccd import CalibrationError, RawFrame, clipped_stats, read_raw_frame
 from ..combine import combine_frames
 from ..masks import MaskBit
 from ..products import Product, provenance_header
@@ -40,9 +40,8 @@ def central_level(image: np.ndarray, *, fraction: float = 0.5,
         bad |= np.asarray(mask[centre], dtype=bool)
     if bad.all():
         return float("nan")
-    from astropy.stats import sigma_clipped_stats
-
-    return float(sigma_clipped_stats(region, mask=bad, sigma=3.0)[1])
+    # astropy's sigma_clipped_stats(region, mask=bad, sigma=3) median (tested), faster
+    return clipped_stats(region[~bad], sigma=3.0)[1]
 
 
 def _check_count(paths: Sequence, minimum: int, what: str) -> None:
