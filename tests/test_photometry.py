@@ -521,6 +521,20 @@ def test_outlier_passes_refit_only_the_touched_groups(seed, monkeypatch):
     np.testing.assert_array_equal(refitted.flux[others], before[0][others])
     np.testing.assert_array_equal(model.flux, before[0])  # the input model not modified
     np.testing.assert_array_equal(model.x, before[1])
+    # the refit's ε is the frame's, measured once over the frame (not on its cut-out)
+    from ccdflow.photometry.model import psf_model_error
+
+    assert (refitted.rel_error, refitted.rel_error_random) == psf_model_error(
+        data=image, usable=usable, model=refitted, image=scene, sky=np.full(x.size, SKY),
+        sky_rms=np.full(x.size, np.sqrt(SKY + RN**2)))
+    # without ε the fit is the same, and ε is NaN rather than a stale number
+    bare, bare_scene, _ = model_sources(data=image, usable=usable, sky=np.full(x.size, SKY),
+                                        sky_rms=np.full(x.size, np.sqrt(SKY + RN**2)),
+                                        model_error=False, **fit)
+    np.testing.assert_array_equal(bare.flux, before[0])
+    np.testing.assert_array_equal(bare_scene, model_image(model, image.shape) + (
+        0 if model.hidden is None else model_image(model.hidden, image.shape)))
+    assert np.isnan(bare.rel_error) and np.isnan(bare.rel_error_random)
 
 
 def test_a_frame_psf_from_stars_with_hot_pixels_in_their_wings(rng):

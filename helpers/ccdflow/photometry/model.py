@@ -210,7 +210,7 @@ def model_sources(*, data: np.ndarray, usable: np.ndarray, saturated: np.ndarray
                   x: np.ndarray, y: np.ndarray, sky: np.ndarray, sky_rms: np.ndarray,
                   sky_map: np.ndarray | None, typical_noise: float, radius: float,
                   recentre: bool, free_centres: np.ndarray | None = None,
-                  ) -> tuple[SourceModel, np.ndarray, int]:
+                  model_error: bool = True) -> tuple[SourceModel, np.ndarray, int]:
     """The frame's source model: the listed sources fitted jointly
     (:func:`fit_source_fluxes`), then the stars the list lacks that the model's
     residual reveals (:func:`~ccdflow.photometry.neighbours.find_hidden_neighbours`)
@@ -235,6 +235,10 @@ def model_sources(*, data: np.ndarray, usable: np.ndarray, saturated: np.ndarray
         Recentre sources their neighbours pull (``recentre_above`` 0.1) or not.
     free_centres : ndarray of bool, optional
         Listed sources whose centres are fitted in any case.
+    model_error : bool
+        Measure the PSF model's error ε (:func:`psf_model_error`) on ``data``; a
+        caller that models part of a frame and measures ε over the whole frame
+        afterwards passes False (ε and ε_r are then NaN).
 
     Returns
     -------
@@ -296,8 +300,11 @@ def model_sources(*, data: np.ndarray, usable: np.ndarray, saturated: np.ndarray
                                    half=everything.half, stamps=everything.stamps[n:],
                                    px=everything.px[n:], py=everything.py[n:])
         model_image(everything, data.shape, out=image)
-    model.rel_error, model.rel_error_random = psf_model_error(
-        data=data, usable=usable, model=model, image=image, sky=sky, sky_rms=sky_rms)
+    if model_error:
+        model.rel_error, model.rel_error_random = psf_model_error(
+            data=data, usable=usable, model=model, image=image, sky=sky, sky_rms=sky_rms)
+    else:
+        model.rel_error = model.rel_error_random = float("nan")
     return model, image, len(hidden_x)
 
 

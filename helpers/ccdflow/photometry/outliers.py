@@ -308,7 +308,7 @@ def refit_group(*, model: SourceModel, image: np.ndarray, group: np.ndarray,
         psf=fit["psf"], x=x0 - x_lo, y=y0 - y_lo, sky=sky[group], sky_rms=sky_rms[group],
         sky_map=None if sky_map is None else sky_map[cut],
         typical_noise=fit["typical_noise"], radius=fit["radius"], recentre=fit["recentre"],
-        free_centres=free_centres[group])
+        free_centres=free_centres[group], model_error=False)  # ε: over the frame below
     image[cut] += scene
     out = SourceModel(psf=model.psf, x=model.x.copy(), y=model.y.copy(),
                       flux=model.flux.copy(), flux_var=model.flux_var.copy(),
