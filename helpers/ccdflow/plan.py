@@ -25,6 +25,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -304,3 +305,27 @@ def plan_calibrations(inventory: pd.DataFrame, *, sets: CalibrationSets, max_age
         f"{k}_{c}" for k in (*KINDS, "arc") for c in ("night", "age_d", "group", "x0", "y0")
     ] + ["note"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def plan_from_inventory(path: str | Path, *, min_frames: Mapping[str, int],
+                        bias_from_shortest_dark: bool, max_age_days: float,
+                        steps: Iterable[str], cut_subframes: bool,
+                        ) -> tuple[pd.DataFrame, CalibrationSets, pd.DataFrame]:
+    """``(inventory, sets, plan)`` from an ``inventory.csv``: the table as
+    :func:`~ccdflow.inventory.read_inventory` reads it back, its
+    :func:`calibration_sets` and :func:`plan_calibrations` (one row per science
+    frame).  The workflow plans its DAG with this and the inventory job writes the
+    plan with it, so the file is the plan the masters follow."""
+    from .inventory import read_inventory
+
+    inventory = read_inventory(path)
+    sets = calibration_sets(inventory, min_frames=min_frames,
+                            bias_from_shortest_dark=bias_from_shortest_dark)
+    plan = plan_calibrations(inventory, sets=sets, max_age_days=max_age_days, steps=steps,
+                             cut_subframes=cut_subframes)
+    return inventory, sets, plan
+
+
+def calibration_plan(path: str | Path, **options) -> pd.DataFrame:
+    """The plan (one row per science frame) of :func:`plan_from_inventory`."""
+    return plan_from_inventory(path, **options)[2]

@@ -1,31 +1,6 @@
-# Masters (bias, dark, flat), bad-pixel masks, the per-night plan and the detector
-# report. Science frames are calibrated by the per-frame chain (frames.smk).
-
-
-rule calibration_plan:
-    input:
-        inventory=RESULTS / "inventory.csv",
-    output:
-        plan=RESULTS / "calibration_plan.csv",
-    params:
-        min_frames=CAL["min_frames"],
-        max_age_days=CAL["max_calibration_age_days"],
-        steps=STEPS,
-        bias_from_shortest_dark=PROFILE["calibration"]["bias_from_shortest_dark"],
-        cut_subframes=CUT_SUBFRAMES,
-        software=SOFTWARE,
-    log:
-        LOGS / "calibration_plan.log",
-    # off the critical path: the masters and frames go first
-    priority: -10
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    conda:
-        "../../environment.yml"
-    script:
-        "../scripts/calibration_plan.py"
+# Masters (bias, dark, flat), bad-pixel masks and the detector report (the night's
+# calibration plan is written by the inventory job). Science frames are calibrated by
+# the per-frame chain (frames.smk).
 
 
 rule master_bias:

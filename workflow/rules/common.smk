@@ -15,7 +15,7 @@ from ccdflow.config import (
     validate,
 )
 from ccdflow.groups import parse_shape
-from ccdflow.inventory import InventoryError, find_raw_files, read_inventory
+from ccdflow.inventory import InventoryError, find_raw_files
 from ccdflow.batch import (
     PRODUCT_SUFFIX,
     assign_batches,
@@ -25,10 +25,9 @@ from ccdflow.batch import (
     series_by_binning,
 )
 from ccdflow.plan import (
-    calibration_sets,
     enclosing_groups,
     group_geometry,
-    plan_calibrations,
+    plan_from_inventory,
     safe_name,
 )
 from ccdflow.runlock import cancel_pending_timers, claim_run
@@ -111,21 +110,20 @@ wildcard_constraints:
     batch=r"[A-Za-z0-9._+-]+-\d{3}",
 
 
+def plan_options():
+    """The calibration plan's settings: the DAG's (state()) and the inventory job's."""
+    return {
+        "min_frames": CAL["min_frames"],
+        "bias_from_shortest_dark": PROFILE["calibration"]["bias_from_shortest_dark"],
+        "max_age_days": CAL["max_calibration_age_days"],
+        "steps": STEPS,
+        "cut_subframes": CUT_SUBFRAMES,
+    }
+
+
 @functools.lru_cache(maxsize=4)
 def _state(path, mtime_ns):
-    inventory = read_inventory(path)
-    sets = calibration_sets(
-        inventory,
-        min_frames=CAL["min_frames"],
-        bias_from_shortest_dark=PROFILE["calibration"]["bias_from_shortest_dark"],
-    )
-    plan = plan_calibrations(
-        inventory,
-        sets=sets,
-        max_age_days=CAL["max_calibration_age_days"],
-        steps=STEPS,
-        cut_subframes=CUT_SUBFRAMES,
-    )
+    inventory, sets, plan = plan_from_inventory(path, **plan_options())
     return inventory, sets, plan.set_index("frame", drop=False)
 
 

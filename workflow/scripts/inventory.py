@@ -1,7 +1,9 @@
-"""Rule inventory_scan: classify every raw file and write inventory.csv."""
+"""Rule inventory_scan: classify every raw file and write inventory.csv, then the
+calibration plan made from that file."""
 
 from ccdflow.inventory import build_inventory
 from ccdflow.io import job_logging, write_table
+from ccdflow.plan import calibration_plan
 
 job_logging(snakemake.log[0])
 table = build_inventory(
@@ -12,3 +14,5 @@ table = build_inventory(
     cache=snakemake.params.cache,
 )
 write_table(table, snakemake.output.table)
+write_table(calibration_plan(snakemake.output.table, **snakemake.params.plan),
+            snakemake.output.plan)
