@@ -136,6 +136,15 @@ def test_missing_calibration_type_names_frames_and_type(tmp_path):
     assert out.returncode != 0
     assert "no flat in filter V within 30" in text and "WASP-SIM_V_001.fits" in text
     assert not (tmp_path / "results" / "calibrated").exists()
+    # the run stops when it plans its jobs, before any master; the inventory job that
+    # writes the plan file succeeded, so its table is there to read, and the plan file
+    # says why there is no plan
+    assert not (tmp_path / "results" / "masters").exists()
+    inventory = pd.read_csv(tmp_path / "results" / "inventory.csv", keep_default_na=False)
+    assert set(inventory.loc[inventory["file"].isin(flats), "type"]) == {"rejected"}
+    plan_text = (tmp_path / "results" / "calibration_plan.csv").read_text()
+    assert plan_text.startswith("# no plan: calibration plan: no flat in filter V")
+    assert pd.read_csv(tmp_path / "results" / "calibration_plan.csv", comment="#").empty
 
 
 def test_failed_job_leaves_no_partial_output(tmp_path):

@@ -326,6 +326,20 @@ def plan_from_inventory(path: str | Path, *, min_frames: Mapping[str, int],
     return inventory, sets, plan
 
 
-def calibration_plan(path: str | Path, **options) -> pd.DataFrame:
-    """The plan (one row per science frame) of :func:`plan_from_inventory`."""
-    return plan_from_inventory(path, **options)[2]
+def write_calibration_plan(inventory: str | Path, out: str | Path, **options) -> None:
+    """Write the plan of :func:`plan_from_inventory` (``options``) to ``out`` (CSV).
+
+    When no plan can be made (a :class:`CalibrationError`: a type missing within the age
+    limit), ``out`` gets the error as a comment line and no rows, and this returns: the
+    inventory job that calls it keeps its ``inventory.csv`` (a failed job's outputs are
+    deleted), and the workflow raises the same error, naming the frames and the type,
+    when it plans its jobs from that inventory, before any master job.
+    """
+    from .io import write_table
+
+    try:
+        plan, comments = plan_from_inventory(inventory, **options)[2], []
+    except CalibrationError as exc:
+        log.error("%s", exc)
+        plan, comments = pd.DataFrame(columns=["frame", "note"]), [f"no plan: {exc}"]
+    write_table(plan, out, comments=comments)

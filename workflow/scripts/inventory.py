@@ -3,7 +3,7 @@ calibration plan made from that file."""
 
 from ccdflow.inventory import build_inventory
 from ccdflow.io import job_logging, write_table
-from ccdflow.plan import calibration_plan
+from ccdflow.plan import write_calibration_plan
 
 job_logging(snakemake.log[0])
 table = build_inventory(
@@ -14,5 +14,4 @@ table = build_inventory(
     cache=snakemake.params.cache,
 )
 write_table(table, snakemake.output.table)
-write_table(calibration_plan(snakemake.output.table, **snakemake.params.plan),
-            snakemake.output.plan)
+write_calibration_plan(snakemake.output.table, snakemake.output.plan, **snakemake.params.plan)
