@@ -289,6 +289,25 @@ def test_float32_planes_as_stored_give_the_float64_answer(field, rng, sky):
         np.testing.assert_array_equal(a, b)  # inputs not mutated
 
 
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_cut_stamps_equal_fancy_indexing(rng, contiguous):
+    # boxes inside, across every edge and wholly off the frame; fill off the frame
+    from ccdflow.photometry.model import cut_stamps
+
+    image = rng.normal(size=(40, 60)).astype(np.float32)
+    if not contiguous:
+        image = np.asfortranarray(image)
+    x0, y0 = np.array([10, -3, 55, -20, 30]), np.array([10, -2, 36, 5, 50])
+    px, py = x0[:, None] + np.arange(7), y0[:, None] + np.arange(7)
+    inside = (((py >= 0) & (py < 40))[:, :, None] & ((px >= 0) & (px < 60))[:, None, :])
+    ref = np.where(inside, image[np.clip(py, 0, 39)[:, :, None],
+                                 np.clip(px, 0, 59)[:, None, :]], -5.0)
+    values, where = cut_stamps(image, px, py, fill=-5.0)
+    np.testing.assert_array_equal(values, ref)
+    np.testing.assert_array_equal(where, inside)
+    assert values.dtype == image.dtype and not where[3].any() and where[0].all()
+
+
 def test_random_variance_on_rows_stamps_and_samples_equals_the_plane(rng):
     # ERR² − ERR_CAL² is evaluated where photometry needs it instead of held as a
     # float64 plane: every access must give the plane's values (NaN ERR² 0, inf the
