@@ -192,6 +192,16 @@ def _links(model: SourceModel):
     return ok, coo_matrix((np.ones(len(i)), (i, j)), shape=(len(ok), len(ok))).tocsr()
 
 
+def _start_and_links(model: SourceModel, start, links):
+    """``(start, ok, graph)``: ``start`` as indices, and the model's :func:`_links` (those
+    given, else built; not built for an empty ``start``, whose ``graph`` is None)."""
+    start = np.asarray(start, dtype=np.intp)
+    if not len(start):
+        return start, None, None
+    ok, graph = links or _links(model)
+    return start, ok, graph
+
+
 def _start_in(ok: np.ndarray, start: np.ndarray) -> np.ndarray:
     """Positions in ``ok`` of the ``start`` sources that are placed."""
     where = np.searchsorted(ok, start)
@@ -206,11 +216,8 @@ def coupled_sources(model: SourceModel, start: np.ndarray, *, links=None) -> np.
     the model's ``_links`` when the caller has them already."""
     from scipy.sparse.csgraph import connected_components
 
-    start = np.asarray(start, dtype=np.intp)
-    if not len(start):
-        return start
-    ok, graph = links or _links(model)
-    if graph is None:
+    start, ok, graph = _start_and_links(model, start, links)
+    if graph is None:  # nothing to start from, or no source placed
         return np.unique(start)
     _, labels = connected_components(graph, directed=False)
     keep = np.isin(labels, labels[_start_in(ok, start)])
@@ -223,11 +230,8 @@ def neighbour_sources(model: SourceModel, start: np.ndarray, *,
     :func:`coupled_sources`), ``start`` included; sorted.  A change to a star's fit
     reaches its neighbours' fits through their shared pixels, and theirs' neighbours
     only through those: what a crowded field's pass refits."""
-    start = np.asarray(start, dtype=np.intp)
-    if not len(start):
-        return start
-    ok, graph = links or _links(model)
-    if graph is None:
+    start, ok, graph = _start_and_links(model, start, links)
+    if graph is None:  # nothing to start from, or no source placed
         return np.unique(start)
     reached = np.zeros(len(ok), bool)
     reached[_start_in(ok, start)] = True
