@@ -57,7 +57,7 @@ def test_dry_run_after_the_inventory_lists_the_whole_dag(tmp_path):
     out = snakemake(tmp_path, "-n", "--cores", "2", *config)
     text = out.stdout + out.stderr
     for rule in ("master_bias", "master_dark", "master_flat", "frames_reduce",
-                 "measure_photometry", "qc_night"):
+                 "measure_photometry", "qc_night", "qc_conditions"):
         assert rule in text, rule
     # the batch jobs ask for memory by their frames' size (ccdflow.batch.job_memory_mb;
     # these small frames get the 2000 MB floor)
@@ -359,7 +359,7 @@ def test_background_parameter_reruns_only_its_stage_and_after(tiny_demo, tmp_pat
     # sources run in one job per batch, issue 13), the reference and light curves that
     # follow from the sources; the masters are untouched
     assert jobs == {"frames_reduce": 2, "photometry_reference": 2, "measure_photometry": 2,
-                    "lightcurve_build": 2, "qc_night": 1, "qc_lightcurves": 2, "all": 1}
+                    "lightcurve_build": 2, "qc_night": 1, "qc_conditions": 1, "all": 1}
 
 
 def test_product_deleted_inside_a_batch_remakes_that_batch(tiny_demo, tmp_path):
@@ -375,7 +375,7 @@ def test_product_deleted_inside_a_batch_remakes_that_batch(tiny_demo, tmp_path):
     # the V batch's image stages and what follows from them; not the masters, not R
     assert _rerun_jobs(work, config=config) == {
         "frames_reduce": 1, "photometry_reference": 1, "measure_photometry": 1,
-        "lightcurve_build": 1, "qc_night": 1, "qc_lightcurves": 1, "all": 1}
+        "lightcurve_build": 1, "qc_night": 1, "qc_conditions": 1, "all": 1}
     snakemake(work, "--cores", "2", config=config)
     assert victim.is_file()
     assert _rerun_jobs(work, config=config) == {}
@@ -406,7 +406,7 @@ def test_touching_one_raw_frame_reruns_only_its_chain(tmp_path):
     # compares checksums of small inputs); 4 V frames measured against the new reference
     assert jobs == {"inventory_scan": 1, "frames_reduce": 1, "photometry_reference": 1,
                     "measure_photometry": 4, "lightcurve_build": 1, "qc_night": 1,
-                    "qc_lightcurves": 1, "all": 1}
+                    "qc_conditions": 1, "all": 1}
 
 
 def _snakemake_popen(workdir, config):

@@ -28,8 +28,8 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["night_conditions", "night_figures", "plot_background_sample", "plot_conditions",
-           "plot_lightcurves", "plot_masters"]
+__all__ = ["conditions_figure", "night_conditions", "night_figures", "plot_background_sample",
+           "plot_conditions", "plot_lightcurves", "plot_masters"]
 
 _DPI = 90
 #: images wider than this (either axis) are shown binned: a panel is ~300-400 px wide, so
@@ -361,14 +361,13 @@ def _plot_note(*, text: str, out: str | Path) -> None:
 
 def night_figures(*, night: str, masters: Mapping[str, str | Path],
                   sample: Mapping[str, str] | Sequence[Mapping[str, str]],
-                  frames: pd.DataFrame | Sequence[Mapping],
-                  summaries: Mapping[str, Sequence[str | Path]],
-                  out_masters: str | Path, out_background: str | Path,
-                  out_conditions: str | Path) -> pd.DataFrame:
-    """The three figures of a night (:func:`plot_masters`, :func:`plot_background_sample`
-    on the first of the ``sample`` candidates ({calibrated, background, frame}, in time
-    order) whose products were made, :func:`plot_conditions`); returns the conditions
-    table.  Frames that failed have no products: the next candidate is drawn."""
+                  out_masters: str | Path, out_background: str | Path) -> None:
+    """The masters and background figures of a night (:func:`plot_masters`,
+    :func:`plot_background_sample` on the first of the ``sample`` candidates ({calibrated,
+    background, frame}, in time order) whose products were made).  Frames that failed
+    have no products: the next candidate is drawn.  They need no photometry, so the
+    workflow draws them while the night's photometry runs; the conditions figure
+    (:func:`conditions_figure`) waits for it."""
     plot_masters(masters=masters, out=out_masters, title=f"masters of night {night}")
     chosen = _first_sample(sample)
     if chosen is None:
@@ -378,6 +377,13 @@ def night_figures(*, night: str, masters: Mapping[str, str | Path],
     else:
         plot_background_sample(calibrated=chosen["calibrated"], background=chosen["background"],
                                out=out_background, frame=chosen["frame"])
+
+
+def conditions_figure(*, night: str, frames: pd.DataFrame | Sequence[Mapping],
+                      summaries: Mapping[str, Sequence[str | Path]],
+                      out: str | Path) -> pd.DataFrame:
+    """The conditions figure of a night (:func:`night_conditions`, :func:`plot_conditions`);
+    returns the conditions table."""
     table = night_conditions(frames=pd.DataFrame(frames), summaries=summaries)
-    plot_conditions(table=table, out=out_conditions, title=f"conditions, night {night}")
+    plot_conditions(table=table, out=out, title=f"conditions, night {night}")
     return table

@@ -715,13 +715,16 @@ def get_qc_summaries(wildcards):
     return {s: [str(batch_dir(s, wildcards.night, b)) for b in batches] for s in stages}
 
 
-def get_qc_night_inputs(wildcards):
+def get_qc_sample_batches(wildcards):
+    """Calibrated and background batch directories of the night (the background figure's
+    candidates)."""
     batches = night_frames(wildcards.night).drop_duplicates("batch")["batch"]
-    return {
-        "masters": list(get_qc_masters(wildcards).values()),
-        "batches": [d for dirs in get_qc_summaries(wildcards).values() for d in dirs],
-        "sample": [str(batch_dir("calibrated", wildcards.night, b)) for b in batches],
-    }
+    return [str(batch_dir(s, wildcards.night, b)) for s in ("calibrated", "background")
+            for b in batches]
+
+
+def get_qc_summary_batches(wildcards):
+    return [d for dirs in get_qc_summaries(wildcards).values() for d in dirs]
 
 
 def get_final_outputs(wildcards):

@@ -1,8 +1,10 @@
-"""Rule lightcurve_build: long table, per-source and differential light curves of a series."""
+"""Rule lightcurve_build: long table, per-source and differential light curves of a series,
+and its QC figure."""
 
 from ccdflow.batch import series_products
 from ccdflow.io import job_logging
 from ccdflow.photometry import build_lightcurves, read_photometry, read_reference, write_lightcurves
+from ccdflow.qc import plot_lightcurves
 
 job_logging(snakemake.log[0])
 catalog, reference = read_reference(snakemake.input.reference)
@@ -24,4 +26,10 @@ header = [
 ]
 write_lightcurves(
     result, table=snakemake.output.table, directory=snakemake.output.directory, header=header
+)
+plot_lightcurves(
+    table=snakemake.output.table,
+    directory=snakemake.output.directory,
+    out=snakemake.output.figure,
+    title=f"light curves of {snakemake.wildcards.series}",
 )

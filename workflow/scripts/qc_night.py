@@ -1,4 +1,4 @@
-"""Rule qc_night: masters, background sample and conditions figures of one night."""
+"""Rule qc_night: masters and background-sample figures of one night."""
 
 from ccdflow.io import job_logging
 from ccdflow.qc import night_figures
@@ -8,9 +8,6 @@ night_figures(
     night=snakemake.wildcards.night,
     masters=snakemake.params.masters,
     sample=snakemake.params.sample,
-    frames=snakemake.params.frames,
-    summaries=snakemake.params.summaries,
     out_masters=snakemake.output.masters,
     out_background=snakemake.output.background,
-    out_conditions=snakemake.output.conditions,
 )
