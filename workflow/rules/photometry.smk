@@ -101,6 +101,9 @@ rule lightcurve_build:
         software=SOFTWARE,
     log:
         LOGS / "lightcurves" / "{series}.log",
+    # after the science jobs ready beside it (a light curve ready early would take the
+    # core a photometry batch waits for), before the night's conditions figure (-4)
+    priority: -3
     threads: 1
     resources:
         mem_mb=4000,
