@@ -700,3 +700,27 @@ def test_best_aperture_has_errors_that_describe_it(rng):
     assert _lowest_scatter({"1.5fwhm": honest, "optimal": inflated}) == "1.5fwhm"
     assert _lowest_scatter({"1.5fwhm": curve(0.018, 0.09), "optimal": inflated}) == "optimal"
     assert _lowest_scatter({"1.5fwhm": honest, "optimal": curve(0.013, 0.013)}) == "optimal"
+
+
+@pytest.mark.parametrize("named_target", [True, False])
+def test_lightcurve_figure_from_memory_equals_the_one_from_the_files(rng, tmp_path,
+                                                                     named_target):
+    # the light-curve job draws its figure from the light curves it holds instead of
+    # reading back what it wrote: the same PNG, byte for byte, as drawn from the files
+    # (with a target: target and comparisons panels; without: the brightest sources)
+    from ccdflow.photometry import write_lightcurves
+    from ccdflow.qc import plot_lightcurve_result, plot_lightcurves
+
+    tables, catalog = _tables_two_apertures(rng, n_frames=20)
+    if not named_target:
+        catalog["name"] = ""
+    result = build_lightcurves(tables=tables, catalog=catalog, aperture="tight")
+    assert bool(result["differential"]) == named_target
+    write_lightcurves(result, table=tmp_path / "lc.csv", directory=tmp_path / "lc",
+                      header=["test"])
+    plot_lightcurves(table=tmp_path / "lc.csv", directory=tmp_path / "lc",
+                     out=tmp_path / "files.png", title="T")
+    plot_lightcurve_result(result=result, out=tmp_path / "memory.png", title="T")
+    drawn = (tmp_path / "files.png").read_bytes()
+    assert drawn[:8] == b"\x89PNG\r\n\x1a\n" and len(drawn) > 10_000
+    assert (tmp_path / "memory.png").read_bytes() == drawn

@@ -20,7 +20,7 @@ plotted without opening them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 __all__ = ["conditions_figure", "night_conditions", "night_figures", "plot_background_sample",
-           "plot_conditions", "plot_lightcurves", "plot_masters"]
+           "plot_conditions", "plot_lightcurve_result", "plot_lightcurves", "plot_masters"]
 
 _DPI = 90
 #: images wider than this (either axis) are shown binned: a panel is ~300-400 px wide, so
@@ -267,20 +267,46 @@ def flip_times(light: pd.DataFrame) -> list[float]:
 
 def plot_lightcurves(*, table: str | Path, directory: str | Path, out: str | Path,
                      title: str = "", max_stars: int = 8) -> None:
-    """Raw and differential light curves of a series.
+    """Raw and differential light curves of a series, from its light-curve files.
 
     Per target (``differential_<name>.csv``): top, the target's flux and its
     comparison stars' fluxes, each divided by its median; bottom, ``rel_flux``
     with ``rel_flux_err``; a dashed line at each meridian flip (:func:`flip_times`).
     A series without targets shows the ``max_stars`` brightest sources' normalised
-    fluxes.
+    fluxes.  :func:`plot_lightcurve_result` draws the same figure from the light
+    curves in memory.
     """
+    directory = Path(directory)
+    targets = {}
+    for path in sorted(directory.glob("differential_*.csv")):
+        name = path.stem.removeprefix("differential_")
+        targets[name] = (pd.read_csv(path, comment="#"),
+                         pd.read_csv(directory / f"comparisons_{name}.csv", comment="#"))
+    _draw_lightcurves(long=pd.read_csv(table, comment="#"), targets=targets,
+                      source=lambda sid: pd.read_csv(directory / f"source_{sid}.csv",
+                                                     comment="#"),
+                      out=out, title=title, max_stars=max_stars)
+
+
+def plot_lightcurve_result(*, result: Mapping, out: str | Path, title: str = "",
+                           max_stars: int = 8) -> None:
+    """The figure of :func:`plot_lightcurves` from the light curves in memory (the result
+    of :func:`ccdflow.photometry.build_lightcurves`): the light-curve job draws it
+    without reading back the files it has just written."""
+    per_source = result["per_source"]
+    _draw_lightcurves(long=result["long"], targets=dict(sorted(result["differential"].items())),
+                      source=lambda sid: per_source[int(sid)], out=out, title=title,
+                      max_stars=max_stars)
+
+
+def _draw_lightcurves(*, long: pd.DataFrame, targets: Mapping[str, tuple],
+                      source: Callable[[int], pd.DataFrame], out: str | Path, title: str,
+                      max_stars: int) -> None:
+    """Draw the light-curve figure: ``targets`` {name: (differential light curve,
+    comparison choice)}; ``source(id)`` a source's light curve."""
     from .photometry import good_mask
 
     plt = _pyplot()
-    directory = Path(directory)
-    targets = sorted(directory.glob("differential_*.csv"))
-    long = pd.read_csv(table, comment="#")
     rows = max(1, len(targets))
     fig, axes = plt.subplots(2 * rows, 1, figsize=(8, 4.6 * rows), squeeze=False)
     axes = axes[:, 0]
@@ -292,7 +318,7 @@ def plot_lightcurves(*, table: str | Path, directory: str | Path, out: str | Pat
         return (np.asarray(values, float) - day0) * 24.0
 
     def normalised(sid):
-        one = pd.read_csv(directory / f"source_{sid}.csv", comment="#")
+        one = source(sid)
         ok = good_mask(one["flags"]) & np.isfinite(one["flux"])
         med = np.median(one.loc[ok, "flux"]) if ok.any() else np.nan
         return one["mjd_utc"], np.where(ok, one["flux"] / med, np.nan)
@@ -306,10 +332,7 @@ def plot_lightcurves(*, table: str | Path, directory: str | Path, out: str | Pat
         axes[0].set_ylabel("flux / median", fontsize=8)
         axes[0].legend(fontsize=6, ncol=2)
         axes[1].set_axis_off()
-    for k, path in enumerate(targets):
-        name = path.stem.removeprefix("differential_")
-        light = pd.read_csv(path, comment="#")
-        choice = pd.read_csv(directory / f"comparisons_{name}.csv", comment="#")
+    for k, (name, (light, choice)) in enumerate(targets.items()):
         top, bottom = axes[2 * k], axes[2 * k + 1]
         for sid in choice.loc[choice["weight"] > 0, "source_id"].head(max_stars):
             t, f = normalised(int(sid))

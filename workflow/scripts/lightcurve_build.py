@@ -4,7 +4,7 @@ and its QC figure."""
 from ccdflow.batch import series_products
 from ccdflow.io import job_logging
 from ccdflow.photometry import build_lightcurves, read_photometry, read_reference, write_lightcurves
-from ccdflow.qc import plot_lightcurves
+from ccdflow.qc import plot_lightcurve_result
 
 job_logging(snakemake.log[0])
 catalog, reference = read_reference(snakemake.input.reference)
@@ -27,9 +27,8 @@ header = [
 write_lightcurves(
     result, table=snakemake.output.table, directory=snakemake.output.directory, header=header
 )
-plot_lightcurves(
-    table=snakemake.output.table,
-    directory=snakemake.output.directory,
+plot_lightcurve_result(
+    result=result,
     out=snakemake.output.figure,
     title=f"light curves of {snakemake.wildcards.series}",
 )
