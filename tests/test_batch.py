@@ -228,7 +228,9 @@ def test_chain_and_photometry_jobs_of_a_4k_frame_stay_under_1_gib(tmp_path):
         args = json.loads(sys.argv[1])
         out = {s: args["out"] + "/" + s for s in ("calibrated", "background", "cosmics",
                                                   "sources")}
-        frames = [{"frame": f"f{k}", "raw": args["raw"], **args["masters"]} for k in range(2)]
+        # the bad-pixel mask made by the job from the masters, as in the workflow
+        frames = [{"frame": f"f{k}", "raw": args["raw"], **args["masters"],
+                   "bpm_sources": args["bpm_sources"]} for k in range(2)]
         summaries = reduce_batch(frames=frames, detector=args["detector"],
                                  steps=["bias", "dark", "flat"], subtract_dark=True,
                                  background={}, cosmics={}, detect={}, out_dirs=out)
@@ -236,7 +238,9 @@ def test_chain_and_photometry_jobs_of_a_4k_frame_stay_under_1_gib(tmp_path):
         print(int(summaries["sources"]["n_sources"].min()), peak_rss_mb())
     """
     args = {"raw": str(raw), "out": str(tmp_path / "out"), "detector": profile("demo")["detector"],
-            "masters": {k: str(v) for k, v in masters.items()}}
+            "masters": {k: str(v) for k, v in masters.items()},
+            "bpm_sources": {"reference": str(raw), "hot_pixels": None, "origin": None,
+                            "masters": {k: str(masters[k]) for k in ("bias", "dark", "flat")}}}
     import json
 
     run = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,

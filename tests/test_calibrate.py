@@ -620,6 +620,48 @@ def test_product_file_reads_rows_as_read_product(cal_masters, tmp_path):
         ProductFile(paths["bpm"])
 
 
+def test_bad_pixel_mask_from_files_is_the_masters_mask_and_the_frames_job_makes_it(
+        cal_masters, tmp_path, rng):
+    """The bad-pixel mask made from the masters' MASK planes alone (what rule
+    bad_pixel_mask writes) equals the one made from the whole masters, with a hot-pixel
+    map's bits and HOTDARK images; a frames job makes that mask for its frames (under
+    the bpm product's path, without reading or writing it)."""
+    from ccdflow.calibrate import bad_pixel_mask_from_files
+    from ccdflow.chain import _read_masters
+    from ccdflow.products import write_mask
+
+    from .conftest import write_masters
+
+    m = cal_masters
+    paths = write_masters(m, tmp_path)
+    reference = m["files"]("flat", "V")[0]  # a raw frame of the night: its geometry
+    masters = [paths[k] for k in ("bias", "dark", "flat")]
+    mask, images = bad_pixel_mask_from_files(reference=reference, detector=m["detector"],
+                                             masters=masters)
+    assert images == {} and mask.any()  # the demo masters flag pixels: not a vacuous match
+    np.testing.assert_array_equal(mask, m["bpm"])
+    # a hot-pixel map (a night without darks): its bits OR-ed in, its rates returned
+    hot = np.zeros_like(m["bpm"])
+    hot[rng.integers(0, hot.shape[0], 20), rng.integers(0, hot.shape[1], 20)] = MaskBit.HOT
+    rates = {"HOTDARK": rng.random(hot.shape), "HOTDARK_ERR": rng.random(hot.shape)}
+    write_mask(tmp_path / "hotpix.fits", hot, inputs=[], step="test", images=rates)
+    sources = {"reference": str(reference), "masters": {k: str(paths[k]) for k in
+                                                         ("bias", "dark", "flat")},
+               "hot_pixels": str(tmp_path / "hotpix.fits"), "origin": None}
+    with_hot, images = bad_pixel_mask_from_files(
+        reference=reference, detector=m["detector"], masters=masters,
+        hot_pixels=sources["hot_pixels"])
+    np.testing.assert_array_equal(with_hot, m["bpm"] | hot)
+    for name, values in rates.items():  # stored as float32
+        np.testing.assert_array_equal(images[name], values.astype(np.float32))
+    item = {"frame": "f", "raw": str(reference), "bpm": str(tmp_path / "bpm_V.fits"),
+            "bpm_sources": sources}
+    made = _read_masters([item], detector=m["detector"])
+    np.testing.assert_array_equal(made[item["bpm"]][0], with_hot)
+    assert made[item["bpm"]][1].keys() == images.keys()
+    assert not (tmp_path / "bpm_V.fits").exists()
+
+
 def test_a_colour_mosaic_becomes_superpixels(tmp_path, rng):
     """A one-shot colour frame (BAYERPAT): each 2x2 block summed (R+G+G+B, electrons),
     a superpixel flagged when any of its pixels is, the read noise doubled, an odd last

@@ -538,3 +538,25 @@ def test_long_slit_night_beside_an_imaging_night(tmp_path):
                    for stage in ("calibrated", "background", "cosmics", "sources", "photometry",
                                  "lightcurves"))
     assert compared > 30
+
+
+def test_every_calibrated_frame_holds_the_bad_pixel_mask_the_run_wrote(tiny_demo):
+    """The frames jobs make their frames' bad-pixel masks from the masters (not waiting
+    for rule bad_pixel_mask): every bit of the mask file BPMFILE names is set in each
+    calibrated frame's MASK, and the file is made (a product of the run)."""
+    from ccdflow.products import read_mask
+
+    results = tiny_demo / "results"
+    frames = sorted(results.glob("calibrated/*/*/*.fits"))
+    assert len(frames) >= 4
+    masks = {}
+    for path in frames:
+        with fits.open(path) as hdul:
+            mask = hdul["MASK"].data
+            named = hdul[0].header["BPMFILE"]
+        if named not in masks:
+            masks[named] = read_mask(tiny_demo / named)
+        bpm = masks[named]
+        assert bpm.shape == mask.shape
+        np.testing.assert_array_equal(mask & bpm, bpm, err_msg=str(path))
+    assert len(masks) == 2 and all(m.any() for m in masks.values())  # V and R, not empty

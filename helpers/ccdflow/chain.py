@@ -80,7 +80,8 @@ def reduce_frame(*, item: Mapping[str, Any], masters: Mapping[str, Any], detecto
     ----------
     item : mapping
         ``frame`` (product name), ``raw`` (path) and the paths of the masters
-        that apply (``bias``, ``dark``, ``flat``, ``illumination``, ``bpm``).
+        that apply (``bias``, ``dark``, ``flat``, ``illumination``, ``bpm``; a
+        ``bpm`` with ``bpm_sources`` is made, see :func:`_read_masters`).
     masters : mapping
         The masters already read: ``{path: Product or bit mask}``.
     detector, steps, subtract_dark
@@ -248,11 +249,16 @@ def _take_error(product, path) -> np.ndarray:
     return error if error is not None else read_plane(path, "ERR")
 
 
-def _read_masters(frames: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+def _read_masters(frames: Sequence[Mapping[str, Any]], *, detector: Mapping) -> dict[str, Any]:
     """Every master the batch's frames name, opened once: read whole up to
     :data:`LARGE_FRAME_PIXELS`, else a :class:`~ccdflow.products.ProductFile`
-    (close with :func:`_close_masters`)."""
-    from .calibrate import HOT_DARK_IMAGES
+    (close with :func:`_close_masters`).
+
+    A frame's bad-pixel mask (``bpm``): made here from its ``bpm_sources``
+    (``reference``, ``masters``, ``hot_pixels``, ``origin``;
+    :func:`~ccdflow.calibrate.bad_pixel_mask_from_files`, what rule bad_pixel_mask
+    writes to that path) when the item has them, else read from the file."""
+    from .calibrate import HOT_DARK_IMAGES, bad_pixel_mask_from_files
     from .products import ProductFile, read_mask, read_mask_images
 
     out: dict[str, Any] = {}
@@ -261,6 +267,13 @@ def _read_masters(frames: Sequence[Mapping[str, str]]) -> dict[str, Any]:
             for kind in ("bias", "dark", "flat", "illumination", "bpm"):
                 path = item.get(kind)
                 if not path or path in out:
+                    continue
+                if kind == "bpm" and item.get("bpm_sources"):
+                    made = item["bpm_sources"]
+                    out[path] = bad_pixel_mask_from_files(
+                        reference=made["reference"], detector=detector,
+                        masters=list(made["masters"].values()),
+                        hot_pixels=made.get("hot_pixels"), origin=made.get("origin"))
                     continue
                 if kind == "bpm":
                     out[path] = (read_mask(path), read_mask_images(path, HOT_DARK_IMAGES))
@@ -307,7 +320,7 @@ def reduce_batch(*, frames: Sequence[Mapping[str, str]], detector: Mapping,
         Path(out_dirs[stage]).mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict]] = {s: [] for s in stages}
     try:
-        masters = _read_masters(frames)
+        masters = _read_masters(frames, detector=detector)
         master_error = None
     except Exception as exc:  # a master that cannot be read fails the batch's frames
         masters, master_error = {}, _StageFailed("calibrated", exc)

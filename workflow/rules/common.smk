@@ -293,16 +293,20 @@ def get_cut_geometry(wildcards):
     }
 
 
-def get_subframe_origin(wildcards):
+def _subframe_origin(group):
     """A subframe group's origin on the detector (x, y; the profile's bad columns, rows
     and pixels are full-frame positions), None for a full frame."""
     groups = geometry()
-    if wildcards.group not in groups:
+    if group not in groups:
         return None
-    _, x0, y0, _, _ = groups[wildcards.group]
-    if x0 or y0 or enclosing_groups(groups, wildcards.group):
+    _, x0, y0, _, _ = groups[group]
+    if x0 or y0 or enclosing_groups(groups, group):
         return [x0, y0]
     return None
+
+
+def get_subframe_origin(wildcards):
+    return _subframe_origin(wildcards.group)
 
 
 def _applied_masters(row):
@@ -324,11 +328,31 @@ def _plan_rows(night, group, filt, mode="imaging"):
     ]
 
 
+@functools.lru_cache(maxsize=256)
+def _bpm_sources(night, group, filt, inventory_key):
+    """What the bad-pixel mask of a night, calibration group and filter is made of:
+    a raw reference frame (its geometry), the masters the plan names for the first of
+    those frames (bias, dark, flat: their MASK planes), the night's hot-pixel map when
+    enabled, the subframe origin.  Rule bad_pixel_mask writes it; the frames jobs make the
+    same from the same files (ccdflow.chain)."""
+    row = _plan_rows(night, group, filt).iloc[0]
+    return {
+        "reference": str(RAW_DIR / row["file"]),
+        "masters": _plan_masters(row),
+        "hot_pixels": str(MASTERS / night / group / "hotpix.fits") if HOTPIX_ON else None,
+        "origin": _subframe_origin(group),
+    }
+
+
+def bpm_sources(night, group, filt):
+    return _bpm_sources(night, group, filt, _inventory_key())
+
+
 def get_bpm_inputs(wildcards):
-    row = _plan_rows(wildcards.night, wildcards.group, wildcards.filt).iloc[0]
-    out = {"reference": str(RAW_DIR / row["file"]), **_plan_masters(row)}
-    if HOTPIX_ON:
-        out["hot_pixels"] = str(MASTERS / wildcards.night / wildcards.group / "hotpix.fits")
+    made = bpm_sources(wildcards.night, wildcards.group, wildcards.filt)
+    out = {"reference": made["reference"], **made["masters"]}
+    if made["hot_pixels"]:
+        out["hot_pixels"] = made["hot_pixels"]
     return out
 
 
@@ -399,6 +423,14 @@ def get_detector_reports():
             for night, group in sorted(groups)
             if _has_gain_pairs(night, group)
             or (series_ok and imaging.get((night, group), 0) >= 2)]
+
+
+def get_bad_pixel_masks():
+    """The bad-pixel mask of every night, calibration group and filter of imaging science
+    frames, made by rule bad_pixel_mask (asked for by the run, not by the frames jobs)."""
+    rows = frame_table().drop_duplicates(["night", "group", "filter"])
+    return [MASTERS / n / g / f"bpm_{safe_name(f)}.fits"
+            for n, g, f in zip(rows["night"], rows["group"], rows["filter"])]
 
 
 def get_detector_inputs(wildcards):
@@ -548,10 +580,13 @@ def get_batch_mem_mb(stage):
 
 
 def _frame_masters(row):
-    """Masters applied to one frame (bias, dark, flat, illumination, bpm)."""
+    """Masters applied to one frame (bias, dark, flat, illumination), the path of its
+    bad-pixel mask (``bpm``, its provenance) and what that mask is made of
+    (``bpm_sources``: the frames job makes it, not a job of its own before it)."""
     masters = _applied_masters(row)
     where = MASTERS / row["night"] / row["group"]
     masters["bpm"] = str(where / f"bpm_{safe_name(row['filter'])}.fits")
+    masters["bpm_sources"] = bpm_sources(row["night"], row["group"], row["filter"])
     if illumination_frames(row["night"], row["group"], row["filter"]):
         masters["illumination"] = str(where / f"illum_{safe_name(row['filter'])}.fits")
     return masters
@@ -566,9 +601,14 @@ def get_calibrate_frames(wildcards):
 
 
 def get_calibrate_inputs(wildcards):
+    """Raw frames, the masters applied and the files their bad-pixel masks are made of
+    (the mask itself, rule bad_pixel_mask's product, is not waited for)."""
     frames = get_calibrate_frames(wildcards)
-    masters = sorted({v for f in frames for k, v in f.items() if k not in ("frame", "raw")})
-    return {"raw": [f["raw"] for f in frames], "masters": masters}
+    masters = {f[k] for f in frames for k in ("bias", "dark", "flat", "illumination") if k in f}
+    for made in {id(f["bpm_sources"]): f["bpm_sources"] for f in frames}.values():
+        masters |= {made["reference"], *made["masters"].values()}
+        masters |= {made["hot_pixels"]} if made["hot_pixels"] else set()
+    return {"raw": [f["raw"] for f in frames], "masters": sorted(masters)}
 
 
 def get_image_products(wildcards):
@@ -738,6 +778,7 @@ def get_final_outputs(wildcards):
         RESULTS / "calibration_plan.csv",
         *[batch_dir(s, n, b) for s in stages for n, b in zip(batches.night, batches.batch)],
         *get_detector_reports(),
+        *get_bad_pixel_masks(),
         *[RESULTS / "lightcurves" / f"{s}.csv" for s in series],
         *[RESULTS / "qc" / n / f"{fig}.png" for n in sorted(set(frames["night"]))
           for fig in ("masters", "background", "conditions")],

@@ -7,7 +7,7 @@ convention and the per-pixel formulas of SCI, ERR and ERR_CAL are in its docstri
 subframe).
 """
 
-from .bpm import HOT_DARK_IMAGES, make_bad_pixel_mask
+from .bpm import HOT_DARK_IMAGES, bad_pixel_mask_from_files, make_bad_pixel_mask
 from .illumination import make_illumination_model
 from .masters import (
     COMBINE_DEFAULTS,
@@ -24,6 +24,7 @@ from .subframe import cut_master
 __all__ = [
     "COMBINE_DEFAULTS",
     "HOT_DARK_IMAGES",
+    "bad_pixel_mask_from_files",
     "calibrate_science",
     "central_level",
     "central_region",

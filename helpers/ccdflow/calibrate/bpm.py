@@ -4,6 +4,7 @@ columns, rows and pixels in one bit mask."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -18,8 +19,12 @@ def make_bad_pixel_mask(*, shape: tuple[int, int], detector: Mapping,
                         masters: Sequence[Product | None] = (),
                         hot_pixels: np.ndarray | None = None,
                         superpixel: int = 1,
-                        origin: Sequence[int] | None = None) -> np.ndarray:
+                        origin: Sequence[int] | None = None,
+                        master_masks: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
     """Union (OR) of the masters' masks and the profile's bad columns, pixels and regions.
+
+    ``master_masks`` ({name: MASK plane}) are OR-ed in like ``masters``' masks (the
+    planes alone, read without the masters' images).
 
     ``detector`` keys: ``bad_columns`` (1-based x), ``bad_rows`` (1-based y),
     ``bad_pixels`` (list of 1-based ``[x, y]``) and ``bad_regions`` (IRAF
@@ -47,8 +52,39 @@ def make_bad_pixel_mask(*, shape: tuple[int, int], detector: Mapping,
             raise CalibrationError(f"master {master.header.get('IMAGETYP')} has shape "
                                    f"{master.mask.shape}, expected {shape}")
         mask |= master.mask
+    for name, plane in (master_masks or {}).items():
+        if np.shape(plane) != tuple(shape):
+            raise CalibrationError(f"master {name} has shape {np.shape(plane)}, "
+                                   f"expected {shape}")
+        mask |= np.asarray(plane, np.uint16)
     _mark_profile_defects(mask, detector=detector, superpixel=int(superpixel), origin=origin)
     return mask
+
+
+def bad_pixel_mask_from_files(*, reference: str | Path, detector: Mapping,
+                              masters: Sequence[str | Path] = (),
+                              hot_pixels: str | Path | None = None,
+                              origin: Sequence[int] | None = None
+                              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The bad-pixel mask of the frames calibrated like ``reference`` (a raw frame: its
+    trimmed shape and superpixel factor), from the MASK planes of the ``masters`` (bias,
+    dark, flat files), the hot-pixel map file and the profile (:func:`make_bad_pixel_mask`),
+    with the hot-pixel map's :data:`HOT_DARK_IMAGES` ({} without a map).
+
+    Rule ``bad_pixel_mask`` writes this mask as ``bpm_<filter>.fits``; a frames job makes
+    the same from the same files for its frames (no job of its own between the masters
+    and the frames).
+    """
+    from ..products import read_mask, read_mask_images
+    from .science import trimmed_geometry
+
+    shape, superpixel = trimmed_geometry(reference, detector=detector)
+    hot = read_mask(hot_pixels) if hot_pixels else None
+    images = read_mask_images(hot_pixels, HOT_DARK_IMAGES) if hot_pixels else {}
+    mask = make_bad_pixel_mask(shape=shape, detector=detector, hot_pixels=hot,
+                               superpixel=superpixel, origin=origin,
+                               master_masks={str(m): read_mask(m) for m in masters})
+    return mask, images
 
 
 def _mark_profile_defects(mask: np.ndarray, *, detector: Mapping, superpixel: int,
