@@ -132,8 +132,8 @@ rule bad_pixel_mask:
         LOGS / "masters" / "{night}" / "{group}" / "bpm_{filt}.log",
     # a product: the frames jobs make the same mask from the same files instead of
     # waiting for it (a job start between the flats and the frames), so it goes after
-    # the science jobs ready beside it, before the QC figures and light curves
-    priority: -1
+    # the science jobs and light curves ready beside it, before the QC figures
+    priority: -2
     threads: 1
     resources:
         mem_mb=1500,

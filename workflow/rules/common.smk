@@ -328,7 +328,7 @@ def _plan_rows(night, group, filt, mode="imaging"):
     ]
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)  # one per night, group and filter of a season
 def _bpm_sources(night, group, filt, inventory_key):
     """What the bad-pixel mask of a night, calibration group and filter is made of:
     a raw reference frame (its geometry), the masters the plan names for the first of

@@ -102,8 +102,10 @@ rule lightcurve_build:
     log:
         LOGS / "lightcurves" / "{series}.log",
     # after the science jobs ready beside it (a light curve ready early would take the
-    # core a photometry batch waits for), before the night's conditions figure (-4)
-    priority: -3
+    # core a photometry batch waits for), before the masks and QC figures (-2 to -4): a
+    # series' light curve left behind them met the night's last one and the conditions
+    # figure at the end (one core idle for 1 s on the 12-frame night)
+    priority: -1
     threads: 1
     resources:
         mem_mb=4000,

@@ -27,10 +27,10 @@ rule qc_night:
         sample=get_qc_sample,
     log:
         LOGS / "qc" / "{night}" / "night.log",
-    # needs no photometry: drawn on a core the science jobs leave free while the night's
-    # photometry runs, before the light curves (-3) and the conditions figure (-4) that
-    # follow it; at -5 it came last on the 28-frame night and ran alone for 2.4 s
-    priority: -2
+    # needs no photometry: drawn on a core the science jobs, light curves (-1) and masks
+    # (-2) leave free while the night's photometry runs, before the conditions figure
+    # (-4); at -5 it came last on the 28-frame night and ran alone for 2.4 s
+    priority: -3
     threads: 1
     resources:
         mem_mb=2000,
@@ -60,8 +60,8 @@ rule qc_conditions:
         summaries=get_qc_summaries,
     log:
         LOGS / "qc" / "{night}" / "conditions.log",
-    # ready only when the night's last photometry ends, beside that night's light curves
-    # (each with its figure, the longer job: they go first)
+    # ready only when the night's last photometry ends, beside that night's last light
+    # curves (each with its figure, the longer jobs: they go first)
     priority: -4
     threads: 1
     resources:
