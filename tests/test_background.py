@@ -198,3 +198,17 @@ def test_segments_on_the_overwritten_residual_are_the_same(calibrated):
                                    overwrite_values=True)
         np.testing.assert_array_equal(in_place, copying)
         assert copying.max() > 20 and (work[bad] == 0).all()  # a field of stars
+
+
+def test_sky_figures_are_the_maps_medians_computed_once(rng):
+    # the batch summary and the map's header both read sky_median and sky_rms: one
+    # full-frame median each per frame (cached), equal to numpy's
+    from ccdflow.background import BackgroundResult
+
+    bkg = rng.normal(100.0, 2.0, (64, 48)).astype(np.float32)
+    rms = rng.normal(5.0, 0.1, (64, 48)).astype(np.float32)
+    result = BackgroundResult(background=bkg, rms=rms, source_mask=np.zeros(bkg.shape, bool),
+                              iterations=1)
+    assert result.sky_median == float(np.median(bkg))
+    assert result.sky_rms == float(np.median(rms))
+    assert {"sky_median", "sky_rms"} <= set(vars(result))  # cached on the instance
