@@ -87,3 +87,29 @@ def test_write_table_writes_what_pandas_writes(rng, tmp_path, fast):
                        na_values={"flux": [""], 'q"uote': [""]})
     np.testing.assert_array_equal(back["flux"].to_numpy(), table["flux"].to_numpy())
     np.testing.assert_array_equal(back["id"].to_numpy(), table["id"].to_numpy())
+
+
+@pytest.mark.parametrize("sep", [",", "\t"])
+def test_record_text_is_pandas_one_row_byte_for_byte(sep):
+    # a one-row report (the detector report) written without importing pandas: the bytes
+    # pandas writes for DataFrame([record]), with every plain kind of value
+    from ccdflow.csvtext import record_text
+
+    record = {"night": "2026-03-14", "group": "ccd_1x1, normal", "gain": 1.2345678901234,
+              "gain32": np.float32(0.1), "n_pairs": 3, "n64": np.int64(-7), "ok": True,
+              "flag": np.bool_(False), "missing": float("nan"), "none": None,
+              "quoted": 'say "hi"', "big": 1e300, "tiny": 5e-324, "zero": -0.0}
+    expected = pd.DataFrame([record]).to_csv(index=False, sep=sep)
+    assert record_text(record, sep=sep) == expected
+    # what it does not format it leaves to pandas
+    assert record_text({"a": 1, "b": [1, 2]}) is None
+    assert record_text({"a": 1}) is None
+
+
+def test_write_record_writes_what_write_table_writes(tmp_path):
+    from ccdflow.io import write_record
+
+    for record in ({"night": "n", "gain": 1.5, "warn": ""}, {"night": "n", "list": [1, 2]}):
+        write_record(record, tmp_path / "fast.csv")
+        write_table(pd.DataFrame([record]), tmp_path / "pandas.csv")
+        assert (tmp_path / "fast.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()

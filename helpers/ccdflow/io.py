@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,6 +88,23 @@ def write_table(table: pd.DataFrame, path: str | Path, *, comments: Sequence[str
                 table.to_csv(handle, **to_csv)
             else:
                 handle.write(text)
+
+
+def write_record(record: Mapping[str, Any], path: str | Path) -> None:
+    """Write one row as CSV atomically, as :func:`write_table` would write
+    ``DataFrame([record])``, without importing pandas when every value is plain
+    (:func:`ccdflow.csvtext.record_text`)."""
+    from .csvtext import record_text
+
+    text = record_text(record)
+    if text is None:
+        import pandas as pd
+
+        write_table(pd.DataFrame([dict(record)]), path)
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            handle.write(text)
 
 
 def _process_age() -> float:

@@ -1,10 +1,8 @@
 """Rule detector_report: gain (and read noise) measured from bias and flat pairs, or from
 consecutive science frames on a night without them."""
 
-import pandas as pd
-
 from ccdflow.detector import check_gain_report
-from ccdflow.io import job_logging, write_table
+from ccdflow.io import job_logging, write_record
 
 job_logging(snakemake.log[0])
 row = check_gain_report(
@@ -14,5 +12,7 @@ row = check_gain_report(
     warn_fraction=snakemake.params.warn_fraction,
     series_paths=snakemake.input.series,
 )
-write_table(pd.DataFrame([{"night": snakemake.wildcards.night,
-                           "group": snakemake.wildcards.group, **row}]), snakemake.output.report)
+write_record(
+    {"night": snakemake.wildcards.night, "group": snakemake.wildcards.group, **row},
+    snakemake.output.report,
+)
