@@ -68,3 +68,28 @@ def test_meridian_flips_are_found_where_the_rotation_crosses_90_degrees():
     alt_az = light.assign(rotation_deg=[0.0, 20.0, 40.0, 60.0, 80.0, 85.0])
     assert flip_times(alt_az) == []
     assert flip_times(light.drop(columns="rotation_deg")) == []
+
+
+def test_qc_figures_keep_their_layout_under_a_global_constrained_layout(tmp_path):
+    # a library imported beside ccdflow (chromatic-lightcurves, under specsuite) sets
+    # rcParams["figure.constrained_layout.use"] = True for the whole process: the QC
+    # figures keep their fixed margins (a constrained figure ignores subplots_adjust and
+    # warns; warnings are errors in this suite)
+    import matplotlib
+    import pandas as pd
+
+    from ccdflow.qc import _NO_LAYOUT, _fixed_layout, _pyplot, plot_conditions
+
+    table = pd.DataFrame({"frame": ["a", "b", "c"], "filter": ["V", "V", "R"],
+                          "mjd": [60000.1, 60000.2, 60000.3],
+                          "sky_median_e": [100.0, 110.0, 90.0], "fwhm_px": [3.0, 3.2, 2.9]})
+    plt = _pyplot()
+    with matplotlib.rc_context({"figure.constrained_layout.use": True}):
+        plot_conditions(table=table, out=tmp_path / "conditions.png")
+        fig, _ = plt.subplots(2, 1, figsize=(8, 6), layout=_NO_LAYOUT)
+        _fixed_layout(fig, top_in=0.5, bottom_in=0.5, left_in=0.8, right_in=0.2)
+    assert (tmp_path / "conditions.png").stat().st_size > 10_000
+    assert fig.get_layout_engine() is None
+    assert abs(fig.subplotpars.left - 0.8 / 8) < 1e-12
+    assert abs(fig.subplotpars.top - (1 - 0.5 / 6)) < 1e-12
+    plt.close(fig)

@@ -63,11 +63,19 @@ def _save(fig, path: str | Path) -> None:
     _pyplot().close(fig)
 
 
+#: the layout of the figures whose margins :func:`_fixed_layout` sets: none, whatever the
+#: rcParams say (a library imported beside ccdflow, e.g. chromatic-lightcurves under
+#: specsuite, turns constrained layout on for the whole process)
+_NO_LAYOUT = "none"
+
+
 def _fixed_layout(fig, *, top_in: float = 0.6, bottom_in: float = 0.45, left_in: float = 0.5,
                   right_in: float = 0.75, wspace: float = 0.45, hspace: float = 0.35) -> None:
     """Margins in inches for a grid of image panels with colour bars, set once: the
     figures' geometry is fixed, and ``tight_layout`` (which measures every tick label)
-    took 0.7 s of the masters figure's 1.3 s and 0.55 s of the background figure's 0.9 s."""
+    took 0.7 s of the masters figure's 1.3 s and 0.55 s of the background figure's 0.9 s.
+    The figure is made with ``layout=_NO_LAYOUT``: a constrained figure ignores
+    ``subplots_adjust`` (with a warning)."""
     width, height = fig.get_size_inches()
     fig.subplots_adjust(left=left_in / width, right=1 - right_in / width,
                         bottom=bottom_in / height, top=1 - top_in / height,
@@ -129,7 +137,8 @@ def plot_masters(*, masters: Mapping[str, str | Path], out: str | Path, title: s
     n = max(1, len(masters))
     cols = min(n, 3)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False,
+                             layout=_NO_LAYOUT)
     for ax in axes.ravel():
         ax.set_axis_off()
     if not masters:
@@ -172,7 +181,7 @@ def plot_background_sample(*, calibrated: str | Path, background: str | Path, ou
         header = hdul[0].header
     data = np.where(product.mask == 0, product.data, np.nan)
     residual = data - bkg
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), layout=_NO_LAYOUT)
     lo, hi = _zscale(data)
     panels = [(data, "calibrated SCI [e-]", (lo, hi)),
               (bkg, f"background map [e-] (SKYMED {header.get('SKYMED', np.nan):.1f})",
@@ -237,7 +246,7 @@ def plot_conditions(*, table: pd.DataFrame, out: str | Path, title: str = "") ->
     quantities = [(c, label) for c, label in quantities if c in table and table[c].notna().any()]
     fig, axes = plt.subplots(max(1, len(quantities)), 1, figsize=(8, 1.9 * max(1, len(quantities))
                                                                   + 0.8), sharex=True,
-                             squeeze=False)
+                             squeeze=False, layout=_NO_LAYOUT)
     day0 = np.floor(table["mjd"].min()) if len(table) else 0.0
     hours = (table["mjd"] - day0) * 24.0
     for ax, (column, label) in zip(axes[:, 0], quantities, strict=False):
@@ -308,7 +317,8 @@ def _draw_lightcurves(*, long: pd.DataFrame, targets: Mapping[str, tuple],
 
     plt = _pyplot()
     rows = max(1, len(targets))
-    fig, axes = plt.subplots(2 * rows, 1, figsize=(8, 4.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(2 * rows, 1, figsize=(8, 4.6 * rows), squeeze=False,
+                             layout=_NO_LAYOUT)
     axes = axes[:, 0]
     if long.empty:
         axes[0].text(0.5, 0.5, "no photometry in this series", ha="center", va="center")

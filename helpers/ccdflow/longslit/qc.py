@@ -72,7 +72,8 @@ def plot_spectrum(*, product: str | Path, spectrum: str | Path, out: str | Path,
         planes = {k: v.T for k, v in planes.items()}
         mask = mask.T
     plt = _pyplot()
-    fig, axes = plt.subplots(4, 1, figsize=(11, 10), height_ratios=[1, 1, 1, 1.1])
+    fig, axes = plt.subplots(4, 1, figsize=(11, 10), height_ratios=[1, 1, 1, 1.1],
+                             layout="none")  # laid out below, whatever the rcParams say
     lo, hi = _zscale(planes["SCI"])
     for ax, name in zip(axes[:3], ("SCI", "SKY", "SKYSUB"), strict=True):
         data = planes[name]
