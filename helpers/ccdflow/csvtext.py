@@ -13,7 +13,7 @@ pandas write it.  ``tests/test_io.py`` puts pandas' bytes beside these.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -69,6 +69,30 @@ def _strings(values: np.ndarray, sep: str) -> list[str]:
     raise _NotPlain(f"dtype {values.dtype}")
 
 
+def _check_sep(sep: str) -> None:
+    if len(sep) != 1 or sep in '"\r\n':
+        raise ValueError(f"sep must be one character other than a quote or line break, "
+                         f"got {sep!r}")
+
+
+def _plain_labels(labels: Sequence[Any]) -> bool:
+    """Two or more string labels (one column: csv writes an empty field alone on its
+    line as "", as pandas does: left to pandas)."""
+    return len(labels) >= 2 and all(isinstance(c, str) for c in labels)
+
+
+def _table_text(labels: Sequence[str], columns: Iterable[np.ndarray], sep: str) -> str | None:
+    """Header line and one line per row of ``columns`` (numpy arrays, in ``labels``'
+    order), or ``None`` when a column is not plain."""
+    try:
+        header = sep.join(_field(c, sep) for c in labels)
+        fields = [_strings(values, sep) for values in columns]
+    except _NotPlain:
+        return None
+    lines = [header, *(sep.join(row) for row in zip(*fields, strict=True))]
+    return "\n".join(lines) + "\n"
+
+
 def csv_text(frame: pd.DataFrame, *, sep: str = ",") -> str | None:
     """The CSV text of ``frame`` (header line, then one line per row, no index), or
     ``None`` when a column or label is one that pandas should format itself.
@@ -87,12 +111,9 @@ def csv_text(frame: pd.DataFrame, *, sep: str = ",") -> str | None:
     str or None
         Exactly ``frame.to_csv(index=False, sep=sep)``, or ``None``.
     """
-    if len(sep) != 1 or sep in '"\r\n':
-        raise ValueError(f"sep must be one character other than a quote or line break, "
-                         f"got {sep!r}")
-    columns = list(frame.columns)
-    # one column: csv writes an empty field alone on its line as "" (pandas does that)
-    if len(columns) < 2 or not all(isinstance(c, str) for c in columns):
+    _check_sep(sep)
+    labels = list(frame.columns)
+    if not _plain_labels(labels):
         return None
     import pandas as pd
 
@@ -100,36 +121,24 @@ def csv_text(frame: pd.DataFrame, *, sep: str = ",") -> str | None:
     # extension dtypes (nullable integers, categoricals, dates...) format their own way
     if not all(isinstance(dtype, np.dtype | pd.StringDtype) for dtype in frame.dtypes):
         return None
-    try:
-        header = sep.join(_field(c, sep) for c in columns)
-        # column by column (items(): a third of iloc's cost per column)
-        fields = [_strings(column.to_numpy(), sep) for _, column in frame.items()]
-    except _NotPlain:
-        return None
-    lines = [header, *(sep.join(row) for row in zip(*fields, strict=True))]
-    return "\n".join(lines) + "\n"
+    # column by column (items(): a third of iloc's cost per column)
+    return _table_text(labels, (column.to_numpy() for _, column in frame.items()), sep)
 
 
 def record_text(record: Mapping[str, Any], *, sep: str = ",") -> str | None:
     """The CSV text of one row, ``pandas.DataFrame([record]).to_csv(index=False)``, without
     pandas (a job writing a one-row report need not import it: ~0.3 s); ``None`` when a
     value is not a plain number, bool, string or None/NaN."""
-    if len(sep) != 1 or sep in '"\r\n':
-        raise ValueError(f"sep must be one character other than a quote or line break, "
-                         f"got {sep!r}")
-    if len(record) < 2 or not all(isinstance(k, str) for k in record):
+    _check_sep(sep)
+    labels = list(record)
+    if not _plain_labels(labels):
         return None
-    fields = []
-    try:
-        for value in record.values():
-            if value is None or isinstance(value, str):
-                values = np.array([value], dtype=object)
-            elif isinstance(value, bool | int | float | np.bool_ | np.integer | np.floating):
-                values = np.asarray([value])
-            else:
-                return None
-            fields.append(_strings(values, sep)[0])
-        header = sep.join(_field(k, sep) for k in record)
-    except _NotPlain:
-        return None
-    return header + "\n" + sep.join(fields) + "\n"
+    columns = []
+    for value in record.values():
+        if value is None or isinstance(value, str):
+            columns.append(np.array([value], dtype=object))
+        elif isinstance(value, bool | int | float | np.bool_ | np.integer | np.floating):
+            columns.append(np.asarray([value]))
+        else:
+            return None
+    return _table_text(labels, columns, sep)
