@@ -477,9 +477,23 @@ def test_killed_run_resumes_with_identical_results(tiny_demo, tmp_path):
     assert proc.returncode != 0, output
     assert "Removing output files of failed job frames_reduce" in output
     _no_partial_files(tmp_path / "results")
-    # 2) the whole run (Snakemake and its jobs) killed while photometry runs
+    # 2) the whole run (Snakemake and its jobs) killed while photometry runs, and no
+    # frames job beside it: a job killed with the run cannot remove its temporary file
+    # (the resume removes that incomplete batch; step 1 covers a killed frames job), and
+    # since the frames jobs no longer wait for the bad-pixel-mask jobs, one series'
+    # photometry can start while the other series' frames job still writes
     proc = _snakemake_popen(tmp_path, config)
-    _wait_for_job(proc, "measure_photometry.py")
+
+    def no_frames_job_beside(child):
+        import psutil
+
+        try:
+            others = psutil.Process(proc.pid).children(recursive=True)
+            return not any("frames_reduce.py" in " ".join(c.cmdline()) for c in others)
+        except psutil.NoSuchProcess:
+            return False
+
+    _wait_for_job(proc, "measure_photometry.py", ready=no_frames_job_beside)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     _no_partial_files(tmp_path / "results")
