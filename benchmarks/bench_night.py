@@ -145,6 +145,32 @@ def _night_dir(args) -> Path:
     return args.work / f"night-{args.size}-{args.science}"
 
 
+def job_figures(log_dir: Path) -> dict:
+    """What the night's jobs did, from the last line of each job log (``job seconds after
+    imports: A; since the process started: B``, timestamped at the job's end): jobs,
+    process-seconds (sum of B), starts (sum of B - A: interpreter, Snakemake's script
+    preamble, imports), and the span from the first job's start to the last one's end.
+    span / process-seconds is how well the cores were packed (1/cores at best)."""
+    import datetime as dt
+    import re
+
+    pattern = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) .*job seconds after "
+                         r"imports: ([\d.]+); since the process started: ([\d.]+)", re.M)
+    jobs = []
+    for log in log_dir.rglob("*.log"):
+        found = pattern.findall(log.read_text(errors="replace"))
+        if found:
+            stamp, after, life = found[-1]
+            end = dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            jobs.append((end - float(life), end, float(life), float(life) - float(after)))
+    if not jobs:
+        return {"jobs": 0}
+    process = sum(j[2] for j in jobs)
+    span = max(j[1] for j in jobs) - min(j[0] for j in jobs)
+    return {"jobs": len(jobs), "process_s": process, "starts_s": sum(j[3] for j in jobs),
+            "span_s": span, "packing": span / process}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024)
@@ -197,6 +223,12 @@ def main() -> int:
           f"{rss_ours:>12.0f}")
     print(f"{'reference (ccdproc + photutils + astroscrappy, Pool)':<52} {theirs:>8.1f} "
           f"{theirs / n:>8.2f} {rss_theirs:>12.0f}")
+    jobs = job_figures(args.work / "ccdflow" / "results" / "logs")
+    if jobs["jobs"]:
+        print(f"# ccdflow's {jobs['jobs']} jobs: {jobs['process_s']:.1f} process-s (starts "
+              f"{jobs['starts_s']:.1f} s), spanning {jobs['span_s']:.1f} s "
+              f"(span / process-s {jobs['packing']:.2f}); Snakemake outside them "
+              f"{ours - jobs['span_s']:.1f} s")
     print(f"ratio ccdflow / reference: {ours / theirs:.2f}")
     return 0
 
