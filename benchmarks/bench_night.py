@@ -19,7 +19,9 @@ bias) is reduced twice on the same raw files with the same cores:
   an annulus median in every frame, a ``multiprocessing.Pool`` over frames.
 
 Printed: wall seconds of each, their ratio, and the peak RSS of any one
-process of each tree (``getrusage(RUSAGE_CHILDREN)`` of a wrapper).
+process of each tree (``getrusage(RUSAGE_CHILDREN)`` of a wrapper); what
+ccdflow's jobs did (:func:`job_figures`) and its cosmic-ray masks against the
+night's truth (:func:`cosmic_figures`: issue 13's quality condition).
 ``--configfile`` passes a YAML of ccdflow settings (e.g. ``cosmics: {sepmed:
 true}`` to compare like for like with astroscrappy's defaults).
 """
@@ -171,6 +173,48 @@ def job_figures(log_dir: Path) -> dict:
             "span_s": span, "packing": span / process}
 
 
+def cosmic_figures(night: Path, results: Path) -> dict:
+    """ccdflow's cosmic-ray masks against the night's truth (the simulator's
+    ``truth/cosmics.csv``), as bench_images counts them: the injected pixels above 5σ
+    (charge > 5 × ERR, unmasked) that are flagged; false pixels, flagged and not within
+    1 px of an injected one; and those within 1.5 px of a star whose peak is above 20 ×
+    the frame's median ERR."""
+    import pandas as pd
+    from astropy.io import fits
+    from scipy import ndimage
+
+    rays = pd.read_csv(night / "truth" / "cosmics.csv")
+    stars = pd.read_csv(night / "truth" / "star_frames.csv")
+    out = {"frames": 0, "strong": 0, "found": 0, "false": 0, "on_star_cores": 0}
+    for path in sorted(results.glob("cosmics/*/*/*.fits")):
+        frame = path.stem
+        flagged = fits.getdata(path, "CRMASK") & 1 != 0
+        with fits.open(next(results.glob(f"calibrated/*/*/{frame}.fits"))) as hdul:
+            error, masked = hdul["ERR"].data.astype(float), hdul["MASK"].data != 0
+        hits, charge = np.zeros(flagged.shape, bool), np.zeros(flagged.shape)
+        mine = rays[rays["frame"] == frame]
+        y, x = mine["y"].to_numpy(int), mine["x"].to_numpy(int)
+        hits[y, x] = True
+        np.add.at(charge, (y, x), mine["electrons"].to_numpy())
+        strong = hits & (charge > 5 * error) & ~masked
+        false = flagged & ~ndimage.binary_dilation(hits, np.ones((3, 3), bool))
+        cores = np.zeros(flagged.shape, bool)
+        on = stars[stars["frame"] == frame]
+        sigma = on["fwhm_px"].to_numpy() / 2.3548
+        bright = on[on["flux_e"].to_numpy() / (2 * np.pi * sigma**2) > 20 * np.median(error)]
+        yy, xx = np.indices(flagged.shape)
+        for x0, y0 in zip(bright["x"], bright["y"], strict=True):
+            box = (slice(max(int(y0) - 2, 0), int(y0) + 3), slice(max(int(x0) - 2, 0),
+                                                                  int(x0) + 3))
+            cores[box] |= (xx[box] - x0) ** 2 + (yy[box] - y0) ** 2 <= 1.5**2
+        out["frames"] += 1
+        out["strong"] += int(strong.sum())
+        out["found"] += int((flagged & strong).sum())
+        out["false"] += int(false.sum())
+        out["on_star_cores"] += int((false & cores).sum())
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024)
@@ -229,6 +273,13 @@ def main() -> int:
               f"{jobs['starts_s']:.1f} s), spanning {jobs['span_s']:.1f} s "
               f"(span / process-s {jobs['packing']:.2f}); Snakemake outside them "
               f"{ours - jobs['span_s']:.1f} s")
+    if (night / "truth" / "cosmics.csv").is_file():
+        cr = cosmic_figures(night, args.work / "ccdflow" / "results")
+        if cr["strong"]:
+            print(f"# cosmic rays against the truth ({cr['frames']} frames): "
+                  f"{cr['found']} of {cr['strong']} pixels above 5σ found "
+                  f"({100 * cr['found'] / cr['strong']:.2f} %), {cr['false']} false pixels, "
+                  f"{cr['on_star_cores']} on star cores")
     print(f"ratio ccdflow / reference: {ours / theirs:.2f}")
     return 0
 
