@@ -178,7 +178,9 @@ def cosmic_figures(night: Path, results: Path) -> dict:
     ``truth/cosmics.csv``), as bench_images counts them: the injected pixels above 5σ
     (charge > 5 × ERR, unmasked) that are flagged; false pixels, flagged and not within
     1 px of an injected one; and those within 1.5 px of a star whose peak is above 20 ×
-    the frame's median ERR."""
+    the frame's median ERR.  The truth's charge and star fluxes are in electrons before
+    the pixel response (the demo's flat varies by ~10 %), so a pixel near 5σ may count
+    on either side: the threshold, not the masks, is approximate."""
     import pandas as pd
     from astropy.io import fits
     from scipy import ndimage
