@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from bench_night import job_figures  # benchmarks/ is the script's own directory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,14 +83,9 @@ def main() -> int:
     results = work / "results"
     frame_science = sum(pd.read_csv(p, sep="\t", comment="#")["seconds"].sum()
                         for p in results.rglob("batch-summary.tsv"))
-    job_science, job_life, jobs = 0.0, 0.0, 0
-    for log in (results / "logs").rglob("*.log"):
-        found = re.findall(r"job seconds after imports: ([\d.]+); since the process started: "
-                           r"([\d.]+)", log.read_text())
-        if found:
-            job_science += float(found[-1][0])
-            job_life += float(found[-1][1])
-            jobs += 1
+    figures = job_figures(results / "logs")  # the job logs' last lines, as bench_night
+    jobs, job_life = figures["jobs"], figures.get("process_s", 0.0)
+    job_science = job_life - figures.get("starts_s", 0.0)
     batches = len(list(results.glob("calibrated/*/*")))
     scheduler = float(re.findall(r"SNAKEMAKE_CPU ([\d.]+)", out.stderr)[-1])
     starts = job_life - job_science

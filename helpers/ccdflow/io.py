@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pandas is imported by the functions that need it
     import pandas as pd
 
-__all__ = ["atomic_directory", "atomic_path", "job_logging", "peak_rss_mb", "write_table"]
+__all__ = ["atomic_directory", "atomic_path", "job_logging", "peak_rss_mb", "write_record",
+           "write_table"]
 
 
 @contextmanager

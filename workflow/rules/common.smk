@@ -149,8 +149,8 @@ def geometry():
 
 
 def master_path(kind, night, group, filt=""):
-    """Master of a type (bias, dark; flat, specflat, arc, warp, specbpm per filter)."""
-    per_filter = ("flat", "specflat", "arc", "warp", "specbpm")
+    """Master of a type (bias, dark; flat, bpm, specflat, arc, warp, specbpm per filter)."""
+    per_filter = ("flat", "bpm", "specflat", "arc", "warp", "specbpm")
     name = f"{kind}_{safe_name(filt)}.fits" if kind in per_filter else f"{kind}.fits"
     return MASTERS / night / group / name
 
@@ -429,7 +429,7 @@ def get_bad_pixel_masks():
     """The bad-pixel mask of every night, calibration group and filter of imaging science
     frames, made by rule bad_pixel_mask (asked for by the run, not by the frames jobs)."""
     rows = frame_table().drop_duplicates(["night", "group", "filter"])
-    return [MASTERS / n / g / f"bpm_{safe_name(f)}.fits"
+    return [master_path("bpm", n, g, f)
             for n, g, f in zip(rows["night"], rows["group"], rows["filter"])]
 
 
@@ -585,7 +585,7 @@ def _frame_masters(row):
     (``bpm_sources``: the frames job makes it, not a job of its own before it)."""
     masters = _applied_masters(row)
     where = MASTERS / row["night"] / row["group"]
-    masters["bpm"] = str(where / f"bpm_{safe_name(row['filter'])}.fits")
+    masters["bpm"] = str(master_path("bpm", row["night"], row["group"], row["filter"]))
     masters["bpm_sources"] = bpm_sources(row["night"], row["group"], row["filter"])
     if illumination_frames(row["night"], row["group"], row["filter"]):
         masters["illumination"] = str(where / f"illum_{safe_name(row['filter'])}.fits")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..qc import _for_display, _gray, _pyplot, _save, _zscale
+from ..qc import _NO_LAYOUT, _for_display, _gray, _pyplot, _save, _zscale
 
 __all__ = ["plot_spectra_batch", "plot_spectrum", "plot_warp"]
 
@@ -73,7 +73,7 @@ def plot_spectrum(*, product: str | Path, spectrum: str | Path, out: str | Path,
         mask = mask.T
     plt = _pyplot()
     fig, axes = plt.subplots(4, 1, figsize=(11, 10), height_ratios=[1, 1, 1, 1.1],
-                             layout="none")  # laid out below, whatever the rcParams say
+                             layout=_NO_LAYOUT)  # laid out below, whatever the rcParams say
     lo, hi = _zscale(planes["SCI"])
     for ax, name in zip(axes[:3], ("SCI", "SKY", "SKYSUB"), strict=True):
         data = planes[name]
